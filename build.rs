@@ -1,0 +1,49 @@
+//! Build script of `mlx-engine`: compiles our C++ kernels (`kernels/`) against the same MLX
+//! that `mlx-sys` built mlx-c against, and sets an rpath to MLX's library directory so that
+//! `cargo run`, `cargo test`, `cargo bench` and `target/*/mlx-engine` need no LD_LIBRARY_PATH.
+
+use std::env;
+use std::path::PathBuf;
+
+fn main() {
+    println!("cargo:rerun-if-changed=build.rs");
+    println!("cargo:rerun-if-changed=kernels");
+    let dep = |key: &str| {
+        env::var(format!("DEP_MLXC_{key}")).unwrap_or_else(|_| panic!("mlx-sys did not export DEP_MLXC_{key}"))
+    };
+    let lib_dir = PathBuf::from(dep("LIB_DIR"));
+    let mlx_include = PathBuf::from(dep("MLX_INCLUDE"));
+    let mlxc_include = PathBuf::from(dep("MLXC_INCLUDE"));
+    let compat_header = PathBuf::from(dep("COMPAT_HEADER"));
+
+    if env::var("CARGO_CFG_TARGET_OS").as_deref() != Ok("windows") {
+        println!("cargo:rustc-link-arg=-Wl,-rpath,{}", lib_dir.display());
+    }
+
+    let mut sources: Vec<PathBuf> = std::fs::read_dir("kernels")
+        .map(|rd| {
+            rd.filter_map(|e| e.ok())
+                .map(|e| e.path())
+                .filter(|p| p.extension().is_some_and(|x| x == "cpp"))
+                .collect()
+        })
+        .unwrap_or_default();
+    sources.sort();
+    if sources.is_empty() {
+        return;
+    }
+    let mut build = cc::Build::new();
+    build
+        .cpp(true)
+        .std("c++20")
+        .opt_level(3)
+        .pic(true)
+        .include("kernels/include")
+        .include(&mlx_include)
+        .include(&mlxc_include)
+        .flag(format!("-include{}", compat_header.display()))
+        .flag_if_supported("-Wno-unused-parameter")
+        .files(&sources);
+    build.compile("mlx_engine_kernels");
+    println!("cargo:rustc-link-lib=dylib=mlx");
+}
