@@ -5,6 +5,9 @@
 use std::env;
 use std::path::PathBuf;
 
+/// The C++ translation units of `kernels/` that make up the kernel library.
+const KERNEL_SOURCES: &[&str] = &[];
+
 fn main() {
     println!("cargo:rerun-if-changed=build.rs");
     println!("cargo:rerun-if-changed=kernels");
@@ -20,16 +23,7 @@ fn main() {
         println!("cargo:rustc-link-arg=-Wl,-rpath,{}", lib_dir.display());
     }
 
-    let mut sources: Vec<PathBuf> = std::fs::read_dir("kernels")
-        .map(|rd| {
-            rd.filter_map(|e| e.ok())
-                .map(|e| e.path())
-                .filter(|p| p.extension().is_some_and(|x| x == "cpp"))
-                .collect()
-        })
-        .unwrap_or_default();
-    sources.sort();
-    if sources.is_empty() {
+    if KERNEL_SOURCES.is_empty() {
         return;
     }
     let mut build = cc::Build::new();
@@ -43,7 +37,7 @@ fn main() {
         .include(&mlxc_include)
         .flag(format!("-include{}", compat_header.display()))
         .flag_if_supported("-Wno-unused-parameter")
-        .files(&sources);
+        .files(KERNEL_SOURCES);
     build.compile("mlx_engine_kernels");
     println!("cargo:rustc-link-lib=dylib=mlx");
 }

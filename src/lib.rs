@@ -1,1 +1,12 @@
+//! mlx-engine: Llama-family language models on Apple's MLX, through mlx-c.
+//!
+//! Layers, each using only those above it: [`mlx`] (the safe wrapper over mlx-c, the one place
+//! with `unsafe` besides the memory map and the C ABI), the loaders, the quant formats, the
+//! model, the engine and its user surfaces. See `docs/ARCHITECTURE.md`.
+#![deny(unsafe_code)]
 
+pub mod error;
+#[allow(unsafe_code)]
+pub mod mlx;
+
+pub use error::{Error, Result};

@@ -1,0 +1,131 @@
+// Internal declarations shared by the mlx-engine CPU kernels (not a public header).
+#pragma once
+
+#include <cstddef>
+#include <cstdint>
+#include <cstring>
+
+#if defined(__x86_64__) || defined(_M_X64)
+#define MLXE_X86 1
+#else
+#define MLXE_X86 0
+#endif
+
+namespace mlxe {
+
+// ggml type ids (the subset we support).
+enum GgmlType : int {
+  T_F32 = 0,
+  T_F16 = 1,
+  T_Q4_0 = 2,
+  T_Q4_1 = 3,
+  T_Q5_0 = 6,
+  T_Q5_1 = 7,
+  T_Q8_0 = 8,
+  T_Q4_K = 12,
+  T_Q5_K = 13,
+  T_Q6_K = 14,
+  T_BF16 = 30,
+};
+
+struct TypeInfo {
+  int block;        // elements per block
+  int bytes;        // bytes per block
+  const char* name;
+};
+
+// Returns false for unsupported type ids.
+bool type_info(int type, TypeInfo* out);
+
+// ---- scalar number conversions (portable) ----
+inline float f32_from_bits(uint32_t u) {
+  float f;
+  std::memcpy(&f, &u, 4);
+  return f;
+}
+inline uint32_t bits_from_f32(float f) {
+  uint32_t u;
+  std::memcpy(&u, &f, 4);
+  return u;
+}
+// IEEE half -> float, handles subnormals / inf / nan.
+inline float half_to_float(uint16_t h) {
+  const uint32_t sign = (uint32_t)(h & 0x8000u) << 16;
+  const uint32_t exp = (h >> 10) & 0x1f;
+  uint32_t man = h & 0x3ffu;
+  if (exp == 0) {
+    if (man == 0) return f32_from_bits(sign);
+    // subnormal: value = man * 2^-24
+    float v = (float)man * (1.0f / 16777216.0f);
+    return sign ? -v : v;
+  }
+  if (exp == 31) return f32_from_bits(sign | 0x7f800000u | (man << 13));
+  return f32_from_bits(sign | ((exp + 112) << 23) | (man << 13));
+}
+inline float bf16_to_float(uint16_t h) { return f32_from_bits((uint32_t)h << 16); }
+inline uint16_t load_u16(const uint8_t* p) {
+  uint16_t v;
+  std::memcpy(&v, p, 2);
+  return v;
+}
+inline uint32_t load_u32(const uint8_t* p) {
+  uint32_t v;
+  std::memcpy(&v, p, 4);
+  return v;
+}
+
+// Decode the 12 packed 6-bit (scale, min) pairs of a Q4_K / Q5_K super-block.
+inline void kquant_scale_min(const uint8_t* s, uint8_t sc[8], uint8_t mn[8]) {
+  for (int j = 0; j < 4; ++j) {
+    sc[j] = s[j] & 63;
+    mn[j] = s[j + 4] & 63;
+  }
+  for (int j = 4; j < 8; ++j) {
+    sc[j] = (uint8_t)((s[j + 4] & 0x0f) | ((s[j - 4] >> 6) << 4));
+    mn[j] = (uint8_t)((s[j + 4] >> 4) | ((s[j] >> 6) << 4));
+  }
+}
+
+// ---- the problem description handed to a kernel path ----
+struct Problem {
+  int type;
+  int64_t n, k, m;
+  const uint8_t* w;
+  size_t row_bytes;  // bytes of one weight row
+  const float* x;
+  int64_t ldx;  // in floats
+  float* y;
+  int64_t ldy;  // in floats
+  // quantized activations (AVX2 path, quantized types only)
+  const uint8_t* xq;
+  size_t xq_stride;  // bytes between quantized activation rows
+};
+
+// ---- scalar reference path (quant_scalar.cpp) ----
+namespace scalar {
+// Dequantize one row of k elements (k a multiple of the block size).
+void dequantize_row(int type, const uint8_t* row, int64_t k, float* out);
+// y[m, n0:n1] for all m: dequantize each weight row, dot in f32 blocks / f64 total.
+void compute_rows(const Problem& p, int64_t n0, int64_t n1);
+}  // namespace scalar
+
+// ---- AVX2 path (quant_avx2.cpp); only meaningful on x86-64 with avx2+fma+f16c ----
+namespace avx2 {
+bool cpu_supported();
+// Bytes of one quantized activation row for this weight type (0: float activations).
+size_t act_row_bytes(int type, int64_t k);
+// Quantize activation row x[0:k] into dst (act_row_bytes bytes, 32-byte aligned).
+void quantize_act_row(int type, const float* x, int64_t k, uint8_t* dst);
+// Row tile granularity preferred for splitting work.
+int row_tile(int type, int64_t m);
+void compute_rows(const Problem& p, int64_t n0, int64_t n1);
+}  // namespace avx2
+
+// ---- thread pool (threadpool.cpp) ----
+// fn(ctx) is run on up to `max_threads` threads (the caller included); each participant
+// pulls work itself (dynamic scheduling), so late or absent workers are harmless.
+void parallel_run(void (*fn)(void*), void* ctx, int max_threads);
+int pool_num_threads();
+void pool_set_num_threads(int n);
+
+}  // namespace mlxe

@@ -1,0 +1,63 @@
+//! MLX's error handler and the checked-call helpers.
+//!
+//! mlx-c's default handler prints and calls `exit(-1)`. We install ours before the first call:
+//! it stores the message in a thread-local (mlx-c calls the handler synchronously on the thread
+//! that made the failing call) and the status check turns it into `Error::Mlx`.
+
+use crate::error::{Error, Result};
+use crate::mlx::Array;
+use std::cell::RefCell;
+use std::ffi::{c_char, c_int, c_void, CStr};
+use std::sync::Once;
+
+thread_local! {
+    static LAST_ERROR: RefCell<Option<String>> = const { RefCell::new(None) };
+}
+
+static INSTALL: Once = Once::new();
+
+unsafe extern "C" fn record_error(msg: *const c_char, _data: *mut c_void) {
+    let message = if msg.is_null() {
+        "unknown MLX error".to_string()
+    } else {
+        // SAFETY: mlx-c passes a NUL-terminated message valid for the duration of the call.
+        unsafe { CStr::from_ptr(msg) }.to_string_lossy().into_owned()
+    };
+    LAST_ERROR.with(|slot| *slot.borrow_mut() = Some(message));
+}
+
+/// Installs the error handler (idempotent; every checked call does it first).
+pub fn install_error_handler() {
+    INSTALL.call_once(|| {
+        // SAFETY: `record_error` is a valid `extern "C"` handler for the whole process lifetime
+        // and uses no payload, so null data and no destructor are correct.
+        unsafe { mlx_sys::mlx_set_error_handler(Some(record_error), std::ptr::null_mut(), None) };
+    });
+}
+
+/// Turns an mlx-c status into a `Result`, taking the message the handler saved.
+pub(crate) fn check(status: c_int) -> Result<()> {
+    if status == 0 {
+        return Ok(());
+    }
+    let message = LAST_ERROR
+        .with(|slot| slot.borrow_mut().take())
+        .unwrap_or_else(|| format!("mlx-c call failed with status {status}"));
+    Err(Error::Mlx { message })
+}
+
+/// Runs an mlx-c op that writes an array into `res`, returning it as an owned [`Array`]
+/// (freed again on failure).
+pub(crate) fn try_array(op: impl FnOnce(*mut mlx_sys::mlx_array) -> c_int) -> Result<Array> {
+    install_error_handler();
+    // SAFETY: `mlx_array_new` returns an empty handle that we own.
+    let mut res = unsafe { mlx_sys::mlx_array_new() };
+    let status = op(&mut res);
+    if let Err(err) = check(status) {
+        // SAFETY: `res` is a handle we own and no longer use.
+        unsafe { mlx_sys::mlx_array_free(res) };
+        return Err(err);
+    }
+    // SAFETY: on success `res` holds a valid array whose ownership passes to the wrapper.
+    Ok(unsafe { Array::from_raw(res) })
+}

@@ -1,0 +1,1 @@
+//! Our C++ kernels (`kernels/`), exposed as MLX custom primitives.
