@@ -1,0 +1,127 @@
+//! The engine: a loaded model plus prefill, decode and greedy generation.
+
+use crate::error::{Error, Result};
+use crate::kv_cache::KvCache;
+use crate::loader::gguf::GgufFile;
+use crate::mlx::{ops, Array, Device};
+use crate::model::{Execution, GgufWeights, Llama, ModelConfig};
+use std::path::Path;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+/// Options for [`Engine::load`].
+#[derive(Clone, Debug)]
+pub struct LoadOptions {
+    /// Where the model runs.
+    pub device: Device,
+    /// How projections execute; `None` picks the device's default.
+    pub execution: Option<Execution>,
+    /// Cap on the context (positions per sequence); `None` uses the model's.
+    pub max_context: Option<usize>,
+}
+
+impl Default for LoadOptions {
+    fn default() -> Self {
+        LoadOptions { device: Device::Cpu, execution: None, max_context: None }
+    }
+}
+
+/// A loaded model ready to run.
+pub struct Engine {
+    /// The transformer.
+    pub model: Llama,
+    /// The opened GGUF file (metadata for the tokenizer and chat template).
+    pub file: Arc<GgufFile>,
+    /// How projections execute.
+    pub execution: Execution,
+    /// Time spent in [`Engine::load`].
+    pub load_time: Duration,
+    context: usize,
+}
+
+impl Engine {
+    /// Opens a GGUF model and loads its weights.
+    pub fn load(path: &Path, options: &LoadOptions) -> Result<Engine> {
+        let start = Instant::now();
+        crate::mlx::set_default_device(options.device)?;
+        let file = Arc::new(GgufFile::open(path)?);
+        let config = ModelConfig::from_gguf(&file)?;
+        let execution = options.execution.unwrap_or_else(|| Execution::for_device(options.device));
+        let model = Llama::load(config, &GgufWeights::new(Arc::clone(&file), execution))?;
+        let context = options
+            .max_context
+            .map_or(model.config.context_length, |m| m.min(model.config.context_length));
+        Ok(Engine { model, file, execution, load_time: start.elapsed(), context })
+    }
+
+    /// The model's configuration.
+    pub fn config(&self) -> &ModelConfig {
+        &self.model.config
+    }
+
+    /// A new, empty KV cache for `batch` sequences that advance together.
+    pub fn new_cache(&self, batch: usize) -> KvCache {
+        let c = self.config();
+        KvCache::new(c.n_layers, batch, c.n_kv_heads, c.head_dim, self.context)
+    }
+
+    /// Runs a prompt ([B, L] row-major) through the model in chunks of `chunk` positions and
+    /// returns the logits of its last position, [B, V] (evaluated).
+    pub fn prefill(&self, tokens: &[u32], cache: &mut KvCache, chunk: usize) -> Result<Array> {
+        let b = cache.batch();
+        if tokens.is_empty() || tokens.len() % b != 0 {
+            return Err(Error::InvalidArgument(format!("{} prompt tokens for a batch of {b}", tokens.len())));
+        }
+        let l = tokens.len() / b;
+        if cache.len() + l > cache.limit() {
+            return Err(Error::ContextFull { needed: cache.len() + l, limit: cache.limit() });
+        }
+        let chunk = chunk.max(1);
+        let mut last = None;
+        for start in (0..l).step_by(chunk) {
+            let end = (start + chunk).min(l);
+            let piece: Vec<u32> = (0..b).flat_map(|s| tokens[s * l + start..s * l + end].iter().copied()).collect();
+            let logits = self.model.forward(&piece, cache, true)?; // [B, 1, V]
+            let mut outputs = cache.arrays();
+            outputs.push(&logits);
+            crate::mlx::transforms::eval(&outputs)?;
+            last = Some(logits);
+        }
+        let logits = last.ok_or_else(|| Error::InvalidArgument("empty prompt".into()))?;
+        ops::reshape(&logits, &[b as i32, -1])
+    }
+
+    /// One decode step: `tokens` holds one token per sequence; returns logits [B, V] (lazy).
+    pub fn decode(&self, tokens: &[u32], cache: &mut KvCache) -> Result<Array> {
+        if tokens.len() != cache.batch() {
+            return Err(Error::InvalidArgument(format!("{} tokens for a batch of {}", tokens.len(), cache.batch())));
+        }
+        let logits = self.model.forward(tokens, cache, true)?; // [B, 1, V]
+        ops::reshape(&logits, &[tokens.len() as i32, -1])
+    }
+
+    /// Teacher-forced logits of every position of `tokens` (batch 1), [L, V] row-major, for
+    /// checking against a reference.
+    pub fn logits_all(&self, tokens: &[u32]) -> Result<Vec<f32>> {
+        let mut cache = self.new_cache(1);
+        let logits = self.model.forward(tokens, &mut cache, false)?; // [1, L, V]
+        logits.to_vec::<f32>()
+    }
+
+    /// Greedy generation for one sequence: up to `max_new` tokens after `prompt`, stopping
+    /// after a token for which `stop` is true (that token included).
+    pub fn generate_greedy(&self, prompt: &[u32], max_new: usize, stop: impl Fn(u32) -> bool) -> Result<Vec<u32>> {
+        let mut cache = self.new_cache(1);
+        let mut logits = self.prefill(prompt, &mut cache, 512)?;
+        let mut out = Vec::new();
+        while out.len() < max_new {
+            let next = ops::argmax(&logits, -1, false)?.to_vec::<u32>()?[0];
+            out.push(next);
+            if stop(next) || out.len() == max_new || cache.len() >= cache.limit() {
+                break;
+            }
+            logits = self.decode(&[next], &mut cache)?;
+        }
+        Ok(out)
+    }
+}

@@ -1,0 +1,161 @@
+//! Hyperparameters of a Llama-family model, read from GGUF metadata or an HF `config.json`.
+
+use crate::error::{Error, Result};
+use crate::loader::gguf::GgufFile;
+use std::path::Path;
+
+/// The architectures the engine runs.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Arch {
+    /// Llama 1/2/3, TinyLlama, Mistral-style: no attention biases.
+    Llama,
+    /// Qwen2 / Qwen2.5: biases on the Q, K and V projections.
+    Qwen2,
+}
+
+impl Arch {
+    /// From `general.architecture` or an HF `model_type`.
+    pub fn from_name(name: &str) -> Result<Arch> {
+        match name {
+            "llama" | "mistral" => Ok(Arch::Llama),
+            "qwen2" => Ok(Arch::Qwen2),
+            other => Err(Error::Unsupported(format!(
+                "architecture '{other}' (supported: llama, qwen2)"
+            ))),
+        }
+    }
+
+    /// The name used in GGUF metadata keys.
+    pub fn gguf_name(self) -> &'static str {
+        match self {
+            Arch::Llama => "llama",
+            Arch::Qwen2 => "qwen2",
+        }
+    }
+
+    /// Whether Q, K and V carry biases.
+    pub fn has_qkv_bias(self) -> bool {
+        self == Arch::Qwen2
+    }
+}
+
+/// Shapes and constants of one model.
+#[derive(Clone, Debug, PartialEq)]
+pub struct ModelConfig {
+    /// Which architecture.
+    pub arch: Arch,
+    /// Transformer blocks.
+    pub n_layers: usize,
+    /// Residual stream width (D).
+    pub hidden: usize,
+    /// Query heads.
+    pub n_heads: usize,
+    /// Key/value heads (grouped-query attention when fewer than `n_heads`).
+    pub n_kv_heads: usize,
+    /// Features per head.
+    pub head_dim: usize,
+    /// Width of the SwiGLU hidden layer.
+    pub ffn_hidden: usize,
+    /// Vocabulary size (rows of the embedding).
+    pub vocab_size: usize,
+    /// Longest sequence the model was trained for.
+    pub context_length: usize,
+    /// RoPE frequency base θ.
+    pub rope_base: f32,
+    /// RoPE on adjacent pairs (GGUF llama: the converter permuted Q/K for it) instead of halves.
+    pub rope_traditional: bool,
+    /// RMSNorm epsilon.
+    pub rms_eps: f32,
+    /// The output projection reuses the token embedding.
+    pub tied_embeddings: bool,
+}
+
+impl ModelConfig {
+    /// Reads `{arch}.*` metadata; `vocab_size` from the embedding tensor.
+    pub fn from_gguf(file: &GgufFile) -> Result<ModelConfig> {
+        let arch = Arch::from_name(file.architecture()?)?;
+        let key = |k: &str| format!("{}.{k}", arch.gguf_name());
+        let n_heads = file.get_u64(&key("attention.head_count"))? as usize;
+        let hidden = file.get_u64(&key("embedding_length"))? as usize;
+        if n_heads == 0 || hidden % n_heads != 0 {
+            return Err(Error::format(
+                file.path(),
+                format!("embedding_length {hidden} is not a multiple of head_count {n_heads}"),
+            ));
+        }
+        let head_dim = match file.get(&key("attention.key_length")) {
+            Some(v) => v.as_u64().ok_or_else(|| Error::format(file.path(), "attention.key_length is not an integer"))? as usize,
+            None => hidden / n_heads,
+        };
+        let embd = file
+            .tensor("token_embd.weight")
+            .ok_or_else(|| Error::format(file.path(), "tensor 'token_embd.weight' is missing"))?;
+        let vocab_size = embd.dims.get(1).copied().unwrap_or(0) as usize;
+        let config = ModelConfig {
+            arch,
+            n_layers: file.get_u64(&key("block_count"))? as usize,
+            hidden,
+            n_heads,
+            n_kv_heads: match file.get(&key("attention.head_count_kv")) {
+                Some(_) => file.get_u64(&key("attention.head_count_kv"))? as usize,
+                None => n_heads,
+            },
+            head_dim,
+            ffn_hidden: file.get_u64(&key("feed_forward_length"))? as usize,
+            vocab_size,
+            context_length: file.get_u64(&key("context_length"))? as usize,
+            rope_base: match file.get(&key("rope.freq_base")) {
+                Some(_) => file.get_f64(&key("rope.freq_base"))? as f32,
+                None => 10_000.0,
+            },
+            rope_traditional: arch == Arch::Llama,
+            rms_eps: file.get_f64(&key("attention.layer_norm_rms_epsilon"))? as f32,
+            tied_embeddings: file.tensor("output.weight").is_none(),
+        };
+        config.validate(file.path())?;
+        Ok(config)
+    }
+
+    /// Reads an HF `config.json` (`model_type`, `hidden_size`, …).
+    pub fn from_hf_json(path: &Path, json: &serde_json::Value) -> Result<ModelConfig> {
+        let get = |k: &str| -> Result<u64> {
+            json.get(k)
+                .and_then(|v| v.as_u64())
+                .ok_or_else(|| Error::format(path, format!("config key '{k}' is missing or not an integer")))
+        };
+        let arch = Arch::from_name(json.get("model_type").and_then(|v| v.as_str()).unwrap_or("llama"))?;
+        let hidden = get("hidden_size")? as usize;
+        let n_heads = get("num_attention_heads")? as usize;
+        let config = ModelConfig {
+            arch,
+            n_layers: get("num_hidden_layers")? as usize,
+            hidden,
+            n_heads,
+            n_kv_heads: get("num_key_value_heads").unwrap_or(n_heads as u64) as usize,
+            head_dim: get("head_dim").unwrap_or((hidden / n_heads.max(1)) as u64) as usize,
+            ffn_hidden: get("intermediate_size")? as usize,
+            vocab_size: get("vocab_size")? as usize,
+            context_length: get("max_position_embeddings")? as usize,
+            rope_base: json.get("rope_theta").and_then(|v| v.as_f64()).unwrap_or(10_000.0) as f32,
+            rope_traditional: false,
+            rms_eps: json.get("rms_norm_eps").and_then(|v| v.as_f64()).unwrap_or(1e-5) as f32,
+            tied_embeddings: json.get("tie_word_embeddings").and_then(|v| v.as_bool()).unwrap_or(false),
+        };
+        config.validate(path)?;
+        Ok(config)
+    }
+
+    fn validate(&self, path: &Path) -> Result<()> {
+        let bad = |m: String| Err(Error::format(path, m));
+        if self.n_layers == 0 || self.hidden == 0 || self.vocab_size == 0 || self.ffn_hidden == 0 {
+            return bad(format!("degenerate model shape {self:?}"));
+        }
+        if self.n_kv_heads == 0 || self.n_heads % self.n_kv_heads != 0 {
+            return bad(format!("head_count {} is not a multiple of head_count_kv {}", self.n_heads, self.n_kv_heads));
+        }
+        if self.head_dim % 2 != 0 {
+            return bad(format!("head dimension {} is odd; RoPE needs pairs", self.head_dim));
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,124 @@
+//! The Llama-family transformer (Llama 1/2/3, TinyLlama, Qwen2): weights, then the forward
+//! pass. Names of intermediates follow llama.cpp (`attn_norm`, `ffn_inp`, `l_out`, …).
+
+use crate::error::Result;
+use crate::kv_cache::KvCache;
+use crate::mlx::fast::{self, AttentionMask};
+use crate::mlx::{ops, Array};
+use crate::model::config::ModelConfig;
+use crate::model::linear::Linear;
+use crate::model::weights::{Embedding, GgufWeights};
+
+/// One transformer block's weights.
+pub struct Block {
+    attn_norm: Array,  // [D]
+    wq: Linear,        // [Hq·hd, D] (+ bias for qwen2)
+    wk: Linear,        // [Hkv·hd, D]
+    wv: Linear,        // [Hkv·hd, D]
+    wo: Linear,        // [D, Hq·hd]
+    ffn_norm: Array,   // [D]
+    w_gate: Linear,    // [F, D]
+    w_up: Linear,      // [F, D]
+    w_down: Linear,    // [D, F]
+}
+
+/// A loaded Llama-family model: config and weights (the KV cache is the caller's).
+pub struct Llama {
+    /// Shapes and constants.
+    pub config: ModelConfig,
+    embed: Embedding,    // [V, D], read in place
+    blocks: Vec<Block>,
+    output_norm: Array,  // [D]
+    output: Linear,      // [V, D] (the embedding itself when tied)
+}
+
+impl Llama {
+    /// Loads every tensor from a GGUF file, checking shapes against `config`.
+    pub fn load(config: ModelConfig, w: &GgufWeights) -> Result<Llama> {
+        let c = &config;
+        let (d, q_dim, kv_dim) = (c.hidden, c.n_heads * c.head_dim, c.n_kv_heads * c.head_dim);
+        let bias = |name: String| c.arch.has_qkv_bias().then_some(name);
+        let mut blocks = Vec::with_capacity(c.n_layers);
+        for i in 0..c.n_layers {
+            let t = |s: &str| format!("blk.{i}.{s}");
+            blocks.push(Block {
+                attn_norm: w.vector(&t("attn_norm.weight"), d)?,
+                wq: w.linear(&t("attn_q.weight"), q_dim, d, bias(t("attn_q.bias")).as_deref())?,
+                wk: w.linear(&t("attn_k.weight"), kv_dim, d, bias(t("attn_k.bias")).as_deref())?,
+                wv: w.linear(&t("attn_v.weight"), kv_dim, d, bias(t("attn_v.bias")).as_deref())?,
+                wo: w.linear(&t("attn_output.weight"), d, q_dim, None)?,
+                ffn_norm: w.vector(&t("ffn_norm.weight"), d)?,
+                w_gate: w.linear(&t("ffn_gate.weight"), c.ffn_hidden, d, None)?,
+                w_up: w.linear(&t("ffn_up.weight"), c.ffn_hidden, d, None)?,
+                w_down: w.linear(&t("ffn_down.weight"), d, c.ffn_hidden, None)?,
+            });
+        }
+        let output_name = if c.tied_embeddings { "token_embd.weight" } else { "output.weight" };
+        Ok(Llama {
+            embed: w.embedding("token_embd.weight", c.vocab_size, d)?,
+            blocks,
+            output_norm: w.vector("output_norm.weight", d)?,
+            output: w.linear(output_name, c.vocab_size, d, None)?,
+            config,
+        })
+    }
+
+    /// Runs `tokens` ([B, L] row-major, B = `cache.batch()`) at the cache's position and
+    /// returns logits [B, L, V] (or [B, 1, V] for the last position only when `last_only`).
+    /// The cache is extended by L positions.
+    pub fn forward(&self, tokens: &[u32], cache: &mut KvCache, last_only: bool) -> Result<Array> {
+        let c = &self.config;
+        let b = cache.batch();
+        let l = tokens.len() / b.max(1);
+        let pos = cache.len();
+        cache.reserve(l)?;
+        let x = self.embed.lookup(tokens)?; // [B·L, D]
+        let mut x = ops::reshape(&x, &[b as i32, l as i32, c.hidden as i32])?; // [B, L, D]
+        for (i, block) in self.blocks.iter().enumerate() {
+            let _span = tracing::trace_span!("block", i).entered();
+            let attn_norm = fast::rms_norm(&x, &block.attn_norm, c.rms_eps)?; // [B, L, D]
+            let attn_out = self.attention(block, i, &attn_norm, pos, cache)?; // [B, L, D]
+            let ffn_inp = ops::add(&x, &attn_out)?; // [B, L, D]
+            let ffn_norm = fast::rms_norm(&ffn_inp, &block.ffn_norm, c.rms_eps)?; // [B, L, D]
+            let ffn_out = self.mlp(block, &ffn_norm)?; // [B, L, D]
+            x = ops::add(&ffn_inp, &ffn_out)?; // l_out [B, L, D]
+        }
+        cache.advance(l);
+        if last_only && l > 1 {
+            x = ops::slice(&x, &[0, l as i32 - 1, 0], &[b as i32, l as i32, c.hidden as i32], &[1; 3])?; // [B, 1, D]
+        }
+        let result_norm = fast::rms_norm(&x, &self.output_norm, c.rms_eps)?; // [B, L', D]
+        self.output.forward(&result_norm) // [B, L', V]
+    }
+
+    /// Grouped-query self-attention with RoPE over the cache: x [B, L, D] → [B, L, D].
+    fn attention(&self, block: &Block, layer: usize, x: &Array, pos: usize, cache: &mut KvCache) -> Result<Array> {
+        let c = &self.config;
+        let (b, l) = (x.dim(0)?, x.dim(1)?);
+        let (hq, hkv, hd) = (c.n_heads as i32, c.n_kv_heads as i32, c.head_dim as i32);
+        let heads = |y: Array, h: i32| -> Result<Array> {
+            let y = ops::reshape(&y, &[b, l, h, hd])?; // [B, L, H, hd]
+            ops::transpose(&y, &[0, 2, 1, 3]) // [B, H, L, hd]
+        };
+        let q = heads(block.wq.forward(x)?, hq)?; // [B, Hq, L, hd]
+        let k = heads(block.wk.forward(x)?, hkv)?; // [B, Hkv, L, hd]
+        let v = heads(block.wv.forward(x)?, hkv)?; // [B, Hkv, L, hd]
+        let q = fast::rope(&q, hd, c.rope_traditional, c.rope_base, 1.0, pos as i32)?;
+        let k = fast::rope(&k, hd, c.rope_traditional, c.rope_base, 1.0, pos as i32)?;
+        let (keys, values) = cache.update(layer, &k, &v)?; // [B, Hkv, pos+L, hd]
+        let mask = if l > 1 { AttentionMask::Causal } else { AttentionMask::None };
+        let scale = 1.0 / (c.head_dim as f32).sqrt();
+        let kqv = fast::scaled_dot_product_attention(&q, &keys, &values, scale, mask)?; // [B, Hq, L, hd]
+        let kqv = ops::transpose(&kqv, &[0, 2, 1, 3])?; // [B, L, Hq, hd]
+        let kqv = ops::reshape(&kqv, &[b, l, hq * hd])?; // [B, L, Hq·hd]
+        block.wo.forward(&kqv) // [B, L, D]
+    }
+
+    /// SwiGLU: down(silu(gate(x)) · up(x)), x [B, L, D] → [B, L, D].
+    fn mlp(&self, block: &Block, x: &Array) -> Result<Array> {
+        let gate = block.w_gate.forward(x)?; // [B, L, F]
+        let up = block.w_up.forward(x)?; // [B, L, F]
+        let par = ops::multiply(&ops::silu(&gate)?, &up)?; // [B, L, F]
+        block.w_down.forward(&par) // [B, L, D]
+    }
+}

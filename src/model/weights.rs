@@ -1,0 +1,163 @@
+//! Reading a model's tensors from a GGUF file into the forms the forward pass uses, checking
+//! each tensor's shape and type against what the architecture expects at the load site.
+
+use crate::error::{Error, Result};
+use crate::loader::gguf::{GgufFile, TensorInfo};
+use crate::mlx::{Array, Device, Dtype};
+use crate::model::linear::{Linear, LinearWeight};
+use crate::quant::{self, GgmlType};
+use std::sync::Arc;
+
+/// How projections execute, chosen once at load.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Execution {
+    /// CPU, GGUF blocks multiplied in place by our kernel.
+    CpuKernel,
+    /// CPU, weights dequantized once to float32 and multiplied by MLX's `matmul`.
+    CpuDense,
+    /// GPU, weights converted to MLX's affine layout for `quantized_matmul`.
+    Gpu,
+}
+
+impl Execution {
+    /// The default for `device`: our kernel on CPU, MLX's quantized matmul on GPU.
+    pub fn for_device(device: Device) -> Execution {
+        match device {
+            Device::Cpu if crate::mlx::kernels::available() => Execution::CpuKernel,
+            Device::Cpu => Execution::CpuDense,
+            Device::Gpu => Execution::Gpu,
+        }
+    }
+}
+
+/// A token embedding read in place from the file; rows are dequantized on lookup.
+pub struct Embedding {
+    file: Arc<GgufFile>,
+    info: TensorInfo,
+    dim: usize,
+}
+
+impl Embedding {
+    /// The embedding rows of `tokens` as a float32 array [tokens.len(), D].
+    pub fn lookup(&self, tokens: &[u32]) -> Result<Array> {
+        let vocab = self.info.n_rows() as usize;
+        let bytes = self.file.tensor_bytes(&self.info);
+        let row_bytes = bytes.len() / vocab.max(1);
+        let mut out = vec![0f32; tokens.len() * self.dim];
+        for (row, &t) in out.chunks_exact_mut(self.dim).zip(tokens) {
+            if t as usize >= vocab {
+                return Err(Error::InvalidArgument(format!("token id {t} is outside the vocabulary of {vocab}")));
+            }
+            let start = t as usize * row_bytes;
+            quant::dequantize_row(self.info.ggml_type, &bytes[start..start + row_bytes], row)?;
+        }
+        Array::from_slice(&out, &[tokens.len() as i32, self.dim as i32])
+    }
+}
+
+/// Loads tensors of one GGUF file for one [`Execution`].
+pub struct GgufWeights {
+    file: Arc<GgufFile>,
+    exec: Execution,
+}
+
+impl GgufWeights {
+    /// Wraps an opened file.
+    pub fn new(file: Arc<GgufFile>, exec: Execution) -> GgufWeights {
+        GgufWeights { file, exec }
+    }
+
+    /// The tensor `name`, checked to have row-major shape `expected` ([rows, cols] or [len]).
+    fn info(&self, name: &str, expected: &[usize]) -> Result<TensorInfo> {
+        let info = self
+            .file
+            .tensor(name)
+            .ok_or_else(|| Error::format(self.file.path(), format!("tensor '{name}' is missing")))?;
+        let found: Vec<i64> = info.shape_rowmajor();
+        let want: Vec<i64> = expected.iter().map(|&d| d as i64).collect();
+        if found != want {
+            return Err(Error::format(
+                self.file.path(),
+                format!("tensor '{name}': shape {found:?}, expected {want:?}"),
+            ));
+        }
+        Ok(info.clone())
+    }
+
+    /// Whether the file has tensor `name`.
+    pub fn has(&self, name: &str) -> bool {
+        self.file.tensor(name).is_some()
+    }
+
+    /// Dequantizes a whole tensor to float32 (the scalar reference path).
+    fn dequantize(&self, info: &TensorInfo) -> Result<Vec<f32>> {
+        let rows = info.n_rows() as usize;
+        let cols = info.row_len() as usize;
+        let bytes = self.file.tensor_bytes(info);
+        let row_bytes = bytes.len() / rows.max(1);
+        let mut out = vec![0f32; rows * cols];
+        for (r, dst) in out.chunks_exact_mut(cols).enumerate() {
+            quant::dequantize_row(info.ggml_type, &bytes[r * row_bytes..(r + 1) * row_bytes], dst)?;
+        }
+        Ok(out)
+    }
+
+    /// A 1-D float32 vector (norm weights, biases) of length `len`.
+    pub fn vector(&self, name: &str, len: usize) -> Result<Array> {
+        let info = self.info(name, &[len])?;
+        if info.ggml_type == GgmlType::F32 {
+            let bytes = self.file.tensor_bytes(&info);
+            return Array::from_borrowed_bytes(bytes, self.file.mapping(), &[len as i32], Dtype::F32);
+        }
+        Array::from_slice(&self.dequantize(&info)?, &[len as i32])
+    }
+
+    /// A linear layer W [n, k] with an optional bias tensor.
+    pub fn linear(&self, name: &str, n: usize, k: usize, bias: Option<&str>) -> Result<Linear> {
+        let info = self.info(name, &[n, k])?;
+        let bias = match bias {
+            Some(b) => Some(self.vector(b, n)?),
+            None => None,
+        };
+        let weight = match self.exec {
+            Execution::CpuKernel if crate::mlx::kernels::supports(info.ggml_type) => {
+                let bytes = self.file.tensor_bytes(&info);
+                let row_bytes = (bytes.len() / n) as i32;
+                LinearWeight::GgufBlocks {
+                    blocks: Array::from_borrowed_bytes(bytes, self.file.mapping(), &[n as i32, row_bytes], Dtype::U8)?,
+                    ty: info.ggml_type,
+                    n,
+                    k,
+                }
+            }
+            Execution::Gpu => {
+                let bytes = self.file.tensor_bytes(&info);
+                let affine = quant::to_mlx_affine(info.ggml_type, bytes, n, k)?;
+                let groups = (k / affine.group_size as usize) as i32;
+                LinearWeight::Affine {
+                    w: Array::from_slice(&affine.packed, &[n as i32, (k * affine.bits as usize / 32) as i32])?,
+                    scales: Array::from_slice(&affine.scales, &[n as i32, groups])?,
+                    biases: Array::from_slice(&affine.biases, &[n as i32, groups])?,
+                    spec: crate::mlx::ops::QuantSpec {
+                        group_size: affine.group_size as i32,
+                        bits: affine.bits as i32,
+                    },
+                }
+            }
+            _ => LinearWeight::Dense {
+                w: Array::from_slice(&self.dequantize(&info)?, &[n as i32, k as i32])?,
+            },
+        };
+        Ok(Linear { weight, bias })
+    }
+
+    /// The token embedding [vocab, dim], read in place.
+    pub fn embedding(&self, name: &str, vocab: usize, dim: usize) -> Result<Embedding> {
+        let info = self.info(name, &[vocab, dim])?;
+        Ok(Embedding {
+            file: Arc::clone(&self.file),
+            info,
+            dim,
+        })
+    }
+}

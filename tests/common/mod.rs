@@ -1,0 +1,70 @@
+//! Shared test support: locating (and if needed fetching) the real model and Python references.
+#![allow(dead_code)]
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+/// Set to 1 to skip the tests that need the real model or Python references.
+pub const SKIP_VAR: &str = "MLX_ENGINE_SKIP_REFERENCE";
+
+/// True when the user explicitly opted out of reference tests.
+pub fn skip_requested() -> bool {
+    std::env::var(SKIP_VAR).is_ok_and(|v| v == "1")
+}
+
+/// The repository root.
+pub fn repo_root() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+}
+
+/// The real Qwen2.5-Coder-0.5B Q4_K_M model, fetched through the registry if missing.
+/// Panics with a clear message when it cannot be had (tests must not skip silently).
+pub fn qwen_model() -> PathBuf {
+    let opts = mlx_engine::fetch::FetchOptions::default();
+    match mlx_engine::fetch::resolve("qwen2.5-coder-0.5b", &opts) {
+        Ok(resolved) => resolved.path,
+        Err(e) => panic!("the Qwen test model is unavailable ({e}); set {SKIP_VAR}=1 to skip"),
+    }
+}
+
+/// The Python interpreter with numpy and gguf (installed from tests/reference/requirements.txt
+/// into target/pydeps on first use).
+pub fn python() -> Command {
+    let deps = repo_root().join("target/pydeps");
+    let stamp = deps.join(".installed");
+    if !stamp.exists() {
+        let status = Command::new("python3")
+            .args(["-m", "pip", "install", "--quiet", "--disable-pip-version-check", "--target"])
+            .arg(&deps)
+            .arg("-r")
+            .arg(repo_root().join("tests/reference/requirements.txt"))
+            .status()
+            .expect("python3 is needed for the reference tests");
+        assert!(status.success(), "pip install of tests/reference/requirements.txt failed; set {SKIP_VAR}=1 to skip");
+        std::fs::write(&stamp, "").unwrap();
+    }
+    let mut cmd = Command::new("python3");
+    cmd.env("PYTHONPATH", &deps);
+    cmd
+}
+
+/// Runs a reference script and returns its stdout, panicking with its stderr on failure.
+pub fn run_python(script: &Path, args: &[&str]) -> String {
+    let out = python().arg(script).args(args).output().expect("python3 runs");
+    assert!(
+        out.status.success(),
+        "{} failed:\n{}",
+        script.display(),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// Reads a little-endian float32 file.
+pub fn read_f32(path: &Path) -> Vec<f32> {
+    std::fs::read(path)
+        .unwrap()
+        .chunks_exact(4)
+        .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
+        .collect()
+}
