@@ -59,68 +59,64 @@ impl Engine {
         &self.model.config
     }
 
-    /// A new, empty KV cache for `batch` sequences that advance together.
-    pub fn new_cache(&self, batch: usize) -> KvCache {
+    /// A new, empty KV cache for one sequence.
+    pub fn new_cache(&self) -> KvCache {
         let c = self.config();
-        KvCache::new(c.n_layers, batch, c.n_kv_heads, c.head_dim, self.context)
+        KvCache::new(c.n_layers, c.n_kv_heads, c.head_dim, self.context)
     }
 
-    /// Runs a prompt ([B, L] row-major) through the model in chunks of `chunk` positions and
-    /// returns the logits of its last position, [B, V] (evaluated).
+    /// Runs a prompt through the model in chunks of `chunk` positions and returns the logits of
+    /// its last position, [V] (evaluated).
     pub fn prefill(&self, tokens: &[u32], cache: &mut KvCache, chunk: usize) -> Result<Array> {
-        let b = cache.batch();
-        if tokens.is_empty() || tokens.len() % b != 0 {
-            return Err(Error::InvalidArgument(format!("{} prompt tokens for a batch of {b}", tokens.len())));
+        if tokens.is_empty() {
+            return Err(Error::InvalidArgument("empty prompt".into()));
         }
-        let l = tokens.len() / b;
-        if cache.len() + l > cache.limit() {
-            return Err(Error::ContextFull { needed: cache.len() + l, limit: cache.limit() });
+        if cache.len() + tokens.len() > cache.limit() {
+            return Err(Error::ContextFull { needed: cache.len() + tokens.len(), limit: cache.limit() });
         }
-        let chunk = chunk.max(1);
         let mut last = None;
-        for start in (0..l).step_by(chunk) {
-            let end = (start + chunk).min(l);
-            let piece: Vec<u32> = (0..b).flat_map(|s| tokens[s * l + start..s * l + end].iter().copied()).collect();
-            let logits = self.model.forward(&piece, cache, true)?; // [B, 1, V]
+        for piece in tokens.chunks(chunk.max(1)) {
+            let logits = self.model.forward(piece, &mut [&mut *cache], true)?; // [1, 1, V]
             let mut outputs = cache.arrays();
             outputs.push(&logits);
             crate::mlx::transforms::eval(&outputs)?;
             last = Some(logits);
         }
         let logits = last.ok_or_else(|| Error::InvalidArgument("empty prompt".into()))?;
-        ops::reshape(&logits, &[b as i32, -1])
+        ops::reshape(&logits, &[-1])
     }
 
-    /// One decode step: `tokens` holds one token per sequence; returns logits [B, V] (lazy).
-    pub fn decode(&self, tokens: &[u32], cache: &mut KvCache) -> Result<Array> {
-        if tokens.len() != cache.batch() {
-            return Err(Error::InvalidArgument(format!("{} tokens for a batch of {}", tokens.len(), cache.batch())));
+    /// One decode step for B sequences: `tokens[b]` is appended to `caches[b]`, each sequence
+    /// at its own position; returns logits [B, V] (lazy).
+    pub fn decode(&self, tokens: &[u32], caches: &mut [&mut KvCache]) -> Result<Array> {
+        if tokens.len() != caches.len() {
+            return Err(Error::InvalidArgument(format!("{} tokens for {} sequences", tokens.len(), caches.len())));
         }
-        let logits = self.model.forward(tokens, cache, true)?; // [B, 1, V]
+        let logits = self.model.forward(tokens, caches, true)?; // [B, 1, V]
         ops::reshape(&logits, &[tokens.len() as i32, -1])
     }
 
-    /// Teacher-forced logits of every position of `tokens` (batch 1), [L, V] row-major, for
-    /// checking against a reference.
+    /// Teacher-forced logits of every position of `tokens`, [L, V] row-major, for checking
+    /// against a reference.
     pub fn logits_all(&self, tokens: &[u32]) -> Result<Vec<f32>> {
-        let mut cache = self.new_cache(1);
-        let logits = self.model.forward(tokens, &mut cache, false)?; // [1, L, V]
+        let mut cache = self.new_cache();
+        let logits = self.model.forward(tokens, &mut [&mut cache], false)?; // [1, L, V]
         logits.to_vec::<f32>()
     }
 
     /// Greedy generation for one sequence: up to `max_new` tokens after `prompt`, stopping
     /// after a token for which `stop` is true (that token included).
     pub fn generate_greedy(&self, prompt: &[u32], max_new: usize, stop: impl Fn(u32) -> bool) -> Result<Vec<u32>> {
-        let mut cache = self.new_cache(1);
+        let mut cache = self.new_cache();
         let mut logits = self.prefill(prompt, &mut cache, 512)?;
         let mut out = Vec::new();
         while out.len() < max_new {
-            let next = ops::argmax(&logits, -1, false)?.to_vec::<u32>()?[0];
+            let next = ops::argmax(&logits, -1, false)?.item::<u32>()?;
             out.push(next);
             if stop(next) || out.len() == max_new || cache.len() >= cache.limit() {
                 break;
             }
-            logits = self.decode(&[next], &mut cache)?;
+            logits = self.decode(&[next], &mut [&mut cache])?;
         }
         Ok(out)
     }

@@ -1,16 +1,15 @@
-//! The key/value cache: per layer, K and V arrays [B, kv_heads, capacity, head_dim], so one
-//! sequence's cache reads as [layers, kv_heads, seq, head_dim]. Capacity grows in steps of
+//! The key/value cache of one sequence: per layer, K and V arrays [1, kv_heads, capacity,
+//! head_dim], so the cache reads as [layers, kv_heads, seq, head_dim]. Capacity grows in steps of
 //! [`KvCache::STEP`] positions; new entries are written in place with `slice_update`, never by
 //! concatenating per token.
 
 use crate::error::{Error, Result};
 use crate::mlx::{ops, Array, Dtype};
 
-/// Keys and values of every layer for a batch of sequences that advance together.
+/// Keys and values of every layer for one sequence.
 pub struct KvCache {
     keys: Vec<Option<Array>>,
     values: Vec<Option<Array>>,
-    batch: usize,
     kv_heads: usize,
     head_dim: usize,
     len: usize,
@@ -23,11 +22,10 @@ impl KvCache {
     pub const STEP: usize = 256;
 
     /// An empty cache for `layers` layers of `kv_heads × head_dim`, at most `limit` positions.
-    pub fn new(layers: usize, batch: usize, kv_heads: usize, head_dim: usize, limit: usize) -> KvCache {
+    pub fn new(layers: usize, kv_heads: usize, head_dim: usize, limit: usize) -> KvCache {
         KvCache {
             keys: (0..layers).map(|_| None).collect(),
             values: (0..layers).map(|_| None).collect(),
-            batch,
             kv_heads,
             head_dim,
             len: 0,
@@ -49,11 +47,6 @@ impl KvCache {
     /// The most positions this cache accepts (the model's context).
     pub fn limit(&self) -> usize {
         self.limit
-    }
-
-    /// Sequences in the batch.
-    pub fn batch(&self) -> usize {
-        self.batch
     }
 
     /// Forgets every position (keeps the allocation).
@@ -80,7 +73,7 @@ impl KvCache {
             return Ok(());
         }
         let capacity = needed.div_ceil(Self::STEP) * Self::STEP;
-        let shape = [self.batch as i32, self.kv_heads as i32, capacity as i32, self.head_dim as i32];
+        let shape = [1i32, self.kv_heads as i32, capacity as i32, self.head_dim as i32];
         for slot in self.keys.iter_mut().chain(self.values.iter_mut()) {
             let grown = ops::zeros(&shape, Dtype::F32)?;
             *slot = Some(match slot.take() {
@@ -104,7 +97,7 @@ impl KvCache {
             return Err(Error::InvalidArgument("KvCache::update before reserve".into()));
         }
         let start = [0, 0, self.len as i32, 0];
-        let stop = [self.batch as i32, self.kv_heads as i32, (self.len + l) as i32, self.head_dim as i32];
+        let stop = [1, self.kv_heads as i32, (self.len + l) as i32, self.head_dim as i32];
         let keys = write_window(&mut self.keys[layer], k, &start, &stop)?;
         let values = write_window(&mut self.values[layer], v, &start, &stop)?;
         Ok((keys, values))
@@ -120,7 +113,7 @@ impl KvCache {
         let (Some(k), Some(v)) = (&self.keys[layer], &self.values[layer]) else {
             return Ok(None);
         };
-        let stop = [self.batch as i32, self.kv_heads as i32, self.len as i32, self.head_dim as i32];
+        let stop = [1, self.kv_heads as i32, self.len as i32, self.head_dim as i32];
         Ok(Some((ops::slice(k, &[0; 4], &stop, &[1; 4])?, ops::slice(v, &[0; 4], &stop, &[1; 4])?)))
     }
 

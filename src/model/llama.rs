@@ -1,7 +1,7 @@
 //! The Llama-family transformer (Llama 1/2/3, TinyLlama, Qwen2): weights, then the forward
 //! pass. Names of intermediates follow llama.cpp (`attn_norm`, `ffn_inp`, `l_out`, …).
 
-use crate::error::Result;
+use crate::error::{Error, Result};
 use crate::kv_cache::KvCache;
 use crate::mlx::fast::{self, AttentionMask};
 use crate::mlx::{ops, Array};
@@ -63,27 +63,34 @@ impl Llama {
         })
     }
 
-    /// Runs `tokens` ([B, L] row-major, B = `cache.batch()`) at the cache's position and
-    /// returns logits [B, L, V] (or [B, 1, V] for the last position only when `last_only`).
-    /// The cache is extended by L positions.
-    pub fn forward(&self, tokens: &[u32], cache: &mut KvCache, last_only: bool) -> Result<Array> {
+    /// Runs B sequences of L new tokens each (`tokens` is [B, L] row-major), sequence b at
+    /// its own position `caches[b].len()`, and returns logits [B, L, V] (or [B, 1, V] for the
+    /// last position only when `last_only`). Each cache is extended by L positions.
+    /// Projections run batched over all B·L rows; attention runs per sequence.
+    pub fn forward(&self, tokens: &[u32], caches: &mut [&mut KvCache], last_only: bool) -> Result<Array> {
         let c = &self.config;
-        let b = cache.batch();
-        let l = tokens.len() / b.max(1);
-        let pos = cache.len();
-        cache.reserve(l)?;
+        let b = caches.len();
+        if b == 0 || tokens.len() % b != 0 {
+            return Err(Error::InvalidArgument(format!("{} tokens for {b} sequences", tokens.len())));
+        }
+        let l = tokens.len() / b;
+        for cache in caches.iter_mut() {
+            cache.reserve(l)?;
+        }
         let x = self.embed.lookup(tokens)?; // [B·L, D]
         let mut x = ops::reshape(&x, &[b as i32, l as i32, c.hidden as i32])?; // [B, L, D]
         for (i, block) in self.blocks.iter().enumerate() {
             let _span = tracing::trace_span!("block", i).entered();
             let attn_norm = fast::rms_norm(&x, &block.attn_norm, c.rms_eps)?; // [B, L, D]
-            let attn_out = self.attention(block, i, &attn_norm, pos, cache)?; // [B, L, D]
+            let attn_out = self.attention(block, i, &attn_norm, caches)?; // [B, L, D]
             let ffn_inp = ops::add(&x, &attn_out)?; // [B, L, D]
             let ffn_norm = fast::rms_norm(&ffn_inp, &block.ffn_norm, c.rms_eps)?; // [B, L, D]
             let ffn_out = self.mlp(block, &ffn_norm)?; // [B, L, D]
             x = ops::add(&ffn_inp, &ffn_out)?; // l_out [B, L, D]
         }
-        cache.advance(l);
+        for cache in caches.iter_mut() {
+            cache.advance(l);
+        }
         if last_only && l > 1 {
             x = ops::slice(&x, &[0, l as i32 - 1, 0], &[b as i32, l as i32, c.hidden as i32], &[1; 3])?; // [B, 1, D]
         }
@@ -91,8 +98,9 @@ impl Llama {
         self.output.forward(&result_norm) // [B, L', V]
     }
 
-    /// Grouped-query self-attention with RoPE over the cache: x [B, L, D] → [B, L, D].
-    fn attention(&self, block: &Block, layer: usize, x: &Array, pos: usize, cache: &mut KvCache) -> Result<Array> {
+    /// Grouped-query self-attention with RoPE, x [B, L, D] → [B, L, D]; sequence b attends
+    /// over its own cache from its own position.
+    fn attention(&self, block: &Block, layer: usize, x: &Array, caches: &mut [&mut KvCache]) -> Result<Array> {
         let c = &self.config;
         let (b, l) = (x.dim(0)?, x.dim(1)?);
         let (hq, hkv, hd) = (c.n_heads as i32, c.n_kv_heads as i32, c.head_dim as i32);
@@ -103,12 +111,21 @@ impl Llama {
         let q = heads(block.wq.forward(x)?, hq)?; // [B, Hq, L, hd]
         let k = heads(block.wk.forward(x)?, hkv)?; // [B, Hkv, L, hd]
         let v = heads(block.wv.forward(x)?, hkv)?; // [B, Hkv, L, hd]
-        let q = fast::rope(&q, hd, c.rope_traditional, c.rope_base, 1.0, pos as i32)?;
-        let k = fast::rope(&k, hd, c.rope_traditional, c.rope_base, 1.0, pos as i32)?;
-        let (keys, values) = cache.update(layer, &k, &v)?; // [B, Hkv, pos+L, hd]
-        let mask = if l > 1 { AttentionMask::Causal } else { AttentionMask::None };
         let scale = 1.0 / (c.head_dim as f32).sqrt();
-        let kqv = fast::scaled_dot_product_attention(&q, &keys, &values, scale, mask)?; // [B, Hq, L, hd]
+        let mask = if l > 1 { AttentionMask::Causal } else { AttentionMask::None };
+        let mut outputs = Vec::with_capacity(b as usize);
+        for (s, cache) in caches.iter_mut().enumerate() {
+            let one = |t: &Array, h: i32| ops::slice(t, &[s as i32, 0, 0, 0], &[s as i32 + 1, h, l, hd], &[1; 4]);
+            let pos = cache.len() as i32;
+            let q = fast::rope(&one(&q, hq)?, hd, c.rope_traditional, c.rope_base, 1.0, pos)?; // [1, Hq, L, hd]
+            let k = fast::rope(&one(&k, hkv)?, hd, c.rope_traditional, c.rope_base, 1.0, pos)?; // [1, Hkv, L, hd]
+            let (keys, values) = cache.update(layer, &k, &one(&v, hkv)?)?; // [1, Hkv, pos+L, hd]
+            outputs.push(fast::scaled_dot_product_attention(&q, &keys, &values, scale, mask)?); // [1, Hq, L, hd]
+        }
+        let kqv = match outputs.len() {
+            1 => outputs.pop().unwrap_or_else(|| unreachable!()),
+            _ => ops::concatenate(&outputs.iter().collect::<Vec<_>>(), 0)?,
+        }; // [B, Hq, L, hd]
         let kqv = ops::transpose(&kqv, &[0, 2, 1, 3])?; // [B, L, Hq, hd]
         let kqv = ops::reshape(&kqv, &[b, l, hq * hd])?; // [B, L, Hq·hd]
         block.wo.forward(&kqv) // [B, L, D]
