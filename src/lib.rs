@@ -5,8 +5,21 @@
 //! model, the engine and its user surfaces. See `docs/ARCHITECTURE.md`.
 #![deny(unsafe_code)]
 
+pub mod backend;
+pub mod engine;
+pub mod chat_template;
 pub mod error;
+pub mod fetch;
+#[allow(unsafe_code)]
+pub mod ffi;
+pub mod kv_cache;
+pub mod loader;
 #[allow(unsafe_code)]
 pub mod mlx;
+pub mod model;
+pub mod quant;
+pub mod registry;
+pub mod sampler;
+pub mod tokenizer;
 
 pub use error::{Error, Result};
