@@ -6,7 +6,13 @@ use std::env;
 use std::path::PathBuf;
 
 /// The C++ translation units of `kernels/` that make up the kernel library.
-const KERNEL_SOURCES: &[&str] = &[];
+const KERNEL_SOURCES: &[&str] = &[
+    "kernels/quant_scalar.cpp",
+    "kernels/quant_avx2.cpp",
+    "kernels/threadpool.cpp",
+    "kernels/qmatmul.cpp",
+    "kernels/mlx_primitive.cpp",
+];
 
 fn main() {
     println!("cargo:rerun-if-changed=build.rs");
@@ -37,6 +43,8 @@ fn main() {
         .include(&mlxc_include)
         .flag(format!("-include{}", compat_header.display()))
         .flag_if_supported("-Wno-unused-parameter")
+        // mlx-c's array.h defines a static it never uses.
+        .flag_if_supported("-Wno-unused-variable")
         .files(KERNEL_SOURCES);
     build.compile("mlx_engine_kernels");
     println!("cargo:rustc-link-lib=dylib=mlx");

@@ -8,7 +8,7 @@
 #include <vector>
 
 #include "mlx_engine_kernels.h"
-#include "mlxe_internal.h"
+#include "mlxk_internal.h"
 
 namespace mlxe {
 
@@ -26,8 +26,8 @@ std::atomic<int> g_forced{-2};  // -2: not initialized yet, -1: auto
 
 int default_path() {
   const char* v = std::getenv("MLX_ENGINE_KERNEL");
-  if (v && std::string(v) == "scalar") return MLXE_PATH_SCALAR;
-  return avx2::cpu_supported() ? MLXE_PATH_AVX2 : MLXE_PATH_SCALAR;
+  if (v && std::string(v) == "scalar") return MLXK_PATH_SCALAR;
+  return avx2::cpu_supported() ? MLXK_PATH_AVX2 : MLXK_PATH_SCALAR;
 }
 
 int current_path() {
@@ -64,6 +64,7 @@ struct RowJob {
   int64_t chunk;
   int64_t nchunks;
   std::atomic<int64_t> next{0};
+  std::atomic<bool> failed{false};  // an exception (allocation) on some thread
 };
 
 void row_job_fn(void* ctx) {
@@ -74,10 +75,14 @@ void row_job_fn(void* ctx) {
     if (c >= j->nchunks) break;
     const int64_t n0 = c * j->chunk;
     const int64_t n1 = n0 + j->chunk < p.n ? n0 + j->chunk : p.n;
-    if (j->path == MLXE_PATH_AVX2)
-      avx2::compute_rows(p, n0, n1);
-    else
-      scalar::compute_rows(p, n0, n1);
+    try {
+      if (j->path == MLXK_PATH_AVX2)
+        avx2::compute_rows(p, n0, n1);
+      else
+        scalar::compute_rows(p, n0, n1);
+    } catch (...) {  // never let an exception escape a pool thread
+      j->failed.store(true);
+    }
   }
 }
 
@@ -110,19 +115,19 @@ int validate(int type, int64_t n, int64_t k, int64_t* row_bytes) {
   TypeInfo ti;
   if (!type_info(type, &ti)) {
     set_last_error("unsupported ggml type id " + std::to_string(type));
-    return MLXE_ERR_BAD_TYPE;
+    return MLXK_ERR_BAD_TYPE;
   }
   if (n < 0 || k <= 0) {
     set_last_error("bad shape: n=" + std::to_string(n) + " k=" + std::to_string(k));
-    return MLXE_ERR_BAD_SHAPE;
+    return MLXK_ERR_BAD_SHAPE;
   }
   if (k % ti.block != 0) {
     set_last_error(std::string("k=") + std::to_string(k) + " is not a multiple of the " + ti.name +
                    " block size " + std::to_string(ti.block));
-    return MLXE_ERR_BAD_SHAPE;
+    return MLXK_ERR_BAD_SHAPE;
   }
   if (row_bytes) *row_bytes = k / ti.block * ti.bytes;
-  return MLXE_OK;
+  return MLXK_OK;
 }
 
 int qmatmul_checked(const void* w, int type, int64_t n, int64_t k, const float* x, int64_t m, int64_t ldx,
@@ -132,17 +137,17 @@ int qmatmul_checked(const void* w, int type, int64_t n, int64_t k, const float* 
   if (rc) return rc;
   if (m < 0) {
     set_last_error("bad shape: m=" + std::to_string(m));
-    return MLXE_ERR_BAD_SHAPE;
+    return MLXK_ERR_BAD_SHAPE;
   }
-  if (n == 0 || m == 0) return MLXE_OK;
+  if (n == 0 || m == 0) return MLXK_OK;
   if (!w || !x || !y) {
     set_last_error("null pointer argument");
-    return MLXE_ERR_BAD_ARG;
+    return MLXK_ERR_BAD_ARG;
   }
   if ((m > 1 && ldx < k) || (m > 1 && ldy < n)) {
     set_last_error("row stride smaller than the row (x_row_stride=" + std::to_string(ldx) +
                    ", y_row_stride=" + std::to_string(ldy) + ")");
-    return MLXE_ERR_BAD_ARG;
+    return MLXK_ERR_BAD_ARG;
   }
   const int path = current_path();
   const int nthreads = pool_num_threads();
@@ -160,7 +165,7 @@ int qmatmul_checked(const void* w, int type, int64_t n, int64_t k, const float* 
   p.ldy = ldy;
 
   int64_t tile = 1;
-  if (path == MLXE_PATH_AVX2) {
+  if (path == MLXK_PATH_AVX2) {
     const size_t arb = avx2::act_row_bytes(type, k);
     if (arb) {
       thread_local Scratch scratch;
@@ -180,12 +185,14 @@ int qmatmul_checked(const void* w, int type, int64_t n, int64_t k, const float* 
     tile = avx2::row_tile(type, m);
   }
 
-  // Split the N rows into chunks (multiples of the row tile) pulled dynamically.
-  // Aim for ~8 chunks per thread, but keep each chunk >= ~32 KB of weights for GEMV.
+  // Split the N rows into chunks (multiples of the row tile) pulled dynamically by the threads.
+  // ~16 chunks per thread bounds the wait for a descheduled worker; >= 32 KB of weights per
+  // chunk keeps the per-chunk overhead (one atomic) small for GEMV.
   RowJob job;
   job.p = &p;
   job.path = path;
-  int64_t chunk = (n + (int64_t)nthreads * 8 - 1) / ((int64_t)nthreads * 8);
+  const int64_t target = (int64_t)nthreads * 16;
+  int64_t chunk = (n + target - 1) / target;
   if (m == 1) {
     const int64_t min_rows = (int64_t)(32768 / (rb > 0 ? rb : 1)) + 1;
     if (chunk < min_rows) chunk = min_rows;
@@ -198,7 +205,11 @@ int qmatmul_checked(const void* w, int type, int64_t n, int64_t k, const float* 
     parallel_run(row_job_fn, &job, nthreads);
   else
     row_job_fn(&job);
-  return MLXE_OK;
+  if (job.failed.load()) {
+    set_last_error("allocation of kernel scratch memory failed");
+    return MLXK_ERR_INTERNAL;
+  }
+  return MLXK_OK;
 }
 
 }  // namespace mlxe
@@ -207,67 +218,67 @@ using namespace mlxe;
 
 extern "C" {
 
-int mlxe_qmatmul_f32(const void* w, int ggml_type, int64_t n, int64_t k, const float* x, int64_t m,
+int mlxk_qmatmul_f32(const void* w, int ggml_type, int64_t n, int64_t k, const float* x, int64_t m,
                      int64_t x_row_stride, float* y, int64_t y_row_stride) {
   try {
     return qmatmul_checked(w, ggml_type, n, k, x, m, x_row_stride, y, y_row_stride);
   } catch (const std::exception& e) {
-    set_last_error(std::string("mlxe_qmatmul_f32: ") + e.what());
+    set_last_error(std::string("mlxk_qmatmul_f32: ") + e.what());
   } catch (...) {
-    set_last_error("mlxe_qmatmul_f32: unknown exception");
+    set_last_error("mlxk_qmatmul_f32: unknown exception");
   }
-  return MLXE_ERR_INTERNAL;
+  return MLXK_ERR_INTERNAL;
 }
 
-int mlxe_dequantize_rows(const void* w, int ggml_type, int64_t rows, int64_t k, float* out) {
+int mlxk_dequantize_rows(const void* w, int ggml_type, int64_t rows, int64_t k, float* out) {
   try {
     int64_t rb = 0;
     int rc = validate(ggml_type, rows, k, &rb);
     if (rc) return rc;
-    if (rows == 0) return MLXE_OK;
+    if (rows == 0) return MLXK_OK;
     if (!w || !out) {
       set_last_error("null pointer argument");
-      return MLXE_ERR_BAD_ARG;
+      return MLXK_ERR_BAD_ARG;
     }
     const uint8_t* wb = (const uint8_t*)w;
     for (int64_t r = 0; r < rows; ++r) scalar::dequantize_row(ggml_type, wb + (size_t)r * rb, k, out + r * k);
-    return MLXE_OK;
+    return MLXK_OK;
   } catch (const std::exception& e) {
-    set_last_error(std::string("mlxe_dequantize_rows: ") + e.what());
+    set_last_error(std::string("mlxk_dequantize_rows: ") + e.what());
   } catch (...) {
-    set_last_error("mlxe_dequantize_rows: unknown exception");
+    set_last_error("mlxk_dequantize_rows: unknown exception");
   }
-  return MLXE_ERR_INTERNAL;
+  return MLXK_ERR_INTERNAL;
 }
 
-int mlxe_row_bytes(int ggml_type, int64_t k, int64_t* out) {
+int mlxk_row_bytes(int ggml_type, int64_t k, int64_t* out) {
   int64_t rb = 0;
   int rc = validate(ggml_type, 0, k, &rb);
   if (rc) return rc;
   if (!out) {
     set_last_error("null pointer argument");
-    return MLXE_ERR_BAD_ARG;
+    return MLXK_ERR_BAD_ARG;
   }
   *out = rb;
-  return MLXE_OK;
+  return MLXK_OK;
 }
 
-int mlxe_block_size(int ggml_type) {
+int mlxk_block_size(int ggml_type) {
   TypeInfo ti;
   return type_info(ggml_type, &ti) ? ti.block : 0;
 }
 
-const char* mlxe_last_error(void) { return g_last_error.c_str(); }
+const char* mlxk_last_error(void) { return g_last_error.c_str(); }
 
-int mlxe_kernel_path(void) { return current_path(); }
+int mlxk_kernel_path(void) { return current_path(); }
 
-void mlxe_force_path(int path) {
-  if (path == MLXE_PATH_AVX2 && !avx2::cpu_supported()) path = MLXE_PATH_SCALAR;
-  if (path != MLXE_PATH_SCALAR && path != MLXE_PATH_AVX2) path = -1;
+void mlxk_force_path(int path) {
+  if (path == MLXK_PATH_AVX2 && !avx2::cpu_supported()) path = MLXK_PATH_SCALAR;
+  if (path != MLXK_PATH_SCALAR && path != MLXK_PATH_AVX2) path = -1;
   g_forced.store(path);
 }
 
-void mlxe_set_num_threads(int n) { pool_set_num_threads(n); }
-int mlxe_get_num_threads(void) { return pool_num_threads(); }
+void mlxk_set_num_threads(int n) { pool_set_num_threads(n); }
+int mlxk_get_num_threads(void) { return pool_num_threads(); }
 
 }  // extern "C"

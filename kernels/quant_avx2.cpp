@@ -1,8 +1,8 @@
 // AVX2 + FMA (+F16C) kernels for y = x . W^T with W in GGUF block formats.
 //
 // Activations are quantized once per call to int8:
-//   * 32-element blocks (for Q4_0/Q4_1/Q5_0/Q5_1/Q8_0): per row [int8 q[K]][f32 d[K/32]][f32 s[K/32]]
-//     with s = d * sum(q) / 8 (the "min" term of Q4_1/Q5_1 is folded in as 8 equal lanes).
+//   * 32-element blocks (for Q4_0/Q4_1/Q5_0/Q5_1/Q8_0): per row
+//     [int8 q[K]][f32 d[K/32]][f32 s[K/32]][i32 sum[K/32]] with sum = sum(q), s = d * sum.
 //   * 256-element super-blocks (for Q4_K/Q5_K/Q6_K): per row [int8 q[K]][f32 d[K/256]][i16 bsum[K/16]].
 // Weights are decoded to bytes in registers and multiplied with _mm256_maddubs_epi16
 // (unsigned weights x signed activations; signed weights use the abs/sign trick), summed
@@ -10,9 +10,12 @@
 //
 // Every function that uses AVX2 intrinsics carries the target attribute, so this file is
 // compiled without -mavx2 and the code is only entered after a runtime CPU check.
-#include "mlxe_internal.h"
+#include <cstdlib>
+#include <new>
 
-#if MLXE_X86
+#include "mlxk_internal.h"
+
+#if MLXK_X86
 #include <immintrin.h>
 
 #define AVX2_FN __attribute__((target("avx2,fma,f16c")))
@@ -33,7 +36,8 @@ bool cpu_supported() {
 namespace {
 
 constexpr int RMAX = 4;  // weight rows per tile (max)
-constexpr int CMAX = 4;  // activation rows per tile (max)
+constexpr int CMAX = 2;  // activation rows per tile (max)
+constexpr size_t kPrefetchDist = 4096;  // bytes ahead of the GEMV weight stream
 
 inline size_t round_up(size_t v, size_t a) { return (v + a - 1) / a * a; }
 
@@ -57,9 +61,8 @@ AVX2_INL float half(const uint8_t* p) { return _cvtsh_ss(load_u16(p)); }
 
 // 16 bytes of nibbles -> 32 bytes: [low nibbles of bytes 0..15 | high nibbles of bytes 0..15]
 AVX2_INL __m256i nibbles32(const uint8_t* p) {
-  const __m128i v = _mm_loadu_si128((const __m128i*)p);
-  const __m256i b = _mm256_set_m128i(_mm_srli_epi16(v, 4), v);
-  return _mm256_and_si256(b, _mm256_set1_epi8(0x0f));
+  const __m256i v = _mm256_broadcastsi128_si256(_mm_loadu_si128((const __m128i*)p));
+  return _mm256_and_si256(_mm256_srlv_epi64(v, _mm256_setr_epi64x(0, 0, 4, 4)), _mm256_set1_epi8(0x0f));
 }
 // 32 bits -> 32 bytes, 0x10 where the bit is set.
 AVX2_INL __m256i bits32_to_0x10(uint32_t bits) {
@@ -84,6 +87,7 @@ AVX2_FN void quant_q8_32(const float* x, int64_t k, uint8_t* dst) {
   int8_t* q = (int8_t*)dst;
   float* dv = (float*)(dst + k);
   float* sv = dv + nb;
+  int32_t* iv = (int32_t*)(sv + nb);
   const __m256 sign = _mm256_set1_ps(-0.0f);
   for (int64_t b = 0; b < nb; ++b) {
     const float* xb = x + 32 * b;
@@ -105,7 +109,8 @@ AVX2_FN void quant_q8_32(const float* x, int64_t k, uint8_t* dst) {
     const int sum = hsum_epi32(_mm256_add_epi32(_mm256_add_epi32(i0, i1), _mm256_add_epi32(i2, i3)));
     _mm256_store_si256((__m256i*)(q + 32 * b), pack_i32x4_to_i8(i0, i1, i2, i3));
     dv[b] = d;
-    sv[b] = d * (float)sum * 0.125f;
+    sv[b] = d * (float)sum;
+    iv[b] = sum;
   }
 }
 
@@ -146,32 +151,35 @@ typedef void (*TileFn)(const uint8_t* w, size_t ws, const uint8_t* const* xa, in
                        int64_t ldy);
 
 // ---- 32-element block formats
+// Weights are decoded to unsigned bytes q (value = d*(q - OFF) [+ m]) except Q8_0, which is
+// signed and uses the abs/sign trick. Blocks are processed in groups of 8: the eight i32 dot
+// vectors are reduced with a hadd tree to one vector holding one block sum per lane, so the
+// per-block scales (gathered as 8 f16 values) are applied with one FMA per 8 blocks.
 template <int TYPE>
 struct B32;
 template <>
 struct B32<T_Q4_0> {
-  static constexpr int bytes = 18;
-  static constexpr bool is_signed = true, has_min = false;
-  AVX2_INL __m256i decode(const uint8_t* b) { return _mm256_sub_epi8(nibbles32(b + 2), _mm256_set1_epi8(8)); }
+  static constexpr int bytes = 18, off = 8;
+  static constexpr bool is_signed = false, has_min = false;
+  AVX2_INL __m256i decode(const uint8_t* b) { return nibbles32(b + 2); }
 };
 template <>
 struct B32<T_Q4_1> {
-  static constexpr int bytes = 20;
+  static constexpr int bytes = 20, off = 0;
   static constexpr bool is_signed = false, has_min = true;
   AVX2_INL __m256i decode(const uint8_t* b) { return nibbles32(b + 4); }
 };
 template <>
 struct B32<T_Q5_0> {
-  static constexpr int bytes = 22;
-  static constexpr bool is_signed = true, has_min = false;
+  static constexpr int bytes = 22, off = 16;
+  static constexpr bool is_signed = false, has_min = false;
   AVX2_INL __m256i decode(const uint8_t* b) {
-    const __m256i q = _mm256_or_si256(nibbles32(b + 6), bits32_to_0x10(load_u32(b + 2)));
-    return _mm256_sub_epi8(q, _mm256_set1_epi8(16));
+    return _mm256_or_si256(nibbles32(b + 6), bits32_to_0x10(load_u32(b + 2)));
   }
 };
 template <>
 struct B32<T_Q5_1> {
-  static constexpr int bytes = 24;
+  static constexpr int bytes = 24, off = 0;
   static constexpr bool is_signed = false, has_min = true;
   AVX2_INL __m256i decode(const uint8_t* b) {
     return _mm256_or_si256(nibbles32(b + 8), bits32_to_0x10(load_u32(b + 4)));
@@ -179,15 +187,180 @@ struct B32<T_Q5_1> {
 };
 template <>
 struct B32<T_Q8_0> {
-  static constexpr int bytes = 34;
+  static constexpr int bytes = 34, off = 0;
   static constexpr bool is_signed = true, has_min = false;
   AVX2_INL __m256i decode(const uint8_t* b) { return _mm256_loadu_si256((const __m256i*)(b + 2)); }
 };
 
+// Sum of the 8 lanes of a block dot product, done for 8 blocks at once:
+// returns [sum(v0), sum(v1), ..., sum(v7)].
+AVX2_INL __m256i reduce8(__m256i q0, __m256i q1) {
+  return _mm256_add_epi32(_mm256_permute2x128_si256(q0, q1, 0x20), _mm256_permute2x128_si256(q0, q1, 0x31));
+}
+
+// The 8 f16 block scales d (and, for Q4_1 / Q5_1, the mins m stored right after d) of the
+// blocks p, p+BYTES, ... -> 8 floats. Assembled with scalar loads (cheaper than vpgatherdd here).
+template <int BYTES, bool FULL>
+AVX2_INL void load_scales8(const uint8_t* p, int nv, __m256* d, __m256* m, bool want_m) {
+  uint64_t dl = 0, dh = 0, ml = 0, mh = 0;
+#pragma GCC unroll 8
+  for (int b = 0; b < 8; ++b) {
+    if (!FULL && b >= nv) break;
+    const uint64_t v = load_u16(p + b * BYTES);
+    if (b < 4)
+      dl |= v << (16 * b);
+    else
+      dh |= v << (16 * (b - 4));
+    if (want_m) {
+      const uint64_t u = load_u16(p + b * BYTES + 2);
+      if (b < 4)
+        ml |= u << (16 * b);
+      else
+        mh |= u << (16 * (b - 4));
+    }
+  }
+  *d = _mm256_cvtph_ps(_mm_set_epi64x((long long)dh, (long long)dl));
+  if (want_m) *m = _mm256_cvtph_ps(_mm_set_epi64x((long long)mh, (long long)ml));
+}
+
+template <int TYPE, int R, int C, bool FULL>
+AVX2_INL void b32_group(const uint8_t* w, size_t ws, int64_t g, int nv, const int8_t* const* xq,
+                        const float* const* xd, const float* const* xs, const int32_t* const* xi,
+                        __m256 (&acc)[R][C]) {
+  typedef B32<TYPE> F;
+  const __m256i ones = _mm256_set1_epi16(1);
+  const __m256i lane = _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7);
+  const __m256i mask = FULL ? _mm256_set1_epi32(-1) : _mm256_cmpgt_epi32(_mm256_set1_epi32(nv), lane);
+  __m256i q[2][R][C];
+  __m256i h[R][C];
+#pragma GCC unroll 8
+  for (int b = 0; b < 8; ++b) {
+    __m256i wv[R], wu[R];
+    const bool valid = FULL || b < nv;
+#pragma GCC unroll 8
+    for (int r = 0; r < R; ++r) {
+      if (valid) {
+        wv[r] = F::decode(w + r * ws + (8 * g + b) * F::bytes);
+        if constexpr (F::is_signed) wu[r] = _mm256_sign_epi8(wv[r], wv[r]);
+      } else {
+        wv[r] = wu[r] = _mm256_setzero_si256();
+      }
+    }
+#pragma GCC unroll 8
+    for (int c = 0; c < C; ++c) {
+      const __m256i xv = valid ? _mm256_load_si256((const __m256i*)(xq[c] + 32 * (8 * g + b))) : _mm256_setzero_si256();
+#pragma GCC unroll 8
+      for (int r = 0; r < R; ++r) {
+        __m256i p;
+        if constexpr (F::is_signed)
+          p = _mm256_maddubs_epi16(wu[r], _mm256_sign_epi8(xv, wv[r]));
+        else
+          p = _mm256_maddubs_epi16(wv[r], xv);
+        const __m256i i = _mm256_madd_epi16(p, ones);
+        // progressive hadd tree: h = hadd(i_even, i_odd); q[b/4] = hadd(h01, h23)
+        if ((b & 1) == 0) {
+          h[r][c] = i;
+        } else {
+          const __m256i hh = _mm256_hadd_epi32(h[r][c], i);
+          if ((b & 3) == 1)
+            q[b >> 2][r][c] = hh;
+          else
+            q[b >> 2][r][c] = _mm256_hadd_epi32(q[b >> 2][r][c], hh);
+        }
+      }
+    }
+  }
+  __m256 dw[R], mw[R];
+#pragma GCC unroll 8
+  for (int r = 0; r < R; ++r) load_scales8<F::bytes, FULL>(w + r * ws + 8 * g * F::bytes, nv, &dw[r], &mw[r], F::has_min);
+#pragma GCC unroll 8
+  for (int c = 0; c < C; ++c) {
+    const __m256 dx = FULL ? _mm256_loadu_ps(xd[c] + 8 * g) : _mm256_maskload_ps(xd[c] + 8 * g, mask);
+    __m256i corr = _mm256_setzero_si256();
+    if constexpr (F::off != 0) {
+      const __m256i isum =
+          FULL ? _mm256_loadu_si256((const __m256i*)(xi[c] + 8 * g)) : _mm256_maskload_epi32(xi[c] + 8 * g, mask);
+      corr = _mm256_slli_epi32(isum, F::off == 8 ? 3 : 4);
+    }
+    __m256 sx;
+    if constexpr (F::has_min) sx = FULL ? _mm256_loadu_ps(xs[c] + 8 * g) : _mm256_maskload_ps(xs[c] + 8 * g, mask);
+#pragma GCC unroll 8
+    for (int r = 0; r < R; ++r) {
+      __m256i s = reduce8(q[0][r][c], q[1][r][c]);
+      if constexpr (F::off != 0) s = _mm256_sub_epi32(s, corr);
+      acc[r][c] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(s), _mm256_mul_ps(dw[r], dx), acc[r][c]);
+      if constexpr (F::has_min) acc[r][c] = _mm256_fmadd_ps(mw[r], sx, acc[r][c]);
+    }
+  }
+}
+
 template <int TYPE, int R, int C>
 AVX2_FN void tile_b32(const uint8_t* w, size_t ws, const uint8_t* const* xa, int64_t k, float* y, int64_t ldy) {
-  typedef B32<TYPE> F;
   const int64_t nb = k / 32;
+  const int8_t* xq[C];
+  const float* xd[C];
+  const float* xs[C];
+  const int32_t* xi[C];
+#pragma GCC unroll 8
+  for (int c = 0; c < C; ++c) {
+    xq[c] = (const int8_t*)xa[c];
+    xd[c] = (const float*)(xa[c] + k);
+    xs[c] = xd[c] + nb;
+    xi[c] = (const int32_t*)(xs[c] + nb);
+  }
+  __m256 acc[R][C];
+#pragma GCC unroll 8
+  for (int r = 0; r < R; ++r)
+#pragma GCC unroll 8
+    for (int c = 0; c < C; ++c) acc[r][c] = _mm256_setzero_ps();
+  const int64_t ng = nb / 8;
+  for (int64_t g = 0; g < ng; ++g) b32_group<TYPE, R, C, true>(w, ws, g, 8, xq, xd, xs, xi, acc);
+  if (nb % 8) b32_group<TYPE, R, C, false>(w, ws, ng, (int)(nb % 8), xq, xd, xs, xi, acc);
+#pragma GCC unroll 8
+  for (int c = 0; c < C; ++c)
+#pragma GCC unroll 8
+    for (int r = 0; r < R; ++r) y[c * ldy + r] = hsum_ps(acc[r][c]);
+}
+
+// ---- GEMM for the 32-element block formats: a panel of up to PR weight rows is decoded once
+// (bytes + f32 scales), then reused for every activation row. The microkernel needs 4-5 vector
+// ops per (weight block, activation block) pair.
+constexpr int PR = 4;  // weight rows per panel (= microkernel rows)
+constexpr int PC = 2;  // activation rows per microkernel call
+
+struct Panel {
+  uint8_t* q;  // [PR][k] decoded bytes (unsigned, or signed for Q8_0)
+  float* d;    // [PR][nb] block scales
+  float* m;    // [PR][nb] block mins (Q4_1 / Q5_1)
+  int64_t k, nb;
+};
+
+template <int TYPE>
+AVX2_FN void b32_decode_panel(const uint8_t* w, size_t ws, int rows, const Panel& P) {
+  typedef B32<TYPE> F;
+  for (int r = 0; r < rows; ++r) {
+    const uint8_t* row = w + r * ws;
+    uint8_t* q = P.q + r * P.k;
+    for (int64_t b = 0; b < P.nb; ++b)
+      _mm256_store_si256((__m256i*)(q + 32 * b), F::decode(row + b * F::bytes));
+    int64_t b = 0;
+    __m256 d, m;
+    for (; b + 8 <= P.nb; b += 8) {
+      load_scales8<F::bytes, true>(row + b * F::bytes, 8, &d, &m, F::has_min);
+      _mm256_storeu_ps(P.d + r * P.nb + b, d);
+      if constexpr (F::has_min) _mm256_storeu_ps(P.m + r * P.nb + b, m);
+    }
+    for (; b < P.nb; ++b) {
+      P.d[r * P.nb + b] = half(row + b * F::bytes);
+      if constexpr (F::has_min) P.m[r * P.nb + b] = half(row + b * F::bytes + 2);
+    }
+  }
+}
+
+template <int TYPE, int R, int C>
+AVX2_FN void b32_panel_kernel(const Panel& P, const uint8_t* const* xa, float* y, int64_t ldy) {
+  typedef B32<TYPE> F;
+  const int64_t k = P.k, nb = P.nb;
   const int8_t* xq[C];
   const float* xd[C];
   const float* xs[C];
@@ -203,39 +376,112 @@ AVX2_FN void tile_b32(const uint8_t* w, size_t ws, const uint8_t* const* xa, int
   for (int r = 0; r < R; ++r)
 #pragma GCC unroll 8
     for (int c = 0; c < C; ++c) acc[r][c] = _mm256_setzero_ps();
-
   for (int64_t b = 0; b < nb; ++b) {
-    __m256i wq[R], wu[R];
-    __m256 dw[R], mw[R];
+    __m256 dx[C];
+#pragma GCC unroll 8
+    for (int c = 0; c < C; ++c) dx[c] = _mm256_broadcast_ss(xd[c] + b);
 #pragma GCC unroll 8
     for (int r = 0; r < R; ++r) {
-      const uint8_t* blk = w + r * ws + b * F::bytes;
-      dw[r] = _mm256_set1_ps(half(blk));
-      if constexpr (F::has_min) mw[r] = _mm256_set1_ps(half(blk + 2));
-      wq[r] = F::decode(blk);
-      if constexpr (F::is_signed) wu[r] = _mm256_sign_epi8(wq[r], wq[r]);
-    }
+      const __m256i wv = _mm256_load_si256((const __m256i*)(P.q + r * k + 32 * b));
+      __m256i wu;
+      if constexpr (F::is_signed) wu = _mm256_sign_epi8(wv, wv);
+      const __m256 dw = _mm256_broadcast_ss(P.d + r * nb + b);
 #pragma GCC unroll 8
-    for (int c = 0; c < C; ++c) {
-      const __m256i xv = _mm256_load_si256((const __m256i*)(xq[c] + 32 * b));
-      const __m256 dx = _mm256_set1_ps(xd[c][b]);
-#pragma GCC unroll 8
-      for (int r = 0; r < R; ++r) {
+      for (int c = 0; c < C; ++c) {
+        const __m256i xv = _mm256_load_si256((const __m256i*)(xq[c] + 32 * b));
         __m256i p;
         if constexpr (F::is_signed)
-          p = _mm256_maddubs_epi16(wu[r], _mm256_sign_epi8(xv, wq[r]));
+          p = _mm256_maddubs_epi16(wu, _mm256_sign_epi8(xv, wv));
         else
-          p = _mm256_maddubs_epi16(wq[r], xv);
+          p = _mm256_maddubs_epi16(wv, xv);
         const __m256 f = _mm256_cvtepi32_ps(_mm256_madd_epi16(p, ones));
-        acc[r][c] = _mm256_fmadd_ps(f, _mm256_mul_ps(dw[r], dx), acc[r][c]);
-        if constexpr (F::has_min) acc[r][c] = _mm256_fmadd_ps(mw[r], _mm256_set1_ps(xs[c][b]), acc[r][c]);
+        acc[r][c] = _mm256_fmadd_ps(f, _mm256_mul_ps(dw, dx[c]), acc[r][c]);
       }
     }
+  }
+  // Offset (-OFF * sum_b d_b * s_b) and min (sum_b m_b * s_b) terms: dots over blocks.
+  if constexpr (F::off != 0 || F::has_min) {
+    const float* src = F::has_min ? P.m : P.d;
+    const __m256 sc = _mm256_set1_ps(F::has_min ? 1.0f : -(float)F::off);
+#pragma GCC unroll 8
+    for (int r = 0; r < R; ++r)
+#pragma GCC unroll 8
+      for (int c = 0; c < C; ++c) {
+        __m256 t = _mm256_setzero_ps();
+        int64_t b = 0;
+        for (; b + 8 <= nb; b += 8)
+          t = _mm256_fmadd_ps(_mm256_loadu_ps(src + r * nb + b), _mm256_loadu_ps(xs[c] + b), t);
+        float tail = 0.f;
+        for (; b < nb; ++b) tail += src[r * nb + b] * xs[c][b];
+        acc[r][c] = _mm256_fmadd_ps(sc, t, acc[r][c]);
+        acc[r][c] = _mm256_add_ps(acc[r][c], _mm256_setr_ps(tail * sc[0], 0, 0, 0, 0, 0, 0, 0));
+      }
   }
 #pragma GCC unroll 8
   for (int c = 0; c < C; ++c)
 #pragma GCC unroll 8
     for (int r = 0; r < R; ++r) y[c * ldy + r] = hsum_ps(acc[r][c]);
+}
+
+typedef void (*PanelFn)(const Panel&, const uint8_t* const*, float*, int64_t);
+typedef void (*DecodeFn)(const uint8_t*, size_t, int, const Panel&);
+
+#define MLXK_PROW(T, R) {&b32_panel_kernel<T, R, 1>, &b32_panel_kernel<T, R, 2>}
+#define MLXK_PTAB(T) {MLXK_PROW(T, 1), MLXK_PROW(T, 2), MLXK_PROW(T, 3), MLXK_PROW(T, 4)}
+struct PanelTable {
+  DecodeFn decode;
+  PanelFn f[PR][PC];
+};
+const PanelTable kPanelTables[] = {
+    {&b32_decode_panel<T_Q4_0>, MLXK_PTAB(T_Q4_0)}, {&b32_decode_panel<T_Q4_1>, MLXK_PTAB(T_Q4_1)},
+    {&b32_decode_panel<T_Q5_0>, MLXK_PTAB(T_Q5_0)}, {&b32_decode_panel<T_Q5_1>, MLXK_PTAB(T_Q5_1)},
+    {&b32_decode_panel<T_Q8_0>, MLXK_PTAB(T_Q8_0)},
+};
+const PanelTable* panel_table_for(int type) {
+  switch (type) {
+    case T_Q4_0: return &kPanelTables[0];
+    case T_Q4_1: return &kPanelTables[1];
+    case T_Q5_0: return &kPanelTables[2];
+    case T_Q5_1: return &kPanelTables[3];
+    case T_Q8_0: return &kPanelTables[4];
+    default: return nullptr;
+  }
+}
+
+struct AlignedBuf {
+  uint8_t* p = nullptr;
+  size_t cap = 0;
+  ~AlignedBuf() { std::free(p); }
+  uint8_t* get(size_t n) {
+    if (n > cap) {
+      std::free(p);
+      cap = (n + 4095) / 4096 * 4096;
+      p = (uint8_t*)std::aligned_alloc(64, cap);
+      if (!p) {
+        cap = 0;
+        throw std::bad_alloc();
+      }
+    }
+    return p;
+  }
+};
+
+void panel_gemm(const Problem& p, const PanelTable* pt, int64_t n0, int64_t n1) {
+  thread_local AlignedBuf buf;
+  const int64_t nb = p.k / 32;
+  const size_t qbytes = (size_t)PR * p.k, fbytes = (size_t)PR * nb * 4;
+  uint8_t* base = buf.get(qbytes + 2 * fbytes + 64);
+  Panel P{base, (float*)(base + qbytes), (float*)(base + qbytes + fbytes), p.k, nb};
+  const uint8_t* xa[PC];
+  for (int64_t r0 = n0; r0 < n1; r0 += PR) {
+    const int rr = (int)((n1 - r0) < PR ? (n1 - r0) : PR);
+    pt->decode(p.w + (size_t)r0 * p.row_bytes, p.row_bytes, rr, P);
+    for (int64_t m0 = 0; m0 < p.m; m0 += PC) {
+      const int cc = (int)((p.m - m0) < PC ? (p.m - m0) : PC);
+      for (int c = 0; c < cc; ++c) xa[c] = p.xq + (size_t)(m0 + c) * p.xq_stride;
+      pt->f[rr - 1][cc - 1](P, xa, p.y + m0 * p.ldy + r0, p.ldy);
+    }
+  }
 }
 
 // ---- Q4_K / Q5_K
@@ -424,6 +670,162 @@ AVX2_FN void tile_q6k(const uint8_t* w, size_t ws, const uint8_t* const* xa, int
     for (int r = 0; r < R; ++r) y[c * ldy + r] = hsum_ps(acc[r][c]);
 }
 
+// ---- GEMM for the K-quants: decode a panel of KR rows once, then reuse it for all M rows.
+// Panel per row: q[K] (unsigned 0..15/31/63), sv[K/32] (int16 x16 scale vectors for madd),
+// per super-block d, dm (f32) and mn[16] (int16) so that
+//   dot = sum_sb d*dx*sum(q*x*sv) - dm*dx*sum(mn*bsum16).
+constexpr int KR = 4, KC = 2;
+
+struct KPanel {
+  uint8_t* q;      // [KR][k]
+  __m256i* sv;     // [KR][k/32]
+  __m256i* mn;     // [KR][nsb]
+  float* d;        // [KR][nsb]
+  float* dm;       // [KR][nsb]
+  int64_t k, nsb;
+};
+
+template <int TYPE>
+AVX2_FN void kq_decode_panel(const uint8_t* w, size_t ws, int rows, const KPanel& P) {
+  const __m256i m4 = _mm256_set1_epi8(0x0f), m30 = _mm256_set1_epi8(0x30);
+  for (int r = 0; r < rows; ++r) {
+    for (int64_t sb = 0; sb < P.nsb; ++sb) {
+      uint8_t* q = P.q + r * P.k + 256 * sb;
+      __m256i* sv = P.sv + r * (P.k / 32) + 8 * sb;
+      const int64_t o = r * P.nsb + sb;
+      if constexpr (TYPE == T_Q6_K) {
+        const uint8_t* blk = w + r * ws + sb * 210;
+        const float d = half(blk + 208);
+        const __m128i s8 = _mm_loadu_si128((const __m128i*)(blk + 192));
+        for (int ch = 0; ch < 8; ++ch) {
+          const int h = ch >> 2, s = ch & 3;
+          const __m256i ql = _mm256_loadu_si256((const __m256i*)(blk + 64 * h + 32 * (s & 1)));
+          const __m256i qh = _mm256_loadu_si256((const __m256i*)(blk + 128 + 32 * h));
+          const __m256i lo = (s >> 1) ? _mm256_and_si256(_mm256_srli_epi16(ql, 4), m4) : _mm256_and_si256(ql, m4);
+          const __m256i hi = s == 0 ? _mm256_slli_epi16(qh, 4)
+                             : s == 1 ? _mm256_slli_epi16(qh, 2)
+                             : s == 2 ? qh
+                                      : _mm256_srli_epi16(qh, 2);
+          _mm256_store_si256((__m256i*)(q + 32 * ch), _mm256_or_si256(lo, _mm256_and_si256(hi, m30)));
+          const __m128i ctrl = _mm_set_epi64x((long long)(0x0101010101010101ull * (uint64_t)(2 * ch + 1)),
+                                              (long long)(0x0101010101010101ull * (uint64_t)(2 * ch)));
+          _mm256_store_si256(sv + ch, _mm256_cvtepi8_epi16(_mm_shuffle_epi8(s8, ctrl)));
+        }
+        P.d[o] = d;
+        P.dm[o] = 32.0f * d;
+        _mm256_store_si256(P.mn + o, _mm256_cvtepi8_epi16(s8));
+      } else {
+        constexpr bool Q5 = TYPE == T_Q5_K;
+        const uint8_t* blk = w + r * ws + sb * (Q5 ? 176 : 144);
+        const uint8_t* qs = blk + (Q5 ? 48 : 16);
+        uint8_t sc[8], mn[8];
+        kquant_scale_min(blk + 4, sc, mn);
+        for (int j = 0; j < 8; ++j) {
+          const __m256i v = _mm256_loadu_si256((const __m256i*)(qs + 32 * (j / 2)));
+          __m256i x = (j & 1) ? _mm256_and_si256(_mm256_srli_epi16(v, 4), m4) : _mm256_and_si256(v, m4);
+          if constexpr (Q5) {
+            const __m256i qh = _mm256_loadu_si256((const __m256i*)(blk + 16));
+            const __m256i hb = _mm256_slli_epi16(_mm256_srli_epi16(qh, j), 4);
+            x = _mm256_or_si256(x, _mm256_and_si256(hb, _mm256_set1_epi8(0x10)));
+          }
+          _mm256_store_si256((__m256i*)(q + 32 * j), x);
+          _mm256_store_si256(sv + j, _mm256_set1_epi16(sc[j]));
+        }
+        P.d[o] = half(blk);
+        P.dm[o] = half(blk + 2);
+        alignas(32) int16_t m16[16];
+        for (int t = 0; t < 16; ++t) m16[t] = mn[t / 2];
+        _mm256_store_si256(P.mn + o, _mm256_load_si256((const __m256i*)m16));
+      }
+    }
+  }
+}
+
+template <int R, int C>
+AVX2_FN void kq_panel_kernel(const KPanel& P, const uint8_t* const* xa, float* y, int64_t ldy) {
+  const int64_t k = P.k, nsb = P.nsb;
+  const int8_t* xq[C];
+  const float* xd[C];
+  const int16_t* xb[C];
+#pragma GCC unroll 8
+  for (int c = 0; c < C; ++c) {
+    xq[c] = (const int8_t*)xa[c];
+    xd[c] = (const float*)(xa[c] + k);
+    xb[c] = (const int16_t*)(xa[c] + k + 4 * nsb);
+  }
+  __m256 acc[R][C];
+#pragma GCC unroll 8
+  for (int r = 0; r < R; ++r)
+#pragma GCC unroll 8
+    for (int c = 0; c < C; ++c) acc[r][c] = _mm256_setzero_ps();
+  for (int64_t sb = 0; sb < nsb; ++sb) {
+    __m256i iacc[R][C];
+#pragma GCC unroll 8
+    for (int r = 0; r < R; ++r)
+#pragma GCC unroll 8
+      for (int c = 0; c < C; ++c) iacc[r][c] = _mm256_setzero_si256();
+#pragma GCC unroll 8
+    for (int j = 0; j < 8; ++j) {
+      __m256i wq[R];
+#pragma GCC unroll 8
+      for (int r = 0; r < R; ++r) wq[r] = _mm256_load_si256((const __m256i*)(P.q + r * k + 256 * sb + 32 * j));
+#pragma GCC unroll 8
+      for (int c = 0; c < C; ++c) {
+        const __m256i xv = _mm256_load_si256((const __m256i*)(xq[c] + 256 * sb + 32 * j));
+#pragma GCC unroll 8
+        for (int r = 0; r < R; ++r)
+          iacc[r][c] = _mm256_add_epi32(
+              iacc[r][c], _mm256_madd_epi16(_mm256_maddubs_epi16(wq[r], xv),
+                                            _mm256_load_si256(P.sv + r * (k / 32) + 8 * sb + j)));
+      }
+    }
+#pragma GCC unroll 8
+    for (int c = 0; c < C; ++c) {
+      const float dx = xd[c][sb];
+      const __m256i bsv = _mm256_loadu_si256((const __m256i*)(xb[c] + 16 * sb));
+#pragma GCC unroll 8
+      for (int r = 0; r < R; ++r) {
+        const int64_t o = r * nsb + sb;
+        acc[r][c] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(iacc[r][c]), _mm256_set1_ps(P.d[o] * dx), acc[r][c]);
+        const __m256 mins = _mm256_cvtepi32_ps(_mm256_madd_epi16(_mm256_load_si256(P.mn + o), bsv));
+        acc[r][c] = _mm256_fnmadd_ps(mins, _mm256_set1_ps(P.dm[o] * dx), acc[r][c]);
+      }
+    }
+  }
+#pragma GCC unroll 8
+  for (int c = 0; c < C; ++c)
+#pragma GCC unroll 8
+    for (int r = 0; r < R; ++r) y[c * ldy + r] = hsum_ps(acc[r][c]);
+}
+
+typedef void (*KPanelFn)(const KPanel&, const uint8_t* const*, float*, int64_t);
+typedef void (*KDecodeFn)(const uint8_t*, size_t, int, const KPanel&);
+#define MLXK_KPROW(R) {&kq_panel_kernel<R, 1>, &kq_panel_kernel<R, 2>}
+const KPanelFn kKPanel[KR][KC] = {MLXK_KPROW(1), MLXK_KPROW(2), MLXK_KPROW(3), MLXK_KPROW(4)};
+
+void kq_panel_gemm(const Problem& p, int64_t n0, int64_t n1) {
+  thread_local AlignedBuf buf;
+  const int64_t nsb = p.k / 256;
+  const size_t qb = (size_t)KR * p.k, svb = (size_t)KR * (p.k / 32) * 32, mnb = (size_t)KR * nsb * 32,
+               fb = (size_t)KR * nsb * 4;
+  uint8_t* base = buf.get(qb + svb + mnb + 2 * fb + 64);
+  KPanel P{base, (__m256i*)(base + qb), (__m256i*)(base + qb + svb), (float*)(base + qb + svb + mnb),
+           (float*)(base + qb + svb + mnb + fb), p.k, nsb};
+  const KDecodeFn dec = p.type == T_Q6_K ? &kq_decode_panel<T_Q6_K>
+                        : p.type == T_Q5_K ? &kq_decode_panel<T_Q5_K>
+                                           : &kq_decode_panel<T_Q4_K>;
+  const uint8_t* xa[KC];
+  for (int64_t r0 = n0; r0 < n1; r0 += KR) {
+    const int rr = (int)((n1 - r0) < KR ? (n1 - r0) : KR);
+    dec(p.w + (size_t)r0 * p.row_bytes, p.row_bytes, rr, P);
+    for (int64_t m0 = 0; m0 < p.m; m0 += KC) {
+      const int cc = (int)((p.m - m0) < KC ? (p.m - m0) : KC);
+      for (int c = 0; c < cc; ++c) xa[c] = p.xq + (size_t)(m0 + c) * p.xq_stride;
+      kKPanel[rr - 1][cc - 1](P, xa, p.y + m0 * p.ldy + r0, p.ldy);
+    }
+  }
+}
+
 // ---- float weights (F32 / F16 / BF16) with f32 activations
 template <int TYPE>
 AVX2_INL __m256 load8w(const uint8_t* row, int64_t i) {
@@ -489,17 +891,17 @@ AVX2_FN void tile(const uint8_t* w, size_t ws, const uint8_t* const* xa, int64_t
     tile_b32<TYPE, R, C>(w, ws, xa, k, y, ldy);
 }
 
-#define MLXE_TROW(T, R) {&tile<T, R, 1>, &tile<T, R, 2>, &tile<T, R, 3>, &tile<T, R, 4>}
-#define MLXE_TTAB(T) \
-  {MLXE_TROW(T, 1), MLXE_TROW(T, 2), MLXE_TROW(T, 3), MLXE_TROW(T, 4)}
+#define MLXK_TROW(T, R) {&tile<T, R, 1>, &tile<T, R, 2>}
+#define MLXK_TTAB(T) \
+  {MLXK_TROW(T, 1), MLXK_TROW(T, 2), MLXK_TROW(T, 3), MLXK_TROW(T, 4)}
 
 struct Table {
   TileFn f[RMAX][CMAX];
 };
 const Table kTables[] = {
-    {MLXE_TTAB(T_F32)},  {MLXE_TTAB(T_F16)},  {MLXE_TTAB(T_BF16)}, {MLXE_TTAB(T_Q4_0)},
-    {MLXE_TTAB(T_Q4_1)}, {MLXE_TTAB(T_Q5_0)}, {MLXE_TTAB(T_Q5_1)}, {MLXE_TTAB(T_Q8_0)},
-    {MLXE_TTAB(T_Q4_K)}, {MLXE_TTAB(T_Q5_K)}, {MLXE_TTAB(T_Q6_K)},
+    {MLXK_TTAB(T_F32)},  {MLXK_TTAB(T_F16)},  {MLXK_TTAB(T_BF16)}, {MLXK_TTAB(T_Q4_0)},
+    {MLXK_TTAB(T_Q4_1)}, {MLXK_TTAB(T_Q5_0)}, {MLXK_TTAB(T_Q5_1)}, {MLXK_TTAB(T_Q8_0)},
+    {MLXK_TTAB(T_Q4_K)}, {MLXK_TTAB(T_Q5_K)}, {MLXK_TTAB(T_Q6_K)},
 };
 
 const Table* table_for(int type) {
@@ -522,8 +924,16 @@ const Table* table_for(int type) {
 // Tile shape (rows R, activation rows C) per type for GEMV (m == 1) and GEMM.
 void tile_shape(int type, int64_t m, int* R, int* C) {
   if (m == 1) {
-    *R = 4;
+    // One weight row at a time keeps the DRAM stream strictly sequential (measured: interleaving
+    // 2-4 rows costs 30-50% when the weights come from memory). Float kernels need 4 rows to
+    // hide the FMA latency.
+    *R = is_float(type) ? 4 : 1;
     *C = 1;
+    return;
+  }
+  if (m >= 4 && !is_float(type)) {  // panel GEMM
+    *R = is_kquant(type) ? KR : PR;
+    *C = is_kquant(type) ? KC : PC;
     return;
   }
   (void)type;
@@ -536,7 +946,7 @@ void tile_shape(int type, int64_t m, int* R, int* C) {
 size_t act_row_bytes(int type, int64_t k) {
   if (is_float(type)) return 0;
   if (is_kquant(type)) return round_up((size_t)k + 4 * (size_t)(k / 256) + 2 * (size_t)(k / 16), 64);
-  return round_up((size_t)k + 8 * (size_t)(k / 32), 64);
+  return round_up((size_t)k + 12 * (size_t)(k / 32), 64);
 }
 
 void quantize_act_row(int type, const float* x, int64_t k, uint8_t* dst) {
@@ -554,15 +964,33 @@ int row_tile(int type, int64_t m) {
 }
 
 void compute_rows(const Problem& p, int64_t n0, int64_t n1) {
+  if (p.m >= 4) {
+    if (const PanelTable* pt = panel_table_for(p.type)) {
+      panel_gemm(p, pt, n0, n1);
+      return;
+    }
+    if (is_kquant(p.type)) {
+      kq_panel_gemm(p, n0, n1);
+      return;
+    }
+  }
   const Table* t = table_for(p.type);
   if (!t) return;
   int R, C;
   tile_shape(p.type, p.m, &R, &C);
   const bool fl = is_float(p.type);
   const uint8_t* xa[CMAX];
+  const uint8_t* wend = p.w + (size_t)p.n * p.row_bytes;
   for (int64_t r0 = n0; r0 < n1; r0 += R) {
     const int rr = (int)((n1 - r0) < R ? (n1 - r0) : R);
     const uint8_t* wr = p.w + (size_t)r0 * p.row_bytes;
+    if (p.m == 1) {
+      // Software prefetch ~4 KB ahead of the weight stream (measured +15-40% from DRAM).
+      const uint8_t* pf = wr + kPrefetchDist;
+      const uint8_t* pe = pf + (size_t)rr * p.row_bytes;
+      if (pe > wend) pe = wend;
+      for (; pf < pe; pf += 64) _mm_prefetch((const char*)pf, _MM_HINT_T0);
+    }
     for (int64_t m0 = 0; m0 < p.m; m0 += C) {
       const int cc = (int)((p.m - m0) < C ? (p.m - m0) : C);
       for (int c = 0; c < cc; ++c)

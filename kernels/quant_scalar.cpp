@@ -2,7 +2,7 @@
 // Block layouts follow the ggml formats (see the gguf Python package's quants.py).
 #include <vector>
 
-#include "mlxe_internal.h"
+#include "mlxk_internal.h"
 
 namespace mlxe {
 

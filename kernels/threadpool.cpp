@@ -14,15 +14,15 @@
 #include <thread>
 #include <vector>
 
-#include "mlxe_internal.h"
+#include "mlxk_internal.h"
 
-#if MLXE_X86
+#if MLXK_X86
 #include <immintrin.h>
-#define MLXE_PAUSE() _mm_pause()
+#define MLXK_PAUSE() _mm_pause()
 #elif defined(__aarch64__)
-#define MLXE_PAUSE() __asm__ __volatile__("yield")
+#define MLXK_PAUSE() __asm__ __volatile__("yield")
 #else
-#define MLXE_PAUSE() ((void)0)
+#define MLXK_PAUSE() ((void)0)
 #endif
 
 namespace mlxe {
@@ -47,13 +47,8 @@ class Pool {
     if (hc <= 0) hc = 1;
     int n = env_int("MLX_ENGINE_THREADS", hc);
     nthreads_ = n < 1 ? 1 : (n > 256 ? 256 : n);
-    spin_us_ = env_int("MLX_ENGINE_SPIN_US", 300);
+    spin_us_ = env_int("MLX_ENGINE_SPIN_US", 100);
     if (spin_us_ < 0) spin_us_ = 0;
-  }
-  ~Pool() {
-    // Process exit: detach quietly (joining at static destruction can deadlock
-    // if threads are stuck in a dying runtime); just ask them to stop.
-    stop_workers(false);
   }
 
   int num_threads() {
@@ -97,13 +92,18 @@ class Pool {
     }
     fn(ctx);
     // Close the job once no worker is inside it.
+    // A worker still inside holds one chunk; if it was descheduled (oversubscribed machine),
+    // yielding this core after a short spin lets it finish sooner.
     uint64_t expect = gen << 32;
-    for (;;) {
+    for (int iter = 0;; ++iter) {
       if (state_.compare_exchange_weak(expect, (gen << 32) | kClosed, std::memory_order_acq_rel,
                                        std::memory_order_acquire))
         break;
       expect = gen << 32;
-      MLXE_PAUSE();
+      if (iter < 20000)
+        MLXK_PAUSE();
+      else
+        std::this_thread::yield();
     }
   }
 
@@ -145,7 +145,7 @@ class Pool {
           if (stop_.load(std::memory_order_relaxed)) return;
           s = state_.load(std::memory_order_acquire);
           if ((s >> 32) != seen) break;
-          MLXE_PAUSE();
+          MLXK_PAUSE();
           if ((++iter & 255) == 0 && std::chrono::steady_clock::now() - t0 > spin) {
             std::unique_lock<std::mutex> lk(m_);
             sleepers_.fetch_add(1, std::memory_order_seq_cst);
@@ -173,7 +173,7 @@ class Pool {
 
   std::mutex busy_;  // one job at a time
   std::atomic<int> nthreads_{1};
-  int spin_us_ = 300;
+  int spin_us_ = 100;
   std::vector<std::thread> workers_;
   std::atomic<uint64_t> state_{0};
   std::atomic<bool> stop_{false};

@@ -5,6 +5,7 @@ use crate::kv_cache::KvCache;
 use crate::loader::gguf::GgufFile;
 use crate::mlx::{ops, Array, Device};
 use crate::model::{Execution, GgufWeights, Llama, ModelConfig};
+use crate::sampler::{Sampler, SamplerParams};
 use std::path::Path;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -104,20 +105,86 @@ impl Engine {
         logits.to_vec::<f32>()
     }
 
+    /// Generates up to `options.max_new` tokens after `prompt` with `sampler`, calling
+    /// `on_token` with each new token as soon as it is known; stops after an end-of-generation
+    /// token (`is_eog`), when `on_token` returns `false`, or when the context is full.
+    pub fn generate(
+        &self,
+        prompt: &[u32],
+        sampler: &mut Sampler,
+        options: &GenerateOptions,
+        is_eog: impl Fn(u32) -> bool,
+        mut on_token: impl FnMut(u32) -> bool,
+    ) -> Result<(Vec<u32>, GenerateStats)> {
+        let mut stats = GenerateStats { prompt_tokens: prompt.len(), ..GenerateStats::default() };
+        let mut cache = self.new_cache();
+        let start = Instant::now();
+        let mut logits = self.prefill(prompt, &mut cache, options.prefill_chunk)?.to_vec::<f32>()?;
+        stats.prompt_time = start.elapsed();
+        let start = Instant::now();
+        let mut history = prompt.to_vec();
+        let mut out = Vec::new();
+        while out.len() < options.max_new {
+            let next = sampler.sample(&logits, &history)?.token;
+            out.push(next);
+            history.push(next);
+            let go_on = on_token(next);
+            if !go_on || is_eog(next) || out.len() == options.max_new || cache.len() >= cache.limit() {
+                break;
+            }
+            logits = self.decode(&[next], &mut [&mut cache])?.to_vec::<f32>()?;
+        }
+        stats.generated_tokens = out.len();
+        stats.generate_time = start.elapsed();
+        Ok((out, stats))
+    }
+
     /// Greedy generation for one sequence: up to `max_new` tokens after `prompt`, stopping
     /// after a token for which `stop` is true (that token included).
     pub fn generate_greedy(&self, prompt: &[u32], max_new: usize, stop: impl Fn(u32) -> bool) -> Result<Vec<u32>> {
-        let mut cache = self.new_cache();
-        let mut logits = self.prefill(prompt, &mut cache, 512)?;
-        let mut out = Vec::new();
-        while out.len() < max_new {
-            let next = ops::argmax(&logits, -1, false)?.item::<u32>()?;
-            out.push(next);
-            if stop(next) || out.len() == max_new || cache.len() >= cache.limit() {
-                break;
-            }
-            logits = self.decode(&[next], &mut [&mut cache])?;
-        }
-        Ok(out)
+        let mut sampler = Sampler::new(SamplerParams::greedy());
+        let options = GenerateOptions { max_new, ..GenerateOptions::default() };
+        Ok(self.generate(prompt, &mut sampler, &options, stop, |_| true)?.0)
+    }
+}
+
+/// Options of [`Engine::generate`].
+#[derive(Clone, Debug)]
+pub struct GenerateOptions {
+    /// Most tokens to generate.
+    pub max_new: usize,
+    /// Prompt positions per prefill forward pass.
+    pub prefill_chunk: usize,
+}
+
+impl Default for GenerateOptions {
+    fn default() -> Self {
+        GenerateOptions { max_new: 256, prefill_chunk: 512 }
+    }
+}
+
+/// What [`Engine::generate`] measured.
+#[derive(Clone, Debug, Default)]
+pub struct GenerateStats {
+    /// Tokens in the prompt.
+    pub prompt_tokens: usize,
+    /// Time to prefill the prompt (including the first logits).
+    pub prompt_time: Duration,
+    /// Tokens generated.
+    pub generated_tokens: usize,
+    /// Time from the first sampled token to the last.
+    pub generate_time: Duration,
+}
+
+impl GenerateStats {
+    /// Prompt tokens per second.
+    pub fn prompt_tps(&self) -> f64 {
+        self.prompt_tokens as f64 / self.prompt_time.as_secs_f64().max(1e-9)
+    }
+
+    /// Generated tokens per second (the first token comes from the prefill's logits, so the
+    /// decode steps are one fewer than the tokens).
+    pub fn generate_tps(&self) -> f64 {
+        self.generated_tokens.saturating_sub(1) as f64 / self.generate_time.as_secs_f64().max(1e-9)
     }
 }

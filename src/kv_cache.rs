@@ -121,6 +121,89 @@ impl KvCache {
     pub fn arrays(&self) -> Vec<&Array> {
         self.keys.iter().chain(self.values.iter()).flatten().collect()
     }
+
+    /// A new cache holding copies of the first `n` positions (same shape and limit; lazy:
+    /// evaluate [`KvCache::arrays`] to materialise it).
+    pub fn copy_prefix(&self, n: usize) -> Result<KvCache> {
+        if n > self.len {
+            return Err(Error::InvalidArgument(format!(
+                "copy of {n} positions, but the cache holds {}",
+                self.len
+            )));
+        }
+        let mut copy = KvCache::new(self.keys.len(), self.kv_heads, self.head_dim, self.limit);
+        if n == 0 {
+            return Ok(copy);
+        }
+        copy.reserve(n)?;
+        let stop = [1, self.kv_heads as i32, n as i32, self.head_dim as i32];
+        for layer in 0..self.keys.len() {
+            let (Some(k), Some(v)) = (&self.keys[layer], &self.values[layer]) else {
+                return Err(Error::InvalidArgument(
+                    "KvCache::copy_prefix: layer without arrays".into(),
+                ));
+            };
+            let k = ops::slice(k, &[0; 4], &stop, &[1; 4])?; // [1, kv_heads, n, head_dim]
+            let v = ops::slice(v, &[0; 4], &stop, &[1; 4])?; // [1, kv_heads, n, head_dim]
+            write_window(&mut copy.keys[layer], &k, &[0; 4], &stop)?;
+            write_window(&mut copy.values[layer], &v, &[0; 4], &stop)?;
+        }
+        copy.advance(n);
+        Ok(copy)
+    }
+
+    /// Copies positions `[0, len)` to the host as float32: keys, then values, each laid out
+    /// [layers, kv_heads, len, head_dim] row-major.
+    pub fn to_host(&self) -> Result<(Vec<f32>, Vec<f32>)> {
+        let per_layer = self.kv_heads * self.len * self.head_dim;
+        let mut keys = Vec::with_capacity(per_layer * self.keys.len());
+        let mut values = Vec::with_capacity(per_layer * self.keys.len());
+        for layer in 0..self.keys.len() {
+            if let Some((k, v)) = self.layer(layer)? {
+                keys.extend(ops::astype(&k, Dtype::F32)?.to_vec::<f32>()?);
+                values.extend(ops::astype(&v, Dtype::F32)?.to_vec::<f32>()?);
+            }
+        }
+        if keys.len() != per_layer * self.keys.len() {
+            return Err(Error::InvalidArgument(
+                "KvCache::to_host: cache without arrays".into(),
+            ));
+        }
+        Ok((keys, values))
+    }
+
+    /// Fills an empty cache with `len` positions read from the host, in the layout
+    /// [`KvCache::to_host`] writes (keys and values each [layers, kv_heads, len, head_dim]).
+    pub fn load_host(&mut self, len: usize, keys: &[f32], values: &[f32]) -> Result<()> {
+        let per_layer = self.kv_heads * len * self.head_dim;
+        let expected = per_layer * self.keys.len();
+        if !self.is_empty() {
+            return Err(Error::InvalidArgument(
+                "KvCache::load_host into a non-empty cache".into(),
+            ));
+        }
+        if keys.len() != expected || values.len() != expected {
+            return Err(Error::InvalidArgument(format!(
+                "KvCache::load_host: {} keys and {} values for {len} positions, expected {expected} each",
+                keys.len(),
+                values.len()
+            )));
+        }
+        if len == 0 {
+            return Ok(());
+        }
+        self.reserve(len)?;
+        let shape = [1, self.kv_heads as i32, len as i32, self.head_dim as i32];
+        for layer in 0..self.keys.len() {
+            let range = layer * per_layer..(layer + 1) * per_layer;
+            let k = Array::from_slice(&keys[range.clone()], &shape)?; // [1, kv_heads, len, head_dim]
+            let v = Array::from_slice(&values[range], &shape)?; // [1, kv_heads, len, head_dim]
+            write_window(&mut self.keys[layer], &k, &[0; 4], &shape)?;
+            write_window(&mut self.values[layer], &v, &[0; 4], &shape)?;
+        }
+        self.advance(len);
+        Ok(())
+    }
 }
 
 /// Writes `new` into `slot[start..stop]` (in place: the old handle is dropped first so MLX

@@ -6,6 +6,7 @@
 #![deny(unsafe_code)]
 
 pub mod backend;
+pub mod bench;
 pub mod engine;
 pub mod chat_template;
 pub mod error;

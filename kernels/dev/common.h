@@ -17,12 +17,12 @@ struct TypeDesc {
 };
 
 static const TypeDesc kTypes[] = {
-    {MLXE_TYPE_F32, "F32", 1, 4, {-1, -1}},       {MLXE_TYPE_F16, "F16", 1, 2, {-1, -1}},
-    {MLXE_TYPE_BF16, "BF16", 1, 2, {-1, -1}},     {MLXE_TYPE_Q4_0, "Q4_0", 32, 18, {0, -1}},
-    {MLXE_TYPE_Q4_1, "Q4_1", 32, 20, {0, 2}},     {MLXE_TYPE_Q5_0, "Q5_0", 32, 22, {0, -1}},
-    {MLXE_TYPE_Q5_1, "Q5_1", 32, 24, {0, 2}},     {MLXE_TYPE_Q8_0, "Q8_0", 32, 34, {0, -1}},
-    {MLXE_TYPE_Q4_K, "Q4_K", 256, 144, {0, 2}},   {MLXE_TYPE_Q5_K, "Q5_K", 256, 176, {0, 2}},
-    {MLXE_TYPE_Q6_K, "Q6_K", 256, 210, {208, -1}},
+    {MLXK_TYPE_F32, "F32", 1, 4, {-1, -1}},       {MLXK_TYPE_F16, "F16", 1, 2, {-1, -1}},
+    {MLXK_TYPE_BF16, "BF16", 1, 2, {-1, -1}},     {MLXK_TYPE_Q4_0, "Q4_0", 32, 18, {0, -1}},
+    {MLXK_TYPE_Q4_1, "Q4_1", 32, 20, {0, 2}},     {MLXK_TYPE_Q5_0, "Q5_0", 32, 22, {0, -1}},
+    {MLXK_TYPE_Q5_1, "Q5_1", 32, 24, {0, 2}},     {MLXK_TYPE_Q8_0, "Q8_0", 32, 34, {0, -1}},
+    {MLXK_TYPE_Q4_K, "Q4_K", 256, 144, {0, 2}},   {MLXK_TYPE_Q5_K, "Q5_K", 256, 176, {0, 2}},
+    {MLXK_TYPE_Q6_K, "Q6_K", 256, 210, {208, -1}},
 };
 
 inline const TypeDesc* find_type(const char* name) {
@@ -31,18 +31,23 @@ inline const TypeDesc* find_type(const char* name) {
   return nullptr;
 }
 
-// float -> IEEE half for normal-range values (round to nearest).
+// float -> IEEE half, round to nearest even, subnormals kept (real Q6_K scales are often subnormal).
 inline uint16_t to_half(float f) {
   uint32_t u;
   memcpy(&u, &f, 4);
-  uint32_t sign = (u >> 16) & 0x8000u;
-  int exp = (int)((u >> 23) & 0xff) - 127 + 15;
-  uint32_t man = u & 0x7fffffu;
-  if (exp <= 0) return (uint16_t)sign;
-  if (exp >= 31) return (uint16_t)(sign | 0x7c00u);
-  uint32_t h = sign | ((uint32_t)exp << 10) | (man >> 13);
-  if (man & 0x1000u) h += 1;
-  return (uint16_t)h;
+  const uint32_t sign = (u >> 16) & 0x8000u;
+  const float a = std::fabs(f);
+  if (a >= 65520.f) return (uint16_t)(sign | 0x7c00u);
+  if (a < 6.103515625e-05f) {  // subnormal half: multiple of 2^-24
+    const float q = std::nearbyint(a * 16777216.0f);
+    return (uint16_t)(sign | (uint32_t)q);
+  }
+  const int exp = (int)((u >> 23) & 0xff) - 127 + 15;
+  const uint32_t man = u & 0x7fffffu;
+  uint32_t h = ((uint32_t)exp << 10) | (man >> 13);
+  const uint32_t rem = man & 0x1fffu;
+  if (rem > 0x1000u || (rem == 0x1000u && (h & 1))) h += 1;
+  return (uint16_t)(sign | h);
 }
 
 // Random, valid weight rows of `type` (n rows of k elements): random bytes with sane scales,
@@ -52,16 +57,16 @@ inline std::vector<uint8_t> random_weights(const TypeDesc& t, int64_t n, int64_t
   std::vector<uint8_t> w((size_t)(nb * t.bytes));
   for (auto& b : w) b = (uint8_t)rng();
   std::uniform_real_distribution<float> u(-1.f, 1.f);
-  if (t.id == MLXE_TYPE_F32) {
+  if (t.id == MLXK_TYPE_F32) {
     float* f = (float*)w.data();
     for (int64_t i = 0; i < n * k; ++i) f[i] = 0.05f * u(rng);
     return w;
   }
-  if (t.id == MLXE_TYPE_F16 || t.id == MLXE_TYPE_BF16) {
+  if (t.id == MLXK_TYPE_F16 || t.id == MLXK_TYPE_BF16) {
     uint16_t* h = (uint16_t*)w.data();
     for (int64_t i = 0; i < n * k; ++i) {
       float v = 0.05f * u(rng);
-      if (t.id == MLXE_TYPE_F16) {
+      if (t.id == MLXK_TYPE_F16) {
         h[i] = to_half(v);
       } else {
         uint32_t b;
@@ -73,18 +78,18 @@ inline std::vector<uint8_t> random_weights(const TypeDesc& t, int64_t n, int64_t
   }
   // per-block scales: d in [0.5, 1.5] * base (signed for the symmetric formats)
   float base = 0.05f / 8;  // 4-bit
-  if (t.id == MLXE_TYPE_Q8_0) base = 0.05f / 127;
-  if (t.id == MLXE_TYPE_Q5_0 || t.id == MLXE_TYPE_Q5_1) base = 0.05f / 16;
-  if (t.id == MLXE_TYPE_Q4_K || t.id == MLXE_TYPE_Q5_K) base = 0.05f / (8 * 32);
-  if (t.id == MLXE_TYPE_Q6_K) base = 0.05f / (32 * 64);
+  if (t.id == MLXK_TYPE_Q8_0) base = 0.05f / 127;
+  if (t.id == MLXK_TYPE_Q5_0 || t.id == MLXK_TYPE_Q5_1) base = 0.05f / 16;
+  if (t.id == MLXK_TYPE_Q4_K || t.id == MLXK_TYPE_Q5_K) base = 0.05f / (8 * 32);
+  if (t.id == MLXK_TYPE_Q6_K) base = 0.05f / (32 * 64);
   for (int64_t b = 0; b < nb; ++b) {
     uint8_t* blk = w.data() + b * t.bytes;
     for (int s = 0; s < 2; ++s) {
       if (t.scale_offs[s] < 0) continue;
       float v = base * (1.0f + 0.5f * u(rng));
-      if (s == 1) v = (t.id == MLXE_TYPE_Q4_K || t.id == MLXE_TYPE_Q5_K) ? v * 0.5f : -0.04f * (0.5f + 0.5f * u(rng));
-      if (s == 0 && t.id != MLXE_TYPE_Q4_K && t.id != MLXE_TYPE_Q5_K && t.id != MLXE_TYPE_Q4_1 &&
-          t.id != MLXE_TYPE_Q5_1 && (rng() & 1))
+      if (s == 1) v = (t.id == MLXK_TYPE_Q4_K || t.id == MLXK_TYPE_Q5_K) ? v * 0.5f : -0.04f * (0.5f + 0.5f * u(rng));
+      if (s == 0 && t.id != MLXK_TYPE_Q4_K && t.id != MLXK_TYPE_Q5_K && t.id != MLXK_TYPE_Q4_1 &&
+          t.id != MLXK_TYPE_Q5_1 && (rng() & 1))
         v = -v;
       uint16_t h = to_half(v);
       memcpy(blk + t.scale_offs[s], &h, 2);

@@ -5,7 +5,7 @@
  *
  * W is read in place (e.g. from a memory-mapped GGUF file): N rows, each row K elements
  * stored as K / block_size consecutive ggml blocks, rows contiguous (row stride =
- * mlxe_row_bytes(type, K)). x and y are f32, row-major with the given row strides
+ * mlxk_row_bytes(type, K)). x and y are f32, row-major with the given row strides
  * (in elements). The output is written, not accumulated.
  *
  * Thread safety: all functions may be called from any thread. Concurrent matmul calls are
@@ -21,62 +21,62 @@ extern "C" {
 #endif
 
 /* ggml type ids accepted by the kernels. */
-enum mlxe_ggml_type {
-  MLXE_TYPE_F32 = 0,
-  MLXE_TYPE_F16 = 1,
-  MLXE_TYPE_Q4_0 = 2,
-  MLXE_TYPE_Q4_1 = 3,
-  MLXE_TYPE_Q5_0 = 6,
-  MLXE_TYPE_Q5_1 = 7,
-  MLXE_TYPE_Q8_0 = 8,
-  MLXE_TYPE_Q4_K = 12,
-  MLXE_TYPE_Q5_K = 13,
-  MLXE_TYPE_Q6_K = 14,
-  MLXE_TYPE_BF16 = 30
+enum mlxk_ggml_type {
+  MLXK_TYPE_F32 = 0,
+  MLXK_TYPE_F16 = 1,
+  MLXK_TYPE_Q4_0 = 2,
+  MLXK_TYPE_Q4_1 = 3,
+  MLXK_TYPE_Q5_0 = 6,
+  MLXK_TYPE_Q5_1 = 7,
+  MLXK_TYPE_Q8_0 = 8,
+  MLXK_TYPE_Q4_K = 12,
+  MLXK_TYPE_Q5_K = 13,
+  MLXK_TYPE_Q6_K = 14,
+  MLXK_TYPE_BF16 = 30
 };
 
-/* Return codes (0 = success). mlxe_last_error() describes the last failure on this thread. */
-enum mlxe_status {
-  MLXE_OK = 0,
-  MLXE_ERR_INTERNAL = 1,  /* C++ exception / allocation failure / MLX error */
-  MLXE_ERR_BAD_TYPE = 2,  /* unsupported ggml type id */
-  MLXE_ERR_BAD_SHAPE = 3, /* K not a multiple of the block size, negative sizes, shape mismatch */
-  MLXE_ERR_BAD_ARG = 4    /* null pointer, row stride smaller than the row */
+/* Return codes (0 = success). mlxk_last_error() describes the last failure on this thread. */
+enum mlxk_status {
+  MLXK_OK = 0,
+  MLXK_ERR_INTERNAL = 1,  /* C++ exception / allocation failure / MLX error */
+  MLXK_ERR_BAD_TYPE = 2,  /* unsupported ggml type id */
+  MLXK_ERR_BAD_SHAPE = 3, /* K not a multiple of the block size, negative sizes, shape mismatch */
+  MLXK_ERR_BAD_ARG = 4    /* null pointer, row stride smaller than the row */
 };
 
 /* Kernel paths. */
-enum mlxe_path { MLXE_PATH_AUTO = -1, MLXE_PATH_SCALAR = 0, MLXE_PATH_AVX2 = 1 };
+enum mlxk_path { MLXK_PATH_AUTO = -1, MLXK_PATH_SCALAR = 0, MLXK_PATH_AVX2 = 1 };
 
 /* y[m*y_row_stride + n] = sum_k x[m*x_row_stride + k] * W[n, k]  for m < M, n < N. */
-int mlxe_qmatmul_f32(const void* w, int ggml_type, int64_t n, int64_t k, const float* x, int64_t m,
+int mlxk_qmatmul_f32(const void* w, int ggml_type, int64_t n, int64_t k, const float* x, int64_t m,
                      int64_t x_row_stride, float* y, int64_t y_row_stride);
 
 /* Dequantize `rows` consecutive rows of K elements into out[rows, K] (f32, row-major). */
-int mlxe_dequantize_rows(const void* w, int ggml_type, int64_t rows, int64_t k, float* out);
+int mlxk_dequantize_rows(const void* w, int ggml_type, int64_t rows, int64_t k, float* out);
 
 /* Bytes of one row of K elements of this type (K must be a multiple of the block size). */
-int mlxe_row_bytes(int ggml_type, int64_t k, int64_t* out);
+int mlxk_row_bytes(int ggml_type, int64_t k, int64_t* out);
 
 /* Elements per block (1 for F32/F16/BF16); 0 for an unsupported type. */
-int mlxe_block_size(int ggml_type);
+int mlxk_block_size(int ggml_type);
 
 /* Message of the last error on the calling thread ("" if none). Valid until the next call. */
-const char* mlxe_last_error(void);
+const char* mlxk_last_error(void);
 
-/* The path used now: MLXE_PATH_SCALAR or MLXE_PATH_AVX2. */
-int mlxe_kernel_path(void);
+/* The path used now: MLXK_PATH_SCALAR or MLXK_PATH_AVX2. */
+int mlxk_kernel_path(void);
 
-/* Force a path (tests): MLXE_PATH_SCALAR, MLXE_PATH_AVX2 (ignored -> scalar if the CPU lacks
- * avx2/fma/f16c), or MLXE_PATH_AUTO to return to the default (env MLX_ENGINE_KERNEL=scalar|avx2,
+/* Force a path (tests): MLXK_PATH_SCALAR, MLXK_PATH_AVX2 (ignored -> scalar if the CPU lacks
+ * avx2/fma/f16c), or MLXK_PATH_AUTO to return to the default (env MLX_ENGINE_KERNEL=scalar|avx2,
  * else the best the CPU supports). Process-wide. */
-void mlxe_force_path(int path);
+void mlxk_force_path(int path);
 
 /* Threads used by one matmul (the calling thread included). Default: hardware concurrency,
  * or env MLX_ENGINE_THREADS. n < 1 is treated as 1. */
-void mlxe_set_num_threads(int n);
-int mlxe_get_num_threads(void);
+void mlxk_set_num_threads(int n);
+int mlxk_get_num_threads(void);
 
-#ifndef MLXE_NO_MLX_C
+#ifndef MLXK_NO_MLX_C
 #include "mlx/c/array.h"
 #include "mlx/c/stream.h"
 
@@ -84,9 +84,9 @@ int mlxe_get_num_threads(void);
  *   x: [..., M, K] float32 / float16 / bfloat16 (any strides; converted / made contiguous)
  *   w: uint8 [N, row_bytes] (or any uint8 array of N*row_bytes elements), raw GGUF blocks
  *   *res = [..., M, N] float32.
- * Returns 0 on success, 1 on error (message in mlxe_last_error()). *res follows mlx-c
+ * Returns 0 on success, 1 on error (message in mlxk_last_error()). *res follows mlx-c
  * conventions: create it with mlx_array_new() and free it with mlx_array_free(). */
-int mlxe_gguf_qmatmul(mlx_array* res, const mlx_array x, const mlx_array w, int ggml_type, int64_t n,
+int mlxk_gguf_qmatmul(mlx_array* res, const mlx_array x, const mlx_array w, int ggml_type, int64_t n,
                       int64_t k, const mlx_stream s);
 #endif
 

@@ -1,1 +1,219 @@
-fn main() {}
+//! The `mlx-engine` command: generate text with a model, list and fetch models, benchmark.
+
+use anyhow::{Context, Result};
+use clap::{Args, Parser, Subcommand};
+use mlx_engine::chat_template::{ChatMessage, ChatTemplate};
+use mlx_engine::engine::{Engine, GenerateOptions, LoadOptions};
+use mlx_engine::fetch::{self, FetchOptions};
+use mlx_engine::registry;
+use mlx_engine::sampler::{Sampler, SamplerParams};
+use mlx_engine::tokenizer::{StreamDecoder, Tokenizer, Vocab};
+use std::io::{IsTerminal, Read, Write};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+
+/// Run Llama-family language models (Qwen2.5, TinyLlama, Llama 2/3) on MLX.
+///
+/// With no subcommand, generates text: the prompt comes from --prompt or standard input, and
+/// tokens are printed as they are produced. Models are named from the registry
+/// (`mlx-engine models`) or given as a path to a GGUF file.
+#[derive(Parser)]
+#[command(name = "mlx-engine", version, args_conflicts_with_subcommands = true)]
+struct Cli {
+    #[command(subcommand)]
+    command: Option<Command>,
+    #[command(flatten)]
+    run: RunArgs,
+    /// Log what the engine does (load steps, timings) to stderr.
+    #[arg(long, short = 'v', global = true)]
+    verbose: bool,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// List the registry's models and which are already downloaded.
+    Models,
+    /// Download a model into the cache without running it.
+    Pull {
+        /// A registry name, e.g. `tinyllama`.
+        name: String,
+    },
+    /// Measure prompt processing and generation speed (like llama-bench).
+    Bench(mlx_engine::bench::BenchArgs),
+}
+
+#[derive(Args)]
+struct RunArgs {
+    /// Model: a registry name (`qwen2.5-coder-0.5b`, `tinyllama`, …) or a path to a GGUF file.
+    #[arg(long, short = 'm', default_value = registry::DEFAULT_MODEL)]
+    model: String,
+    /// The prompt; read from standard input when absent.
+    #[arg(long, short = 'p')]
+    prompt: Option<String>,
+    /// Most tokens to generate.
+    #[arg(long = "max-tokens", short = 'n', default_value_t = 256)]
+    max_tokens: usize,
+    /// Wrap the prompt in the model's chat template as a user message.
+    #[arg(long)]
+    chat: bool,
+    /// A system message (implies --chat).
+    #[arg(long)]
+    system: Option<String>,
+    /// Sampling temperature; 0 picks the most likely token every time.
+    #[arg(long, default_value_t = 0.8)]
+    temp: f32,
+    /// Keep only the k most likely tokens (0: all).
+    #[arg(long, default_value_t = 40)]
+    top_k: usize,
+    /// Keep the smallest set of tokens whose probability adds up to p.
+    #[arg(long, default_value_t = 0.95)]
+    top_p: f32,
+    /// Drop tokens less likely than min-p times the most likely one.
+    #[arg(long, default_value_t = 0.05)]
+    min_p: f32,
+    /// Penalise tokens seen in the last --repeat-last-n tokens (1: off).
+    #[arg(long, default_value_t = 1.0)]
+    repeat_penalty: f32,
+    /// How many recent tokens the penalties look at.
+    #[arg(long, default_value_t = 64)]
+    repeat_last_n: usize,
+    /// Seed for sampling; the same seed gives the same text.
+    #[arg(long)]
+    seed: Option<u64>,
+    /// Threads for the CPU kernels (default: all cores).
+    #[arg(long, short = 't')]
+    threads: Option<usize>,
+}
+
+fn main() {
+    let cli = Cli::parse();
+    let filter = if cli.verbose { "mlx_engine=debug" } else { "mlx_engine=warn" };
+    tracing_subscriber::fmt()
+        .with_env_filter(tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| filter.into()))
+        .with_writer(std::io::stderr)
+        .init();
+    let result = match &cli.command {
+        Some(Command::Models) => list_models(),
+        Some(Command::Pull { name }) => pull(name),
+        Some(Command::Bench(args)) => mlx_engine::bench::run(args).map_err(Into::into),
+        None => run(&cli.run),
+    };
+    if let Err(err) = result {
+        eprintln!("error: {err:#}");
+        std::process::exit(1);
+    }
+}
+
+fn list_models() -> Result<()> {
+    let opts = FetchOptions::default();
+    for card in registry::all() {
+        let cached = fetch::cached(card, &opts);
+        let state = match (&cached, card.runnable) {
+            (Some(path), _) => format!("cached at {}", path.display()),
+            (None, true) => "not downloaded".to_string(),
+            (None, false) => "not downloaded (architecture not supported yet)".to_string(),
+        };
+        println!("{:<22} {:<8} {}\n{:<22} {}", card.name, card.architecture, card.description, "", state);
+    }
+    Ok(())
+}
+
+fn pull(name: &str) -> Result<()> {
+    let resolved = fetch::pull(name, &FetchOptions::default())?;
+    println!("{}", resolved.path.display());
+    Ok(())
+}
+
+fn read_prompt(args: &RunArgs) -> Result<String> {
+    if let Some(p) = &args.prompt {
+        return Ok(p.clone());
+    }
+    if std::io::stdin().is_terminal() {
+        eprintln!("Type the prompt, then Ctrl-D:");
+    }
+    let mut text = String::new();
+    std::io::stdin().read_to_string(&mut text).context("reading the prompt from standard input")?;
+    Ok(text)
+}
+
+/// The prompt as the model should see it: plain, or rendered through the chat template.
+fn render_prompt(args: &RunArgs, engine: &Engine, tokenizer: &Tokenizer, prompt: &str) -> Result<String> {
+    if !args.chat && args.system.is_none() {
+        return Ok(prompt.to_string());
+    }
+    let source = engine
+        .file
+        .get_str("tokenizer.chat_template")
+        .context("--chat: the model has no chat template (tokenizer.chat_template)")?;
+    let piece = |id: Option<u32>| id.and_then(|i| tokenizer.id_to_token(i)).unwrap_or("").to_string();
+    let template = ChatTemplate::new(source, &piece(tokenizer.bos()), &piece(tokenizer.eos()))?;
+    let mut messages = Vec::new();
+    if let Some(system) = &args.system {
+        messages.push(ChatMessage::system(system.clone()));
+    }
+    messages.push(ChatMessage::user(prompt.to_string()));
+    Ok(template.render(&messages, true)?)
+}
+
+fn run(args: &RunArgs) -> Result<()> {
+    if let Some(threads) = args.threads {
+        mlx_engine::mlx::kernels::set_num_threads(threads);
+    }
+    let prompt = read_prompt(args)?;
+    let resolved = fetch::resolve(&args.model, &FetchOptions::default())?;
+    tracing::info!("model {} from {}", resolved.path.display(), resolved.source);
+    let engine = Engine::load(&resolved.path, &LoadOptions::default())?;
+    let tokenizer = Tokenizer::from_vocab(&Vocab::from_gguf(&engine.file)?)?;
+    let text = render_prompt(args, &engine, &tokenizer, &prompt)?;
+    let chat = args.chat || args.system.is_some();
+    // A rendered chat template already holds its special tokens (BOS included where wanted).
+    let ids = tokenizer.encode(&text, !chat)?;
+
+    let interrupted = Arc::new(AtomicBool::new(false));
+    let flag = Arc::clone(&interrupted);
+    ctrlc::set_handler(move || flag.store(true, Ordering::SeqCst)).context("installing the Ctrl-C handler")?;
+
+    let mut sampler = Sampler::new(SamplerParams {
+        temperature: args.temp,
+        top_k: args.top_k,
+        top_p: args.top_p,
+        min_p: args.min_p,
+        repetition_penalty: args.repeat_penalty,
+        penalty_last_n: args.repeat_last_n,
+        seed: args.seed,
+        ..SamplerParams::default()
+    });
+    let options = GenerateOptions { max_new: args.max_tokens, ..GenerateOptions::default() };
+    let mut stream = StreamDecoder::new(&tokenizer, true);
+    let mut stdout = std::io::stdout().lock();
+    let (_, stats) = engine.generate(
+        &ids,
+        &mut sampler,
+        &options,
+        |id| tokenizer.is_eog(id),
+        |id| {
+            if let Some(piece) = stream.push(id) {
+                let _ = stdout.write_all(piece.as_bytes());
+                let _ = stdout.flush();
+            }
+            !interrupted.load(Ordering::SeqCst)
+        },
+    )?;
+    if let Some(rest) = stream.finish() {
+        let _ = stdout.write_all(rest.as_bytes());
+    }
+    let _ = writeln!(stdout);
+    let memory = mlx_engine::mlx::transforms::memory_stats().unwrap_or_default();
+    eprintln!(
+        "load {:.2} s | prompt {} tokens, {:.1} t/s | generated {} tokens, {:.1} t/s | peak RSS {} MiB, MLX peak {} MiB{}",
+        engine.load_time.as_secs_f64(),
+        stats.prompt_tokens,
+        stats.prompt_tps(),
+        stats.generated_tokens,
+        stats.generate_tps(),
+        mlx_engine::bench::peak_rss_bytes().unwrap_or(0) >> 20,
+        memory.peak >> 20,
+        if interrupted.load(Ordering::SeqCst) { " | interrupted" } else { "" }
+    );
+    Ok(())
+}

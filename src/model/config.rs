@@ -145,6 +145,14 @@ impl ModelConfig {
         Ok(config)
     }
 
+    /// Number of weights (embedding, blocks, norms and an untied output).
+    pub fn parameter_count(&self) -> usize {
+        let (d, q, kv, f) = (self.hidden, self.n_heads * self.head_dim, self.n_kv_heads * self.head_dim, self.ffn_hidden);
+        let block = d * (q + 2 * kv) + q * d + 3 * d * f + 2 * d;
+        let output = if self.tied_embeddings { 0 } else { self.vocab_size * d };
+        self.vocab_size * d + self.n_layers * block + d + output
+    }
+
     fn validate(&self, path: &Path) -> Result<()> {
         let bad = |m: String| Err(Error::format(path, m));
         if self.n_layers == 0 || self.hidden == 0 || self.vocab_size == 0 || self.ffn_hidden == 0 {

@@ -34,13 +34,23 @@ pub fn python() -> Command {
     let stamp = deps.join(".installed");
     if !stamp.exists() {
         let status = Command::new("python3")
-            .args(["-m", "pip", "install", "--quiet", "--disable-pip-version-check", "--target"])
+            .args([
+                "-m",
+                "pip",
+                "install",
+                "--quiet",
+                "--disable-pip-version-check",
+                "--target",
+            ])
             .arg(&deps)
             .arg("-r")
             .arg(repo_root().join("tests/reference/requirements.txt"))
             .status()
             .expect("python3 is needed for the reference tests");
-        assert!(status.success(), "pip install of tests/reference/requirements.txt failed; set {SKIP_VAR}=1 to skip");
+        assert!(
+            status.success(),
+            "pip install of tests/reference/requirements.txt failed; set {SKIP_VAR}=1 to skip"
+        );
         std::fs::write(&stamp, "").unwrap();
     }
     let mut cmd = Command::new("python3");
@@ -50,7 +60,11 @@ pub fn python() -> Command {
 
 /// Runs a reference script and returns its stdout, panicking with its stderr on failure.
 pub fn run_python(script: &Path, args: &[&str]) -> String {
-    let out = python().arg(script).args(args).output().expect("python3 runs");
+    let out = python()
+        .arg(script)
+        .args(args)
+        .output()
+        .expect("python3 runs");
     assert!(
         out.status.success(),
         "{} failed:\n{}",

@@ -5,10 +5,11 @@
 #include <cstdint>
 #include <cstring>
 
-#if defined(__x86_64__) || defined(_M_X64)
-#define MLXE_X86 1
+// MLXK_NO_SIMD: build only the scalar path (also used to compile-test non-x86 builds).
+#if (defined(__x86_64__) || defined(_M_X64)) && !defined(MLXK_NO_SIMD)
+#define MLXK_X86 1
 #else
-#define MLXE_X86 0
+#define MLXK_X86 0
 #endif
 
 namespace mlxe {

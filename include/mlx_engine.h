@@ -1,0 +1,242 @@
+/*
+ * mlx_engine.h: the C ABI of mlx-engine (Llama-family GGUF models on MLX).
+ *
+ * Hand-written; tests/c_abi.rs checks every prototype, struct and constant here against
+ * src/ffi.rs and compiles tests/c/ against it.
+ *
+ * Conventions (those of mlx-c):
+ *  - Opaque handles `{ void* ctx; }` are made by `_new` and released by `_free`; freeing a
+ *    null handle is a no-op.
+ *  - Every function but mlxe_last_error() returns an int status (MLXE_OK = 0) and writes its
+ *    result through its first argument `res`.
+ *  - On failure, mlxe_last_error() returns this thread's message.
+ *  - Input arrays are borrowed for the call only. Logits are written into caller buffers of a
+ *    stated capacity (in floats). Bytes returned in an mlxe_buffer belong to the caller, who
+ *    releases them with mlxe_buffer_free().
+ *  - Threads: a backend or sampler may be handed from one thread to another but must not be
+ *    used by two threads at once. Distinct backends may run on distinct threads.
+ */
+#ifndef MLX_ENGINE_H
+#define MLX_ENGINE_H
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+/** \defgroup mlxe mlx-engine C API
+ * @{
+ */
+
+/* Status codes. */
+#define MLXE_OK 0                    /* success */
+#define MLXE_ERROR 1                 /* failure; see mlxe_last_error() */
+#define MLXE_ERROR_CONTEXT_FULL 2    /* a sequence would exceed the context length */
+#define MLXE_ERROR_BUFFER_TOO_SMALL 3 /* a result buffer's capacity is too small */
+#define MLXE_ERROR_PANIC 4           /* internal bug (caught); the handle may be unusable */
+
+/* Devices (mlxe_backend_options.device). */
+#define MLXE_DEVICE_CPU 0
+#define MLXE_DEVICE_GPU 1
+
+/* Execution modes (mlxe_backend_options.execution). */
+#define MLXE_EXECUTION_DEFAULT 0    /* the device's default */
+#define MLXE_EXECUTION_CPU_KERNEL 1 /* CPU, GGUF blocks multiplied in place */
+#define MLXE_EXECUTION_CPU_DENSE 2  /* CPU, weights dequantized to float32 at load */
+#define MLXE_EXECUTION_GPU 3        /* GPU, MLX quantized matmul */
+
+/* The most top logprobs one mlxe_sampled holds. */
+#define MLXE_MAX_LOGPROBS 20
+
+/* A loaded model and its sequences. */
+typedef struct mlxe_backend {
+  void* ctx;
+} mlxe_backend;
+
+/* A sampler (independent of any backend). */
+typedef struct mlxe_sampler {
+  void* ctx;
+} mlxe_sampler;
+
+/* A sequence id within one backend; 0 is never a valid id. */
+typedef uint64_t mlxe_seq;
+
+/* Bytes owned by the caller once returned; release with mlxe_buffer_free(). */
+typedef struct mlxe_buffer {
+  uint8_t* data;
+  size_t len;
+} mlxe_buffer;
+
+/* Options of mlxe_backend_new(); start from mlxe_backend_options_default(). */
+typedef struct mlxe_backend_options {
+  int device;           /* MLXE_DEVICE_* */
+  int execution;        /* MLXE_EXECUTION_* */
+  size_t max_context;   /* cap on positions per sequence; 0 = the model's context */
+  size_t prefill_chunk; /* positions per forward pass in prefill; 0 = 512 */
+} mlxe_backend_options;
+
+/* What a backend supports (true only for what works end to end). */
+typedef struct mlxe_capabilities {
+  bool structured_output;    /* grammar/JSON-constrained sampling */
+  bool speculative_decoding; /* prefill with all logits + mlxe_seq_truncate */
+  bool kv_prefix_copy;       /* mlxe_seq_copy_prefix */
+  bool multimodal;           /* image or audio inputs */
+} mlxe_capabilities;
+
+/* Where a backend runs and MLX's memory counters. */
+typedef struct mlxe_device_info {
+  int device;          /* MLXE_DEVICE_* */
+  int execution;       /* MLXE_EXECUTION_* (never DEFAULT) */
+  size_t active_bytes; /* held by live MLX arrays */
+  size_t peak_bytes;   /* high-water mark of active_bytes */
+  size_t cache_bytes;  /* freed buffers MLX keeps for reuse */
+} mlxe_device_info;
+
+/* Settings of mlxe_sampler_new(); start from mlxe_sampler_params_default(). */
+typedef struct mlxe_sampler_params {
+  float temperature;              /* 0 = greedy */
+  uint32_t top_k;                 /* 0 = off */
+  float top_p;                    /* 1 = off */
+  float min_p;                    /* 0 = off */
+  float repetition_penalty;       /* 1 = off */
+  float presence_penalty;         /* 0 = off */
+  float frequency_penalty;        /* 0 = off */
+  uint32_t penalty_last_n;        /* history tokens the penalties see */
+  const uint32_t* logit_bias_tokens; /* n_logit_bias entries (copied); NULL if 0 */
+  const float* logit_bias_values;    /* one bias per token */
+  size_t n_logit_bias;
+  uint64_t seed;     /* used when has_seed; otherwise seeded from the OS */
+  bool has_seed;
+  size_t n_logprobs; /* top logprobs to report, <= MLXE_MAX_LOGPROBS */
+} mlxe_sampler_params;
+
+/* One sampled token. */
+typedef struct mlxe_sampled {
+  uint32_t token;
+  float logprob; /* log-probability of token */
+  size_t n_top;  /* valid entries below */
+  uint32_t top_tokens[MLXE_MAX_LOGPROBS];
+  float top_logprobs[MLXE_MAX_LOGPROBS];
+} mlxe_sampled;
+
+/* ---- Errors and version ------------------------------------------------------------------ */
+
+/* This thread's last error message ("" if none). Valid until the next failing call on this
+ * thread; successful calls leave it unchanged. Never NULL. */
+const char* mlxe_last_error(void);
+
+/* The library version (a static string). */
+int mlxe_version(const char** res);
+
+/* ---- Backend ----------------------------------------------------------------------------- */
+
+/* CPU, default execution, the model's context, prefill chunk 512. */
+int mlxe_backend_options_default(mlxe_backend_options* res);
+
+/* Loads the GGUF model at model_path (UTF-8). options may be NULL for the defaults. On
+ * failure *res is a null handle. Free with mlxe_backend_free(). */
+int mlxe_backend_new(mlxe_backend* res, const char* model_path, const mlxe_backend_options* options);
+
+/* Frees a backend and all its sequences. */
+int mlxe_backend_free(mlxe_backend b);
+
+/* Length of one logits row. */
+int mlxe_backend_vocab_size(size_t* res, mlxe_backend b);
+
+/* The most positions one sequence may hold. */
+int mlxe_backend_context_length(size_t* res, mlxe_backend b);
+
+int mlxe_backend_capabilities(mlxe_capabilities* res, mlxe_backend b);
+
+int mlxe_backend_device_info(mlxe_device_info* res, mlxe_backend b);
+
+/* Whether the backend's device is usable. */
+int mlxe_backend_is_ready(bool* res, mlxe_backend b);
+
+/* ---- Sequences (KV slots) ---------------------------------------------------------------- */
+
+/* Creates an empty sequence. Ids are never reused within a backend. */
+int mlxe_seq_new(mlxe_seq* res, mlxe_backend b);
+
+/* Frees a sequence; its id becomes invalid (later use fails with MLXE_ERROR). */
+int mlxe_seq_free(mlxe_backend b, mlxe_seq seq);
+
+/* Empties a sequence; the id stays valid. */
+int mlxe_seq_reset(mlxe_backend b, mlxe_seq seq);
+
+/* Keeps the first n positions (rolls back a rejected speculative draft). */
+int mlxe_seq_truncate(mlxe_backend b, mlxe_seq seq, size_t n);
+
+/* Positions the sequence holds (the position of its next token). */
+int mlxe_seq_len(size_t* res, mlxe_backend b, mlxe_seq seq);
+
+/* Makes dst a copy of the first n positions of src (dst's old content is dropped). */
+int mlxe_seq_copy_prefix(mlxe_backend b, mlxe_seq src, mlxe_seq dst, size_t n);
+
+/* Appends n_tokens tokens to seq. Writes the last position's logits (vocab floats), or every
+ * new position's (n_tokens * vocab, row-major) when all_logits, into res, which holds
+ * res_capacity floats; res may be NULL to discard them. Capacity is checked before running
+ * (MLXE_ERROR_BUFFER_TOO_SMALL). On any failure the sequence is unchanged. */
+int mlxe_prefill(
+    float* res,
+    size_t res_capacity,
+    mlxe_backend b,
+    mlxe_seq seq,
+    const uint32_t* tokens,
+    size_t n_tokens,
+    bool all_logits);
+
+/* One decode step for n sequences in one forward pass: tokens[i] is appended to seqs[i], each
+ * at its own position. Writes n * vocab logits (row i for seqs[i]) into res (capacity in
+ * floats; NULL discards). Fails before running on an unknown or repeated id, a full sequence
+ * (MLXE_ERROR_CONTEXT_FULL) or a short buffer; on any failure no sequence changes. */
+int mlxe_decode(
+    float* res,
+    size_t res_capacity,
+    mlxe_backend b,
+    const mlxe_seq* seqs,
+    const uint32_t* tokens,
+    size_t n);
+
+/* A self-describing snapshot of seq's KV (see docs/BACKEND.md). Release with
+ * mlxe_buffer_free(). */
+int mlxe_seq_serialize(mlxe_buffer* res, mlxe_backend b, mlxe_seq seq);
+
+/* A new sequence holding a snapshot's KV. Fails, creating nothing, on a truncated or
+ * corrupted buffer or one written by a different model. */
+int mlxe_seq_hydrate(mlxe_seq* res, mlxe_backend b, const uint8_t* data, size_t len);
+
+/* Releases a buffer returned by mlx-engine (pass it back unchanged). */
+int mlxe_buffer_free(mlxe_buffer buf);
+
+/* ---- Samplers ---------------------------------------------------------------------------- */
+
+/* Greedy (temperature 0), no truncation, no penalties, no bias, OS seed, no logprobs. */
+int mlxe_sampler_params_default(mlxe_sampler_params* res);
+
+/* Creates a sampler; fails on settings out of range (e.g. top_p outside (0, 1]). The bias
+ * arrays are copied. Free with mlxe_sampler_free(). */
+int mlxe_sampler_new(mlxe_sampler* res, const mlxe_sampler_params* params);
+
+int mlxe_sampler_free(mlxe_sampler s);
+
+/* Draws a token from one logits row (n_vocab floats); history (the sequence's tokens so far)
+ * feeds the penalties and may be NULL when n_history is 0. */
+int mlxe_sampler_sample(
+    mlxe_sampled* res,
+    mlxe_sampler s,
+    const float* logits,
+    size_t n_vocab,
+    const uint32_t* history,
+    size_t n_history);
+
+/** @} */
+
+#ifdef __cplusplus
+}
+#endif
+
+#endif /* MLX_ENGINE_H */

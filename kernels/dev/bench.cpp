@@ -1,0 +1,210 @@
+// Timing harness: memory bandwidth, GEMV / GEMM per type and path, a simulated decode token.
+// Usage: ./bench [quick]
+#include <algorithm>
+#include <cstdio>
+#include <cstdlib>
+#include <string>
+#include <thread>
+
+#include "common.h"
+
+static uint64_t g_sink;
+
+static double stream_read_gbs(int threads) {
+  const size_t bytes = (size_t)1 << 30;
+  uint64_t* p = (uint64_t*)aligned_alloc(64, bytes);
+  memset(p, 1, bytes);
+  double best = 0;
+  for (int it = 0; it < 4; ++it) {
+    double t0 = now_s();
+    std::vector<std::thread> th;
+    for (int t = 0; t < threads; ++t)
+      th.emplace_back([=] {
+        const size_t n = bytes / 8 / threads;
+        const uint64_t* q = p + n * t;
+        uint64_t a0 = 0, a1 = 0, a2 = 0, a3 = 0;
+        for (size_t i = 0; i < n; i += 4) {
+          a0 += q[i];
+          a1 += q[i + 1];
+          a2 += q[i + 2];
+          a3 += q[i + 3];
+        }
+        __atomic_fetch_add(&g_sink, a0 + a1 + a2 + a3, __ATOMIC_RELAXED);
+      });
+    for (auto& x : th) x.join();
+    best = std::max(best, bytes / (now_s() - t0) / 1e9);
+  }
+  free(p);
+  return best;
+}
+
+struct Mat {
+  std::vector<uint8_t> w;  // `copies` consecutive copies (cold = rotate through them)
+  size_t bytes;            // one matrix
+  int copies;
+};
+
+static Mat make(const TypeDesc& t, int64_t n, int64_t k, bool cold, std::mt19937_64& rng) {
+  Mat m;
+  auto one = random_weights(t, n, k, rng);
+  m.bytes = one.size();
+  m.copies = cold ? (int)std::max<size_t>(2, std::min<size_t>(64, ((size_t)384 << 20) / m.bytes)) : 1;
+  m.w.resize(m.bytes * m.copies);
+  for (int c = 0; c < m.copies; ++c) memcpy(m.w.data() + c * m.bytes, one.data(), m.bytes);
+  return m;
+}
+
+// Returns {best, mean} ms per call; `best` is robust on a shared, busy machine.
+struct Timing {
+  double best, mean;
+};
+static Timing time_mm(const TypeDesc& t, Mat& mat, int64_t n, int64_t k, int64_t m, const float* x, float* y,
+                      double min_time) {
+  int c = 0;
+  mlxk_qmatmul_f32(mat.w.data(), t.id, n, k, x, m, k, y, n);  // warm-up
+  int iters = 0;
+  double best = 1e9, t0 = now_s(), t1 = t0;
+  do {
+    c = (c + 1) % mat.copies;
+    const double s = now_s();
+    int rc = mlxk_qmatmul_f32(mat.w.data() + (size_t)c * mat.bytes, t.id, n, k, x, m, k, y, n);
+    if (rc) {
+      printf("error %d: %s\n", rc, mlxk_last_error());
+      exit(1);
+    }
+    ++iters;
+    t1 = now_s();
+    best = std::min(best, t1 - s);
+  } while (t1 - t0 < min_time || iters < 5);
+  return {best * 1e3, (t1 - t0) / iters * 1e3};
+}
+
+// Kernel throughput with weights resident in L2 (1 thread, min over many calls): robust on a
+// busy machine; tells whether a kernel can keep up with DRAM.
+static void kernel_throughput(std::mt19937_64& rng) {
+  mlxk_set_num_threads(1);
+  mlxk_force_path(MLXK_PATH_AVX2);
+  std::vector<float> x = random_acts(128, 4864, rng), y((size_t)128 * 4864);
+  printf("%-5s %14s %14s %14s\n", "type", "GEMV L2 GB/s", "GEMV GMAC/s", "GEMM128 GMAC/s");
+  for (auto& t : kTypes) {
+    const int64_t k = 2048, n = 64;
+    auto w = random_weights(t, n, k, rng);
+    double best = 1e9, bestg = 1e9;
+    for (int i = 0; i < 400; ++i) {
+      double t0 = now_s();
+      mlxk_qmatmul_f32(w.data(), t.id, n, k, x.data(), 1, k, y.data(), n);
+      best = std::min(best, now_s() - t0);
+    }
+    for (int i = 0; i < 20; ++i) {
+      double t0 = now_s();
+      mlxk_qmatmul_f32(w.data(), t.id, n, k, x.data(), 128, k, y.data(), n);
+      bestg = std::min(bestg, now_s() - t0);
+    }
+    printf("%-5s %14.2f %14.2f %14.2f\n", t.name, w.size() / best / 1e9, (double)n * k / best / 1e9,
+           128.0 * n * k / bestg / 1e9);
+  }
+}
+
+static void decode_sim(std::mt19937_64& rng, int tokens) {
+  const int hw = mlxk_get_num_threads();
+  // Simulated decode token of Qwen2.5-0.5B Q4_K_M (tensor types as in the real GGUF):
+  // 24 layers x 7 GEMVs (ffn_down alternates Q6_K / Q4_K) + Q8_0 lm_head.
+  {
+    mlxk_force_path(MLXK_PATH_AUTO);
+    mlxk_set_num_threads(hw);
+    struct L {
+      const char* type;
+      int64_t k, n;
+    };
+    const L layer[] = {{"Q5_0", 896, 896},  {"Q5_0", 896, 128},  {"Q8_0", 896, 128}, {"Q5_0", 896, 896},
+                       {"Q5_0", 896, 4864}, {"Q5_0", 896, 4864}, {"Q6_K", 4864, 896}};
+    std::vector<std::vector<uint8_t>> ws;
+    size_t total = 0;
+    for (int l = 0; l < 24; ++l)
+      for (auto& d : layer) {
+        const char* ty = (!strcmp(d.type, "Q6_K") && (l & 1)) ? "Q4_K" : d.type;
+        ws.push_back(random_weights(*find_type(ty), d.n, d.k, rng));
+        total += ws.back().size();
+      }
+    auto head = random_weights(*find_type("Q8_0"), 151936, 896, rng);
+    total += head.size();
+    std::vector<float> xs(4864, 0.5f), ys(151936);
+    double best = 1e9, sum = 0;
+    for (int t = 0; t < tokens + 1; ++t) {
+      double t0 = now_s();
+      size_t i = 0;
+      for (int l = 0; l < 24; ++l)
+        for (auto& d : layer) {
+          const char* ty = (!strcmp(d.type, "Q6_K") && (l & 1)) ? "Q4_K" : d.type;
+          mlxk_qmatmul_f32(ws[i++].data(), find_type(ty)->id, d.n, d.k, xs.data(), 1, d.k, ys.data(), d.n);
+        }
+      mlxk_qmatmul_f32(head.data(), MLXK_TYPE_Q8_0, 151936, 896, xs.data(), 1, 896, ys.data(), 151936);
+      double dt = now_s() - t0;
+      if (t > 0) {
+        best = std::min(best, dt);
+        sum += dt;
+      }
+    }
+    printf("simulated decode token (169 GEMVs, %.0f MB weights, %d threads): mean %.2f ms (%.1f tok/s, %.1f GB/s), best %.2f ms\n",
+           total / 1e6, hw, sum / tokens * 1e3, tokens / sum, total / (sum / tokens) / 1e9, best * 1e3);
+  }
+}
+
+int main(int argc, char** argv) {
+  const bool quick = argc > 1 && std::string(argv[1]) == "quick";
+  std::mt19937_64 rng(42);
+  if (argc > 1 && std::string(argv[1]) == "decode") {
+    decode_sim(rng, argc > 2 ? atoi(argv[2]) : 20);
+    return 0;
+  }
+  if (argc > 1 && std::string(argv[1]) == "kern") {
+    kernel_throughput(rng);
+    return 0;
+  }
+  const int hw = (int)std::thread::hardware_concurrency();
+  printf("memory bandwidth (streaming read, 1 GiB): 1 thread %.1f GB/s, %d threads %.1f GB/s\n",
+         stream_read_gbs(1), hw, stream_read_gbs(hw));
+
+  struct Shape {
+    int64_t m, k, n;
+  };
+  const Shape gemv[] = {{1, 896, 4864}, {1, 4864, 896}, {1, 2048, 5632}, {1, 896, 896}, {1, 896, 128}};
+  const Shape gemm[] = {{128, 896, 4864}, {128, 4864, 896}, {128, 2048, 5632}};
+  const char* types[] = {"Q5_0", "Q8_0", "Q4_K", "Q6_K", "Q4_0", "F16"};
+  std::vector<float> x = random_acts(128, 5632, rng), y((size_t)128 * 5632);
+
+  printf("\n%-17s %-5s %-6s %3s %9s %9s %8s %8s\n", "shape (MxK->N)", "type", "path", "thr", "best ms", "mean ms",
+         "GB/s", "GMAC/s");
+  auto row = [&](const Shape& s, const TypeDesc& t, int path, int thr, bool cold) {
+    if (s.k % t.block) return;
+    mlxk_force_path(path);
+    mlxk_set_num_threads(thr);
+    Mat mat = make(t, s.n, s.k, cold, rng);
+    const Timing tm = time_mm(t, mat, s.n, s.k, s.m, x.data(), y.data(), quick ? 0.2 : 0.6);
+    const double ms = tm.best;
+    char shape[64];
+    snprintf(shape, sizeof shape, "%lldx%lld->%lld%s", (long long)s.m, (long long)s.k, (long long)s.n,
+             cold ? "" : " hot");
+    printf("%-17s %-5s %-6s %3d %9.3f %9.3f %8.2f %8.1f\n", shape, t.name,
+           path == MLXK_PATH_SCALAR ? "scalar" : "avx2", thr, ms, tm.mean, mat.bytes / ms / 1e6,
+           (double)s.m * s.k * s.n / ms / 1e6);
+  };
+  for (auto& s : gemv)
+    for (auto tn : types) {
+      const TypeDesc& t = *find_type(tn);
+      row(s, t, MLXK_PATH_AVX2, 1, true);
+      row(s, t, MLXK_PATH_AVX2, hw, true);
+      if (s.n == 896 && s.k == 896) row(s, t, MLXK_PATH_AVX2, hw, false);
+      if (!quick && s.n == 4864 && s.k == 896) row(s, t, MLXK_PATH_SCALAR, hw, true);
+    }
+  for (auto& s : gemm)
+    for (auto tn : types) {
+      if (!strcmp(tn, "Q4_0") || !strcmp(tn, "F16")) continue;
+      const TypeDesc& t = *find_type(tn);
+      row(s, t, MLXK_PATH_AVX2, 1, false);
+      row(s, t, MLXK_PATH_AVX2, hw, false);
+    }
+
+  decode_sim(rng, quick ? 5 : 20);
+  return 0;
+}

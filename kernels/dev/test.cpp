@@ -1,0 +1,151 @@
+// Correctness harness: every type, scalar vs AVX2, random shapes, thread counts, strides.
+// Usage: ./test [--dump DIR]   (--dump writes blocks + our dequantization for gguf_check.py)
+#include <cstdio>
+#include <cstdlib>
+#include <string>
+
+#include "common.h"
+
+static int g_pass = 0, g_fail = 0;
+#define CHECK(cond, ...)            \
+  do {                              \
+    if (cond) {                     \
+      ++g_pass;                     \
+    } else {                        \
+      ++g_fail;                     \
+      printf("FAIL: " __VA_ARGS__); \
+      printf("\n");                 \
+    }                               \
+  } while (0)
+
+struct Err {
+  double max_abs = 0, max_rel_l1 = 0, max_rel = 0, max_of_bound = 0;
+};
+
+static void dump(const char* dir) {
+  std::mt19937_64 rng(7);
+  for (auto& t : kTypes) {
+    const int64_t n = 3, k = t.block == 256 ? 512 : 64;
+    auto w = random_weights(t, n, k, rng);
+    std::vector<float> out((size_t)(n * k));
+    int rc = mlxk_dequantize_rows(w.data(), t.id, n, k, out.data());
+    CHECK(rc == 0, "dequantize %s rc=%d", t.name, rc);
+    std::string base = std::string(dir) + "/" + t.name;
+    FILE* f = fopen((base + ".blocks").c_str(), "wb");
+    fwrite(w.data(), 1, w.size(), f);
+    fclose(f);
+    f = fopen((base + ".f32").c_str(), "wb");
+    fwrite(out.data(), 4, out.size(), f);
+    fclose(f);
+  }
+}
+
+int main(int argc, char** argv) {
+  if (argc == 3 && std::string(argv[1]) == "--dump") {
+    dump(argv[2]);
+    printf("%d passed, %d failed\n", g_pass, g_fail);
+    return g_fail != 0;
+  }
+  std::mt19937_64 rng(1234);
+  const int have_avx2 = [] {
+    mlxk_force_path(MLXK_PATH_AVX2);
+    int p = mlxk_kernel_path();
+    mlxk_force_path(MLXK_PATH_AUTO);
+    return p == MLXK_PATH_AVX2;
+  }();
+  printf("avx2 available: %d, default threads %d\n", have_avx2, mlxk_get_num_threads());
+
+  // error handling
+  {
+    float x[32] = {0}, y[4];
+    uint8_t w[64] = {0};
+    CHECK(mlxk_qmatmul_f32(w, 5, 1, 32, x, 1, 32, y, 1) == MLXK_ERR_BAD_TYPE, "bad type");
+    CHECK(mlxk_qmatmul_f32(w, MLXK_TYPE_Q8_0, 1, 48, x, 1, 48, y, 1) == MLXK_ERR_BAD_SHAPE, "bad k");
+    CHECK(strstr(mlxk_last_error(), "block size") != nullptr, "error message: %s", mlxk_last_error());
+    CHECK(mlxk_qmatmul_f32(nullptr, MLXK_TYPE_Q8_0, 1, 32, x, 1, 32, y, 1) == MLXK_ERR_BAD_ARG, "null w");
+    int64_t rb = 0;
+    CHECK(mlxk_row_bytes(MLXK_TYPE_Q6_K, 4864, &rb) == 0 && rb == 19 * 210, "row bytes q6k");
+    CHECK(mlxk_row_bytes(MLXK_TYPE_Q4_K, 896, &rb) == MLXK_ERR_BAD_SHAPE, "row bytes q4k 896");
+  }
+
+  const int Ms[] = {1, 3, 64, 130};
+  for (auto& t : kTypes) {
+    Err err;
+    std::vector<int64_t> Ks, Ns = {1, 37, 259};
+    if (t.block == 1) Ks = {7, 64, 901};
+    else if (t.block == 32) Ks = {32, 160, 896};
+    else Ks = {256, 768};
+    for (int64_t k : Ks)
+      for (int64_t n : Ns)
+        for (int m : Ms) {
+          if (m == 130 && n == 259 && k > 800) continue;  // keep the scalar reference quick
+          const int64_t ldx = k + (m > 1 ? 5 : 0), ldy = n + (m > 1 ? 3 : 0);
+          auto w = random_weights(t, n, k, rng);
+          auto x = random_acts(m, ldx, rng);
+          std::vector<float> yref((size_t)(m * ldy), -777.f), y1(yref), y2(yref), ys2(yref);
+          mlxk_force_path(MLXK_PATH_SCALAR);
+          mlxk_set_num_threads(1);
+          int rc = mlxk_qmatmul_f32(w.data(), t.id, n, k, x.data(), m, ldx, yref.data(), ldy);
+          CHECK(rc == 0, "%s scalar rc=%d %s", t.name, rc, mlxk_last_error());
+          mlxk_set_num_threads(2);
+          mlxk_qmatmul_f32(w.data(), t.id, n, k, x.data(), m, ldx, ys2.data(), ldy);
+          CHECK(memcmp(ys2.data(), yref.data(), 4 * ys2.size()) == 0, "%s scalar 1 vs 2 threads", t.name);
+          // padding untouched
+          bool pad_ok = true;
+          for (int mm = 0; mm < m; ++mm)
+            for (int64_t j = n; j < ldy; ++j) pad_ok &= yref[mm * ldy + j] == -777.f;
+          CHECK(pad_ok, "%s padding overwritten", t.name);
+          if (!have_avx2) continue;
+          mlxk_force_path(MLXK_PATH_AVX2);
+          mlxk_set_num_threads(1);
+          rc = mlxk_qmatmul_f32(w.data(), t.id, n, k, x.data(), m, ldx, y1.data(), ldy);
+          CHECK(rc == 0, "%s avx2 rc=%d", t.name, rc);
+          mlxk_set_num_threads(3);
+          rc = mlxk_qmatmul_f32(w.data(), t.id, n, k, x.data(), m, ldx, y2.data(), ldy);
+          CHECK(memcmp(y1.data(), y2.data(), 4 * y1.size()) == 0, "%s avx2 1 vs 3 threads differ (m=%d n=%lld k=%lld)",
+                t.name, m, (long long)n, (long long)k);
+          // error vs scalar, relative to sum |w_i x_i| of the row pair
+          std::vector<float> wr((size_t)(n * k));
+          mlxk_dequantize_rows(w.data(), t.id, n, k, wr.data());
+          bool ok = true;
+          for (int mm = 0; mm < m; ++mm)
+            for (int64_t j = 0; j < ldy; ++j) {
+              if (j >= n) {
+                ok &= y1[mm * ldy + j] == -777.f;
+                continue;
+              }
+              // Rigorous bound of the int8 activation rounding: sum over activation blocks of
+              // (amax_b / 127 / 2) * sum_{i in b} |w_i|, plus f32 accumulation slack.
+              const int ab = t.block == 256 ? 256 : 32;
+              double l1 = 0, bound = 0;
+              for (int64_t b0 = 0; b0 < k; b0 += ab) {
+                double amax = 0, wl1 = 0;
+                for (int64_t i = b0; i < b0 + ab && i < k; ++i) {
+                  amax = std::max(amax, (double)std::fabs(x[mm * ldx + i]));
+                  wl1 += std::fabs((double)wr[j * k + i]);
+                  l1 += std::fabs((double)wr[j * k + i] * x[mm * ldx + i]);
+                }
+                bound += 0.5 * amax / 127.0 * wl1;
+              }
+              if (t.block == 1) bound = 0;
+              const double ref = yref[mm * ldy + j], d = std::fabs(y1[mm * ldy + j] - ref);
+              err.max_abs = std::max(err.max_abs, d);
+              if (l1 > 0) err.max_rel_l1 = std::max(err.max_rel_l1, d / l1);
+              if (bound > 0) err.max_of_bound = std::max(err.max_of_bound, d / bound);
+              if (std::fabs(ref) > 0.25 * l1 && std::fabs(ref) > 0) err.max_rel = std::max(err.max_rel, d / std::fabs(ref));
+              const double tol = 1.001 * bound + 2e-6 * l1 + 1e-6;
+              if (!(d <= tol)) {
+                if (ok) printf("  %s m=%d n=%lld k=%lld row %lld col %d: got %g want %g (l1 %g bound %g)\n", t.name, m,
+                               (long long)n, (long long)k, (long long)j, mm, y1[mm * ldy + j], ref, l1, bound);
+                ok = false;
+              }
+            }
+          CHECK(ok, "%s avx2 vs scalar m=%d n=%lld k=%lld", t.name, m, (long long)n, (long long)k);
+        }
+    printf("%-5s avx2 vs scalar: max_abs %.3g  max |err|/sum|w*x| %.3g  max rel (|ref|>.25 sum|wx|) %.3g  max err/bound %.3g\n",
+           t.name, err.max_abs, err.max_rel_l1, err.max_rel, err.max_of_bound);
+  }
+  mlxk_force_path(MLXK_PATH_AUTO);
+  printf("%d passed, %d failed\n", g_pass, g_fail);
+  return g_fail != 0;
+}

@@ -1,0 +1,207 @@
+//! The KV snapshot format written by `Backend::serialize` and read by `Backend::hydrate`, and
+//! the model fingerprint it carries.
+//!
+//! Layout, all integers little-endian:
+//!
+//! | offset | size | field                                                   |
+//! |--------|------|---------------------------------------------------------|
+//! | 0      | 8    | magic `MLXE-KV\0`                                       |
+//! | 8      | 4    | format version (1)                                      |
+//! | 12     | 4    | dtype (0 = float32)                                     |
+//! | 16     | 32   | model fingerprint (SHA-256, see [`fingerprint`])        |
+//! | 48     | 4    | layers                                                  |
+//! | 52     | 4    | kv_heads                                                |
+//! | 56     | 4    | head_dim                                                |
+//! | 60     | 4    | flags (0)                                               |
+//! | 64     | 8    | len: positions stored                                   |
+//! | 72     | n    | keys [layers, kv_heads, len, head_dim] f32, then values |
+//! | 72 + n | 32   | SHA-256 of every byte before it                         |
+
+use crate::error::{Error, Result};
+use crate::loader::gguf::GgufFile;
+use sha2::{Digest, Sha256};
+
+/// The first eight bytes of every snapshot.
+pub const MAGIC: [u8; 8] = *b"MLXE-KV\0";
+/// The format version this build writes and reads.
+pub const VERSION: u32 = 1;
+/// The only dtype written so far: float32.
+const DTYPE_F32: u32 = 0;
+/// Bytes before the data.
+const HEADER_LEN: usize = 72;
+/// Bytes of the trailing checksum.
+const CHECKSUM_LEN: usize = 32;
+/// Bytes of each tensor's data that go into the fingerprint.
+const FINGERPRINT_SAMPLE: usize = 4096;
+
+/// A 32-byte identity of a model's weights and shapes.
+pub type Fingerprint = [u8; 32];
+
+/// The shape of a sequence's cache: what a snapshot must match to be loaded.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct KvShape {
+    /// Transformer blocks.
+    pub layers: usize,
+    /// Key/value heads.
+    pub kv_heads: usize,
+    /// Features per head.
+    pub head_dim: usize,
+}
+
+impl KvShape {
+    /// Floats per tensor (keys or values) for `len` positions, or `None` on overflow.
+    fn floats(&self, len: usize) -> Option<usize> {
+        self.layers
+            .checked_mul(self.kv_heads)?
+            .checked_mul(self.head_dim)?
+            .checked_mul(len)
+    }
+}
+
+/// A decoded snapshot.
+pub struct Snapshot {
+    /// The fingerprint of the model that wrote it.
+    pub fingerprint: Fingerprint,
+    /// The cache shape it was written with.
+    pub shape: KvShape,
+    /// Positions stored.
+    pub len: usize,
+    /// Keys [layers, kv_heads, len, head_dim].
+    pub keys: Vec<f32>,
+    /// Values [layers, kv_heads, len, head_dim].
+    pub values: Vec<f32>,
+}
+
+/// SHA-256 over the GGUF header (metadata and tensor table, so every shape and hyperparameter)
+/// and the first [`FINGERPRINT_SAMPLE`] bytes of every tensor's data (so two files with the
+/// same shapes but different weights differ). Reads about 1 MB of weights, not the whole file.
+pub fn fingerprint(file: &GgufFile) -> Fingerprint {
+    let mut hash = Sha256::new();
+    hash.update(b"mlx-engine model fingerprint v1");
+    let mapping = file.mapping();
+    let header_end = usize::try_from(file.data_offset()).unwrap_or(usize::MAX);
+    hash.update(mapping.bytes().get(..header_end).unwrap_or(mapping.bytes()));
+    for tensor in file.tensors() {
+        let data = file.tensor_bytes(tensor);
+        hash.update(&data[..data.len().min(FINGERPRINT_SAMPLE)]);
+    }
+    hash.finalize().into()
+}
+
+/// Writes a snapshot of `len` positions; `keys` and `values` are laid out as the table says.
+pub fn encode(
+    fingerprint: &Fingerprint,
+    shape: KvShape,
+    len: usize,
+    keys: &[f32],
+    values: &[f32],
+) -> Vec<u8> {
+    let mut out = Vec::with_capacity(HEADER_LEN + 4 * (keys.len() + values.len()) + CHECKSUM_LEN);
+    out.extend_from_slice(&MAGIC);
+    out.extend_from_slice(&VERSION.to_le_bytes());
+    out.extend_from_slice(&DTYPE_F32.to_le_bytes());
+    out.extend_from_slice(fingerprint);
+    for dim in [shape.layers, shape.kv_heads, shape.head_dim] {
+        out.extend_from_slice(&(dim as u32).to_le_bytes());
+    }
+    out.extend_from_slice(&0u32.to_le_bytes());
+    out.extend_from_slice(&(len as u64).to_le_bytes());
+    for x in keys.iter().chain(values) {
+        out.extend_from_slice(&x.to_le_bytes());
+    }
+    let checksum: [u8; 32] = Sha256::digest(&out).into();
+    out.extend_from_slice(&checksum);
+    out
+}
+
+/// Reads a snapshot, checking magic, version, dtype, size and checksum (in that order, so a
+/// short buffer is reported as truncated rather than as a checksum mismatch).
+pub fn decode(bytes: &[u8]) -> Result<Snapshot> {
+    let header = bytes.get(..HEADER_LEN).ok_or_else(|| {
+        invalid(format!(
+            "truncated: {} bytes, shorter than the {HEADER_LEN}-byte header",
+            bytes.len()
+        ))
+    })?;
+    if header[..8] != MAGIC {
+        return Err(invalid("not a KV snapshot (bad magic)".into()));
+    }
+    let version = u32_at(header, 8);
+    if version != VERSION {
+        return Err(invalid(format!(
+            "format version {version}, this build reads version {VERSION}"
+        )));
+    }
+    let dtype = u32_at(header, 12);
+    if dtype != DTYPE_F32 {
+        return Err(invalid(format!(
+            "dtype code {dtype}, only 0 (float32) is supported"
+        )));
+    }
+    let shape = KvShape {
+        layers: u32_at(header, 48) as usize,
+        kv_heads: u32_at(header, 52) as usize,
+        head_dim: u32_at(header, 56) as usize,
+    };
+    let len = usize::try_from(u64::from_le_bytes(
+        header[64..72].try_into().unwrap_or_default(),
+    ))
+    .map_err(|_| invalid("length does not fit in memory".into()))?;
+    let data = data_section(bytes, shape, len)?;
+    let floats = data.len() / 8;
+    let mut all = data
+        .chunks_exact(4)
+        .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]));
+    let keys: Vec<f32> = all.by_ref().take(floats).collect();
+    let values: Vec<f32> = all.collect();
+    let mut fingerprint = [0u8; 32];
+    fingerprint.copy_from_slice(&header[16..48]);
+    Ok(Snapshot {
+        fingerprint,
+        shape,
+        len,
+        keys,
+        values,
+    })
+}
+
+/// The data bytes after checking the total size and the checksum.
+fn data_section(bytes: &[u8], shape: KvShape, len: usize) -> Result<&[u8]> {
+    let data_len = shape
+        .floats(len)
+        .and_then(|n| n.checked_mul(8))
+        .ok_or_else(|| invalid("header sizes overflow".into()))?;
+    let total = HEADER_LEN
+        .checked_add(data_len)
+        .and_then(|n| n.checked_add(CHECKSUM_LEN))
+        .ok_or_else(|| invalid("header sizes overflow".into()))?;
+    if bytes.len() < total {
+        return Err(invalid(format!(
+            "truncated: {} bytes, the header announces {total}",
+            bytes.len()
+        )));
+    }
+    if bytes.len() > total {
+        return Err(invalid(format!(
+            "{} bytes, the header announces {total} (trailing data)",
+            bytes.len()
+        )));
+    }
+    let (body, checksum) = bytes.split_at(total - CHECKSUM_LEN);
+    if Sha256::digest(body).as_slice() != checksum {
+        return Err(invalid(
+            "checksum mismatch (the buffer is corrupted)".into(),
+        ));
+    }
+    Ok(&body[HEADER_LEN..])
+}
+
+/// The little-endian u32 at `offset` of the (already length-checked) header.
+fn u32_at(header: &[u8], offset: usize) -> u32 {
+    u32::from_le_bytes(header[offset..offset + 4].try_into().unwrap_or_default())
+}
+
+/// An error about a snapshot buffer.
+fn invalid(message: String) -> Error {
+    Error::InvalidArgument(format!("KV snapshot: {message}"))
+}

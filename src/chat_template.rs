@@ -1,0 +1,367 @@
+//! Chat templates: the Jinja template a model ships (`tokenizer.chat_template`) rendered with
+//! minijinja the way Hugging Face renders it.
+//!
+//! Like transformers' renderer: `trim_blocks` and `lstrip_blocks` on, loop controls, the
+//! context `messages`, `add_generation_prompt`, `bos_token`, `eos_token`, and the functions
+//! real templates call: `raise_exception`, `strftime_now`, a Python-style `tojson`, and Python
+//! string and dict methods (`.strip()`, `.startswith()`, `.split()`, `.items()` …).
+#![forbid(unsafe_code)]
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use minijinja::syntax::SyntaxConfig;
+use minijinja::value::{Enumerator, Kwargs, Object, ObjectRepr, ValueKind};
+use minijinja::{Environment, ErrorKind, Value};
+
+use crate::{Error, Result};
+
+/// The name the template is stored under in its environment.
+const TEMPLATE: &str = "chat";
+
+/// One message of a conversation.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ChatMessage {
+    /// `system`, `user`, `assistant`, `tool`, …
+    pub role: String,
+    /// The message text.
+    pub content: String,
+}
+
+impl ChatMessage {
+    /// A message with any role.
+    pub fn new(role: impl Into<String>, content: impl Into<String>) -> ChatMessage {
+        ChatMessage {
+            role: role.into(),
+            content: content.into(),
+        }
+    }
+
+    /// A `system` message.
+    pub fn system(content: impl Into<String>) -> ChatMessage {
+        ChatMessage::new("system", content)
+    }
+
+    /// A `user` message.
+    pub fn user(content: impl Into<String>) -> ChatMessage {
+        ChatMessage::new("user", content)
+    }
+
+    /// An `assistant` message.
+    pub fn assistant(content: impl Into<String>) -> ChatMessage {
+        ChatMessage::new("assistant", content)
+    }
+}
+
+/// A message as the template sees it: a map with `role` and `content`, in that order.
+impl Object for ChatMessage {
+    fn repr(self: &Arc<Self>) -> ObjectRepr {
+        ObjectRepr::Map
+    }
+
+    fn get_value(self: &Arc<Self>, key: &Value) -> Option<Value> {
+        match key.as_str()? {
+            "role" => Some(Value::from(self.role.as_str())),
+            "content" => Some(Value::from(self.content.as_str())),
+            _ => None,
+        }
+    }
+
+    fn enumerate(self: &Arc<Self>) -> Enumerator {
+        Enumerator::Str(&["role", "content"])
+    }
+}
+
+/// A compiled chat template.
+pub struct ChatTemplate {
+    env: Environment<'static>,
+    bos: String,
+    eos: String,
+}
+
+impl std::fmt::Debug for ChatTemplate {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ChatTemplate")
+            .field("bos", &self.bos)
+            .field("eos", &self.eos)
+            .finish_non_exhaustive()
+    }
+}
+
+impl ChatTemplate {
+    /// Compiles `source`; `bos` and `eos` are the texts of the model's BOS and EOS tokens (the
+    /// template's `bos_token` and `eos_token`). A syntax error is an `Err`.
+    pub fn new(source: &str, bos: &str, eos: &str) -> Result<ChatTemplate> {
+        let mut env = Environment::new();
+        env.set_syntax(syntax()?);
+        env.set_unknown_method_callback(minijinja_contrib::pycompat::unknown_method_callback);
+        env.add_function("raise_exception", raise_exception);
+        env.add_function("strftime_now", strftime_now);
+        env.add_filter("tojson", tojson);
+        env.add_template_owned(TEMPLATE, source.to_string())
+            .map_err(template_err)?;
+        Ok(ChatTemplate {
+            env,
+            bos: bos.to_string(),
+            eos: eos.to_string(),
+        })
+    }
+
+    /// Renders a conversation; with `add_generation_prompt` the text ends where the assistant's
+    /// reply begins. A template error (including `raise_exception`) is an `Err`.
+    pub fn render(&self, messages: &[ChatMessage], add_generation_prompt: bool) -> Result<String> {
+        let messages: Vec<Value> = messages
+            .iter()
+            .map(|m| Value::from_object(m.clone()))
+            .collect();
+        let ctx = BTreeMap::from([
+            ("messages", Value::from(messages)),
+            ("add_generation_prompt", Value::from(add_generation_prompt)),
+            ("bos_token", Value::from(self.bos.as_str())),
+            ("eos_token", Value::from(self.eos.as_str())),
+        ]);
+        let template = self.env.get_template(TEMPLATE).map_err(template_err)?;
+        template.render(Value::from(ctx)).map_err(template_err)
+    }
+}
+
+/// Hugging Face's Jinja settings: `trim_blocks` and `lstrip_blocks` on.
+fn syntax() -> Result<SyntaxConfig> {
+    SyntaxConfig::builder()
+        .trim_blocks(true)
+        .lstrip_blocks(true)
+        .build()
+        .map_err(template_err)
+}
+
+/// A minijinja error as ours, with the template line when known.
+fn template_err(e: minijinja::Error) -> Error {
+    let line = e.line().map(|l| format!(" (line {l})")).unwrap_or_default();
+    let detail = e.detail().map(|d| format!(": {d}")).unwrap_or_default();
+    Error::Template(format!("{}{detail}{line}", e.kind()))
+}
+
+/// `raise_exception(message)`: templates call it to reject a conversation.
+fn raise_exception(message: String) -> std::result::Result<Value, minijinja::Error> {
+    Err(minijinja::Error::new(ErrorKind::InvalidOperation, message))
+}
+
+/// `strftime_now(format)`: the current UTC time, formatted as Python's `strftime` does for
+/// `%Y %y %m %d %e %j %H %I %M %S %p %B %b %A %a %%`.
+fn strftime_now(format: String) -> String {
+    let secs = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs());
+    strftime(&format, secs)
+}
+
+/// Formats a Unix time (UTC) with a `strftime` format.
+pub(crate) fn strftime(format: &str, unix_secs: u64) -> String {
+    const MONTHS: [&str; 12] = [
+        "January",
+        "February",
+        "March",
+        "April",
+        "May",
+        "June",
+        "July",
+        "August",
+        "September",
+        "October",
+        "November",
+        "December",
+    ];
+    const DAYS: [&str; 7] = [
+        "Thursday",
+        "Friday",
+        "Saturday",
+        "Sunday",
+        "Monday",
+        "Tuesday",
+        "Wednesday",
+    ];
+    let days = unix_secs / 86_400;
+    let secs = unix_secs % 86_400;
+    let (year, month, day) = civil_from_days(days);
+    let (hour, minute, second) = (secs / 3600, secs / 60 % 60, secs % 60);
+    let month_name = MONTHS[(month - 1) as usize];
+    let weekday = DAYS[(days % 7) as usize];
+    let mut out = String::new();
+    let mut chars = format.chars();
+    while let Some(c) = chars.next() {
+        if c != '%' {
+            out.push(c);
+            continue;
+        }
+        let Some(spec) = chars.next() else {
+            out.push('%');
+            break;
+        };
+        let text = match spec {
+            'Y' => year.to_string(),
+            'y' => format!("{:02}", year % 100),
+            'm' => format!("{month:02}"),
+            'd' => format!("{day:02}"),
+            'e' => format!("{day:>2}"),
+            'j' => format!("{:03}", days - days_from_civil(year, 1, 1) + 1),
+            'H' => format!("{hour:02}"),
+            'I' => format!("{:02}", (hour + 11) % 12 + 1),
+            'M' => format!("{minute:02}"),
+            'S' => format!("{second:02}"),
+            'p' => (if hour < 12 { "AM" } else { "PM" }).to_string(),
+            'B' => month_name.to_string(),
+            'b' => month_name[..3].to_string(),
+            'A' => weekday.to_string(),
+            'a' => weekday[..3].to_string(),
+            '%' => "%".to_string(),
+            other => format!("%{other}"),
+        };
+        out.push_str(&text);
+    }
+    out
+}
+
+/// (year, month 1-12, day 1-31) of a count of days since 1970-01-01 (proleptic Gregorian).
+fn civil_from_days(days: u64) -> (u64, u64, u64) {
+    let z = days + 719_468;
+    let era = z / 146_097;
+    let doe = z % 146_097;
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let day = doy - (153 * mp + 2) / 5 + 1;
+    let month = if mp < 10 { mp + 3 } else { mp - 9 };
+    let year = yoe + era * 400 + u64::from(month <= 2);
+    (year, month, day)
+}
+
+/// Days since 1970-01-01 of a date on or after it; the inverse of [`civil_from_days`].
+fn days_from_civil(year: u64, month: u64, day: u64) -> u64 {
+    let y = if month <= 2 { year - 1 } else { year };
+    let era = y / 400;
+    let yoe = y % 400;
+    let mp = if month > 2 { month - 3 } else { month + 9 };
+    let doy = (153 * mp + 2) / 5 + day - 1;
+    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
+    era * 146_097 + doe - 719_468
+}
+
+/// `tojson` as transformers defines it, Python's `json.dumps(value, ensure_ascii=False)`:
+/// `", "` and `": "` separators, no HTML escaping; with `indent`, one item per line.
+fn tojson(
+    value: &Value,
+    indent: Option<usize>,
+    kwargs: Kwargs,
+) -> std::result::Result<String, minijinja::Error> {
+    let indent = match indent {
+        Some(n) => Some(n),
+        None => kwargs.get::<Option<usize>>("indent")?,
+    };
+    for accepted in ["ensure_ascii", "separators", "sort_keys"] {
+        let _: Option<Value> = kwargs.get(accepted)?;
+    }
+    let mut out = String::new();
+    write_json(value, indent, 0, &mut out)?;
+    Ok(out)
+}
+
+/// Appends the JSON text of `value` at nesting `depth`.
+fn write_json(
+    value: &Value,
+    indent: Option<usize>,
+    depth: usize,
+    out: &mut String,
+) -> std::result::Result<(), minijinja::Error> {
+    match value.kind() {
+        ValueKind::Undefined | ValueKind::None => out.push_str("null"),
+        ValueKind::Bool => out.push_str(if value.is_true() { "true" } else { "false" }),
+        ValueKind::Number => out.push_str(&json_number(value)),
+        ValueKind::String => out.push_str(&json_string(value.as_str().unwrap_or_default())),
+        ValueKind::Map => write_json_items(value, true, indent, depth, out)?,
+        ValueKind::Seq | ValueKind::Iterable => write_json_items(value, false, indent, depth, out)?,
+        _ => {
+            return Err(minijinja::Error::new(
+                ErrorKind::InvalidOperation,
+                format!("cannot serialize {} to JSON", value.kind()),
+            ))
+        }
+    }
+    Ok(())
+}
+
+/// Appends a JSON object (`map`) or array.
+fn write_json_items(
+    value: &Value,
+    map: bool,
+    indent: Option<usize>,
+    depth: usize,
+    out: &mut String,
+) -> std::result::Result<(), minijinja::Error> {
+    let (open, close) = if map { ('{', '}') } else { ('[', ']') };
+    let items: Vec<Value> = value.try_iter()?.collect();
+    out.push(open);
+    for (i, item) in items.iter().enumerate() {
+        out.push_str(match (i, indent) {
+            (0, _) => "",
+            (_, Some(_)) => ",",
+            (_, None) => ", ",
+        });
+        if let Some(n) = indent {
+            out.push('\n');
+            out.push_str(&" ".repeat(n * (depth + 1)));
+        }
+        if map {
+            out.push_str(&json_string(&item.to_string()));
+            out.push_str(": ");
+            write_json(&value.get_item(item)?, indent, depth + 1, out)?;
+        } else {
+            write_json(item, indent, depth + 1, out)?;
+        }
+    }
+    if let (Some(n), false) = (indent, items.is_empty()) {
+        out.push('\n');
+        out.push_str(&" ".repeat(n * depth));
+    }
+    out.push(close);
+    Ok(())
+}
+
+/// A number as Python's `json.dumps` writes it: integers plain, floats with a fraction.
+fn json_number(value: &Value) -> String {
+    if let Some(i) = value.as_i64() {
+        return i.to_string();
+    }
+    match f64::try_from(value.clone()) {
+        Ok(f) if f.is_nan() => "NaN".to_string(),
+        Ok(f) if f.is_infinite() => (if f > 0.0 { "Infinity" } else { "-Infinity" }).to_string(),
+        Ok(f) if f.fract() == 0.0 && f.abs() < 1e16 => format!("{f:.1}"),
+        Ok(f) => f.to_string(),
+        Err(_) => value.to_string(),
+    }
+}
+
+/// A JSON string literal; non-ASCII characters stay as they are.
+fn json_string(s: &str) -> String {
+    serde_json::Value::from(s).to_string()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn strftime_formats_a_known_date() {
+        // 2024-07-26 13:05:09 UTC, a Friday.
+        let t = 1_721_999_109;
+        assert_eq!(strftime("%d %B %Y", t), "26 July 2024");
+        assert_eq!(strftime("%Y-%m-%d %H:%M:%S", t), "2024-07-26 13:05:09");
+        assert_eq!(
+            strftime("%a %b %e %I%p %j %y %%", t),
+            "Fri Jul 26 01PM 208 24 %"
+        );
+        assert_eq!(civil_from_days(0), (1970, 1, 1));
+        assert_eq!(days_from_civil(2000, 3, 1), 11_017);
+        assert_eq!(civil_from_days(11_017), (2000, 3, 1));
+    }
+}

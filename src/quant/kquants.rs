@@ -1,0 +1,200 @@
+//! The K-quant super-block formats: 256 elements per block, split into sub-blocks with their
+//! own small integer scales (and mins) on top of one or two f16 super-scales.
+//!
+//! Block layouts (ggml `block_q*_K` structs; f16 fields little-endian):
+//! - Q2_K `[scales: 16 B][qs: 64 B][d: f16][dmin: f16]`, 16 sub-blocks of 16,
+//!   value = (d·sc)·q − dmin·m with `sc`/`m` the low/high nibble of `scales[e / 16]`, q 2-bit
+//! - Q3_K `[hmask: 32 B][qs: 64 B][scales: 12 B][d: f16]`, 16 sub-blocks of 16,
+//!   value = (d·sc)·q with sc 6-bit − 32, q = 2 low bits − (4 unless the `hmask` bit is set)
+//! - Q4_K `[d: f16][dmin: f16][scales: 12 B][qs: 128 B]`, 8 sub-blocks of 32,
+//!   value = (d·sc)·q − dmin·m, 6-bit `sc`/`m`, q 4-bit
+//! - Q5_K `[d: f16][dmin: f16][scales: 12 B][qh: 32 B][qs: 128 B]`, as Q4_K with a fifth bit
+//! - Q6_K `[ql: 128 B][qh: 64 B][scales: 16 × i8][d: f16]`, 16 sub-blocks of 16,
+//!   value = (d·sc)·(q − 32), q 6-bit
+//!
+//! Element order inside the packed bytes: for 2-bit fields, byte `l` of each 32-byte run holds
+//! four elements 32 apart (shift 0, 2, 4, 6); for nibbles, byte `l` of each 32-byte run holds
+//! two elements 32 apart; for the one-bit masks, bit `b` of byte `l` belongs to element
+//! `32·b + l`. The index arithmetic in each `codes_*` function spells this out per element.
+//!
+//! MLX affine mapping ([`super::affine`]): Q4_K and Q5_K sub-blocks are exactly MLX groups of
+//! 32 (scale d·sc, bias −dmin·m; both products exact in f32). Q3_K is also exact, as 8-bit
+//! groups: sc·q is an integer in [−124, 128], so a group of two sub-blocks fits 253 codes of
+//! step d. Q2_K and Q6_K sub-blocks of 16 do not fit MLX groups; they are re-quantized to 8
+//! bits (see [`super::affine::requantize_group_8bit`]).
+
+use super::affine::{requantize_group_8bit, AffineOut, GROUP};
+use super::f16_at;
+
+/// Elements per K-quant super-block.
+pub const QK_K: usize = 256;
+
+/// The 2-bit field of element `e` in a 64-byte `qs` run (Q2_K, Q3_K low bits).
+fn two_bits(qs: &[u8], e: usize) -> u8 {
+    let (half, shift, l) = (e / 128, (e % 128) / 32, e % 32);
+    (qs[half * 32 + l] >> (2 * shift)) & 3
+}
+
+/// The nibble of element `e` in a 128-byte `qs` run (Q4_K, Q5_K).
+fn nibble(qs: &[u8], e: usize) -> u8 {
+    let (chunk, high, l) = (e / 64, (e / 32) % 2, e % 32);
+    (qs[chunk * 32 + l] >> (4 * high)) & 0x0F
+}
+
+/// The mask bit of element `e` in a 32-byte bit-plane run (Q3_K `hmask`, Q5_K `qh`).
+fn mask_bit(mask: &[u8], e: usize) -> u8 {
+    (mask[e % 32] >> (e / 32)) & 1
+}
+
+/// The 6-bit (scale, min) pair of sub-block `j` (0..8) in Q4_K/Q5_K's 12 packed bytes:
+/// the first four pairs are the low 6 bits of bytes 0..4 / 4..8; the last four take a nibble
+/// from bytes 8..12 and their top two bits from the top of bytes 0..4 / 4..8.
+fn scale_min_k4(s: &[u8], j: usize) -> (u8, u8) {
+    if j < 4 {
+        (s[j] & 63, s[j + 4] & 63)
+    } else {
+        let sc = (s[j + 4] & 0x0F) | ((s[j - 4] >> 6) << 4);
+        let m = (s[j + 4] >> 4) | ((s[j] >> 6) << 4);
+        (sc, m)
+    }
+}
+
+/// The signed 6-bit scale of sub-block `i` (0..16) in Q3_K's 12 packed bytes: low nibble from
+/// bytes 0..8 (low nibbles first, then high), top two bits from bytes 8..12, minus 32.
+fn scale_q3_k(s: &[u8], i: usize) -> i8 {
+    let low = if i < 8 { s[i] & 0x0F } else { s[i - 8] >> 4 };
+    let high = (s[8 + i % 4] >> (2 * (i / 4))) & 3;
+    (low | (high << 4)) as i8 - 32
+}
+
+/// Q2_K: value = (d·sc)·q − dmin·m per sub-block of 16.
+pub fn dequantize_q2_k(block: &[u8], out: &mut [f32]) {
+    let (scales, qs) = (&block[0..16], &block[16..80]);
+    let (d, dmin) = (f16_at(block, 80), f16_at(block, 82));
+    for (e, o) in out.iter_mut().enumerate().take(QK_K) {
+        let s = scales[e / 16];
+        let dl = d * f32::from(s & 0x0F);
+        let ml = dmin * f32::from(s >> 4);
+        *o = dl * f32::from(two_bits(qs, e)) - ml;
+    }
+}
+
+/// The signed Q3_K integer of element `e`: low 2 bits minus 4 where the `hmask` bit is clear.
+fn code_q3_k(hmask: &[u8], qs: &[u8], e: usize) -> i8 {
+    two_bits(qs, e) as i8 - 4 * (1 - mask_bit(hmask, e) as i8)
+}
+
+/// Q3_K: value = (d·sc)·q per sub-block of 16.
+pub fn dequantize_q3_k(block: &[u8], out: &mut [f32]) {
+    let (hmask, qs, scales) = (&block[0..32], &block[32..96], &block[96..108]);
+    let d = f16_at(block, 108);
+    for (e, o) in out.iter_mut().enumerate().take(QK_K) {
+        let dl = d * f32::from(scale_q3_k(scales, e / 16));
+        *o = dl * f32::from(code_q3_k(hmask, qs, e));
+    }
+}
+
+/// The unsigned 4- or 5-bit code of element `e` of a Q4_K (`qh` = None) or Q5_K block.
+fn code_k4(qs: &[u8], qh: Option<&[u8]>, e: usize) -> u8 {
+    nibble(qs, e) | qh.map_or(0, |qh| mask_bit(qh, e) << 4)
+}
+
+/// Q4_K and Q5_K share everything but the fifth bit.
+fn dequantize_k4(block: &[u8], qh: Option<&[u8]>, qs: &[u8], out: &mut [f32]) {
+    let (d, dmin) = (f16_at(block, 0), f16_at(block, 2));
+    let scales = &block[4..16];
+    for (e, o) in out.iter_mut().enumerate().take(QK_K) {
+        let (sc, m) = scale_min_k4(scales, e / 32);
+        let dl = d * f32::from(sc);
+        let ml = dmin * f32::from(m);
+        *o = dl * f32::from(code_k4(qs, qh, e)) - ml;
+    }
+}
+
+/// Q4_K: value = (d·sc)·q − dmin·m per sub-block of 32.
+pub fn dequantize_q4_k(block: &[u8], out: &mut [f32]) {
+    dequantize_k4(block, None, &block[16..144], out);
+}
+
+/// Q5_K: value = (d·sc)·q − dmin·m per sub-block of 32, q 5-bit.
+pub fn dequantize_q5_k(block: &[u8], out: &mut [f32]) {
+    dequantize_k4(block, Some(&block[16..48]), &block[48..176], out);
+}
+
+/// The signed Q6_K integer of element `e`: 4 low bits from `ql`, 2 high bits from `qh`, − 32.
+fn code_q6_k(ql: &[u8], qh: &[u8], e: usize) -> i8 {
+    let (half, r) = (e / 128, e % 128);
+    let low = (ql[half * 64 + r % 64] >> (4 * (r / 64))) & 0x0F;
+    let high = (qh[half * 32 + r % 32] >> (2 * (r / 32))) & 3;
+    (low | (high << 4)) as i8 - 32
+}
+
+/// Q6_K: value = (d·sc)·q per sub-block of 16.
+pub fn dequantize_q6_k(block: &[u8], out: &mut [f32]) {
+    let (ql, qh, scales) = (&block[0..128], &block[128..192], &block[192..208]);
+    let d = f16_at(block, 208);
+    for (e, o) in out.iter_mut().enumerate().take(QK_K) {
+        let dl = d * f32::from(scales[e / 16] as i8);
+        *o = dl * f32::from(code_q6_k(ql, qh, e));
+    }
+}
+
+/// Q4_K/Q5_K → eight MLX groups of 32: codes as stored, scale d·sc, bias −dmin·m. Exact.
+fn affine_k4(block: &[u8], qh: Option<&[u8]>, qs: &[u8], g: AffineOut<'_>) {
+    let (d, dmin) = (f16_at(block, 0), f16_at(block, 2));
+    for (e, code) in g.q.iter_mut().enumerate().take(QK_K) {
+        *code = code_k4(qs, qh, e);
+    }
+    for j in 0..QK_K / GROUP {
+        let (sc, m) = scale_min_k4(&block[4..16], j);
+        g.scales[j] = d * f32::from(sc);
+        g.biases[j] = -(dmin * f32::from(m));
+    }
+}
+
+/// Q4_K → MLX 4-bit groups of 32 (exact).
+pub(crate) fn affine_q4_k(block: &[u8], out: AffineOut<'_>) {
+    affine_k4(block, None, &block[16..144], out);
+}
+
+/// Q5_K → MLX 5-bit groups of 32 (exact).
+pub(crate) fn affine_q5_k(block: &[u8], out: AffineOut<'_>) {
+    affine_k4(block, Some(&block[16..48]), &block[48..176], out);
+}
+
+/// Q3_K → MLX 8-bit groups of 32 (exact): n = sc·q is an integer in [−124, 128], so with
+/// lo = the group's smallest n, code = n − lo ≤ 252, scale = d, bias = d·lo.
+pub(crate) fn affine_q3_k(block: &[u8], g: AffineOut<'_>) {
+    let (hmask, qs, scales) = (&block[0..32], &block[32..96], &block[96..108]);
+    let d = f16_at(block, 108);
+    let n = |e: usize| i32::from(scale_q3_k(scales, e / 16)) * i32::from(code_q3_k(hmask, qs, e));
+    for j in 0..QK_K / GROUP {
+        let group = j * GROUP..(j + 1) * GROUP;
+        let lo = group.clone().map(n).min().unwrap_or(0);
+        for e in group {
+            g.q[e] = (n(e) - lo) as u8;
+        }
+        g.scales[j] = d;
+        g.biases[j] = d * lo as f32;
+    }
+}
+
+/// A sub-16 format (Q2_K, Q6_K) → MLX 8-bit groups of 32 by re-quantizing the exact values.
+fn affine_requantized(block: &[u8], dequantize: fn(&[u8], &mut [f32]), g: AffineOut<'_>) {
+    let mut values = [0f32; QK_K];
+    dequantize(block, &mut values);
+    for (j, chunk) in values.chunks_exact(GROUP).enumerate() {
+        let q = &mut g.q[j * GROUP..(j + 1) * GROUP];
+        (g.scales[j], g.biases[j]) = requantize_group_8bit(chunk, q);
+    }
+}
+
+/// Q2_K → MLX 8-bit groups of 32, re-quantized (not exact).
+pub(crate) fn affine_q2_k(block: &[u8], out: AffineOut<'_>) {
+    affine_requantized(block, dequantize_q2_k, out);
+}
+
+/// Q6_K → MLX 8-bit groups of 32, re-quantized (not exact).
+pub(crate) fn affine_q6_k(block: &[u8], out: AffineOut<'_>) {
+    affine_requantized(block, dequantize_q6_k, out);
+}

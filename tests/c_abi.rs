@@ -1,0 +1,368 @@
+//! The C ABI: `include/mlx_engine.h` agrees with `src/ffi.rs` (every prototype, struct field
+//! and constant, parsed from both), C programs compiled against the header and linked against
+//! the cdylib run, and greedy generation from C gives the Rust API's tokens.
+
+mod common;
+
+use mlx_engine::engine::{Engine, LoadOptions};
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+const PROMPT: [u32; 6] = [1, 17, 42, 99, 3, 250];
+const N_NEW: usize = 12;
+/// Arguments of `make_synthetic.py` for a 2-layer llama with grouped-query attention.
+const SYNTHETIC_SHAPE: &str = "--arch llama --quant Q8_0 --layers 2 --hidden 256 --heads 4 \
+    --kv-heads 2 --ffn 512 --vocab 512 --ctx 256";
+
+/// A small random llama GGUF written by the reference script (`seed` picks the weights).
+fn synthetic_model(dir: &Path, seed: u32) -> PathBuf {
+    let path = dir.join(format!("synthetic-{seed}.gguf"));
+    let script = common::repo_root().join("tests/reference/make_synthetic.py");
+    let seed = seed.to_string();
+    let mut args = vec![path.to_str().unwrap()];
+    args.extend(SYNTHETIC_SHAPE.split(' '));
+    args.extend(["--seed", &seed]);
+    common::run_python(&script, &args);
+    path
+}
+
+/// target/{profile}: where cargo puts the cdylib (this test runs from target/{profile}/deps).
+fn profile_dir() -> PathBuf {
+    let exe = std::env::current_exe().unwrap();
+    exe.parent().and_then(Path::parent).unwrap().to_path_buf()
+}
+
+/// Directories holding libmlx (also in the cdylib's RUNPATH; repeated for clarity).
+fn mlx_lib_dirs() -> Vec<PathBuf> {
+    let deps = common::repo_root().join("external/deps");
+    let flavors = std::fs::read_dir(&deps)
+        .map(|d| d.flatten().map(|e| e.path()).collect())
+        .unwrap_or_else(|_| vec![]);
+    flavors
+        .into_iter()
+        .map(|f| f.join("mlx/lib"))
+        .filter(|d| d.is_dir())
+        .collect()
+}
+
+/// Compiles `tests/c/{name}.c` against the header and the cdylib; returns the executable.
+fn compile_c(name: &str, out_dir: &Path) -> PathBuf {
+    let lib_dir = profile_dir();
+    let so = lib_dir.join(if cfg!(target_os = "macos") {
+        "libmlx_engine.dylib"
+    } else {
+        "libmlx_engine.so"
+    });
+    assert!(
+        so.exists(),
+        "{} is missing: the [lib] crate-type must include cdylib",
+        so.display()
+    );
+    let exe = out_dir.join(name);
+    let mut cc = Command::new("cc");
+    cc.args(["-std=c11", "-Wall", "-Wextra", "-Werror", "-O1"])
+        .arg("-I")
+        .arg(common::repo_root().join("include"))
+        .arg(common::repo_root().join(format!("tests/c/{name}.c")))
+        .arg("-o")
+        .arg(&exe)
+        .arg(&so)
+        .arg(format!("-Wl,-rpath,{}", lib_dir.display()));
+    for dir in mlx_lib_dirs() {
+        cc.arg(format!("-Wl,-rpath,{}", dir.display()));
+    }
+    let out = cc
+        .output()
+        .expect("a C compiler `cc` is needed for the C ABI tests");
+    assert!(
+        out.status.success(),
+        "cc {name}.c failed:\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    exe
+}
+
+/// Runs a compiled C program and returns its stdout, failing with its stderr.
+fn run(exe: &Path, args: &[&str]) -> String {
+    let out = Command::new(exe).args(args).output().unwrap();
+    assert!(
+        out.status.success(),
+        "{} failed ({}):\n{}",
+        exe.display(),
+        out.status,
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+#[test]
+fn c_greedy_generation_matches_rust() {
+    let dir = tempfile::tempdir().unwrap();
+    let model = synthetic_model(dir.path(), 0);
+    let exe = compile_c("generate", dir.path());
+    let mut args = vec![model.to_str().unwrap().to_string(), N_NEW.to_string()];
+    args.extend(PROMPT.iter().map(u32::to_string));
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    let from_c: Vec<u32> = run(&exe, &args)
+        .split_whitespace()
+        .map(|t| t.parse().unwrap())
+        .collect();
+
+    let engine = Engine::load(&model, &LoadOptions::default()).unwrap();
+    let from_rust = engine.generate_greedy(&PROMPT, N_NEW, |_| false).unwrap();
+    assert_eq!(
+        from_c, from_rust,
+        "C (with a snapshot round trip half-way) vs Rust greedy tokens"
+    );
+}
+
+#[test]
+fn c_program_exercises_every_function() {
+    let dir = tempfile::tempdir().unwrap();
+    let model = synthetic_model(dir.path(), 0);
+    let other = synthetic_model(dir.path(), 1);
+    let exe = compile_c("abi_all", dir.path());
+    assert_eq!(
+        run(&exe, &[model.to_str().unwrap(), other.to_str().unwrap()]).trim(),
+        "ok"
+    );
+}
+
+// ---- Header vs src/ffi.rs ----------------------------------------------------------------
+
+/// Everything the ABI declares, in C spelling: functions (return type and parameter types),
+/// structs (field name and type), constants and type aliases.
+#[derive(Debug, Default, PartialEq)]
+struct Abi {
+    functions: BTreeMap<String, (String, Vec<String>)>,
+    structs: BTreeMap<String, Vec<(String, String)>>,
+    constants: BTreeMap<String, String>,
+    aliases: BTreeMap<String, String>,
+}
+
+/// `const float *` → `const float*`, `float x [N]` → `float x[N]`; collapses spaces.
+fn normalize_c_type(t: &str) -> String {
+    let t = t.split_whitespace().collect::<Vec<_>>().join(" ");
+    t.replace(" *", "*").replace(" [", "[")
+}
+
+/// A Rust FFI type in C spelling: `*const u32` → `const uint32_t*`.
+fn rust_type_to_c(t: &str) -> String {
+    let t = t.trim();
+    if let Some(inner) = t.strip_prefix("*const ") {
+        let inner = rust_type_to_c(inner);
+        return if inner.ends_with('*') {
+            format!("{inner}*")
+        } else {
+            format!("const {inner}*")
+        };
+    }
+    if let Some(inner) = t.strip_prefix("*mut ") {
+        return format!("{}*", rust_type_to_c(inner));
+    }
+    if let Some(array) = t.strip_prefix('[').and_then(|a| a.strip_suffix(']')) {
+        let (elem, len) = array.split_once(';').unwrap();
+        return format!("{}[{}]", rust_type_to_c(elem), len.trim());
+    }
+    let c = match t {
+        "c_int" => "int",
+        "c_char" => "char",
+        "c_void" => "void",
+        "usize" => "size_t",
+        "u64" => "uint64_t",
+        "u32" => "uint32_t",
+        "i32" => "int32_t",
+        "u8" => "uint8_t",
+        "f32" => "float",
+        other => other,
+    };
+    c.to_string()
+}
+
+/// Removes `/* */` and `//` comments.
+fn strip_c_comments(src: &str) -> String {
+    let mut out = String::new();
+    let mut rest = src;
+    while let Some(start) = rest.find("/*") {
+        out.push_str(&rest[..start]);
+        rest = rest[start..]
+            .split_once("*/")
+            .map_or("", |(_, after)| after);
+    }
+    out.push_str(rest);
+    out.lines()
+        .map(|l| l.split("//").next().unwrap_or(""))
+        .collect::<Vec<_>>()
+        .join("\n")
+}
+
+/// Splits `type name` (or `type name[N]`) into (name, C type).
+fn split_c_decl(decl: &str) -> (String, String) {
+    let decl = normalize_c_type(decl);
+    let (decl, array) = match decl.split_once('[') {
+        Some((d, a)) => (d.to_string(), format!("[{}", a)),
+        None => (decl, String::new()),
+    };
+    let at = decl
+        .rfind(|c: char| !(c.is_alphanumeric() || c == '_'))
+        .map_or(0, |i| i + 1);
+    (
+        decl[at..].to_string(),
+        normalize_c_type(&format!("{}{array}", &decl[..at])),
+    )
+}
+
+fn parse_header(src: &str) -> Abi {
+    let src = strip_c_comments(src);
+    let mut abi = Abi::default();
+    let mut body = String::new();
+    for line in src.lines() {
+        let parts: Vec<&str> = line.split_whitespace().collect();
+        match parts.as_slice() {
+            ["#define", name, value] if name.starts_with("MLXE_") => {
+                abi.constants.insert(name.to_string(), value.to_string());
+            }
+            [first, ..] if first.starts_with('#') => {}
+            ["extern", "\"C\"", "{"] | ["}"] => {}
+            _ => {
+                body.push_str(line);
+                body.push('\n');
+            }
+        }
+    }
+    let mut rest = body.as_str();
+    let mut others = String::new();
+    while let Some(start) = rest.find("typedef struct ") {
+        others.push_str(&rest[..start]);
+        let (name, after) = rest[start + 15..].split_once('{').unwrap();
+        let (fields, after) = after.split_once('}').unwrap();
+        let fields = fields
+            .split(';')
+            .filter(|f| !f.trim().is_empty())
+            .map(split_c_decl)
+            .collect();
+        abi.structs.insert(name.trim().to_string(), fields);
+        rest = after.split_once(';').unwrap().1;
+    }
+    others.push_str(rest);
+    for stmt in others.split(';').map(str::trim).filter(|s| !s.is_empty()) {
+        if let Some(alias) = stmt.strip_prefix("typedef ") {
+            let (name, ty) = split_c_decl(alias);
+            abi.aliases.insert(name, ty);
+        } else if let Some((head, params)) = stmt.split_once('(') {
+            let (name, ret) = split_c_decl(head);
+            let params = params.trim_end_matches(')').trim();
+            let params = match params {
+                "void" | "" => vec![],
+                p => p.split(',').map(|p| split_c_decl(p).1).collect(),
+            };
+            abi.functions.insert(name, (ret, params));
+        }
+    }
+    abi
+}
+
+/// The `name: Type` pairs of a comma-separated Rust list, types in C spelling.
+fn rust_fields(list: &str) -> Vec<(String, String)> {
+    list.split(',')
+        .filter(|f| f.contains(':'))
+        .map(|f| {
+            let (name, ty) = f.split_once(':').unwrap();
+            (
+                name.trim().trim_start_matches("pub ").to_string(),
+                rust_type_to_c(ty),
+            )
+        })
+        .collect()
+}
+
+fn parse_ffi_rs(src: &str) -> Abi {
+    let code: String = src
+        .lines()
+        .filter(|l| !l.trim_start().starts_with("//"))
+        .collect::<Vec<_>>()
+        .join("\n");
+    let mut abi = Abi::default();
+    for (i, _) in code.match_indices("pub const MLXE_") {
+        let stmt = code[i + 10..].split(';').next().unwrap();
+        let (name, value) = stmt.split_once('=').unwrap();
+        let name = name.split(':').next().unwrap().trim().to_string();
+        abi.constants.insert(name, value.trim().to_string());
+    }
+    for (i, _) in code.match_indices("#[repr(C)]\npub struct ") {
+        let (name, after) = code[i + 22..].split_once('{').unwrap();
+        let fields = after.split('}').next().unwrap();
+        abi.structs
+            .insert(name.trim().to_string(), rust_fields(fields));
+    }
+    for (i, _) in code.match_indices("pub type mlxe_") {
+        let (name, ty) = code[i + 9..]
+            .split(';')
+            .next()
+            .unwrap()
+            .split_once('=')
+            .unwrap();
+        abi.aliases
+            .insert(name.trim().to_string(), rust_type_to_c(ty));
+    }
+    for (i, _) in code.match_indices("extern \"C\" fn ") {
+        let (name, after) = code[i + 14..].split_once('(').unwrap();
+        let (params, after) = after.split_once(')').unwrap();
+        let ret = after
+            .split('{')
+            .next()
+            .unwrap()
+            .trim()
+            .strip_prefix("->")
+            .map_or("void".to_string(), rust_type_to_c);
+        let params = rust_fields(params).into_iter().map(|(_, ty)| ty).collect();
+        abi.functions.insert(name.trim().to_string(), (ret, params));
+    }
+    abi
+}
+
+#[test]
+fn header_declares_exactly_what_ffi_rs_exports() {
+    let root = common::repo_root();
+    let header = parse_header(&std::fs::read_to_string(root.join("include/mlx_engine.h")).unwrap());
+    let rust = parse_ffi_rs(&std::fs::read_to_string(root.join("src/ffi.rs")).unwrap());
+    assert!(
+        rust.functions.len() >= 25,
+        "parsed only {} functions from src/ffi.rs",
+        rust.functions.len()
+    );
+    assert_eq!(
+        header.constants, rust.constants,
+        "#define constants vs pub const"
+    );
+    assert_eq!(header.aliases, rust.aliases, "typedefs vs pub type");
+    assert_eq!(
+        header.structs, rust.structs,
+        "struct layouts (field order, names, types)"
+    );
+    for (name, sig) in &rust.functions {
+        assert_eq!(header.functions.get(name), Some(sig), "prototype of {name}");
+    }
+    assert_eq!(
+        header.functions.len(),
+        rust.functions.len(),
+        "functions declared in the header but not exported"
+    );
+}
+
+#[test]
+fn c_programs_call_every_function() {
+    let root = common::repo_root();
+    let header = parse_header(&std::fs::read_to_string(root.join("include/mlx_engine.h")).unwrap());
+    let programs: String = ["generate", "abi_all"]
+        .iter()
+        .map(|p| std::fs::read_to_string(root.join(format!("tests/c/{p}.c"))).unwrap())
+        .collect();
+    for name in header.functions.keys() {
+        assert!(
+            programs.contains(&format!("{name}(")),
+            "no C test calls {name}"
+        );
+    }
+}
