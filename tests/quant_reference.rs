@@ -547,15 +547,3 @@ fn real_model_converts_fast_and_within_bounds() {
         (q6_sq_err / q6_sq).sqrt()
     );
 }
-
-
-#[test]
-#[ignore]
-fn scratch_profile() {
-    let gguf = GgufFile::open(&model_path().unwrap()).unwrap();
-    for t in gguf.tensors().iter().filter(|t| t.ggml_type == GgmlType::Q6_K) {
-        let (rows, cols) = (t.n_rows() as usize, t.row_len() as usize);
-        let w = to_mlx_affine(t.ggml_type, gguf.tensor_bytes(t), rows, cols).unwrap();
-        assert!(w.bits == 8);
-    }
-}

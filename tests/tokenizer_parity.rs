@@ -10,6 +10,8 @@
 //! The references need python3 (`gguf`, `transformers<5`), node and npm, and the Qwen GGUF. When
 //! one is missing the tests fail and say what to install, unless `MLX_ENGINE_SKIP_REFERENCE=1`.
 
+mod common;
+
 use std::hash::{Hash, Hasher};
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -25,7 +27,6 @@ const SKIP_ENV: &str = "MLX_ENGINE_SKIP_REFERENCE";
 /// Overrides where the Qwen GGUF is looked for.
 const QWEN_ENV: &str = "MLX_ENGINE_QWEN_GGUF";
 /// The model file under `~/.cache/mlx-engine/models/`.
-const QWEN_FILE: &str = "qwen2.5-coder-0.5b-instruct-q4_k_m.gguf";
 /// The npm package the Llama reference runs, as `tests/reference/package.json` pins it.
 const LLAMA_PACKAGE: &str = "llama-tokenizer-js";
 
@@ -162,12 +163,7 @@ struct QwenRef {
 fn qwen_gguf() -> PathBuf {
     match std::env::var_os(QWEN_ENV) {
         Some(path) => PathBuf::from(path),
-        None => {
-            let home = std::env::var_os("HOME").unwrap_or_default();
-            Path::new(&home)
-                .join(".cache/mlx-engine/models")
-                .join(QWEN_FILE)
-        }
+        None => common::qwen_model(),
     }
 }
 
@@ -189,7 +185,7 @@ fn load_qwen_ref() -> Option<QwenRef> {
         )?;
     }
     let check = "import gguf, transformers; assert int(transformers.__version__.split('.')[0]) < 5";
-    let deps = run(Command::new("python3").args(["-c", check]));
+    let deps = run(common::python().args(["-c", check]));
     if let Err(e) = deps {
         reference_missing(
             "python3 with gguf and transformers<5 (v5 has no slow tokenizer)",
@@ -206,7 +202,7 @@ fn load_qwen_ref() -> Option<QwenRef> {
     ];
     let stamp = stamp(&inputs.iter().map(Vec::as_slice).collect::<Vec<_>>());
     if !is_current(&dir, &stamp) {
-        run(Command::new("python3")
+        run(common::python()
             .arg(&script)
             .arg(&gguf)
             .arg(&strings_path)

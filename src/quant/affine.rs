@@ -168,8 +168,11 @@ fn convert_block(ty: GgmlType, block: &[u8], out: AffineOut<'_>) {
 /// Re-quantizes a group of exact values to 8-bit codes over [min, max]; returns
 /// (scale, bias). A constant group gets scale 0 and bias = the value (exact).
 pub fn requantize_group_8bit(values: &[f32], q: &mut [u8]) -> (f32, f32) {
-    let lo = values.iter().copied().fold(f32::INFINITY, f32::min);
-    let hi = values.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+    let (lo, hi) = values
+        .iter()
+        .fold((f32::INFINITY, f32::NEG_INFINITY), |(lo, hi), &v| {
+            (lo.min(v), hi.max(v))
+        });
     if hi <= lo {
         q.fill(0);
         return (0.0, if lo.is_finite() { lo } else { 0.0 });

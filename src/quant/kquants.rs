@@ -71,11 +71,12 @@ fn scale_q3_k(s: &[u8], i: usize) -> i8 {
 pub fn dequantize_q2_k(block: &[u8], out: &mut [f32]) {
     let (scales, qs) = (&block[0..16], &block[16..80]);
     let (d, dmin) = (f16_at(block, 80), f16_at(block, 82));
-    for (e, o) in out.iter_mut().enumerate().take(QK_K) {
-        let s = scales[e / 16];
+    for (sub, (chunk, &s)) in out[..QK_K].chunks_exact_mut(16).zip(scales).enumerate() {
         let dl = d * f32::from(s & 0x0F);
         let ml = dmin * f32::from(s >> 4);
-        *o = dl * f32::from(two_bits(qs, e)) - ml;
+        for (i, o) in chunk.iter_mut().enumerate() {
+            *o = dl * f32::from(two_bits(qs, 16 * sub + i)) - ml;
+        }
     }
 }
 
@@ -88,9 +89,11 @@ fn code_q3_k(hmask: &[u8], qs: &[u8], e: usize) -> i8 {
 pub fn dequantize_q3_k(block: &[u8], out: &mut [f32]) {
     let (hmask, qs, scales) = (&block[0..32], &block[32..96], &block[96..108]);
     let d = f16_at(block, 108);
-    for (e, o) in out.iter_mut().enumerate().take(QK_K) {
-        let dl = d * f32::from(scale_q3_k(scales, e / 16));
-        *o = dl * f32::from(code_q3_k(hmask, qs, e));
+    for (sub, chunk) in out[..QK_K].chunks_exact_mut(16).enumerate() {
+        let dl = d * f32::from(scale_q3_k(scales, sub));
+        for (i, o) in chunk.iter_mut().enumerate() {
+            *o = dl * f32::from(code_q3_k(hmask, qs, 16 * sub + i));
+        }
     }
 }
 
@@ -103,11 +106,13 @@ fn code_k4(qs: &[u8], qh: Option<&[u8]>, e: usize) -> u8 {
 fn dequantize_k4(block: &[u8], qh: Option<&[u8]>, qs: &[u8], out: &mut [f32]) {
     let (d, dmin) = (f16_at(block, 0), f16_at(block, 2));
     let scales = &block[4..16];
-    for (e, o) in out.iter_mut().enumerate().take(QK_K) {
-        let (sc, m) = scale_min_k4(scales, e / 32);
+    for (sub, chunk) in out[..QK_K].chunks_exact_mut(32).enumerate() {
+        let (sc, m) = scale_min_k4(scales, sub);
         let dl = d * f32::from(sc);
         let ml = dmin * f32::from(m);
-        *o = dl * f32::from(code_k4(qs, qh, e)) - ml;
+        for (i, o) in chunk.iter_mut().enumerate() {
+            *o = dl * f32::from(code_k4(qs, qh, 32 * sub + i)) - ml;
+        }
     }
 }
 
@@ -133,9 +138,11 @@ fn code_q6_k(ql: &[u8], qh: &[u8], e: usize) -> i8 {
 pub fn dequantize_q6_k(block: &[u8], out: &mut [f32]) {
     let (ql, qh, scales) = (&block[0..128], &block[128..192], &block[192..208]);
     let d = f16_at(block, 208);
-    for (e, o) in out.iter_mut().enumerate().take(QK_K) {
-        let dl = d * f32::from(scales[e / 16] as i8);
-        *o = dl * f32::from(code_q6_k(ql, qh, e));
+    for (sub, (chunk, &s)) in out[..QK_K].chunks_exact_mut(16).zip(scales).enumerate() {
+        let dl = d * f32::from(s as i8);
+        for (i, o) in chunk.iter_mut().enumerate() {
+            *o = dl * f32::from(code_q6_k(ql, qh, 16 * sub + i));
+        }
     }
 }
 
