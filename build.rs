@@ -18,7 +18,8 @@ fn main() {
     println!("cargo:rerun-if-changed=build.rs");
     println!("cargo:rerun-if-changed=kernels");
     let dep = |key: &str| {
-        env::var(format!("DEP_MLXC_{key}")).unwrap_or_else(|_| panic!("mlx-sys did not export DEP_MLXC_{key}"))
+        env::var(format!("DEP_MLXC_{key}"))
+            .unwrap_or_else(|_| panic!("mlx-sys did not export DEP_MLXC_{key}"))
     };
     let lib_dir = PathBuf::from(dep("LIB_DIR"));
     let mlx_include = PathBuf::from(dep("MLX_INCLUDE"));

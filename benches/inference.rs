@@ -18,7 +18,9 @@ fn root() -> PathBuf {
 }
 
 fn qwen() -> PathBuf {
-    mlx_engine::fetch::resolve("qwen2.5-coder-0.5b", &Default::default()).expect("the Qwen model").path
+    mlx_engine::fetch::resolve("qwen2.5-coder-0.5b", &Default::default())
+        .expect("the Qwen model")
+        .path
 }
 
 /// A TinyLlama-shaped synthetic model, generated once into target/synthetic.
@@ -32,14 +34,17 @@ fn tinyllama(quant: &str) -> PathBuf {
             .arg(&path)
             .args(["--tinyllama-shape", "--quant", quant, "--seed", "0"])
             .status()
-            .expect("python3 (run `cargo test` once to install the Python deps into target/pydeps)");
+            .expect(
+                "python3 (run `cargo test` once to install the Python deps into target/pydeps)",
+            );
         assert!(status.success(), "make_synthetic.py failed");
     }
     path
 }
 
 fn models() -> Vec<(String, PathBuf)> {
-    let wanted = std::env::var("MLX_ENGINE_BENCH_MODELS").unwrap_or_else(|_| "qwen,tinyllama-mix,tinyllama-F16".into());
+    let wanted = std::env::var("MLX_ENGINE_BENCH_MODELS")
+        .unwrap_or_else(|_| "qwen,tinyllama-mix,tinyllama-F16".into());
     wanted
         .split(',')
         .map(|name| {
@@ -64,7 +69,9 @@ fn bench_inference(c: &mut Criterion) {
         measure_prompt(&engine, 16).unwrap(); // page in the mapped weights
 
         let mut group = c.benchmark_group(format!("{name}/prefill"));
-        group.sample_size(10).measurement_time(Duration::from_secs(20));
+        group
+            .sample_size(10)
+            .measurement_time(Duration::from_secs(20));
         for n in [128usize, 512] {
             group.throughput(Throughput::Elements(n as u64));
             group.bench_with_input(BenchmarkId::from_parameter(n), &n, |b, &n| {
@@ -81,7 +88,9 @@ fn bench_inference(c: &mut Criterion) {
         group.finish();
 
         let mut group = c.benchmark_group(format!("{name}/decode"));
-        group.sample_size(10).measurement_time(Duration::from_secs(20));
+        group
+            .sample_size(10)
+            .measurement_time(Duration::from_secs(20));
         group.throughput(Throughput::Elements(64));
         group.bench_function("64_after_128", |b| {
             b.iter_custom(|iters| {

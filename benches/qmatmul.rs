@@ -41,7 +41,12 @@ fn random_blocks(ty: GgmlType, n: usize, k: usize) -> Vec<u8> {
 
 fn bench_qmatmul(c: &mut Criterion) {
     let shapes = [(896usize, 4864usize), (2048, 5632), (4864, 896)];
-    for ty in [GgmlType::Q5_0, GgmlType::Q8_0, GgmlType::Q4_K, GgmlType::Q6_K] {
+    for ty in [
+        GgmlType::Q5_0,
+        GgmlType::Q8_0,
+        GgmlType::Q4_K,
+        GgmlType::Q6_K,
+    ] {
         for &(k, n) in &shapes {
             if k % ty.block_size() as usize != 0 {
                 continue;
@@ -49,14 +54,19 @@ fn bench_qmatmul(c: &mut Criterion) {
             let bytes = random_blocks(ty, n, k);
             let owner: std::sync::Arc<dyn Send + Sync> = std::sync::Arc::new(bytes.clone());
             let row = bytes.len() / n;
-            let blocks = Array::from_borrowed_bytes(&bytes, owner, &[n as i32, row as i32], Dtype::U8).unwrap();
+            let blocks =
+                Array::from_borrowed_bytes(&bytes, owner, &[n as i32, row as i32], Dtype::U8)
+                    .unwrap();
             let mut dense = vec![0f32; n * k];
             for (r, dst) in dense.chunks_exact_mut(k).enumerate() {
                 quant::dequantize_row(ty, &bytes[r * row..(r + 1) * row], dst).unwrap();
             }
             let w = Array::from_slice(&dense, &[n as i32, k as i32]).unwrap();
             let wt = ops::transpose(&w, &[1, 0]).unwrap();
-            let spec = QuantSpec { group_size: 32, bits: 4 };
+            let spec = QuantSpec {
+                group_size: 32,
+                bits: 4,
+            };
             let (qw, qs, qb) = ops::quantize(&w, spec).unwrap();
             for m in [1usize, 128] {
                 let x = Array::from_slice(&vec![0.5f32; m * k], &[m as i32, k as i32]).unwrap();
@@ -64,12 +74,24 @@ fn bench_qmatmul(c: &mut Criterion) {
                 group.sample_size(10);
                 group.throughput(Throughput::Bytes(bytes.len() as u64));
                 group.bench_function(BenchmarkId::new("ours", kernels::num_threads()), |b| {
-                    b.iter(|| kernels::gguf_matmul(&x, &blocks, ty, n, k).unwrap().eval().unwrap())
+                    b.iter(|| {
+                        kernels::gguf_matmul(&x, &blocks, ty, n, k)
+                            .unwrap()
+                            .eval()
+                            .unwrap()
+                    })
                 });
-                group.bench_function("mlx_f32_matmul", |b| b.iter(|| ops::matmul(&x, &wt).unwrap().eval().unwrap()));
+                group.bench_function("mlx_f32_matmul", |b| {
+                    b.iter(|| ops::matmul(&x, &wt).unwrap().eval().unwrap())
+                });
                 if m == 1 {
                     group.bench_function("mlx_quantized_matmul_4bit", |b| {
-                        b.iter(|| ops::quantized_matmul(&x, &qw, &qs, &qb, spec).unwrap().eval().unwrap())
+                        b.iter(|| {
+                            ops::quantized_matmul(&x, &qw, &qs, &qb, spec)
+                                .unwrap()
+                                .eval()
+                                .unwrap()
+                        })
                     });
                 }
                 group.finish();

@@ -5,8 +5,14 @@ use std::time::Instant;
 
 fn main() -> anyhow::Result<()> {
     let args: Vec<String> = std::env::args().collect();
-    let path = args.get(1).ok_or_else(|| anyhow::anyhow!("usage: greedy MODEL.gguf IDS [N]"))?;
-    let ids: Vec<u32> = args.get(2).map(|s| s.split(',').map(|t| t.trim().parse()).collect()).transpose()?.unwrap_or_default();
+    let path = args
+        .get(1)
+        .ok_or_else(|| anyhow::anyhow!("usage: greedy MODEL.gguf IDS [N]"))?;
+    let ids: Vec<u32> = args
+        .get(2)
+        .map(|s| s.split(',').map(|t| t.trim().parse()).collect())
+        .transpose()?
+        .unwrap_or_default();
     let n: usize = args.get(3).map(|s| s.parse()).transpose()?.unwrap_or(16);
     let engine = Engine::load(std::path::Path::new(path), &LoadOptions::default())?;
     eprintln!("loaded in {:?} ({:?})", engine.load_time, engine.execution);

@@ -43,7 +43,10 @@ fn run() -> BuildResult<()> {
         .parent()
         .ok_or("mlx-sys must live inside the mlx-engine workspace")?
         .join("external");
-    println!("cargo:rerun-if-changed={}", external.join("mlx-c.lock").display());
+    println!(
+        "cargo:rerun-if-changed={}",
+        external.join("mlx-c.lock").display()
+    );
     let out_dir = PathBuf::from(env::var("OUT_DIR").map_err(|e| e.to_string())?);
 
     let mlx_c = mlx_c_source(&external, &out_dir)?;
@@ -52,7 +55,12 @@ fn run() -> BuildResult<()> {
     let mlx_prefix = mlx_cmake_dir
         .ancestors()
         .nth(3)
-        .ok_or_else(|| format!("MLX_DIR {} is not <prefix>/share/cmake/MLX", mlx_cmake_dir.display()))?
+        .ok_or_else(|| {
+            format!(
+                "MLX_DIR {} is not <prefix>/share/cmake/MLX",
+                mlx_cmake_dir.display()
+            )
+        })?
         .to_path_buf();
     let mlx_lib_dir = mlx_prefix.join("lib");
     let mlx_include_dir = mlx_prefix.join("include");
@@ -76,7 +84,10 @@ fn run() -> BuildResult<()> {
     println!("cargo:lib_dir={}", mlx_lib_dir.display());
     println!("cargo:mlx_include={}", mlx_include_dir.display());
     println!("cargo:mlxc_include={}", mlx_c.display());
-    println!("cargo:compat_header={}", compat.join("mlx_c_compat_format.h").display());
+    println!(
+        "cargo:compat_header={}",
+        compat.join("mlx_c_compat_format.h").display()
+    );
     Ok(())
 }
 
@@ -113,7 +124,10 @@ impl Flavor {
             Flavor::LinuxCpu if cfg!(target_arch = "x86_64") => vec![
                 "--require-hashes".into(),
                 "-r".into(),
-                external.join("requirements-linux-x86_64-cpu.txt").display().to_string(),
+                external
+                    .join("requirements-linux-x86_64-cpu.txt")
+                    .display()
+                    .to_string(),
             ],
             Flavor::LinuxCpu => vec!["mlx-cpu==0.32.2".into()],
             // The CUDA wheel pulls NVIDIA runtime wheels as dependencies; versions pinned, hashes
@@ -135,7 +149,10 @@ fn mlx_c_source(external: &Path, out_dir: &Path) -> BuildResult<PathBuf> {
     }
     let target = external.join("mlx-c");
     let stamp = target.join(".mlx-engine-sha256");
-    if fs::read_to_string(&stamp).map(|s| s.trim() == MLX_C_CRATE_SHA256).unwrap_or(false) {
+    if fs::read_to_string(&stamp)
+        .map(|s| s.trim() == MLX_C_CRATE_SHA256)
+        .unwrap_or(false)
+    {
         return Ok(target);
     }
     let crate_file = fetch_crate_file(out_dir)?;
@@ -187,7 +204,10 @@ fn fetch_crate_file(out_dir: &Path) -> BuildResult<PathBuf> {
         ));
     }
     find_cached_crate(&cargo_home).ok_or_else(|| {
-        format!("`cargo fetch` succeeded but no {MLX_C_CRATE}-{MLX_C_CRATE_VERSION}.crate is in {}", cargo_home.display())
+        format!(
+            "`cargo fetch` succeeded but no {MLX_C_CRATE}-{MLX_C_CRATE_VERSION}.crate is in {}",
+            cargo_home.display()
+        )
     })
 }
 
@@ -215,12 +235,20 @@ fn unpack_mlx_c(crate_bytes: &[u8], target: &Path) -> BuildResult<()> {
     let staging = target.with_extension("partial");
     let _ = fs::remove_dir_all(&staging);
     let mut archive = tar::Archive::new(flate2::read::GzDecoder::new(crate_bytes));
-    let entries = archive.entries().map_err(|e| format!("mlx-c crate archive: {e}"))?;
+    let entries = archive
+        .entries()
+        .map_err(|e| format!("mlx-c crate archive: {e}"))?;
     let mut count = 0usize;
     for entry in entries {
         let mut entry = entry.map_err(|e| format!("mlx-c crate archive: {e}"))?;
-        let path = entry.path().map_err(|e| e.to_string())?.to_string_lossy().into_owned();
-        let Some(rel) = path.strip_prefix(&prefix) else { continue };
+        let path = entry
+            .path()
+            .map_err(|e| e.to_string())?
+            .to_string_lossy()
+            .into_owned();
+        let Some(rel) = path.strip_prefix(&prefix) else {
+            continue;
+        };
         if rel.is_empty() || rel.split('/').any(|part| part == "..") {
             continue;
         }
@@ -238,7 +266,9 @@ fn unpack_mlx_c(crate_bytes: &[u8], target: &Path) -> BuildResult<()> {
         count += 1;
     }
     if count == 0 {
-        return Err(format!("the {MLX_C_CRATE} {MLX_C_CRATE_VERSION} crate holds no src/mlx-c/"));
+        return Err(format!(
+            "the {MLX_C_CRATE} {MLX_C_CRATE_VERSION} crate holds no src/mlx-c/"
+        ));
     }
     let _ = fs::remove_dir_all(target);
     fs::rename(&staging, target).map_err(|e| format!("{}: {e}", target.display()))?;
@@ -251,7 +281,10 @@ fn mlx_package(external: &Path, flavor: Flavor) -> BuildResult<PathBuf> {
     if let Some(dir) = env::var_os("MLX_DIR") {
         let dir = PathBuf::from(dir);
         if !dir.join("MLXConfig.cmake").is_file() {
-            return Err(format!("MLX_DIR={} holds no MLXConfig.cmake", dir.display()));
+            return Err(format!(
+                "MLX_DIR={} holds no MLXConfig.cmake",
+                dir.display()
+            ));
         }
         return Ok(dir);
     }
@@ -261,7 +294,10 @@ fn mlx_package(external: &Path, flavor: Flavor) -> BuildResult<PathBuf> {
         pip_install(&prefix, &flavor.pip_args(external))?;
     }
     if !cmake_dir.join("MLXConfig.cmake").is_file() {
-        return Err(format!("pip installed MLX into {} but it has no share/cmake/MLX", prefix.display()));
+        return Err(format!(
+            "pip installed MLX into {} but it has no share/cmake/MLX",
+            prefix.display()
+        ));
     }
     Ok(cmake_dir)
 }
@@ -274,7 +310,14 @@ fn pip_install(prefix: &Path, args: &[String]) -> BuildResult<()> {
          (<prefix>/share/cmake/MLX) and provide cmake and libclang",
     )?;
     let output = Command::new(&python)
-        .args(["-m", "pip", "install", "--quiet", "--no-input", "--disable-pip-version-check"])
+        .args([
+            "-m",
+            "pip",
+            "install",
+            "--quiet",
+            "--no-input",
+            "--disable-pip-version-check",
+        ])
         .args(["--no-deps", "--upgrade", "--target"])
         .arg(prefix)
         .args(args)
@@ -293,7 +336,9 @@ fn pip_install(prefix: &Path, args: &[String]) -> BuildResult<()> {
 }
 
 fn find_python() -> Option<String> {
-    let candidates = env::var("PYTHON").into_iter().chain(["python3".to_string(), "python".to_string()]);
+    let candidates = env::var("PYTHON")
+        .into_iter()
+        .chain(["python3".to_string(), "python".to_string()]);
     for candidate in candidates {
         let ok = Command::new(&candidate)
             .args(["-m", "pip", "--version"])
@@ -315,7 +360,10 @@ fn tools_prefix(external: &Path) -> BuildResult<PathBuf> {
             vec![
                 "--require-hashes".to_string(),
                 "-r".to_string(),
-                external.join("requirements-linux-x86_64-tools.txt").display().to_string(),
+                external
+                    .join("requirements-linux-x86_64-tools.txt")
+                    .display()
+                    .to_string(),
             ]
         } else {
             vec!["cmake==4.4.4".to_string(), "libclang==18.1.1".to_string()]
@@ -350,7 +398,10 @@ fn find_cmake(external: &Path) -> BuildResult<PathBuf> {
 /// Compiles mlx-c as a static library against the chosen MLX; returns its library directory.
 fn build_mlx_c(mlx_c: &Path, mlx_cmake_dir: &Path, cmake: &Path, compat: &Path) -> PathBuf {
     // The compat header defines std::format only where the standard library lacks it (GCC 12).
-    let compat_flag = format!("-include {}", compat.join("mlx_c_compat_format.h").display());
+    let compat_flag = format!(
+        "-include {}",
+        compat.join("mlx_c_compat_format.h").display()
+    );
     // The cmake crate picks its executable from this variable of our own process.
     env::set_var("CMAKE", cmake);
     let dst = cmake::Config::new(mlx_c)
@@ -358,7 +409,10 @@ fn build_mlx_c(mlx_c: &Path, mlx_cmake_dir: &Path, cmake: &Path, compat: &Path) 
         .define("MLX_DIR", mlx_cmake_dir)
         .define("MLX_C_BUILD_EXAMPLES", "OFF")
         .define("BUILD_SHARED_LIBS", "OFF")
-        .define("CMAKE_PROGRAM_PATH", cmake.parent().unwrap_or(Path::new(".")))
+        .define(
+            "CMAKE_PROGRAM_PATH",
+            cmake.parent().unwrap_or(Path::new(".")),
+        )
         .cxxflag(compat_flag)
         .profile("Release")
         .build_target("mlxc")
@@ -386,7 +440,13 @@ fn libclang_setup(external: &Path) -> BuildResult<Vec<String>> {
 }
 
 fn system_libclang_present() -> bool {
-    let dirs = ["/usr/lib", "/usr/lib64", "/usr/local/lib", "/usr/lib/x86_64-linux-gnu", "/usr/lib/aarch64-linux-gnu"];
+    let dirs = [
+        "/usr/lib",
+        "/usr/lib64",
+        "/usr/local/lib",
+        "/usr/lib/x86_64-linux-gnu",
+        "/usr/lib/aarch64-linux-gnu",
+    ];
     let has_libclang = |dir: &Path| {
         fs::read_dir(dir)
             .map(|rd| {
@@ -399,7 +459,12 @@ fn system_libclang_present() -> bool {
         return true;
     }
     let llvm_libs = fs::read_dir("/usr/lib")
-        .map(|rd| rd.filter_map(|e| e.ok()).filter(|e| e.file_name().to_string_lossy().starts_with("llvm-")).map(|e| e.path().join("lib")).collect::<Vec<_>>())
+        .map(|rd| {
+            rd.filter_map(|e| e.ok())
+                .filter(|e| e.file_name().to_string_lossy().starts_with("llvm-"))
+                .map(|e| e.path().join("lib"))
+                .collect::<Vec<_>>()
+        })
         .unwrap_or_default();
     cfg!(target_os = "macos") || llvm_libs.iter().any(|d| has_libclang(d))
 }
@@ -408,9 +473,9 @@ fn system_libclang_present() -> bool {
 fn is_libclang_name(name: &str) -> bool {
     name.starts_with("libclang.so")
         || name == "libclang.dylib"
-        || name
-            .strip_prefix("libclang-")
-            .is_some_and(|rest| rest.starts_with(|c: char| c.is_ascii_digit()) && rest.contains(".so"))
+        || name.strip_prefix("libclang-").is_some_and(|rest| {
+            rest.starts_with(|c: char| c.is_ascii_digit()) && rest.contains(".so")
+        })
 }
 
 fn generate_bindings(mlx_c: &Path, external: &Path, out_dir: &Path) -> BuildResult<()> {

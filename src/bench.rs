@@ -14,10 +14,20 @@ pub struct BenchArgs {
     #[arg(long, short = 'm', default_value = crate::registry::DEFAULT_MODEL)]
     pub model: String,
     /// Prompt lengths to measure, comma-separated.
-    #[arg(short = 'p', long = "n-prompt", value_delimiter = ',', default_value = "128,512")]
+    #[arg(
+        short = 'p',
+        long = "n-prompt",
+        value_delimiter = ',',
+        default_value = "128,512"
+    )]
     pub n_prompt: Vec<usize>,
     /// Generation lengths to measure, comma-separated.
-    #[arg(short = 'n', long = "n-gen", value_delimiter = ',', default_value = "64")]
+    #[arg(
+        short = 'n',
+        long = "n-gen",
+        value_delimiter = ',',
+        default_value = "64"
+    )]
     pub n_gen: Vec<usize>,
     /// Repetitions of each test.
     #[arg(short = 'r', long, default_value_t = 3)]
@@ -59,7 +69,9 @@ impl BenchResult {
 /// Deterministic token ids spread over the vocabulary (what is measured does not depend on
 /// the text).
 pub fn bench_tokens(n: usize, vocab: usize) -> Vec<u32> {
-    (0..n).map(|i| ((i as u64 * 2_654_435_761 + 12_345) % (vocab as u64 - 1).max(1)) as u32 + 1).collect()
+    (0..n)
+        .map(|i| ((i as u64 * 2_654_435_761 + 12_345) % (vocab as u64 - 1).max(1)) as u32 + 1)
+        .collect()
 }
 
 /// Prefills `n` tokens into a fresh cache; returns tokens/s.
@@ -107,16 +119,32 @@ pub fn run(args: &BenchArgs) -> Result<()> {
     // One warm-up pass so that page faults of the mapped weights are not measured.
     measure_prompt(&engine, 16)?;
     for &p in &args.n_prompt {
-        let samples = (0..args.repetitions).map(|_| measure_prompt(&engine, p)).collect::<Result<Vec<_>>>()?;
-        results.push(BenchResult { test: format!("pp{p}"), samples });
+        let samples = (0..args.repetitions)
+            .map(|_| measure_prompt(&engine, p))
+            .collect::<Result<Vec<_>>>()?;
+        results.push(BenchResult {
+            test: format!("pp{p}"),
+            samples,
+        });
     }
     for &n in &args.n_gen {
-        let samples = (0..args.repetitions).map(|_| measure_generation(&engine, 1, n)).collect::<Result<Vec<_>>>()?;
-        results.push(BenchResult { test: format!("tg{n}"), samples });
+        let samples = (0..args.repetitions)
+            .map(|_| measure_generation(&engine, 1, n))
+            .collect::<Result<Vec<_>>>()?;
+        results.push(BenchResult {
+            test: format!("tg{n}"),
+            samples,
+        });
     }
-    let size = std::fs::metadata(&resolved.path).map(|m| m.len()).unwrap_or(0);
+    let size = std::fs::metadata(&resolved.path)
+        .map(|m| m.len())
+        .unwrap_or(0);
     let info = ModelInfo {
-        name: resolved.path.file_name().map(|f| f.to_string_lossy().into_owned()).unwrap_or_default(),
+        name: resolved
+            .path
+            .file_name()
+            .map(|f| f.to_string_lossy().into_owned())
+            .unwrap_or_default(),
         size_mib: size as f64 / (1u64 << 20) as f64,
         params_m: engine.config().parameter_count() as f64 / 1e6,
         backend: format!("{:?}", engine.execution),
@@ -155,7 +183,9 @@ pub fn format_results(info: &ModelInfo, results: &[BenchResult], format: &str) -
                     })
                 })
                 .collect();
-            out = serde_json::to_string_pretty(&rows).map_err(|e| Error::InvalidArgument(e.to_string()))? + "\n";
+            out = serde_json::to_string_pretty(&rows)
+                .map_err(|e| Error::InvalidArgument(e.to_string()))?
+                + "\n";
         }
         "table" | "markdown" | "md" => {
             out.push_str("| model | size | params | backend | threads | test | t/s |\n");
@@ -174,7 +204,11 @@ pub fn format_results(info: &ModelInfo, results: &[BenchResult], format: &str) -
                 ));
             }
         }
-        other => return Err(Error::InvalidArgument(format!("output format '{other}' (table, markdown, json)"))),
+        other => {
+            return Err(Error::InvalidArgument(format!(
+                "output format '{other}' (table, markdown, json)"
+            )))
+        }
     }
     Ok(out)
 }

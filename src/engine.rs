@@ -23,7 +23,11 @@ pub struct LoadOptions {
 
 impl Default for LoadOptions {
     fn default() -> Self {
-        LoadOptions { device: Device::Cpu, execution: None, max_context: None }
+        LoadOptions {
+            device: Device::Cpu,
+            execution: None,
+            max_context: None,
+        }
     }
 }
 
@@ -47,12 +51,22 @@ impl Engine {
         crate::mlx::set_default_device(options.device)?;
         let file = Arc::new(GgufFile::open(path)?);
         let config = ModelConfig::from_gguf(&file)?;
-        let execution = options.execution.unwrap_or_else(|| Execution::for_device(options.device));
+        let execution = options
+            .execution
+            .unwrap_or_else(|| Execution::for_device(options.device));
         let model = Llama::load(config, &GgufWeights::new(Arc::clone(&file), execution))?;
         let context = options
             .max_context
-            .map_or(model.config.context_length, |m| m.min(model.config.context_length));
-        Ok(Engine { model, file, execution, load_time: start.elapsed(), context })
+            .map_or(model.config.context_length, |m| {
+                m.min(model.config.context_length)
+            });
+        Ok(Engine {
+            model,
+            file,
+            execution,
+            load_time: start.elapsed(),
+            context,
+        })
     }
 
     /// The model's configuration.
@@ -73,7 +87,10 @@ impl Engine {
             return Err(Error::InvalidArgument("empty prompt".into()));
         }
         if cache.len() + tokens.len() > cache.limit() {
-            return Err(Error::ContextFull { needed: cache.len() + tokens.len(), limit: cache.limit() });
+            return Err(Error::ContextFull {
+                needed: cache.len() + tokens.len(),
+                limit: cache.limit(),
+            });
         }
         let mut last = None;
         for piece in tokens.chunks(chunk.max(1)) {
@@ -91,7 +108,11 @@ impl Engine {
     /// at its own position; returns logits [B, V] (lazy).
     pub fn decode(&self, tokens: &[u32], caches: &mut [&mut KvCache]) -> Result<Array> {
         if tokens.len() != caches.len() {
-            return Err(Error::InvalidArgument(format!("{} tokens for {} sequences", tokens.len(), caches.len())));
+            return Err(Error::InvalidArgument(format!(
+                "{} tokens for {} sequences",
+                tokens.len(),
+                caches.len()
+            )));
         }
         let logits = self.model.forward(tokens, caches, true)?; // [B, 1, V]
         ops::reshape(&logits, &[tokens.len() as i32, -1])
@@ -116,10 +137,15 @@ impl Engine {
         is_eog: impl Fn(u32) -> bool,
         mut on_token: impl FnMut(u32) -> bool,
     ) -> Result<(Vec<u32>, GenerateStats)> {
-        let mut stats = GenerateStats { prompt_tokens: prompt.len(), ..GenerateStats::default() };
+        let mut stats = GenerateStats {
+            prompt_tokens: prompt.len(),
+            ..GenerateStats::default()
+        };
         let mut cache = self.new_cache();
         let start = Instant::now();
-        let mut logits = self.prefill(prompt, &mut cache, options.prefill_chunk)?.to_vec::<f32>()?;
+        let mut logits = self
+            .prefill(prompt, &mut cache, options.prefill_chunk)?
+            .to_vec::<f32>()?;
         stats.prompt_time = start.elapsed();
         let start = Instant::now();
         let mut history = prompt.to_vec();
@@ -129,7 +155,11 @@ impl Engine {
             out.push(next);
             history.push(next);
             let go_on = on_token(next);
-            if !go_on || is_eog(next) || out.len() == options.max_new || cache.len() >= cache.limit() {
+            if !go_on
+                || is_eog(next)
+                || out.len() == options.max_new
+                || cache.len() >= cache.limit()
+            {
                 break;
             }
             logits = self.decode(&[next], &mut [&mut cache])?.to_vec::<f32>()?;
@@ -141,10 +171,20 @@ impl Engine {
 
     /// Greedy generation for one sequence: up to `max_new` tokens after `prompt`, stopping
     /// after a token for which `stop` is true (that token included).
-    pub fn generate_greedy(&self, prompt: &[u32], max_new: usize, stop: impl Fn(u32) -> bool) -> Result<Vec<u32>> {
+    pub fn generate_greedy(
+        &self,
+        prompt: &[u32],
+        max_new: usize,
+        stop: impl Fn(u32) -> bool,
+    ) -> Result<Vec<u32>> {
         let mut sampler = Sampler::new(SamplerParams::greedy());
-        let options = GenerateOptions { max_new, ..GenerateOptions::default() };
-        Ok(self.generate(prompt, &mut sampler, &options, stop, |_| true)?.0)
+        let options = GenerateOptions {
+            max_new,
+            ..GenerateOptions::default()
+        };
+        Ok(self
+            .generate(prompt, &mut sampler, &options, stop, |_| true)?
+            .0)
     }
 }
 
@@ -159,7 +199,10 @@ pub struct GenerateOptions {
 
 impl Default for GenerateOptions {
     fn default() -> Self {
-        GenerateOptions { max_new: 256, prefill_chunk: 512 }
+        GenerateOptions {
+            max_new: 256,
+            prefill_chunk: 512,
+        }
     }
 }
 

@@ -57,7 +57,10 @@ impl KvCache {
     /// Rolls back to the first `n` positions.
     pub fn truncate(&mut self, n: usize) -> Result<()> {
         if n > self.len {
-            return Err(Error::InvalidArgument(format!("truncate to {n} positions, but the cache holds {}", self.len)));
+            return Err(Error::InvalidArgument(format!(
+                "truncate to {n} positions, but the cache holds {}",
+                self.len
+            )));
         }
         self.len = n;
         Ok(())
@@ -67,19 +70,38 @@ impl KvCache {
     pub fn reserve(&mut self, new: usize) -> Result<()> {
         let needed = self.len + new;
         if needed > self.limit {
-            return Err(Error::ContextFull { needed, limit: self.limit });
+            return Err(Error::ContextFull {
+                needed,
+                limit: self.limit,
+            });
         }
         if needed <= self.capacity {
             return Ok(());
         }
         let capacity = needed.div_ceil(Self::STEP) * Self::STEP;
-        let shape = [1i32, self.kv_heads as i32, capacity as i32, self.head_dim as i32];
+        let shape = [
+            1i32,
+            self.kv_heads as i32,
+            capacity as i32,
+            self.head_dim as i32,
+        ];
         for slot in self.keys.iter_mut().chain(self.values.iter_mut()) {
             let grown = ops::zeros(&shape, Dtype::F32)?;
             *slot = Some(match slot.take() {
                 Some(old) if self.len > 0 => {
-                    let kept = ops::slice(&old, &[0, 0, 0, 0], &[shape[0], shape[1], self.len as i32, shape[3]], &[1; 4])?;
-                    ops::slice_update(&grown, &kept, &[0, 0, 0, 0], &[shape[0], shape[1], self.len as i32, shape[3]], &[1; 4])?
+                    let kept = ops::slice(
+                        &old,
+                        &[0, 0, 0, 0],
+                        &[shape[0], shape[1], self.len as i32, shape[3]],
+                        &[1; 4],
+                    )?;
+                    ops::slice_update(
+                        &grown,
+                        &kept,
+                        &[0, 0, 0, 0],
+                        &[shape[0], shape[1], self.len as i32, shape[3]],
+                        &[1; 4],
+                    )?
                 }
                 _ => grown,
             });
@@ -94,10 +116,17 @@ impl KvCache {
     pub fn update(&mut self, layer: usize, k: &Array, v: &Array) -> Result<(Array, Array)> {
         let l = k.dim(2)? as usize;
         if self.len + l > self.capacity {
-            return Err(Error::InvalidArgument("KvCache::update before reserve".into()));
+            return Err(Error::InvalidArgument(
+                "KvCache::update before reserve".into(),
+            ));
         }
         let start = [0, 0, self.len as i32, 0];
-        let stop = [1, self.kv_heads as i32, (self.len + l) as i32, self.head_dim as i32];
+        let stop = [
+            1,
+            self.kv_heads as i32,
+            (self.len + l) as i32,
+            self.head_dim as i32,
+        ];
         let keys = write_window(&mut self.keys[layer], k, &start, &stop)?;
         let values = write_window(&mut self.values[layer], v, &start, &stop)?;
         Ok((keys, values))
@@ -113,13 +142,25 @@ impl KvCache {
         let (Some(k), Some(v)) = (&self.keys[layer], &self.values[layer]) else {
             return Ok(None);
         };
-        let stop = [1, self.kv_heads as i32, self.len as i32, self.head_dim as i32];
-        Ok(Some((ops::slice(k, &[0; 4], &stop, &[1; 4])?, ops::slice(v, &[0; 4], &stop, &[1; 4])?)))
+        let stop = [
+            1,
+            self.kv_heads as i32,
+            self.len as i32,
+            self.head_dim as i32,
+        ];
+        Ok(Some((
+            ops::slice(k, &[0; 4], &stop, &[1; 4])?,
+            ops::slice(v, &[0; 4], &stop, &[1; 4])?,
+        )))
     }
 
     /// Every layer's arrays, for evaluating them together with the logits.
     pub fn arrays(&self) -> Vec<&Array> {
-        self.keys.iter().chain(self.values.iter()).flatten().collect()
+        self.keys
+            .iter()
+            .chain(self.values.iter())
+            .flatten()
+            .collect()
     }
 
     /// A new cache holding copies of the first `n` positions (same shape and limit; lazy:
@@ -208,7 +249,12 @@ impl KvCache {
 
 /// Writes `new` into `slot[start..stop]` (in place: the old handle is dropped first so MLX
 /// can donate its buffer) and returns the view of positions `[0, stop)`.
-fn write_window(slot: &mut Option<Array>, new: &Array, start: &[i32; 4], stop: &[i32; 4]) -> Result<Array> {
+fn write_window(
+    slot: &mut Option<Array>,
+    new: &Array,
+    start: &[i32; 4],
+    stop: &[i32; 4],
+) -> Result<Array> {
     let cache = slot
         .take()
         .ok_or_else(|| Error::InvalidArgument("KvCache::update before reserve".into()))?;

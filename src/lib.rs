@@ -7,8 +7,8 @@
 
 pub mod backend;
 pub mod bench;
-pub mod engine;
 pub mod chat_template;
+pub mod engine;
 pub mod error;
 pub mod fetch;
 #[allow(unsafe_code)]

@@ -440,3 +440,34 @@ fn batched_decode_throughput() {
         transforms::clear_cache().unwrap();
     }
 }
+
+mod doc_example {
+    use mlx_engine::backend::{Backend, BackendOptions, ModelSpec, SamplerParams};
+
+    #[test]
+    #[ignore]
+    fn doc_example_compiles() -> mlx_engine::Result<()> {
+        let path = std::env::args().nth(1).expect("usage: demo MODEL.gguf");
+        let mut backend = Backend::load(&ModelSpec::new(path), &BackendOptions::default())?;
+        let sampler = backend.create_sampler(SamplerParams::greedy())?;
+        // Two sequences share a system prompt through a prefix copy, then decode together.
+        let (a, b) = (backend.create_seq(), backend.create_seq());
+        let system = [1u32, 15043, 29892, 920];
+        let mut logits = vec![backend.prefill(a, &system, false)?.data];
+        backend.copy_prefix(a, b, system.len())?;
+        logits.push(backend.prefill(b, &[263], false)?.data);
+        let mut history = vec![system.to_vec(), [&system[..], &[263]].concat()];
+        for _ in 0..16 {
+            let mut batch = Vec::new();
+            for (i, seq) in [a, b].into_iter().enumerate() {
+                let token = backend.sample(sampler, &logits[i], &history[i])?.token;
+                history[i].push(token);
+                batch.push((seq, token));
+            }
+            logits = backend.decode(&batch)?;
+        }
+        let snapshot = backend.serialize(a)?; // store it; `backend.hydrate(&snapshot)` resumes
+        println!("{history:?} ({} snapshot bytes)", snapshot.len());
+        Ok(())
+    }
+}

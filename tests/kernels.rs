@@ -23,17 +23,32 @@ fn synthetic(quant: &str) -> PathBuf {
     let path = dir.join(format!("llama-{quant}.gguf"));
     if !path.exists() {
         let script = common::repo_root().join("tests/reference/make_synthetic.py");
-        common::run_python(&script, &[path.to_str().unwrap(), "--arch", "llama", "--quant", quant, "--seed", "1"]);
+        common::run_python(
+            &script,
+            &[
+                path.to_str().unwrap(),
+                "--arch",
+                "llama",
+                "--quant",
+                quant,
+                "--seed",
+                "1",
+            ],
+        );
     }
     path
 }
 
 /// Deterministic activations in [-1, 1) with a few larger outliers.
 fn activations(m: usize, k: usize, seed: u64) -> Vec<f32> {
-    let mut state = seed.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+    let mut state = seed
+        .wrapping_mul(6364136223846793005)
+        .wrapping_add(1442695040888963407);
     (0..m * k)
         .map(|i| {
-            state = state.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+            state = state
+                .wrapping_mul(6364136223846793005)
+                .wrapping_add(1442695040888963407);
             let u = ((state >> 40) as f32) / (1u64 << 24) as f32 * 2.0 - 1.0;
             if i % 97 == 0 {
                 u * 4.0
@@ -62,7 +77,13 @@ fn load_case(quant: &str, tensor: &str) -> Case {
     for (r, dst) in w.chunks_exact_mut(k).enumerate() {
         quant::dequantize_row(info.ggml_type, &bytes[r * row..(r + 1) * row], dst).unwrap();
     }
-    Case { ty: info.ggml_type, bytes, w, n, k }
+    Case {
+        ty: info.ggml_type,
+        bytes,
+        w,
+        n,
+        k,
+    }
 }
 
 /// y and Σ|w·x| per output, in f64.
@@ -85,7 +106,11 @@ fn reference(case: &Case, x: &[f32], m: usize) -> (Vec<f64>, Vec<f64>) {
 fn check(case: &Case, got: &[f32], want: &[f64], mag: &[f64], rel: f64, what: &str) {
     for (i, ((g, w), s)) in got.iter().zip(want).zip(mag).enumerate() {
         let tol = rel * s + 1e-5;
-        assert!((*g as f64 - w).abs() <= tol, "{what} {:?}: output {i}: {g} vs {w} (tol {tol})", case.ty);
+        assert!(
+            (*g as f64 - w).abs() <= tol,
+            "{what} {:?}: output {i}: {g} vs {w} (tol {tol})",
+            case.ty
+        );
     }
 }
 
@@ -114,7 +139,10 @@ fn every_type_and_path_matches_the_scalar_twin() {
         let case = load_case(quant, tensor);
         assert!(kernels::supports(case.ty), "{quant}");
         let deq = kernels::dequantize_host(&case.bytes, case.ty, case.n, case.k).unwrap();
-        assert_eq!(deq, case.w, "{quant}: the kernel's dequantization equals the Rust twin bit for bit");
+        assert_eq!(
+            deq, case.w,
+            "{quant}: the kernel's dequantization equals the Rust twin bit for bit"
+        );
         for m in [1usize, 3, 64, 130] {
             let x = activations(m, case.k, m as u64);
             let (want, mag) = reference(&case, &x, m);
@@ -122,8 +150,16 @@ fn every_type_and_path_matches_the_scalar_twin() {
                 kernels::force_path(Some(path));
                 for threads in [1, 2, 3] {
                     kernels::set_num_threads(threads);
-                    let got = kernels::qmatmul_host(&case.bytes, case.ty, case.n, case.k, &x, m).unwrap();
-                    check(&case, &got, &want, &mag, rel, &format!("{path:?} m={m} threads={threads}"));
+                    let got =
+                        kernels::qmatmul_host(&case.bytes, case.ty, case.n, case.k, &x, m).unwrap();
+                    check(
+                        &case,
+                        &got,
+                        &want,
+                        &mag,
+                        rel,
+                        &format!("{path:?} m={m} threads={threads}"),
+                    );
                 }
             }
         }
@@ -143,20 +179,43 @@ fn the_mlx_primitive_handles_layouts_dtypes_and_errors() {
     let (n, k, m) = (case.n, case.k, 5usize);
     let row_bytes = case.bytes.len() / n;
     let owner: std::sync::Arc<dyn Send + Sync> = std::sync::Arc::new(case.bytes.clone());
-    let blocks = Array::from_borrowed_bytes(&case.bytes, owner, &[n as i32, row_bytes as i32], Dtype::U8).unwrap();
+    let blocks =
+        Array::from_borrowed_bytes(&case.bytes, owner, &[n as i32, row_bytes as i32], Dtype::U8)
+            .unwrap();
     let x = activations(m, k, 7);
     let (want, mag) = reference(&case, &x, m);
 
     let plain = Array::from_slice(&x, &[m as i32, k as i32]).unwrap();
     let y = kernels::gguf_matmul(&plain, &blocks, case.ty, n, k).unwrap();
     assert_eq!(y.shape(), vec![m as i32, n as i32]);
-    check(&case, &y.to_vec::<f32>().unwrap(), &want, &mag, 2e-2, "contiguous");
+    check(
+        &case,
+        &y.to_vec::<f32>().unwrap(),
+        &want,
+        &mag,
+        2e-2,
+        "contiguous",
+    );
 
     // The same activations, stored transposed and viewed back: a strided input.
-    let xt: Vec<f32> = (0..k).flat_map(|c| (0..m).map(move |r| (r, c))).map(|(r, c)| x[r * k + c]).collect();
-    let strided = ops::transpose(&Array::from_slice(&xt, &[k as i32, m as i32]).unwrap(), &[1, 0]).unwrap();
+    let xt: Vec<f32> = (0..k)
+        .flat_map(|c| (0..m).map(move |r| (r, c)))
+        .map(|(r, c)| x[r * k + c])
+        .collect();
+    let strided = ops::transpose(
+        &Array::from_slice(&xt, &[k as i32, m as i32]).unwrap(),
+        &[1, 0],
+    )
+    .unwrap();
     let y = kernels::gguf_matmul(&strided, &blocks, case.ty, n, k).unwrap();
-    check(&case, &y.to_vec::<f32>().unwrap(), &want, &mag, 2e-2, "strided");
+    check(
+        &case,
+        &y.to_vec::<f32>().unwrap(),
+        &want,
+        &mag,
+        2e-2,
+        "strided",
+    );
 
     // A batch dimension made by broadcasting one row: [2, 1, K].
     let row = Array::from_slice(&x[..k], &[1, 1, k as i32]).unwrap();
@@ -170,10 +229,20 @@ fn the_mlx_primitive_handles_layouts_dtypes_and_errors() {
     // Half-precision activations: the reference uses the rounded inputs.
     for dtype in [Dtype::F16, Dtype::BF16] {
         let xh = ops::astype(&plain, dtype).unwrap();
-        let rounded = ops::astype(&xh, Dtype::F32).unwrap().to_vec::<f32>().unwrap();
+        let rounded = ops::astype(&xh, Dtype::F32)
+            .unwrap()
+            .to_vec::<f32>()
+            .unwrap();
         let (want_h, mag_h) = reference(&case, &rounded, m);
         let y = kernels::gguf_matmul(&xh, &blocks, case.ty, n, k).unwrap();
-        check(&case, &y.to_vec::<f32>().unwrap(), &want_h, &mag_h, 2e-2, &format!("{dtype:?}"));
+        check(
+            &case,
+            &y.to_vec::<f32>().unwrap(),
+            &want_h,
+            &mag_h,
+            2e-2,
+            &format!("{dtype:?}"),
+        );
     }
 
     // Wrong inner dimension: an error naming the problem, and the next call still works.
@@ -181,7 +250,14 @@ fn the_mlx_primitive_handles_layouts_dtypes_and_errors() {
     let err = kernels::gguf_matmul(&bad, &blocks, case.ty, n, k).and_then(|y| y.eval().map(|_| y));
     assert!(err.is_err(), "mismatched K must be an error");
     let y = kernels::gguf_matmul(&plain, &blocks, case.ty, n, k).unwrap();
-    check(&case, &y.to_vec::<f32>().unwrap(), &want, &mag, 2e-2, "after an error");
+    check(
+        &case,
+        &y.to_vec::<f32>().unwrap(),
+        &want,
+        &mag,
+        2e-2,
+        "after an error",
+    );
 }
 
 /// The primitive composes with `compile` (traced once, replayed).
@@ -194,7 +270,9 @@ fn the_primitive_works_under_compile() {
     let (n, k) = (case.n, case.k);
     let row_bytes = case.bytes.len() / n;
     let owner: std::sync::Arc<dyn Send + Sync> = std::sync::Arc::new(case.bytes.clone());
-    let blocks = Array::from_borrowed_bytes(&case.bytes, owner, &[n as i32, row_bytes as i32], Dtype::U8).unwrap();
+    let blocks =
+        Array::from_borrowed_bytes(&case.bytes, owner, &[n as i32, row_bytes as i32], Dtype::U8)
+            .unwrap();
     let ty = case.ty;
     let f = move |xs: &[Array]| -> mlx_engine::Result<Vec<Array>> {
         let y = kernels::gguf_matmul(&xs[0], &xs[1], ty, n, k)?;
@@ -211,7 +289,12 @@ fn the_primitive_works_under_compile() {
     // Another test may force the kernel path concurrently: check against the bound of the
     // quantized path, which also covers the scalar one.
     for _ in 0..2 {
-        let traced = compiled.call(&[&x, &blocks]).unwrap().remove(0).to_vec::<f32>().unwrap();
+        let traced = compiled
+            .call(&[&x, &blocks])
+            .unwrap()
+            .remove(0)
+            .to_vec::<f32>()
+            .unwrap();
         check(&case, &traced, &want, &mag, 2e-2, "compiled");
     }
 }

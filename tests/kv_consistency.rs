@@ -12,7 +12,10 @@ const TOL: f32 = 1e-3;
 
 fn max_diff(a: &[f32], b: &[f32]) -> f32 {
     assert_eq!(a.len(), b.len());
-    a.iter().zip(b).map(|(x, y)| (x - y).abs()).fold(0.0, f32::max)
+    a.iter()
+        .zip(b)
+        .map(|(x, y)| (x - y).abs())
+        .fold(0.0, f32::max)
 }
 
 #[test]
@@ -26,16 +29,28 @@ fn prefill_then_decode_equals_longer_prefill_on_qwen() {
 
     let mut cache = engine.new_cache();
     engine.prefill(&prompt[..6], &mut cache, 512).unwrap();
-    let decoded = engine.decode(&prompt[6..], &mut [&mut cache]).unwrap().to_vec::<f32>().unwrap();
+    let decoded = engine
+        .decode(&prompt[6..], &mut [&mut cache])
+        .unwrap()
+        .to_vec::<f32>()
+        .unwrap();
 
     let mut full_cache = engine.new_cache();
-    let full = engine.prefill(&prompt, &mut full_cache, 512).unwrap().to_vec::<f32>().unwrap();
+    let full = engine
+        .prefill(&prompt, &mut full_cache, 512)
+        .unwrap()
+        .to_vec::<f32>()
+        .unwrap();
     assert_eq!(decoded.len(), vocab);
     let d = max_diff(&decoded, &full);
     assert!(d < TOL, "decode vs prefill: max |Δlogit| {d}");
 
     let mut chunked_cache = engine.new_cache();
-    let chunked = engine.prefill(&prompt, &mut chunked_cache, 3).unwrap().to_vec::<f32>().unwrap();
+    let chunked = engine
+        .prefill(&prompt, &mut chunked_cache, 3)
+        .unwrap()
+        .to_vec::<f32>()
+        .unwrap();
     let d = max_diff(&chunked, &full);
     assert!(d < TOL, "chunked vs one-shot prefill: max |Δlogit| {d}");
 
@@ -48,10 +63,18 @@ fn prefill_then_decode_equals_longer_prefill_on_qwen() {
     engine.prefill(&prompt[..3], &mut short, 512).unwrap();
     let mut long = engine.new_cache();
     engine.prefill(&prompt[..6], &mut long, 512).unwrap();
-    let both = engine.decode(&[prompt[3], prompt[6]], &mut [&mut short, &mut long]).unwrap().to_vec::<f32>().unwrap();
+    let both = engine
+        .decode(&[prompt[3], prompt[6]], &mut [&mut short, &mut long])
+        .unwrap()
+        .to_vec::<f32>()
+        .unwrap();
     let mut short_alone = engine.new_cache();
     engine.prefill(&prompt[..3], &mut short_alone, 512).unwrap();
-    let alone = engine.decode(&[prompt[3]], &mut [&mut short_alone]).unwrap().to_vec::<f32>().unwrap();
+    let alone = engine
+        .decode(&[prompt[3]], &mut [&mut short_alone])
+        .unwrap()
+        .to_vec::<f32>()
+        .unwrap();
     let d = max_diff(&both[..vocab], &alone);
     assert!(d < TOL, "batched vs alone (short): max |Δlogit| {d}");
     let d = max_diff(&both[vocab..], &decoded);

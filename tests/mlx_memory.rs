@@ -18,5 +18,8 @@ fn hundred_thousand_arrays_leave_memory_where_it_was() {
     }
     transforms::clear_cache().unwrap();
     let after = transforms::memory_stats().unwrap().active;
-    assert_eq!(before, after, "active memory before {before}, after {after}");
+    assert_eq!(
+        before, after,
+        "active memory before {before}, after {after}"
+    );
 }

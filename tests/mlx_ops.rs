@@ -15,7 +15,10 @@ fn arr(data: &[f32], shape: &[i32]) -> Array {
 fn assert_close(got: &[f32], want: &[f32], tol: f32) {
     assert_eq!(got.len(), want.len(), "length");
     for (i, (g, w)) in got.iter().zip(want).enumerate() {
-        assert!((g - w).abs() <= tol * (1.0 + w.abs()), "element {i}: got {g}, want {w}");
+        assert!(
+            (g - w).abs() <= tol * (1.0 + w.abs()),
+            "element {i}: got {g}, want {w}"
+        );
     }
 }
 
@@ -25,9 +28,18 @@ fn construction_shape_dtype_and_readback() {
     assert_eq!(a.shape(), vec![2, 3]);
     assert_eq!(a.dtype(), Dtype::F32);
     assert_eq!(a.size(), 6);
-    assert_eq!(a.to_vec::<f32>().unwrap(), vec![1.0, 2.0, 3.0, 4.0, 5.0, 6.0]);
-    assert!(a.to_vec::<i32>().is_err(), "wrong element type must be an error");
-    assert!(Array::from_slice(&[1.0f32, 2.0], &[3]).is_err(), "shape/length mismatch");
+    assert_eq!(
+        a.to_vec::<f32>().unwrap(),
+        vec![1.0, 2.0, 3.0, 4.0, 5.0, 6.0]
+    );
+    assert!(
+        a.to_vec::<i32>().is_err(),
+        "wrong element type must be an error"
+    );
+    assert!(
+        Array::from_slice(&[1.0f32, 2.0], &[3]).is_err(),
+        "shape/length mismatch"
+    );
     assert_eq!(Array::scalar(7i32).unwrap().item::<i32>().unwrap(), 7);
     assert!(a.item::<f32>().is_err());
 }
@@ -47,7 +59,10 @@ fn matmul_and_broadcast_arithmetic() {
     // [[1,2,3],[4,5,6]] · [[7,8],[9,10],[11,12]] = [[58,64],[139,154]]
     let a = arr(&[1.0, 2.0, 3.0, 4.0, 5.0, 6.0], &[2, 3]);
     let b = arr(&[7.0, 8.0, 9.0, 10.0, 11.0, 12.0], &[3, 2]);
-    assert_eq!(ops::matmul(&a, &b).unwrap().to_vec::<f32>().unwrap(), vec![58.0, 64.0, 139.0, 154.0]);
+    assert_eq!(
+        ops::matmul(&a, &b).unwrap().to_vec::<f32>().unwrap(),
+        vec![58.0, 64.0, 139.0, 154.0]
+    );
     let row = arr(&[10.0, 20.0, 30.0], &[3]);
     assert_eq!(
         ops::add(&a, &row).unwrap().to_vec::<f32>().unwrap(),
@@ -57,8 +72,14 @@ fn matmul_and_broadcast_arithmetic() {
         ops::multiply(&a, &row).unwrap().to_vec::<f32>().unwrap(),
         vec![10.0, 40.0, 90.0, 40.0, 100.0, 180.0]
     );
-    assert_eq!(ops::subtract(&row, &row).unwrap().to_vec::<f32>().unwrap(), vec![0.0; 3]);
-    assert_eq!(ops::divide(&row, &row).unwrap().to_vec::<f32>().unwrap(), vec![1.0; 3]);
+    assert_eq!(
+        ops::subtract(&row, &row).unwrap().to_vec::<f32>().unwrap(),
+        vec![0.0; 3]
+    );
+    assert_eq!(
+        ops::divide(&row, &row).unwrap().to_vec::<f32>().unwrap(),
+        vec![1.0; 3]
+    );
 }
 
 #[test]
@@ -67,7 +88,10 @@ fn mismatched_matmul_is_an_error_and_the_next_op_works() {
     let b = arr(&[1.0; 8], &[4, 2]);
     let err = ops::matmul(&a, &b).unwrap_err().to_string();
     assert!(err.starts_with("mlx:"), "{err}");
-    assert!(err.to_lowercase().contains("shape") || err.contains("(2,3)"), "MLX's message kept: {err}");
+    assert!(
+        err.to_lowercase().contains("shape") || err.contains("(2,3)"),
+        "MLX's message kept: {err}"
+    );
     let ok = ops::matmul(&a, &arr(&[1.0; 6], &[3, 2])).unwrap();
     assert_eq!(ok.to_vec::<f32>().unwrap(), vec![3.0; 4]);
 }
@@ -91,7 +115,10 @@ fn shape_ops() {
     let e = ops::expand_dims(&c, 0).unwrap();
     assert_eq!(e.shape(), vec![1, 2, 2]);
     assert_eq!(ops::squeeze(&e, 0).unwrap().shape(), vec![2, 2]);
-    assert!(ops::slice(&a, &[0], &[1], &[1]).is_err(), "rank mismatch is an error");
+    assert!(
+        ops::slice(&a, &[0], &[1], &[1]).is_err(),
+        "rank mismatch is an error"
+    );
 }
 
 #[test]
@@ -99,17 +126,26 @@ fn slice_update_writes_the_window() {
     let z = ops::zeros(&[2, 4], Dtype::F32).unwrap();
     let u = arr(&[1.0, 2.0], &[1, 2]);
     let out = ops::slice_update(&z, &u, &[1, 1], &[2, 3], &[1, 1]).unwrap();
-    assert_eq!(out.to_vec::<f32>().unwrap(), vec![0.0, 0.0, 0.0, 0.0, 0.0, 1.0, 2.0, 0.0]);
+    assert_eq!(
+        out.to_vec::<f32>().unwrap(),
+        vec![0.0, 0.0, 0.0, 0.0, 0.0, 1.0, 2.0, 0.0]
+    );
 }
 
 #[test]
 fn gather_ops() {
     let table = arr(&[0.0, 1.0, 10.0, 11.0, 20.0, 21.0], &[3, 2]);
     let idx = Array::from_slice(&[2u32, 0], &[2]).unwrap();
-    assert_eq!(ops::take(&table, &idx, 0).unwrap().to_vec::<f32>().unwrap(), vec![20.0, 21.0, 0.0, 1.0]);
+    assert_eq!(
+        ops::take(&table, &idx, 0).unwrap().to_vec::<f32>().unwrap(),
+        vec![20.0, 21.0, 0.0, 1.0]
+    );
     let along = Array::from_slice(&[1u32, 0, 1], &[3, 1]).unwrap();
     assert_eq!(
-        ops::take_along_axis(&table, &along, 1).unwrap().to_vec::<f32>().unwrap(),
+        ops::take_along_axis(&table, &along, 1)
+            .unwrap()
+            .to_vec::<f32>()
+            .unwrap(),
         vec![1.0, 10.0, 21.0]
     );
 }
@@ -120,15 +156,31 @@ fn softmax_argmax_sort() {
     let e: Vec<f64> = [1.0f64, 2.0, 3.0].iter().map(|v| v.exp()).collect();
     let total: f64 = e.iter().sum();
     let want: Vec<f32> = e.iter().map(|v| (v / total) as f32).collect();
-    assert_close(&ops::softmax(&x, -1, true).unwrap().to_vec::<f32>().unwrap(), &want, TOL);
+    assert_close(
+        &ops::softmax(&x, -1, true).unwrap().to_vec::<f32>().unwrap(),
+        &want,
+        TOL,
+    );
     let y = arr(&[0.5, 3.0, -1.0, 3.5, 2.0, 0.0], &[2, 3]);
-    assert_eq!(ops::argmax(&y, -1, false).unwrap().to_vec::<u32>().unwrap(), vec![1, 0]);
-    assert_eq!(ops::sort(&y, -1).unwrap().to_vec::<f32>().unwrap(), vec![-1.0, 0.5, 3.0, 0.0, 2.0, 3.5]);
-    assert_eq!(ops::argsort(&y, -1).unwrap().to_vec::<u32>().unwrap(), vec![2, 0, 1, 2, 1, 0]);
+    assert_eq!(
+        ops::argmax(&y, -1, false).unwrap().to_vec::<u32>().unwrap(),
+        vec![1, 0]
+    );
+    assert_eq!(
+        ops::sort(&y, -1).unwrap().to_vec::<f32>().unwrap(),
+        vec![-1.0, 0.5, 3.0, 0.0, 2.0, 3.5]
+    );
+    assert_eq!(
+        ops::argsort(&y, -1).unwrap().to_vec::<u32>().unwrap(),
+        vec![2, 0, 1, 2, 1, 0]
+    );
     let p = ops::argpartition(&arr(&[5.0, 1.0, 4.0, 2.0, 3.0], &[5]), 2, 0).unwrap();
     let pv = p.to_vec::<u32>().unwrap();
     assert_eq!(pv[2], 4, "the 3rd smallest (3.0) sits at position 2");
-    let lse = ops::logsumexp(&x, -1, false).unwrap().item::<f32>().unwrap();
+    let lse = ops::logsumexp(&x, -1, false)
+        .unwrap()
+        .item::<f32>()
+        .unwrap();
     assert!((lse as f64 - total.ln()).abs() < 1e-5);
 }
 
@@ -138,8 +190,14 @@ fn astype_half_types() {
     let h = ops::astype(&x, Dtype::F16).unwrap();
     assert_eq!(h.dtype(), Dtype::F16);
     let hv = h.to_vec::<half::f16>().unwrap();
-    assert_eq!(hv.iter().map(|v| v.to_f32()).collect::<Vec<_>>(), vec![1.5, -2.25, 65504.0]);
-    let b = ops::astype(&x, Dtype::BF16).unwrap().to_vec::<half::bf16>().unwrap();
+    assert_eq!(
+        hv.iter().map(|v| v.to_f32()).collect::<Vec<_>>(),
+        vec![1.5, -2.25, 65504.0]
+    );
+    let b = ops::astype(&x, Dtype::BF16)
+        .unwrap()
+        .to_vec::<half::bf16>()
+        .unwrap();
     assert_eq!(b[0].to_f32(), 1.5);
     assert_eq!(b[1].to_f32(), -2.25);
 }
@@ -151,8 +209,18 @@ fn rms_norm_matches_hand_computation() {
     let w = arr(&[1.0, 0.5, 2.0, 1.0], &[4]);
     let eps = 1e-6f64;
     let inv = 1.0 / (7.5f64 + eps).sqrt();
-    let want: Vec<f32> = [1.0, 1.0, 6.0, 4.0].iter().map(|v: &f64| (v * inv) as f32).collect();
-    assert_close(&fast::rms_norm(&x, &w, eps as f32).unwrap().to_vec::<f32>().unwrap(), &want, TOL);
+    let want: Vec<f32> = [1.0, 1.0, 6.0, 4.0]
+        .iter()
+        .map(|v: &f64| (v * inv) as f32)
+        .collect();
+    assert_close(
+        &fast::rms_norm(&x, &w, eps as f32)
+            .unwrap()
+            .to_vec::<f32>()
+            .unwrap(),
+        &want,
+        TOL,
+    );
 }
 
 /// RoPE in f64 by the formula: pair (a, b) at position p with frequency base^(-2i/d) turns by
@@ -161,7 +229,11 @@ fn rope_reference(x: &[f32], d: usize, pos: usize, base: f64, traditional: bool)
     let mut out = vec![0f32; d];
     for i in 0..d / 2 {
         let theta = pos as f64 * base.powf(-2.0 * i as f64 / d as f64);
-        let (ia, ib) = if traditional { (2 * i, 2 * i + 1) } else { (i, i + d / 2) };
+        let (ia, ib) = if traditional {
+            (2 * i, 2 * i + 1)
+        } else {
+            (i, i + d / 2)
+        };
         let (a, b) = (x[ia] as f64, x[ib] as f64);
         out[ia] = (a * theta.cos() - b * theta.sin()) as f32;
         out[ib] = (a * theta.sin() + b * theta.cos()) as f32;
@@ -176,7 +248,10 @@ fn rope_both_layouts_match_the_formula() {
     for traditional in [true, false] {
         // [B=1, H=1, L=2, D=8] at offset 5: positions 5 and 6.
         let a = arr(&x, &[1, 1, 2, d as i32]);
-        let got = fast::rope(&a, d as i32, traditional, 10000.0, 1.0, 5).unwrap().to_vec::<f32>().unwrap();
+        let got = fast::rope(&a, d as i32, traditional, 10000.0, 1.0, 5)
+            .unwrap()
+            .to_vec::<f32>()
+            .unwrap();
         let mut want = rope_reference(&x[..d], d, 5, 10000.0, traditional);
         want.extend(rope_reference(&x[d..], d, 6, 10000.0, traditional));
         assert_close(&got, &want, 1e-5);
@@ -187,8 +262,12 @@ fn rope_both_layouts_match_the_formula() {
 fn attention_matches_naive_f64() {
     // q: [1, 2 heads, 3, 4], k/v: [1, 1 head, 3, 4] (grouped-query), causal.
     let (hq, l, d) = (2usize, 3usize, 4usize);
-    let q: Vec<f32> = (0..hq * l * d).map(|i| ((i * 7 % 11) as f32 - 5.0) / 5.0).collect();
-    let k: Vec<f32> = (0..l * d).map(|i| ((i * 5 % 13) as f32 - 6.0) / 6.0).collect();
+    let q: Vec<f32> = (0..hq * l * d)
+        .map(|i| ((i * 7 % 11) as f32 - 5.0) / 5.0)
+        .collect();
+    let k: Vec<f32> = (0..l * d)
+        .map(|i| ((i * 5 % 13) as f32 - 6.0) / 6.0)
+        .collect();
     let v: Vec<f32> = (0..l * d).map(|i| (i as f32) / 10.0).collect();
     let scale = 1.0 / (d as f32).sqrt();
     let out = fast::scaled_dot_product_attention(
@@ -205,7 +284,12 @@ fn attention_matches_naive_f64() {
     for h in 0..hq {
         for i in 0..l {
             let scores: Vec<f64> = (0..=i)
-                .map(|j| (0..d).map(|c| q[(h * l + i) * d + c] as f64 * k[j * d + c] as f64).sum::<f64>() * scale as f64)
+                .map(|j| {
+                    (0..d)
+                        .map(|c| q[(h * l + i) * d + c] as f64 * k[j * d + c] as f64)
+                        .sum::<f64>()
+                        * scale as f64
+                })
                 .collect();
             let m = scores.iter().cloned().fold(f64::MIN, f64::max);
             let w: Vec<f64> = scores.iter().map(|s| (s - m).exp()).collect();
@@ -222,22 +306,42 @@ fn attention_matches_naive_f64() {
 fn quantize_roundtrip_and_quantized_matmul() {
     // 4-bit affine groups of 32: each value comes back within one quantization step.
     let (n, k) = (8usize, 64usize);
-    let w: Vec<f32> = (0..n * k).map(|i| ((i * 37 % 101) as f32 - 50.0) / 50.0).collect();
+    let w: Vec<f32> = (0..n * k)
+        .map(|i| ((i * 37 % 101) as f32 - 50.0) / 50.0)
+        .collect();
     let wa = arr(&w, &[n as i32, k as i32]);
-    let spec = QuantSpec { group_size: 32, bits: 4 };
+    let spec = QuantSpec {
+        group_size: 32,
+        bits: 4,
+    };
     let (q, s, b) = ops::quantize(&wa, spec).unwrap();
     assert_eq!(q.shape(), vec![n as i32, (k * 4 / 32) as i32]);
-    let deq = ops::dequantize(&q, &s, &b, spec).unwrap().to_vec::<f32>().unwrap();
+    let deq = ops::dequantize(&q, &s, &b, spec)
+        .unwrap()
+        .to_vec::<f32>()
+        .unwrap();
     let scales = s.to_vec::<f32>().unwrap();
     for (i, (a, c)) in w.iter().zip(&deq).enumerate() {
         // MLX shifts the grid so that it holds zero exactly: the error is within one step.
         let step = scales[i / 32].abs();
-        assert!((a - c).abs() <= step * 1.0001, "element {i}: {a} vs {c} (step {step})");
+        assert!(
+            (a - c).abs() <= step * 1.0001,
+            "element {i}: {a} vs {c} (step {step})"
+        );
     }
     let x: Vec<f32> = (0..k).map(|i| (i as f32 * 0.1).cos()).collect();
     let xa = arr(&x, &[1, k as i32]);
-    let got = ops::quantized_matmul(&xa, &q, &s, &b, spec).unwrap().to_vec::<f32>().unwrap();
-    let want: Vec<f32> = (0..n).map(|r| (0..k).map(|c| x[c] as f64 * deq[r * k + c] as f64).sum::<f64>() as f32).collect();
+    let got = ops::quantized_matmul(&xa, &q, &s, &b, spec)
+        .unwrap()
+        .to_vec::<f32>()
+        .unwrap();
+    let want: Vec<f32> = (0..n)
+        .map(|r| {
+            (0..k)
+                .map(|c| x[c] as f64 * deq[r * k + c] as f64)
+                .sum::<f64>() as f32
+        })
+        .collect();
     assert_close(&got, &want, 1e-4);
 }
 
@@ -250,8 +354,16 @@ fn compiled_function_equals_eager() {
     let compiled = transforms::compile(Box::new(f), false).unwrap();
     let x = arr(&[-2.0, -0.5, 0.0, 1.0, 3.0], &[5]);
     let one = arr(&[1.0; 5], &[5]);
-    let got = compiled.call(&[&x, &one]).unwrap().remove(0).to_vec::<f32>().unwrap();
-    let want: Vec<f32> = [-2.0f64, -0.5, 0.0, 1.0, 3.0].iter().map(|v| (v / (1.0 + (-v).exp()) + 1.0) as f32).collect();
+    let got = compiled
+        .call(&[&x, &one])
+        .unwrap()
+        .remove(0)
+        .to_vec::<f32>()
+        .unwrap();
+    let want: Vec<f32> = [-2.0f64, -0.5, 0.0, 1.0, 3.0]
+        .iter()
+        .map(|v| (v / (1.0 + (-v).exp()) + 1.0) as f32)
+        .collect();
     assert_close(&got, &want, 1e-6);
     // A failing body is an error, not an abort.
     let bad = transforms::compile(

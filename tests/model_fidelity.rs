@@ -23,11 +23,12 @@ const KERNEL_TOL: f32 = 0.75;
 
 /// 102 tokens of Python source (the Qwen tokenization of `FIB_TEXT` in tests/data).
 const QWEN_PROMPT: [u32; 102] = [
-    750, 75698, 1445, 982, 262, 4210, 5598, 279, 308, 7563, 79683, 1372, 1667, 458, 86875, 6337, 14442, 262, 264,
-    11, 293, 284, 220, 15, 11, 220, 16, 198, 262, 369, 716, 304, 2088, 1445, 982, 286, 264, 11, 293, 284, 293, 11,
-    264, 488, 293, 198, 262, 470, 264, 1406, 2, 576, 8500, 27715, 6157, 25, 75698, 7, 16, 15, 8, 374, 220, 20, 20,
-    323, 75698, 7, 17, 15, 8, 374, 220, 21, 22, 21, 20, 624, 333, 1304, 606, 563, 621, 13265, 3817, 21082, 262,
-    369, 600, 304, 2088, 7, 16, 17, 982, 286, 1173, 1956, 11, 75698, 1956, 1171,
+    750, 75698, 1445, 982, 262, 4210, 5598, 279, 308, 7563, 79683, 1372, 1667, 458, 86875, 6337,
+    14442, 262, 264, 11, 293, 284, 220, 15, 11, 220, 16, 198, 262, 369, 716, 304, 2088, 1445, 982,
+    286, 264, 11, 293, 284, 293, 11, 264, 488, 293, 198, 262, 470, 264, 1406, 2, 576, 8500, 27715,
+    6157, 25, 75698, 7, 16, 15, 8, 374, 220, 20, 20, 323, 75698, 7, 17, 15, 8, 374, 220, 21, 22,
+    21, 20, 624, 333, 1304, 606, 563, 621, 13265, 3817, 21082, 262, 369, 600, 304, 2088, 7, 16, 17,
+    982, 286, 1173, 1956, 11, 75698, 1956, 1171,
 ];
 
 /// Logits of `tokens` by the numpy reference, cached under target/ by model and tokens.
@@ -35,19 +36,32 @@ fn reference_logits(model: &Path, tokens: &[u32]) -> Vec<f32> {
     let ids: Vec<String> = tokens.iter().map(u32::to_string).collect();
     let ids = ids.join(",");
     let key = format!("{:x}", fxhash(&format!("{}|{ids}", model.display())));
-    let out = common::repo_root().join("target/reference-cache").join(format!("{key}.bin"));
+    let out = common::repo_root()
+        .join("target/reference-cache")
+        .join(format!("{key}.bin"));
     if !out.exists() {
         std::fs::create_dir_all(out.parent().unwrap()).unwrap();
         let tmp = out.with_extension("partial");
         let script = common::repo_root().join("tests/reference/forward.py");
-        common::run_python(&script, &[model.to_str().unwrap(), "--tokens", &ids, "--out", tmp.to_str().unwrap()]);
+        common::run_python(
+            &script,
+            &[
+                model.to_str().unwrap(),
+                "--tokens",
+                &ids,
+                "--out",
+                tmp.to_str().unwrap(),
+            ],
+        );
         std::fs::rename(&tmp, &out).unwrap();
     }
     common::read_f32(&out)
 }
 
 fn fxhash(s: &str) -> u64 {
-    s.bytes().fold(0xcbf29ce484222325u64, |h, b| (h ^ b as u64).wrapping_mul(0x100000001b3))
+    s.bytes().fold(0xcbf29ce484222325u64, |h, b| {
+        (h ^ b as u64).wrapping_mul(0x100000001b3)
+    })
 }
 
 struct Agreement {
@@ -59,8 +73,21 @@ struct Agreement {
 
 fn compare(ours: &[f32], reference: &[f32], vocab: usize, tol: f32) -> Agreement {
     assert_eq!(ours.len(), reference.len(), "logit counts differ");
-    let argmax = |row: &[f32]| row.iter().enumerate().fold((0, f32::MIN), |best, (i, &v)| if v > best.1 { (i, v) } else { best }).0;
-    let mut agreement = Agreement { max_diff: 0.0, top1_agree: 0, near_ties: 0, positions: ours.len() / vocab };
+    let argmax = |row: &[f32]| {
+        row.iter()
+            .enumerate()
+            .fold(
+                (0, f32::MIN),
+                |best, (i, &v)| if v > best.1 { (i, v) } else { best },
+            )
+            .0
+    };
+    let mut agreement = Agreement {
+        max_diff: 0.0,
+        top1_agree: 0,
+        near_ties: 0,
+        positions: ours.len() / vocab,
+    };
     for (a, r) in ours.chunks_exact(vocab).zip(reference.chunks_exact(vocab)) {
         for (x, y) in a.iter().zip(r) {
             assert!(x.is_finite(), "non-finite logit");
@@ -74,7 +101,10 @@ fn compare(ours: &[f32], reference: &[f32], vocab: usize, tol: f32) -> Agreement
         } else if sorted[0] - sorted[1] < tol {
             agreement.near_ties += 1;
         } else {
-            panic!("top-1 {ta} vs reference {tr} with a reference gap of {}", sorted[0] - sorted[1]);
+            panic!(
+                "top-1 {ta} vs reference {tr} with a reference gap of {}",
+                sorted[0] - sorted[1]
+            );
         }
     }
     agreement
@@ -91,7 +121,10 @@ fn executions() -> Vec<(Execution, f32)> {
 fn check_model(model: &Path, tokens: &[u32]) {
     let reference = reference_logits(model, tokens);
     for (execution, tol) in executions() {
-        let options = LoadOptions { execution: Some(execution), ..LoadOptions::default() };
+        let options = LoadOptions {
+            execution: Some(execution),
+            ..LoadOptions::default()
+        };
         let engine = Engine::load(model, &options).unwrap();
         let ours = engine.logits_all(tokens).unwrap();
         let a = compare(&ours, &reference, engine.config().vocab_size, tol);
@@ -103,7 +136,11 @@ fn check_model(model: &Path, tokens: &[u32]) {
             a.positions,
             a.near_ties
         );
-        assert!(a.max_diff <= tol, "{execution:?}: max |Δlogit| {} > {tol}", a.max_diff);
+        assert!(
+            a.max_diff <= tol,
+            "{execution:?}: max |Δlogit| {} > {tol}",
+            a.max_diff
+        );
     }
 }
 
@@ -135,8 +172,13 @@ fn synthetic_llama_of_every_quant_type_matches_the_reference() {
     if common::skip_requested() {
         return;
     }
-    for quant in ["F32", "F16", "BF16", "Q8_0", "Q4_0", "Q4_1", "Q5_0", "Q5_1", "Q4_K", "Q5_K", "Q6_K", "mix"] {
-        let model = synthetic(&format!("llama-{quant}"), &["--arch", "llama", "--quant", quant, "--seed", "1"]);
+    for quant in [
+        "F32", "F16", "BF16", "Q8_0", "Q4_0", "Q4_1", "Q5_0", "Q5_1", "Q4_K", "Q5_K", "Q6_K", "mix",
+    ] {
+        let model = synthetic(
+            &format!("llama-{quant}"),
+            &["--arch", "llama", "--quant", quant, "--seed", "1"],
+        );
         check_model(&model, &SYNTHETIC_TOKENS);
     }
 }
@@ -146,9 +188,17 @@ fn synthetic_qwen2_and_tied_llama_match_the_reference() {
     if common::skip_requested() {
         return;
     }
-    let qwen = synthetic("qwen2-mix", &["--arch", "qwen2", "--quant", "mix", "--seed", "2"]);
+    let qwen = synthetic(
+        "qwen2-mix",
+        &["--arch", "qwen2", "--quant", "mix", "--seed", "2"],
+    );
     check_model(&qwen, &SYNTHETIC_TOKENS);
-    let tied = synthetic("llama-tied-q8", &["--arch", "llama", "--quant", "Q8_0", "--tied", "--seed", "3"]);
+    let tied = synthetic(
+        "llama-tied-q8",
+        &[
+            "--arch", "llama", "--quant", "Q8_0", "--tied", "--seed", "3",
+        ],
+    );
     check_model(&tied, &SYNTHETIC_TOKENS);
 }
 
@@ -159,6 +209,8 @@ fn greedy_continuation_of_the_france_prompt_says_paris() {
     }
     let engine = Engine::load(&common::qwen_model(), &LoadOptions::default()).unwrap();
     // "The capital of France is" → " Paris" (id 12095), as llama.cpp and the reference say.
-    let out = engine.generate_greedy(&[785, 6722, 315, 9625, 374], 3, |_| false).unwrap();
+    let out = engine
+        .generate_greedy(&[785, 6722, 315, 9625, 374], 3, |_| false)
+        .unwrap();
     assert_eq!(out[0], 12095, "greedy ids {out:?}");
 }

@@ -87,9 +87,15 @@ struct RunArgs {
 
 fn main() {
     let cli = Cli::parse();
-    let filter = if cli.verbose { "mlx_engine=debug" } else { "mlx_engine=warn" };
+    let filter = if cli.verbose {
+        "mlx_engine=debug"
+    } else {
+        "mlx_engine=warn"
+    };
     tracing_subscriber::fmt()
-        .with_env_filter(tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| filter.into()))
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| filter.into()),
+        )
         .with_writer(std::io::stderr)
         .init();
     let result = match &cli.command {
@@ -113,7 +119,10 @@ fn list_models() -> Result<()> {
             (None, true) => "not downloaded".to_string(),
             (None, false) => "not downloaded (architecture not supported yet)".to_string(),
         };
-        println!("{:<22} {:<8} {}\n{:<22} {}", card.name, card.architecture, card.description, "", state);
+        println!(
+            "{:<22} {:<8} {}\n{:<22} {}",
+            card.name, card.architecture, card.description, "", state
+        );
     }
     Ok(())
 }
@@ -132,12 +141,19 @@ fn read_prompt(args: &RunArgs) -> Result<String> {
         eprintln!("Type the prompt, then Ctrl-D:");
     }
     let mut text = String::new();
-    std::io::stdin().read_to_string(&mut text).context("reading the prompt from standard input")?;
+    std::io::stdin()
+        .read_to_string(&mut text)
+        .context("reading the prompt from standard input")?;
     Ok(text)
 }
 
 /// The prompt as the model should see it: plain, or rendered through the chat template.
-fn render_prompt(args: &RunArgs, engine: &Engine, tokenizer: &Tokenizer, prompt: &str) -> Result<String> {
+fn render_prompt(
+    args: &RunArgs,
+    engine: &Engine,
+    tokenizer: &Tokenizer,
+    prompt: &str,
+) -> Result<String> {
     if !args.chat && args.system.is_none() {
         return Ok(prompt.to_string());
     }
@@ -145,7 +161,11 @@ fn render_prompt(args: &RunArgs, engine: &Engine, tokenizer: &Tokenizer, prompt:
         .file
         .get_str("tokenizer.chat_template")
         .context("--chat: the model has no chat template (tokenizer.chat_template)")?;
-    let piece = |id: Option<u32>| id.and_then(|i| tokenizer.id_to_token(i)).unwrap_or("").to_string();
+    let piece = |id: Option<u32>| {
+        id.and_then(|i| tokenizer.id_to_token(i))
+            .unwrap_or("")
+            .to_string()
+    };
     let template = ChatTemplate::new(source, &piece(tokenizer.bos()), &piece(tokenizer.eos()))?;
     let mut messages = Vec::new();
     if let Some(system) = &args.system {
@@ -171,7 +191,8 @@ fn run(args: &RunArgs) -> Result<()> {
 
     let interrupted = Arc::new(AtomicBool::new(false));
     let flag = Arc::clone(&interrupted);
-    ctrlc::set_handler(move || flag.store(true, Ordering::SeqCst)).context("installing the Ctrl-C handler")?;
+    ctrlc::set_handler(move || flag.store(true, Ordering::SeqCst))
+        .context("installing the Ctrl-C handler")?;
 
     let mut sampler = Sampler::new(SamplerParams {
         temperature: args.temp,
@@ -183,7 +204,10 @@ fn run(args: &RunArgs) -> Result<()> {
         seed: args.seed,
         ..SamplerParams::default()
     });
-    let options = GenerateOptions { max_new: args.max_tokens, ..GenerateOptions::default() };
+    let options = GenerateOptions {
+        max_new: args.max_tokens,
+        ..GenerateOptions::default()
+    };
     let mut stream = StreamDecoder::new(&tokenizer, true);
     let mut stdout = std::io::stdout().lock();
     let (_, stats) = engine.generate(

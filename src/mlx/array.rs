@@ -44,7 +44,9 @@ fn check_shape(shape: &[i32], len: usize, what: &str) -> Result<()> {
     let mut count: i64 = 1;
     for &dim in shape {
         if dim < 0 {
-            return Err(Error::InvalidArgument(format!("{what}: negative dimension in {shape:?}")));
+            return Err(Error::InvalidArgument(format!(
+                "{what}: negative dimension in {shape:?}"
+            )));
         }
         count = count.saturating_mul(dim as i64);
     }
@@ -97,16 +99,27 @@ impl Array {
     /// A zero-copy array over `bytes`, which must stay valid as long as `owner` lives; MLX
     /// keeps `owner` alive until the last array using the buffer is freed. Used for weights
     /// read in place from a memory-mapped file.
-    pub fn from_borrowed_bytes(bytes: &[u8], owner: Owner, shape: &[i32], dtype: Dtype) -> Result<Array> {
+    pub fn from_borrowed_bytes(
+        bytes: &[u8],
+        owner: Owner,
+        shape: &[i32],
+        dtype: Dtype,
+    ) -> Result<Array> {
         if bytes.len() % dtype.size() != 0 {
             return Err(Error::InvalidArgument(format!(
                 "{} bytes is not a whole number of {dtype:?} elements",
                 bytes.len()
             )));
         }
-        check_shape(shape, bytes.len() / dtype.size(), "Array::from_borrowed_bytes")?;
+        check_shape(
+            shape,
+            bytes.len() / dtype.size(),
+            "Array::from_borrowed_bytes",
+        )?;
         if (bytes.as_ptr() as usize) % dtype.size() != 0 {
-            return Err(Error::InvalidArgument(format!("{dtype:?} data is not aligned")));
+            return Err(Error::InvalidArgument(format!(
+                "{dtype:?} data is not aligned"
+            )));
         }
         install_error_handler();
         let payload = Box::into_raw(Box::new(owner)) as *mut c_void;
@@ -151,7 +164,9 @@ impl Array {
         let n = shape.len() as i32;
         let a = if axis < 0 { axis + n } else { axis };
         if a < 0 || a >= n {
-            return Err(Error::InvalidArgument(format!("axis {axis} of an array of shape {shape:?}")));
+            return Err(Error::InvalidArgument(format!(
+                "axis {axis} of an array of shape {shape:?}"
+            )));
         }
         Ok(shape[a as usize])
     }
@@ -186,7 +201,8 @@ impl Array {
         }
         let stream = current_stream();
         // SAFETY: valid handles; the op writes into `res`.
-        let dense = try_array(|res| unsafe { mlx_sys::mlx_contiguous(res, self.raw, false, stream) })?;
+        let dense =
+            try_array(|res| unsafe { mlx_sys::mlx_contiguous(res, self.raw, false, stream) })?;
         dense.eval()?;
         let n = dense.size();
         // SAFETY: after eval a row-contiguous array of dtype T holds `n` elements of T at
@@ -194,7 +210,9 @@ impl Array {
         unsafe {
             let ptr = mlx_sys::mlx_array_data_uint8(dense.raw) as *const T;
             if ptr.is_null() {
-                return Err(Error::Mlx { message: "array has no data after eval".into() });
+                return Err(Error::Mlx {
+                    message: "array has no data after eval".into(),
+                });
             }
             Ok(std::slice::from_raw_parts(ptr, n).to_vec())
         }

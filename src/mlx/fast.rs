@@ -7,7 +7,9 @@ use crate::mlx::Array;
 use std::ffi::CString;
 
 fn null_array() -> mlx_sys::mlx_array {
-    mlx_sys::mlx_array { ctx: std::ptr::null_mut() }
+    mlx_sys::mlx_array {
+        ctx: std::ptr::null_mut(),
+    }
 }
 
 /// RMSNorm over the last axis: x / sqrt(mean(x²) + eps) · weight.
@@ -20,11 +22,33 @@ pub fn rms_norm(x: &Array, weight: &Array, eps: f32) -> Result<Array> {
 /// Rotary position embedding of the first `dims` features of x [B, H, L, D], positions
 /// `offset..offset+L`. `traditional` rotates adjacent pairs (x₂ᵢ, x₂ᵢ₊₁), otherwise the
 /// halves (xᵢ, xᵢ₊D/2) ("NeoX" style).
-pub fn rope(x: &Array, dims: i32, traditional: bool, base: f32, scale: f32, offset: i32) -> Result<Array> {
+pub fn rope(
+    x: &Array,
+    dims: i32,
+    traditional: bool,
+    base: f32,
+    scale: f32,
+    offset: i32,
+) -> Result<Array> {
     let s = current_stream();
-    let base = mlx_sys::mlx_optional_float { value: base, has_value: true };
+    let base = mlx_sys::mlx_optional_float {
+        value: base,
+        has_value: true,
+    };
     // SAFETY: valid handles and stream; a null `freqs` means "derive from base".
-    try_array(|res| unsafe { mlx_sys::mlx_fast_rope(res, x.raw(), dims, traditional, base, scale, offset, null_array(), s) })
+    try_array(|res| unsafe {
+        mlx_sys::mlx_fast_rope(
+            res,
+            x.raw(),
+            dims,
+            traditional,
+            base,
+            scale,
+            offset,
+            null_array(),
+            s,
+        )
+    })
 }
 
 /// How attention is masked.
@@ -40,7 +64,13 @@ pub enum AttentionMask<'a> {
 
 /// softmax(q·kᵀ·scale + mask)·v for q [B, Hq, Lq, D] and k, v [B, Hkv, Lk, D] (grouped-query
 /// attention when Hq is a multiple of Hkv).
-pub fn scaled_dot_product_attention(q: &Array, k: &Array, v: &Array, scale: f32, mask: AttentionMask) -> Result<Array> {
+pub fn scaled_dot_product_attention(
+    q: &Array,
+    k: &Array,
+    v: &Array,
+    scale: f32,
+    mask: AttentionMask,
+) -> Result<Array> {
     let s = current_stream();
     let (mode, mask_arr) = match mask {
         AttentionMask::None => ("", null_array()),

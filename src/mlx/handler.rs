@@ -21,7 +21,9 @@ unsafe extern "C" fn record_error(msg: *const c_char, _data: *mut c_void) {
         "unknown MLX error".to_string()
     } else {
         // SAFETY: mlx-c passes a NUL-terminated message valid for the duration of the call.
-        unsafe { CStr::from_ptr(msg) }.to_string_lossy().into_owned()
+        unsafe { CStr::from_ptr(msg) }
+            .to_string_lossy()
+            .into_owned()
     };
     LAST_ERROR.with(|slot| *slot.borrow_mut() = Some(message));
 }

@@ -30,7 +30,13 @@ extern "C" {
         y: *mut f32,
         y_row_stride: i64,
     ) -> c_int;
-    fn mlxk_dequantize_rows(w: *const c_void, ggml_type: c_int, rows: i64, k: i64, out: *mut f32) -> c_int;
+    fn mlxk_dequantize_rows(
+        w: *const c_void,
+        ggml_type: c_int,
+        rows: i64,
+        k: i64,
+        out: *mut f32,
+    ) -> c_int;
     fn mlxk_row_bytes(ggml_type: c_int, k: i64, out: *mut i64) -> c_int;
     fn mlxk_block_size(ggml_type: c_int) -> c_int;
     fn mlxk_last_error() -> *const c_char;
@@ -51,14 +57,20 @@ pub enum KernelPath {
 
 fn last_error() -> String {
     // SAFETY: the kernels return a NUL-terminated per-thread string valid until the next call.
-    unsafe { CStr::from_ptr(mlxk_last_error()) }.to_string_lossy().into_owned()
+    unsafe { CStr::from_ptr(mlxk_last_error()) }
+        .to_string_lossy()
+        .into_owned()
 }
 
 fn status(code: c_int, what: &str) -> Result<()> {
     match code {
         0 => Ok(()),
         2 => Err(Error::Unsupported(format!("{what}: {}", last_error()))),
-        3 => Err(Error::Shape { op: what.into(), expected: last_error(), found: vec![] }),
+        3 => Err(Error::Shape {
+            op: what.into(),
+            expected: last_error(),
+            found: vec![],
+        }),
         _ => Err(Error::InvalidArgument(format!("{what}: {}", last_error()))),
     }
 }
@@ -80,9 +92,21 @@ pub fn gguf_matmul(x: &Array, blocks: &Array, ty: GgmlType, n: usize, k: usize) 
     let s = current_stream();
     // SAFETY: valid handles and stream; the primitive validates shapes and types and reports
     // failures through its status, with the message in `mlxk_last_error`.
-    let out = try_array(|res| unsafe { mlxk_gguf_qmatmul(res, x.raw(), blocks.raw(), ty.id() as c_int, n as i64, k as i64, s) });
+    let out = try_array(|res| unsafe {
+        mlxk_gguf_qmatmul(
+            res,
+            x.raw(),
+            blocks.raw(),
+            ty.id() as c_int,
+            n as i64,
+            k as i64,
+            s,
+        )
+    });
     out.map_err(|e| match e {
-        Error::Mlx { message } if message.starts_with("mlx-c call failed") => Error::Mlx { message: last_error() },
+        Error::Mlx { message } if message.starts_with("mlx-c call failed") => Error::Mlx {
+            message: last_error(),
+        },
         other => other,
     })
 }
@@ -91,12 +115,22 @@ pub fn gguf_matmul(x: &Array, blocks: &Array, ty: GgmlType, n: usize, k: usize) 
 pub fn row_bytes(ty: GgmlType, k: usize) -> Result<usize> {
     let mut out = 0i64;
     // SAFETY: writes one i64.
-    status(unsafe { mlxk_row_bytes(ty.id() as c_int, k as i64, &mut out) }, "row_bytes")?;
+    status(
+        unsafe { mlxk_row_bytes(ty.id() as c_int, k as i64, &mut out) },
+        "row_bytes",
+    )?;
     Ok(out as usize)
 }
 
 /// The raw kernel on host memory: y [m, n] = x [m, k] · W[n, k]ᵀ, W as GGUF blocks.
-pub fn qmatmul_host(w: &[u8], ty: GgmlType, n: usize, k: usize, x: &[f32], m: usize) -> Result<Vec<f32>> {
+pub fn qmatmul_host(
+    w: &[u8],
+    ty: GgmlType,
+    n: usize,
+    k: usize,
+    x: &[f32],
+    m: usize,
+) -> Result<Vec<f32>> {
     if w.len() != n * row_bytes(ty, k)? || x.len() != m * k {
         return Err(Error::InvalidArgument(format!(
             "qmatmul_host: {} weight bytes, {} activations for n={n}, k={k}, m={m}",
@@ -107,7 +141,17 @@ pub fn qmatmul_host(w: &[u8], ty: GgmlType, n: usize, k: usize, x: &[f32], m: us
     let mut y = vec![0f32; m * n];
     // SAFETY: sizes checked above: w holds n rows, x holds m rows of k, y holds m rows of n.
     let code = unsafe {
-        mlxk_qmatmul_f32(w.as_ptr() as *const c_void, ty.id() as c_int, n as i64, k as i64, x.as_ptr(), m as i64, k as i64, y.as_mut_ptr(), n as i64)
+        mlxk_qmatmul_f32(
+            w.as_ptr() as *const c_void,
+            ty.id() as c_int,
+            n as i64,
+            k as i64,
+            x.as_ptr(),
+            m as i64,
+            k as i64,
+            y.as_mut_ptr(),
+            n as i64,
+        )
     };
     status(code, "qmatmul")?;
     Ok(y)
@@ -116,11 +160,22 @@ pub fn qmatmul_host(w: &[u8], ty: GgmlType, n: usize, k: usize, x: &[f32], m: us
 /// The kernel's dequantization of `rows` rows of `k` elements.
 pub fn dequantize_host(w: &[u8], ty: GgmlType, rows: usize, k: usize) -> Result<Vec<f32>> {
     if w.len() != rows * row_bytes(ty, k)? {
-        return Err(Error::InvalidArgument(format!("dequantize_host: {} bytes for {rows} rows of {k}", w.len())));
+        return Err(Error::InvalidArgument(format!(
+            "dequantize_host: {} bytes for {rows} rows of {k}",
+            w.len()
+        )));
     }
     let mut out = vec![0f32; rows * k];
     // SAFETY: sizes checked above.
-    let code = unsafe { mlxk_dequantize_rows(w.as_ptr() as *const c_void, ty.id() as c_int, rows as i64, k as i64, out.as_mut_ptr()) };
+    let code = unsafe {
+        mlxk_dequantize_rows(
+            w.as_ptr() as *const c_void,
+            ty.id() as c_int,
+            rows as i64,
+            k as i64,
+            out.as_mut_ptr(),
+        )
+    };
     status(code, "dequantize")?;
     Ok(out)
 }
@@ -148,7 +203,11 @@ pub fn force_path(path: Option<KernelPath>) {
 
 /// Sets the kernels' thread count (the calling thread included; 0: all cores).
 pub fn set_num_threads(threads: usize) {
-    let n = if threads == 0 { std::thread::available_parallelism().map_or(1, |n| n.get()) } else { threads };
+    let n = if threads == 0 {
+        std::thread::available_parallelism().map_or(1, |n| n.get())
+    } else {
+        threads
+    };
     // SAFETY: sets the pool size.
     unsafe { mlxk_set_num_threads(n.min(c_int::MAX as usize) as c_int) }
 }

@@ -115,7 +115,9 @@ pub fn reshape(a: &Array, shape: &[i32]) -> Result<Array> {
 pub fn transpose(a: &Array, axes: &[i32]) -> Result<Array> {
     let s = current_stream();
     // SAFETY: `axes` is valid for its length; valid handle and stream.
-    try_array(|res| unsafe { mlx_sys::mlx_transpose_axes(res, a.raw(), axes.as_ptr(), axes.len(), s) })
+    try_array(|res| unsafe {
+        mlx_sys::mlx_transpose_axes(res, a.raw(), axes.as_ptr(), axes.len(), s)
+    })
 }
 
 /// Swaps two axes.
@@ -143,7 +145,9 @@ pub fn squeeze(a: &Array, axis: i32) -> Result<Array> {
 pub fn broadcast_to(a: &Array, shape: &[i32]) -> Result<Array> {
     let s = current_stream();
     // SAFETY: `shape` is valid for its length; valid handle and stream.
-    try_array(|res| unsafe { mlx_sys::mlx_broadcast_to(res, a.raw(), shape.as_ptr(), shape.len(), s) })
+    try_array(|res| unsafe {
+        mlx_sys::mlx_broadcast_to(res, a.raw(), shape.as_ptr(), shape.len(), s)
+    })
 }
 
 /// A row-contiguous copy (or the array itself when already contiguous).
@@ -207,7 +211,13 @@ pub fn slice(a: &Array, start: &[i32], stop: &[i32], strides: &[i32]) -> Result<
 
 /// A copy of `src` with `src[start:stop:strides] = update`. When `src` is not referenced
 /// elsewhere, MLX writes in place.
-pub fn slice_update(src: &Array, update: &Array, start: &[i32], stop: &[i32], strides: &[i32]) -> Result<Array> {
+pub fn slice_update(
+    src: &Array,
+    update: &Array,
+    start: &[i32],
+    stop: &[i32],
+    strides: &[i32],
+) -> Result<Array> {
     check_ranges("slice_update", src, start, stop, strides)?;
     let s = current_stream();
     // SAFETY: slices valid for their lengths; valid handles and stream.
@@ -298,7 +308,9 @@ pub fn where_(cond: &Array, x: &Array, y: &Array) -> Result<Array> {
 pub fn zeros(shape: &[i32], dtype: Dtype) -> Result<Array> {
     let s = current_stream();
     // SAFETY: `shape` valid for its length; valid stream.
-    try_array(|res| unsafe { mlx_sys::mlx_zeros(res, shape.as_ptr(), shape.len(), dtype.to_raw(), s) })
+    try_array(|res| unsafe {
+        mlx_sys::mlx_zeros(res, shape.as_ptr(), shape.len(), dtype.to_raw(), s)
+    })
 }
 
 /// `[start, stop)` with `step`.
@@ -320,8 +332,14 @@ pub struct QuantSpec {
 impl QuantSpec {
     fn raw(self) -> (mlx_sys::mlx_optional_int, mlx_sys::mlx_optional_int) {
         (
-            mlx_sys::mlx_optional_int { value: self.group_size, has_value: true },
-            mlx_sys::mlx_optional_int { value: self.bits, has_value: true },
+            mlx_sys::mlx_optional_int {
+                value: self.group_size,
+                has_value: true,
+            },
+            mlx_sys::mlx_optional_int {
+                value: self.bits,
+                has_value: true,
+            },
         )
     }
 }
@@ -331,7 +349,9 @@ fn affine() -> CString {
 }
 
 fn null_array() -> mlx_sys::mlx_array {
-    mlx_sys::mlx_array { ctx: std::ptr::null_mut() }
+    mlx_sys::mlx_array {
+        ctx: std::ptr::null_mut(),
+    }
 }
 
 /// Affine-quantizes `w` [N, K] row-wise: returns (packed uint32 weights, scales, biases).
@@ -358,21 +378,52 @@ pub fn dequantize(w: &Array, scales: &Array, biases: &Array, spec: QuantSpec) ->
     let s = current_stream();
     let (g, b) = spec.raw();
     let mode = affine();
-    let no_dtype = mlx_sys::mlx_optional_dtype { value: Dtype::F32.to_raw(), has_value: false };
+    let no_dtype = mlx_sys::mlx_optional_dtype {
+        value: Dtype::F32.to_raw(),
+        has_value: false,
+    };
     // SAFETY: valid handles and stream.
     try_array(|res| unsafe {
-        mlx_sys::mlx_dequantize(res, w.raw(), scales.raw(), biases.raw(), g, b, mode.as_ptr(), null_array(), no_dtype, s)
+        mlx_sys::mlx_dequantize(
+            res,
+            w.raw(),
+            scales.raw(),
+            biases.raw(),
+            g,
+            b,
+            mode.as_ptr(),
+            null_array(),
+            no_dtype,
+            s,
+        )
     })
 }
 
 /// x [.., M, K] · dequantize(w)ᵀ for w packed as [N, K·bits/32]: [.., M, N].
-pub fn quantized_matmul(x: &Array, w: &Array, scales: &Array, biases: &Array, spec: QuantSpec) -> Result<Array> {
+pub fn quantized_matmul(
+    x: &Array,
+    w: &Array,
+    scales: &Array,
+    biases: &Array,
+    spec: QuantSpec,
+) -> Result<Array> {
     let s = current_stream();
     let (g, b) = spec.raw();
     let mode = affine();
     // SAFETY: valid handles and stream.
     try_array(|res| unsafe {
-        mlx_sys::mlx_quantized_matmul(res, x.raw(), w.raw(), scales.raw(), biases.raw(), true, g, b, mode.as_ptr(), s)
+        mlx_sys::mlx_quantized_matmul(
+            res,
+            x.raw(),
+            w.raw(),
+            scales.raw(),
+            biases.raw(),
+            true,
+            g,
+            b,
+            mode.as_ptr(),
+            s,
+        )
     })
 }
 
@@ -380,7 +431,9 @@ pub fn quantized_matmul(x: &Array, w: &Array, scales: &Array, biases: &Array, sp
 pub fn random_categorical(logits: &Array, axis: i32, key: &Array) -> Result<Array> {
     let s = current_stream();
     // SAFETY: valid handles and stream.
-    try_array(|res| unsafe { mlx_sys::mlx_random_categorical(res, logits.raw(), axis, key.raw(), s) })
+    try_array(|res| unsafe {
+        mlx_sys::mlx_random_categorical(res, logits.raw(), axis, key.raw(), s)
+    })
 }
 
 /// A PRNG key from a seed.

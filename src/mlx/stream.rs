@@ -45,7 +45,9 @@ impl Stream {
     pub fn default_for(device: Device) -> Result<Stream> {
         install_error_handler();
         if !device.is_available() {
-            return Err(Error::Unsupported(format!("{device:?} is not available in this MLX build")));
+            return Err(Error::Unsupported(format!(
+                "{device:?} is not available in this MLX build"
+            )));
         }
         // SAFETY: handles created here; the device handle is freed after use and the stream
         // handle is owned by the returned `Stream`.
@@ -114,13 +116,20 @@ pub(crate) fn current_stream() -> mlx_sys::mlx_stream {
             // The CPU is always available, so this cannot fail in a working MLX build.
             *cur = Stream::default_for(Device::Cpu).ok();
         }
-        cur.as_ref().map(Stream::raw).unwrap_or(mlx_sys::mlx_stream {
-            ctx: std::ptr::null_mut(),
-        })
+        cur.as_ref()
+            .map(Stream::raw)
+            .unwrap_or(mlx_sys::mlx_stream {
+                ctx: std::ptr::null_mut(),
+            })
     })
 }
 
 /// The device of the calling thread's current stream.
 pub fn current_device() -> Device {
-    CURRENT.with(|cur| cur.borrow().as_ref().map(Stream::device).unwrap_or(Device::Cpu))
+    CURRENT.with(|cur| {
+        cur.borrow()
+            .as_ref()
+            .map(Stream::device)
+            .unwrap_or(Device::Cpu)
+    })
 }

@@ -101,7 +101,8 @@ pub fn compile(f: Box<ArrayFn>, shapeless: bool) -> Result<Compiled> {
     // SAFETY: the payload outlives the closure (freed by `drop_closure`); the plain closure is
     // freed after `mlx_compile` has taken its own reference.
     unsafe {
-        let plain = mlx_sys::mlx_closure_new_func_payload(Some(call_closure), payload, Some(drop_closure));
+        let plain =
+            mlx_sys::mlx_closure_new_func_payload(Some(call_closure), payload, Some(drop_closure));
         let mut raw = mlx_sys::mlx_closure_new();
         let status = mlx_sys::mlx_compile(&mut raw, plain, shapeless);
         mlx_sys::mlx_closure_free(plain);

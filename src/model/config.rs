@@ -84,7 +84,9 @@ impl ModelConfig {
             ));
         }
         let head_dim = match file.get(&key("attention.key_length")) {
-            Some(v) => v.as_u64().ok_or_else(|| Error::format(file.path(), "attention.key_length is not an integer"))? as usize,
+            Some(v) => v.as_u64().ok_or_else(|| {
+                Error::format(file.path(), "attention.key_length is not an integer")
+            })? as usize,
             None => hidden / n_heads,
         };
         let embd = file
@@ -119,11 +121,18 @@ impl ModelConfig {
     /// Reads an HF `config.json` (`model_type`, `hidden_size`, …).
     pub fn from_hf_json(path: &Path, json: &serde_json::Value) -> Result<ModelConfig> {
         let get = |k: &str| -> Result<u64> {
-            json.get(k)
-                .and_then(|v| v.as_u64())
-                .ok_or_else(|| Error::format(path, format!("config key '{k}' is missing or not an integer")))
+            json.get(k).and_then(|v| v.as_u64()).ok_or_else(|| {
+                Error::format(
+                    path,
+                    format!("config key '{k}' is missing or not an integer"),
+                )
+            })
         };
-        let arch = Arch::from_name(json.get("model_type").and_then(|v| v.as_str()).unwrap_or("llama"))?;
+        let arch = Arch::from_name(
+            json.get("model_type")
+                .and_then(|v| v.as_str())
+                .unwrap_or("llama"),
+        )?;
         let hidden = get("hidden_size")? as usize;
         let n_heads = get("num_attention_heads")? as usize;
         let config = ModelConfig {
@@ -136,10 +145,19 @@ impl ModelConfig {
             ffn_hidden: get("intermediate_size")? as usize,
             vocab_size: get("vocab_size")? as usize,
             context_length: get("max_position_embeddings")? as usize,
-            rope_base: json.get("rope_theta").and_then(|v| v.as_f64()).unwrap_or(10_000.0) as f32,
+            rope_base: json
+                .get("rope_theta")
+                .and_then(|v| v.as_f64())
+                .unwrap_or(10_000.0) as f32,
             rope_traditional: false,
-            rms_eps: json.get("rms_norm_eps").and_then(|v| v.as_f64()).unwrap_or(1e-5) as f32,
-            tied_embeddings: json.get("tie_word_embeddings").and_then(|v| v.as_bool()).unwrap_or(false),
+            rms_eps: json
+                .get("rms_norm_eps")
+                .and_then(|v| v.as_f64())
+                .unwrap_or(1e-5) as f32,
+            tied_embeddings: json
+                .get("tie_word_embeddings")
+                .and_then(|v| v.as_bool())
+                .unwrap_or(false),
         };
         config.validate(path)?;
         Ok(config)
@@ -147,9 +165,18 @@ impl ModelConfig {
 
     /// Number of weights (embedding, blocks, norms and an untied output).
     pub fn parameter_count(&self) -> usize {
-        let (d, q, kv, f) = (self.hidden, self.n_heads * self.head_dim, self.n_kv_heads * self.head_dim, self.ffn_hidden);
+        let (d, q, kv, f) = (
+            self.hidden,
+            self.n_heads * self.head_dim,
+            self.n_kv_heads * self.head_dim,
+            self.ffn_hidden,
+        );
         let block = d * (q + 2 * kv) + q * d + 3 * d * f + 2 * d;
-        let output = if self.tied_embeddings { 0 } else { self.vocab_size * d };
+        let output = if self.tied_embeddings {
+            0
+        } else {
+            self.vocab_size * d
+        };
         self.vocab_size * d + self.n_layers * block + d + output
     }
 
@@ -159,10 +186,16 @@ impl ModelConfig {
             return bad(format!("degenerate model shape {self:?}"));
         }
         if self.n_kv_heads == 0 || self.n_heads % self.n_kv_heads != 0 {
-            return bad(format!("head_count {} is not a multiple of head_count_kv {}", self.n_heads, self.n_kv_heads));
+            return bad(format!(
+                "head_count {} is not a multiple of head_count_kv {}",
+                self.n_heads, self.n_kv_heads
+            ));
         }
         if self.head_dim % 2 != 0 {
-            return bad(format!("head dimension {} is odd; RoPE needs pairs", self.head_dim));
+            return bad(format!(
+                "head dimension {} is odd; RoPE needs pairs",
+                self.head_dim
+            ));
         }
         Ok(())
     }

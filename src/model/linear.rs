@@ -12,10 +12,20 @@ pub enum LinearWeight {
     Dense { w: Array },
     /// GGUF blocks read in place from the memory map, [N, row_bytes] uint8, multiplied by our
     /// CPU kernel (`kernels/`).
-    GgufBlocks { blocks: Array, ty: GgmlType, n: usize, k: usize },
+    GgufBlocks {
+        blocks: Array,
+        ty: GgmlType,
+        n: usize,
+        k: usize,
+    },
     /// MLX affine-quantized weight (the GPU path): packed [N, K·bits/32] uint32 with per-group
     /// scales and biases, multiplied by MLX's `quantized_matmul`.
-    Affine { w: Array, scales: Array, biases: Array, spec: QuantSpec },
+    Affine {
+        w: Array,
+        scales: Array,
+        biases: Array,
+        spec: QuantSpec,
+    },
 }
 
 /// y = x · Wᵀ (+ b) for x [.., K] → y [.., N].
@@ -32,8 +42,15 @@ impl Linear {
         let _span = tracing::trace_span!("linear").entered();
         let y = match &self.weight {
             LinearWeight::Dense { w } => ops::matmul(x, &ops::transpose(w, &[1, 0])?)?,
-            LinearWeight::GgufBlocks { blocks, ty, n, k } => crate::mlx::kernels::gguf_matmul(x, blocks, *ty, *n, *k)?,
-            LinearWeight::Affine { w, scales, biases, spec } => ops::quantized_matmul(x, w, scales, biases, *spec)?,
+            LinearWeight::GgufBlocks { blocks, ty, n, k } => {
+                crate::mlx::kernels::gguf_matmul(x, blocks, *ty, *n, *k)?
+            }
+            LinearWeight::Affine {
+                w,
+                scales,
+                biases,
+                spec,
+            } => ops::quantized_matmul(x, w, scales, biases, *spec)?,
         };
         match &self.bias {
             Some(b) => ops::add(&y, b),

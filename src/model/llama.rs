@@ -11,25 +11,25 @@ use crate::model::weights::{Embedding, GgufWeights};
 
 /// One transformer block's weights.
 pub struct Block {
-    attn_norm: Array,  // [D]
-    wq: Linear,        // [Hq·hd, D] (+ bias for qwen2)
-    wk: Linear,        // [Hkv·hd, D]
-    wv: Linear,        // [Hkv·hd, D]
-    wo: Linear,        // [D, Hq·hd]
-    ffn_norm: Array,   // [D]
-    w_gate: Linear,    // [F, D]
-    w_up: Linear,      // [F, D]
-    w_down: Linear,    // [D, F]
+    attn_norm: Array, // [D]
+    wq: Linear,       // [Hq·hd, D] (+ bias for qwen2)
+    wk: Linear,       // [Hkv·hd, D]
+    wv: Linear,       // [Hkv·hd, D]
+    wo: Linear,       // [D, Hq·hd]
+    ffn_norm: Array,  // [D]
+    w_gate: Linear,   // [F, D]
+    w_up: Linear,     // [F, D]
+    w_down: Linear,   // [D, F]
 }
 
 /// A loaded Llama-family model: config and weights (the KV cache is the caller's).
 pub struct Llama {
     /// Shapes and constants.
     pub config: ModelConfig,
-    embed: Embedding,    // [V, D], read in place
+    embed: Embedding, // [V, D], read in place
     blocks: Vec<Block>,
-    output_norm: Array,  // [D]
-    output: Linear,      // [V, D] (the embedding itself when tied)
+    output_norm: Array, // [D]
+    output: Linear,     // [V, D] (the embedding itself when tied)
 }
 
 impl Llama {
@@ -43,9 +43,24 @@ impl Llama {
             let t = |s: &str| format!("blk.{i}.{s}");
             blocks.push(Block {
                 attn_norm: w.vector(&t("attn_norm.weight"), d)?,
-                wq: w.linear(&t("attn_q.weight"), q_dim, d, bias(t("attn_q.bias")).as_deref())?,
-                wk: w.linear(&t("attn_k.weight"), kv_dim, d, bias(t("attn_k.bias")).as_deref())?,
-                wv: w.linear(&t("attn_v.weight"), kv_dim, d, bias(t("attn_v.bias")).as_deref())?,
+                wq: w.linear(
+                    &t("attn_q.weight"),
+                    q_dim,
+                    d,
+                    bias(t("attn_q.bias")).as_deref(),
+                )?,
+                wk: w.linear(
+                    &t("attn_k.weight"),
+                    kv_dim,
+                    d,
+                    bias(t("attn_k.bias")).as_deref(),
+                )?,
+                wv: w.linear(
+                    &t("attn_v.weight"),
+                    kv_dim,
+                    d,
+                    bias(t("attn_v.bias")).as_deref(),
+                )?,
                 wo: w.linear(&t("attn_output.weight"), d, q_dim, None)?,
                 ffn_norm: w.vector(&t("ffn_norm.weight"), d)?,
                 w_gate: w.linear(&t("ffn_gate.weight"), c.ffn_hidden, d, None)?,
@@ -53,7 +68,11 @@ impl Llama {
                 w_down: w.linear(&t("ffn_down.weight"), d, c.ffn_hidden, None)?,
             });
         }
-        let output_name = if c.tied_embeddings { "token_embd.weight" } else { "output.weight" };
+        let output_name = if c.tied_embeddings {
+            "token_embd.weight"
+        } else {
+            "output.weight"
+        };
         Ok(Llama {
             embed: w.embedding("token_embd.weight", c.vocab_size, d)?,
             blocks,
@@ -67,11 +86,19 @@ impl Llama {
     /// its own position `caches[b].len()`, and returns logits [B, L, V] (or [B, 1, V] for the
     /// last position only when `last_only`). Each cache is extended by L positions.
     /// Projections run batched over all B·L rows; attention runs per sequence.
-    pub fn forward(&self, tokens: &[u32], caches: &mut [&mut KvCache], last_only: bool) -> Result<Array> {
+    pub fn forward(
+        &self,
+        tokens: &[u32],
+        caches: &mut [&mut KvCache],
+        last_only: bool,
+    ) -> Result<Array> {
         let c = &self.config;
         let b = caches.len();
         if b == 0 || tokens.len() % b != 0 {
-            return Err(Error::InvalidArgument(format!("{} tokens for {b} sequences", tokens.len())));
+            return Err(Error::InvalidArgument(format!(
+                "{} tokens for {b} sequences",
+                tokens.len()
+            )));
         }
         let l = tokens.len() / b;
         for cache in caches.iter_mut() {
@@ -92,7 +119,12 @@ impl Llama {
             cache.advance(l);
         }
         if last_only && l > 1 {
-            x = ops::slice(&x, &[0, l as i32 - 1, 0], &[b as i32, l as i32, c.hidden as i32], &[1; 3])?; // [B, 1, D]
+            x = ops::slice(
+                &x,
+                &[0, l as i32 - 1, 0],
+                &[b as i32, l as i32, c.hidden as i32],
+                &[1; 3],
+            )?; // [B, 1, D]
         }
         let result_norm = fast::rms_norm(&x, &self.output_norm, c.rms_eps)?; // [B, L', D]
         self.output.forward(&result_norm) // [B, L', V]
@@ -100,7 +132,13 @@ impl Llama {
 
     /// Grouped-query self-attention with RoPE, x [B, L, D] → [B, L, D]; sequence b attends
     /// over its own cache from its own position.
-    fn attention(&self, block: &Block, layer: usize, x: &Array, caches: &mut [&mut KvCache]) -> Result<Array> {
+    fn attention(
+        &self,
+        block: &Block,
+        layer: usize,
+        x: &Array,
+        caches: &mut [&mut KvCache],
+    ) -> Result<Array> {
         let c = &self.config;
         let (b, l) = (x.dim(0)?, x.dim(1)?);
         let (hq, hkv, hd) = (c.n_heads as i32, c.n_kv_heads as i32, c.head_dim as i32);
@@ -112,15 +150,30 @@ impl Llama {
         let k = heads(block.wk.forward(x)?, hkv)?; // [B, Hkv, L, hd]
         let v = heads(block.wv.forward(x)?, hkv)?; // [B, Hkv, L, hd]
         let scale = 1.0 / (c.head_dim as f32).sqrt();
-        let mask = if l > 1 { AttentionMask::Causal } else { AttentionMask::None };
+        let mask = if l > 1 {
+            AttentionMask::Causal
+        } else {
+            AttentionMask::None
+        };
         let mut outputs = Vec::with_capacity(b as usize);
         for (s, cache) in caches.iter_mut().enumerate() {
-            let one = |t: &Array, h: i32| ops::slice(t, &[s as i32, 0, 0, 0], &[s as i32 + 1, h, l, hd], &[1; 4]);
+            let one = |t: &Array, h: i32| {
+                ops::slice(t, &[s as i32, 0, 0, 0], &[s as i32 + 1, h, l, hd], &[1; 4])
+            };
             let pos = cache.len() as i32;
             let q = fast::rope(&one(&q, hq)?, hd, c.rope_traditional, c.rope_base, 1.0, pos)?; // [1, Hq, L, hd]
-            let k = fast::rope(&one(&k, hkv)?, hd, c.rope_traditional, c.rope_base, 1.0, pos)?; // [1, Hkv, L, hd]
+            let k = fast::rope(
+                &one(&k, hkv)?,
+                hd,
+                c.rope_traditional,
+                c.rope_base,
+                1.0,
+                pos,
+            )?; // [1, Hkv, L, hd]
             let (keys, values) = cache.update(layer, &k, &one(&v, hkv)?)?; // [1, Hkv, pos+L, hd]
-            outputs.push(fast::scaled_dot_product_attention(&q, &keys, &values, scale, mask)?); // [1, Hq, L, hd]
+            outputs.push(fast::scaled_dot_product_attention(
+                &q, &keys, &values, scale, mask,
+            )?); // [1, Hq, L, hd]
         }
         let kqv = match outputs.len() {
             1 => outputs.pop().unwrap_or_else(|| unreachable!()),

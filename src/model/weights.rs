@@ -46,7 +46,9 @@ impl Embedding {
         let mut out = vec![0f32; tokens.len() * self.dim];
         for (row, &t) in out.chunks_exact_mut(self.dim).zip(tokens) {
             if t as usize >= vocab {
-                return Err(Error::InvalidArgument(format!("token id {t} is outside the vocabulary of {vocab}")));
+                return Err(Error::InvalidArgument(format!(
+                    "token id {t} is outside the vocabulary of {vocab}"
+                )));
             }
             let start = t as usize * row_bytes;
             quant::dequantize_row(self.info.ggml_type, &bytes[start..start + row_bytes], row)?;
@@ -69,10 +71,9 @@ impl GgufWeights {
 
     /// The tensor `name`, checked to have row-major shape `expected` ([rows, cols] or [len]).
     fn info(&self, name: &str, expected: &[usize]) -> Result<TensorInfo> {
-        let info = self
-            .file
-            .tensor(name)
-            .ok_or_else(|| Error::format(self.file.path(), format!("tensor '{name}' is missing")))?;
+        let info = self.file.tensor(name).ok_or_else(|| {
+            Error::format(self.file.path(), format!("tensor '{name}' is missing"))
+        })?;
         let found: Vec<i64> = info.shape_rowmajor();
         let want: Vec<i64> = expected.iter().map(|&d| d as i64).collect();
         if found != want {
@@ -97,7 +98,11 @@ impl GgufWeights {
         let row_bytes = bytes.len() / rows.max(1);
         let mut out = vec![0f32; rows * cols];
         for (r, dst) in out.chunks_exact_mut(cols).enumerate() {
-            quant::dequantize_row(info.ggml_type, &bytes[r * row_bytes..(r + 1) * row_bytes], dst)?;
+            quant::dequantize_row(
+                info.ggml_type,
+                &bytes[r * row_bytes..(r + 1) * row_bytes],
+                dst,
+            )?;
         }
         Ok(out)
     }
@@ -107,7 +112,12 @@ impl GgufWeights {
         let info = self.info(name, &[len])?;
         if info.ggml_type == GgmlType::F32 {
             let bytes = self.file.tensor_bytes(&info);
-            return Array::from_borrowed_bytes(bytes, self.file.mapping(), &[len as i32], Dtype::F32);
+            return Array::from_borrowed_bytes(
+                bytes,
+                self.file.mapping(),
+                &[len as i32],
+                Dtype::F32,
+            );
         }
         Array::from_slice(&self.dequantize(&info)?, &[len as i32])
     }
@@ -124,7 +134,12 @@ impl GgufWeights {
                 let bytes = self.file.tensor_bytes(&info);
                 let row_bytes = (bytes.len() / n) as i32;
                 LinearWeight::GgufBlocks {
-                    blocks: Array::from_borrowed_bytes(bytes, self.file.mapping(), &[n as i32, row_bytes], Dtype::U8)?,
+                    blocks: Array::from_borrowed_bytes(
+                        bytes,
+                        self.file.mapping(),
+                        &[n as i32, row_bytes],
+                        Dtype::U8,
+                    )?,
                     ty: info.ggml_type,
                     n,
                     k,
@@ -135,7 +150,10 @@ impl GgufWeights {
                 let affine = quant::to_mlx_affine(info.ggml_type, bytes, n, k)?;
                 let groups = (k / affine.group_size as usize) as i32;
                 LinearWeight::Affine {
-                    w: Array::from_slice(&affine.packed, &[n as i32, (k * affine.bits as usize / 32) as i32])?,
+                    w: Array::from_slice(
+                        &affine.packed,
+                        &[n as i32, (k * affine.bits as usize / 32) as i32],
+                    )?,
                     scales: Array::from_slice(&affine.scales, &[n as i32, groups])?,
                     biases: Array::from_slice(&affine.biases, &[n as i32, groups])?,
                     spec: crate::mlx::ops::QuantSpec {

@@ -1,0 +1,89 @@
+#!/usr/bin/env python3
+"""Side-by-side speed of mlx-engine and llama.cpp on the same GGUF, same machine, same thread
+count, alternating runs in one invocation (not part of CI).
+
+llama.cpp is used through llama-cpp-python, which builds it from source:
+    python3 -m venv target/llama-cpp-venv
+    target/llama-cpp-venv/bin/pip install llama-cpp-python==0.3.36   # ~13 min on 2 cores
+    target/llama-cpp-venv/bin/python benches/compare/compare.py MODEL.gguf --threads 2
+
+Tests follow llama-bench: ppN = prefill N tokens into an empty context; tgN = N single-token
+decode steps after a 1-token prompt (tgN_after_P when --context P is given). Prints a table of
+tokens/s (median of --reps) and the ratio ours / llama.cpp.
+"""
+import argparse
+import json
+import statistics
+import subprocess
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def bench_tokens(n, vocab):
+    """The same deterministic ids `mlx-engine bench` uses."""
+    return [((i * 2_654_435_761 + 12_345) % (vocab - 1)) + 1 for i in range(n)]
+
+
+def llama_cpp_run(llm, n_prompt, n_gen, context):
+    """Returns (pp t/s, tg t/s) for one repetition."""
+    vocab = llm.n_vocab()
+    llm.reset()
+    llm._ctx.memory_clear(True) if hasattr(llm._ctx, "memory_clear") else None
+    toks = bench_tokens(n_prompt, vocab)
+    start = time.perf_counter()
+    llm.eval(toks)
+    pp = n_prompt / (time.perf_counter() - start)
+    llm.reset()
+    llm._ctx.memory_clear(True) if hasattr(llm._ctx, "memory_clear") else None
+    llm.eval(bench_tokens(max(context, 1), vocab))
+    start = time.perf_counter()
+    for t in bench_tokens(n_gen, vocab):
+        llm.eval([t])
+    tg = n_gen / (time.perf_counter() - start)
+    return pp, tg
+
+
+def ours_run(binary, model, n_prompt, n_gen, threads):
+    out = subprocess.run(
+        [str(binary), "bench", "-m", str(model), "-p", str(n_prompt), "-n", str(n_gen), "-r", "1", "-t", str(threads), "-o", "json"],
+        check=True, capture_output=True, text=True,
+    ).stdout
+    rows = {r["test"]: r["t_s"] for r in json.loads(out)}
+    return rows[f"pp{n_prompt}"], rows[f"tg{n_gen}"]
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("model")
+    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("-p", type=int, default=128)
+    ap.add_argument("-n", type=int, default=64)
+    ap.add_argument("--context", type=int, default=1)
+    ap.add_argument("--reps", type=int, default=3)
+    ap.add_argument("--binary", default=str(ROOT / "target/release/mlx-engine"))
+    args = ap.parse_args()
+
+    import llama_cpp
+
+    llm = llama_cpp.Llama(args.model, n_ctx=max(2048, args.p + args.n + args.context), n_threads=args.threads,
+                          n_threads_batch=args.threads, n_batch=512, verbose=False)
+    ours, theirs = [], []
+    for _ in range(args.reps):
+        ours.append(ours_run(args.binary, args.model, args.p, args.n, args.threads))
+        theirs.append(llama_cpp_run(llm, args.p, args.n, args.context))
+    rows = []
+    for i, test in enumerate([f"pp{args.p}", f"tg{args.n}"]):
+        o = statistics.median(r[i] for r in ours)
+        t = statistics.median(r[i] for r in theirs)
+        rows.append((test, o, t, o / t))
+    print(f"model {Path(args.model).name}, threads {args.threads}, median of {args.reps} alternating runs")
+    print("| test | mlx-engine t/s | llama.cpp t/s | ratio |")
+    print("| --- | ---: | ---: | ---: |")
+    for test, o, t, r in rows:
+        print(f"| {test} | {o:.2f} | {t:.2f} | {r:.2f} |")
+
+
+if __name__ == "__main__":
+    main()
