@@ -3,10 +3,12 @@
 use crate::error::{Error, Result};
 use crate::kv_cache::KvCache;
 use crate::loader::gguf::GgufFile;
+use crate::loader::safetensors::SafetensorsModel;
 use crate::mlx::{ops, Array, Device};
-use crate::model::{Execution, GgufWeights, Llama, ModelConfig};
+use crate::model::{Execution, GgufWeights, HfWeights, Llama, ModelConfig};
 use crate::sampler::{Sampler, SamplerParams};
-use std::path::Path;
+use crate::tokenizer::{Tokenizer, Vocab};
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -31,12 +33,23 @@ impl Default for LoadOptions {
     }
 }
 
+/// Where a loaded model came from.
+pub enum ModelSource {
+    /// A GGUF file (its metadata holds the tokenizer and chat template).
+    Gguf(Arc<GgufFile>),
+    /// A Hugging Face directory: `config.json`, `*.safetensors`, `tokenizer.json`.
+    Hf {
+        /// The directory.
+        dir: PathBuf,
+    },
+}
+
 /// A loaded model ready to run.
 pub struct Engine {
     /// The transformer.
     pub model: Llama,
-    /// The opened GGUF file (metadata for the tokenizer and chat template).
-    pub file: Arc<GgufFile>,
+    /// The file or directory it was loaded from.
+    pub source: ModelSource,
     /// How projections execute.
     pub execution: Execution,
     /// Time spent in [`Engine::load`].
@@ -45,16 +58,35 @@ pub struct Engine {
 }
 
 impl Engine {
-    /// Opens a GGUF model and loads its weights.
+    /// Loads a model: a GGUF file, or a Hugging Face directory (or `.safetensors` file beside
+    /// a `config.json`).
     pub fn load(path: &Path, options: &LoadOptions) -> Result<Engine> {
         let start = Instant::now();
         crate::mlx::set_default_device(options.device)?;
-        let file = Arc::new(GgufFile::open(path)?);
-        let config = ModelConfig::from_gguf(&file)?;
         let execution = options
             .execution
             .unwrap_or_else(|| Execution::for_device(options.device));
-        let model = Llama::load(config, &GgufWeights::new(Arc::clone(&file), execution))?;
+        let (model, source) =
+            if path.is_dir() || path.extension().is_some_and(|e| e == "safetensors") {
+                let dir = if path.is_dir() {
+                    path.to_path_buf()
+                } else {
+                    path.parent().unwrap_or(Path::new(".")).to_path_buf()
+                };
+                let config_path = dir.join("config.json");
+                let text = std::fs::read_to_string(&config_path)
+                    .map_err(|e| Error::io(&config_path, e))?;
+                let json: serde_json::Value = serde_json::from_str(&text)
+                    .map_err(|e| Error::format(&config_path, e.to_string()))?;
+                let config = ModelConfig::from_hf_json(&config_path, &json)?;
+                let weights = HfWeights::new(SafetensorsModel::open(path)?, execution);
+                (Llama::load(config, &weights)?, ModelSource::Hf { dir })
+            } else {
+                let file = Arc::new(GgufFile::open(path)?);
+                let config = ModelConfig::from_gguf(&file)?;
+                let model = Llama::load(config, &GgufWeights::new(Arc::clone(&file), execution))?;
+                (model, ModelSource::Gguf(file))
+            };
         let context = options
             .max_context
             .map_or(model.config.context_length, |m| {
@@ -62,11 +94,74 @@ impl Engine {
             });
         Ok(Engine {
             model,
-            file,
+            source,
             execution,
             load_time: start.elapsed(),
             context,
         })
+    }
+
+    /// The GGUF file, when the model came from one.
+    pub fn gguf(&self) -> Option<&GgufFile> {
+        match &self.source {
+            ModelSource::Gguf(file) => Some(file),
+            ModelSource::Hf { .. } => None,
+        }
+    }
+
+    /// The model's tokenizer (GGUF metadata or `tokenizer.json`).
+    pub fn tokenizer(&self) -> Result<Tokenizer> {
+        match &self.source {
+            ModelSource::Gguf(file) => Tokenizer::from_vocab(&Vocab::from_gguf(file)?),
+            ModelSource::Hf { dir } => Tokenizer::from_file(dir.join("tokenizer.json")),
+        }
+    }
+
+    /// The model's chat template source, if it has one (GGUF `tokenizer.chat_template` or
+    /// `tokenizer_config.json`'s `chat_template`).
+    pub fn chat_template(&self) -> Result<Option<String>> {
+        match &self.source {
+            ModelSource::Gguf(file) => Ok(file
+                .get("tokenizer.chat_template")
+                .and_then(|v| v.as_str())
+                .map(str::to_string)),
+            ModelSource::Hf { dir } => {
+                let path = dir.join("tokenizer_config.json");
+                let Ok(text) = std::fs::read_to_string(&path) else {
+                    return Ok(None);
+                };
+                let json: serde_json::Value =
+                    serde_json::from_str(&text).map_err(|e| Error::format(&path, e.to_string()))?;
+                Ok(json
+                    .get("chat_template")
+                    .and_then(|v| v.as_str())
+                    .map(str::to_string))
+            }
+        }
+    }
+
+    /// A digest identifying the model's weights and shapes (for KV snapshots): the GGUF header
+    /// and a sample of every tensor, or the HF config and safetensors headers.
+    pub fn fingerprint(&self) -> [u8; 32] {
+        use sha2::{Digest, Sha256};
+        let mut hash = Sha256::new();
+        hash.update(b"mlx-engine model fingerprint v1");
+        match &self.source {
+            ModelSource::Gguf(file) => {
+                let mapping = file.mapping();
+                let header_end = usize::try_from(file.data_offset()).unwrap_or(usize::MAX);
+                hash.update(mapping.bytes().get(..header_end).unwrap_or(mapping.bytes()));
+                for tensor in file.tensors() {
+                    let data = file.tensor_bytes(tensor);
+                    hash.update(&data[..data.len().min(4096)]);
+                }
+            }
+            ModelSource::Hf { dir } => {
+                hash.update(std::fs::read(dir.join("config.json")).unwrap_or_default());
+                hash.update(format!("{:?}", self.model.config).as_bytes());
+            }
+        }
+        hash.finalize().into()
     }
 
     /// The model's configuration.

@@ -547,3 +547,48 @@ fn real_model_converts_fast_and_within_bounds() {
         (q6_sq_err / q6_sq).sqrt()
     );
 }
+
+/// Tolerance of an f32 matmul against an f64 one over `cols` products: MLX accumulates in f32
+/// in its own order, so allow a few ulps per term of the absolute sum.
+fn matmul_tolerance(abs_sum: f64) -> f64 {
+    abs_sum * 64.0 * f64::from(f32::EPSILON)
+}
+
+#[test]
+fn mlx_quantized_matmul_uses_converted_weights() {
+    let _guard = MLX.lock().unwrap_or_else(|e| e.into_inner());
+    let mut rng = Rng(19);
+    for &ty in AFFINE {
+        let (rows, cols, m) = (8, 2 * ty.block_size() as usize, 3);
+        let data = random_tensor(&mut rng, ty, rows, cols);
+        let w = to_mlx_affine(ty, &data, rows, cols).unwrap();
+        let dense = dequantize_affine(&w, rows, cols);
+        let x: Vec<f32> = (0..m * cols).map(|_| rng.unit()).collect();
+        let groups = (cols / 32) as i32;
+        let packed_cols = (cols * w.bits as usize / 32) as i32;
+        let packed = Array::from_slice(&w.packed, &[rows as i32, packed_cols]).unwrap();
+        let scales = Array::from_slice(&w.scales, &[rows as i32, groups]).unwrap();
+        let biases = Array::from_slice(&w.biases, &[rows as i32, groups]).unwrap();
+        let xs = Array::from_slice(&x, &[m as i32, cols as i32]).unwrap();
+        let spec = QuantSpec {
+            group_size: 32,
+            bits: w.bits as i32,
+        };
+        // [m, cols] · [rows, cols]ᵀ = [m, rows]: GGUF rows are the output features.
+        let y = ops::quantized_matmul(&xs, &packed, &scales, &biases, spec)
+            .unwrap()
+            .to_vec::<f32>()
+            .unwrap();
+        for (i, got) in y.iter().enumerate() {
+            let (r, c) = (i / rows, i % rows);
+            let terms =
+                (0..cols).map(|k| f64::from(x[r * cols + k]) * f64::from(dense[c * cols + k]));
+            let (exact, abs_sum) = terms.fold((0.0, 0.0), |(s, a), t| (s + t, a + t.abs()));
+            let err = (f64::from(*got) - exact).abs();
+            assert!(
+                err <= matmul_tolerance(abs_sum),
+                "{ty}: y[{r}, {c}] = {got}, expected {exact}"
+            );
+        }
+    }
+}

@@ -109,14 +109,14 @@ pub struct Logits {
 }
 
 impl Logits {
-    /// Row `i` (panics if `i >= rows`, like slice indexing).
-    pub fn row(&self, i: usize) -> &[f32] {
-        &self.data[i * self.vocab..(i + 1) * self.vocab]
+    /// Row `i`, or `None` past the last row.
+    pub fn row(&self, i: usize) -> Option<&[f32]> {
+        self.data.get(i * self.vocab..(i + 1) * self.vocab)
     }
 
-    /// The last row: the distribution of the next token.
-    pub fn last(&self) -> &[f32] {
-        self.row(self.rows - 1)
+    /// The last row (the distribution of the next token); `None` when there are no rows.
+    pub fn last(&self) -> Option<&[f32]> {
+        self.row(self.rows.checked_sub(1)?)
     }
 }
 
@@ -125,6 +125,7 @@ pub struct Backend {
     engine: Engine,
     device: Device,
     prefill_chunk: usize,
+    context: usize,
     fingerprint: Fingerprint,
     seqs: Slots<KvCache>,
     samplers: Slots<Sampler>,
@@ -146,7 +147,8 @@ impl Backend {
         };
         let engine = with_device(options.device, || Engine::load(&spec.path, &load))?;
         Ok(Backend {
-            fingerprint: snapshot::fingerprint(&engine.file),
+            fingerprint: engine.fingerprint(),
+            context: engine.new_cache().limit(),
             engine,
             device: options.device,
             prefill_chunk: options.prefill_chunk.max(1),
@@ -167,7 +169,7 @@ impl Backend {
 
     /// The most positions one sequence may hold.
     pub fn context_length(&self) -> usize {
-        self.engine.new_cache().limit()
+        self.context
     }
 
     /// The model fingerprint stamped into KV snapshots.

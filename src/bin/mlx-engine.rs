@@ -7,7 +7,7 @@ use mlx_engine::engine::{Engine, GenerateOptions, LoadOptions};
 use mlx_engine::fetch::{self, FetchOptions};
 use mlx_engine::registry;
 use mlx_engine::sampler::{Sampler, SamplerParams};
-use mlx_engine::tokenizer::{StreamDecoder, Tokenizer, Vocab};
+use mlx_engine::tokenizer::{StreamDecoder, Tokenizer};
 use std::io::{IsTerminal, Read, Write};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
@@ -158,15 +158,14 @@ fn render_prompt(
         return Ok(prompt.to_string());
     }
     let source = engine
-        .file
-        .get_str("tokenizer.chat_template")
-        .context("--chat: the model has no chat template (tokenizer.chat_template)")?;
+        .chat_template()?
+        .context("--chat: the model has no chat template")?;
     let piece = |id: Option<u32>| {
         id.and_then(|i| tokenizer.id_to_token(i))
             .unwrap_or("")
             .to_string()
     };
-    let template = ChatTemplate::new(source, &piece(tokenizer.bos()), &piece(tokenizer.eos()))?;
+    let template = ChatTemplate::new(&source, &piece(tokenizer.bos()), &piece(tokenizer.eos()))?;
     let mut messages = Vec::new();
     if let Some(system) = &args.system {
         messages.push(ChatMessage::system(system.clone()));
@@ -183,7 +182,7 @@ fn run(args: &RunArgs) -> Result<()> {
     let resolved = fetch::resolve(&args.model, &FetchOptions::default())?;
     tracing::info!("model {} from {}", resolved.path.display(), resolved.source);
     let engine = Engine::load(&resolved.path, &LoadOptions::default())?;
-    let tokenizer = Tokenizer::from_vocab(&Vocab::from_gguf(&engine.file)?)?;
+    let tokenizer = engine.tokenizer()?;
     let text = render_prompt(args, &engine, &tokenizer, &prompt)?;
     let chat = args.chat || args.system.is_some();
     // A rendered chat template already holds its special tokens (BOS included where wanted).

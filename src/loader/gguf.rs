@@ -398,6 +398,7 @@ struct Parser<'a> {
 }
 
 impl<'a> Parser<'a> {
+    /// A parser at the start of `bytes`, the contents of `path`.
     fn new(path: &'a Path, bytes: &'a [u8]) -> Parser<'a> {
         Parser {
             path,
@@ -417,7 +418,7 @@ impl<'a> Parser<'a> {
         (self.bytes.len() - self.pos) as u64
     }
 
-    /// The next `n` bytes, or "truncated … reading {what}".
+    /// The next `n` bytes, or "truncated file: {what} needs n bytes at offset …".
     fn take(&mut self, n: u64, what: &dyn Fn() -> String) -> Result<&'a [u8]> {
         if n > self.left() {
             let (at, left) = (self.pos, self.left());
@@ -438,10 +439,12 @@ impl<'a> Parser<'a> {
         Ok(out)
     }
 
+    /// A little-endian u32.
     fn u32(&mut self, what: &dyn Fn() -> String) -> Result<u32> {
         self.array(what).map(u32::from_le_bytes)
     }
 
+    /// A little-endian u64.
     fn u64(&mut self, what: &dyn Fn() -> String) -> Result<u64> {
         self.array(what).map(u64::from_le_bytes)
     }
@@ -457,10 +460,12 @@ impl<'a> Parser<'a> {
             )));
         }
         let bytes = self.take(len, what)?;
-        String::from_utf8(bytes.to_vec())
+        std::str::from_utf8(bytes)
+            .map(str::to_owned)
             .map_err(|_| self.err(format!("{}: string is not valid UTF-8", what())))
     }
 
+    /// The whole file, section by section, then the checks that need all tensor records.
     fn parse(mut self) -> Result<Parsed> {
         let version = self.header()?;
         let (n_tensors, n_kv) = self.counts()?;

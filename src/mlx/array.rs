@@ -105,7 +105,7 @@ impl Array {
         shape: &[i32],
         dtype: Dtype,
     ) -> Result<Array> {
-        if bytes.len() % dtype.size() != 0 {
+        if !bytes.len().is_multiple_of(dtype.size()) {
             return Err(Error::InvalidArgument(format!(
                 "{} bytes is not a whole number of {dtype:?} elements",
                 bytes.len()
@@ -116,7 +116,7 @@ impl Array {
             bytes.len() / dtype.size(),
             "Array::from_borrowed_bytes",
         )?;
-        if (bytes.as_ptr() as usize) % dtype.size() != 0 {
+        if !(bytes.as_ptr() as usize).is_multiple_of(dtype.size()) {
             return Err(Error::InvalidArgument(format!(
                 "{dtype:?} data is not aligned"
             )));

@@ -77,7 +77,7 @@ impl ModelConfig {
         let key = |k: &str| format!("{}.{k}", arch.gguf_name());
         let n_heads = file.get_u64(&key("attention.head_count"))? as usize;
         let hidden = file.get_u64(&key("embedding_length"))? as usize;
-        if n_heads == 0 || hidden % n_heads != 0 {
+        if n_heads == 0 || !hidden.is_multiple_of(n_heads) {
             return Err(Error::format(
                 file.path(),
                 format!("embedding_length {hidden} is not a multiple of head_count {n_heads}"),
@@ -185,13 +185,13 @@ impl ModelConfig {
         if self.n_layers == 0 || self.hidden == 0 || self.vocab_size == 0 || self.ffn_hidden == 0 {
             return bad(format!("degenerate model shape {self:?}"));
         }
-        if self.n_kv_heads == 0 || self.n_heads % self.n_kv_heads != 0 {
+        if self.n_kv_heads == 0 || !self.n_heads.is_multiple_of(self.n_kv_heads) {
             return bad(format!(
                 "head_count {} is not a multiple of head_count_kv {}",
                 self.n_heads, self.n_kv_heads
             ));
         }
-        if self.head_dim % 2 != 0 {
+        if !self.head_dim.is_multiple_of(2) {
             return bad(format!(
                 "head dimension {} is odd; RoPE needs pairs",
                 self.head_dim

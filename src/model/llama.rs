@@ -7,7 +7,7 @@ use crate::mlx::fast::{self, AttentionMask};
 use crate::mlx::{ops, Array};
 use crate::model::config::ModelConfig;
 use crate::model::linear::Linear;
-use crate::model::weights::{Embedding, GgufWeights};
+use crate::model::weights::{Embedding, WeightSource};
 
 /// One transformer block's weights.
 pub struct Block {
@@ -33,8 +33,8 @@ pub struct Llama {
 }
 
 impl Llama {
-    /// Loads every tensor from a GGUF file, checking shapes against `config`.
-    pub fn load(config: ModelConfig, w: &GgufWeights) -> Result<Llama> {
+    /// Loads every tensor from `w`, checking shapes against `config`.
+    pub fn load(config: ModelConfig, w: &dyn WeightSource) -> Result<Llama> {
         let c = &config;
         let (d, q_dim, kv_dim) = (c.hidden, c.n_heads * c.head_dim, c.n_kv_heads * c.head_dim);
         let bias = |name: String| c.arch.has_qkv_bias().then_some(name);
@@ -94,7 +94,7 @@ impl Llama {
     ) -> Result<Array> {
         let c = &self.config;
         let b = caches.len();
-        if b == 0 || tokens.len() % b != 0 {
+        if b == 0 || !tokens.len().is_multiple_of(b) {
             return Err(Error::InvalidArgument(format!(
                 "{} tokens for {b} sequences",
                 tokens.len()

@@ -1,11 +1,13 @@
 //! Models: configuration, weights and forward passes. One file per architecture family.
 
 pub mod config;
+pub mod hf_weights;
 pub mod linear;
 pub mod llama;
 pub mod weights;
 
 pub use config::{Arch, ModelConfig};
+pub use hf_weights::HfWeights;
 pub use linear::{Linear, LinearWeight};
 pub use llama::Llama;
-pub use weights::{Execution, GgufWeights};
+pub use weights::{Embedding, Execution, GgufWeights, WeightSource};

@@ -30,31 +30,65 @@ impl Execution {
     }
 }
 
-/// A token embedding read in place from the file; rows are dequantized on lookup.
-pub struct Embedding {
-    file: Arc<GgufFile>,
-    info: TensorInfo,
-    dim: usize,
+/// A token embedding [vocab, dim].
+pub enum Embedding {
+    /// Read in place from a GGUF file; rows are dequantized on lookup.
+    Mapped {
+        file: Arc<GgufFile>,
+        info: TensorInfo,
+        dim: usize,
+    },
+    /// A float32 table in MLX memory.
+    Dense { table: Array },
 }
 
 impl Embedding {
     /// The embedding rows of `tokens` as a float32 array [tokens.len(), D].
     pub fn lookup(&self, tokens: &[u32]) -> Result<Array> {
-        let vocab = self.info.n_rows() as usize;
-        let bytes = self.file.tensor_bytes(&self.info);
-        let row_bytes = bytes.len() / vocab.max(1);
-        let mut out = vec![0f32; tokens.len() * self.dim];
-        for (row, &t) in out.chunks_exact_mut(self.dim).zip(tokens) {
-            if t as usize >= vocab {
-                return Err(Error::InvalidArgument(format!(
-                    "token id {t} is outside the vocabulary of {vocab}"
-                )));
+        match self {
+            Embedding::Mapped { file, info, dim } => lookup_mapped(file, info, *dim, tokens),
+            Embedding::Dense { table } => {
+                let vocab = table.dim(0)? as u32;
+                if let Some(&t) = tokens.iter().find(|&&t| t >= vocab) {
+                    return Err(Error::InvalidArgument(format!(
+                        "token id {t} is outside the vocabulary of {vocab}"
+                    )));
+                }
+                let ids = Array::from_slice(tokens, &[tokens.len() as i32])?;
+                crate::mlx::ops::take(table, &ids, 0)
             }
-            let start = t as usize * row_bytes;
-            quant::dequantize_row(self.info.ggml_type, &bytes[start..start + row_bytes], row)?;
         }
-        Array::from_slice(&out, &[tokens.len() as i32, self.dim as i32])
     }
+}
+
+fn lookup_mapped(file: &GgufFile, info: &TensorInfo, dim: usize, tokens: &[u32]) -> Result<Array> {
+    let vocab = info.n_rows() as usize;
+    let bytes = file.tensor_bytes(info);
+    let row_bytes = bytes.len() / vocab.max(1);
+    let mut out = vec![0f32; tokens.len() * dim];
+    for (row, &t) in out.chunks_exact_mut(dim).zip(tokens) {
+        if t as usize >= vocab {
+            return Err(Error::InvalidArgument(format!(
+                "token id {t} is outside the vocabulary of {vocab}"
+            )));
+        }
+        let start = t as usize * row_bytes;
+        quant::dequantize_row(info.ggml_type, &bytes[start..start + row_bytes], row)?;
+    }
+    Array::from_slice(&out, &[tokens.len() as i32, dim as i32])
+}
+
+/// Where a model's tensors come from. Names are GGUF's (`blk.N.attn_q.weight`); a source with
+/// other names maps them. Every method checks the row-major shape it is given.
+pub trait WeightSource {
+    /// A 1-D float32 vector (norm weights, biases) of length `len`.
+    fn vector(&self, name: &str, len: usize) -> Result<Array>;
+    /// A linear layer W [n, k] with an optional bias tensor.
+    fn linear(&self, name: &str, n: usize, k: usize, bias: Option<&str>) -> Result<Linear>;
+    /// The token embedding [vocab, dim].
+    fn embedding(&self, name: &str, vocab: usize, dim: usize) -> Result<Embedding>;
+    /// Whether the tensor exists.
+    fn has(&self, name: &str) -> bool;
 }
 
 /// Loads tensors of one GGUF file for one [`Execution`].
@@ -85,11 +119,6 @@ impl GgufWeights {
         Ok(info.clone())
     }
 
-    /// Whether the file has tensor `name`.
-    pub fn has(&self, name: &str) -> bool {
-        self.file.tensor(name).is_some()
-    }
-
     /// Dequantizes a whole tensor to float32 (the scalar reference path).
     fn dequantize(&self, info: &TensorInfo) -> Result<Vec<f32>> {
         let rows = info.n_rows() as usize;
@@ -106,9 +135,14 @@ impl GgufWeights {
         }
         Ok(out)
     }
+}
 
-    /// A 1-D float32 vector (norm weights, biases) of length `len`.
-    pub fn vector(&self, name: &str, len: usize) -> Result<Array> {
+impl WeightSource for GgufWeights {
+    fn has(&self, name: &str) -> bool {
+        self.file.tensor(name).is_some()
+    }
+
+    fn vector(&self, name: &str, len: usize) -> Result<Array> {
         let info = self.info(name, &[len])?;
         if info.ggml_type == GgmlType::F32 {
             let bytes = self.file.tensor_bytes(&info);
@@ -122,8 +156,7 @@ impl GgufWeights {
         Array::from_slice(&self.dequantize(&info)?, &[len as i32])
     }
 
-    /// A linear layer W [n, k] with an optional bias tensor.
-    pub fn linear(&self, name: &str, n: usize, k: usize, bias: Option<&str>) -> Result<Linear> {
+    fn linear(&self, name: &str, n: usize, k: usize, bias: Option<&str>) -> Result<Linear> {
         let info = self.info(name, &[n, k])?;
         let bias = match bias {
             Some(b) => Some(self.vector(b, n)?),
@@ -169,10 +202,9 @@ impl GgufWeights {
         Ok(Linear { weight, bias })
     }
 
-    /// The token embedding [vocab, dim], read in place.
-    pub fn embedding(&self, name: &str, vocab: usize, dim: usize) -> Result<Embedding> {
+    fn embedding(&self, name: &str, vocab: usize, dim: usize) -> Result<Embedding> {
         let info = self.info(name, &[vocab, dim])?;
-        Ok(Embedding {
+        Ok(Embedding::Mapped {
             file: Arc::clone(&self.file),
             info,
             dim,
