@@ -2,9 +2,11 @@
 //! message names the file and the problem (never a panic); a good file's round trip; and, when
 //! present, facts about the real Qwen2.5-Coder-0.5B Q4_K_M file.
 
+mod common;
+
 use mlx_engine::loader::{GgufFile, MetaValue};
 use mlx_engine::quant::GgmlType;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 
 /// GGUF metadata value type ids.
 mod vt {
@@ -528,16 +530,10 @@ fn truncations_and_corruptions_never_panic() {
 
 #[test]
 fn real_model_facts() {
-    let Some(home) = std::env::var_os("HOME") else {
-        return;
-    };
-    let path =
-        Path::new(&home).join(".cache/mlx-engine/models/qwen2.5-coder-0.5b-instruct-q4_k_m.gguf");
-    if !path.is_file() {
-        eprintln!("{} not present; skipping", path.display());
+    if common::skip_requested() {
         return;
     }
-    let g = GgufFile::open(&path).unwrap();
+    let g = GgufFile::open(&common::qwen_model()).unwrap();
     assert_eq!(g.architecture().unwrap(), "qwen2");
     assert_eq!(g.tensors().len(), 291);
     assert_eq!(g.get_u64("qwen2.block_count").unwrap(), 24);

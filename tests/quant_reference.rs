@@ -8,6 +8,8 @@
 //! The Python reference needs `numpy` and `gguf` (`python3 -m pip install --user numpy gguf`);
 //! set `MLX_ENGINE_SKIP_REFERENCE=1` to skip the Python comparisons where they are missing.
 
+mod common;
+
 use mlx_engine::loader::GgufFile;
 use mlx_engine::mlx::ops::{self, QuantSpec};
 use mlx_engine::mlx::Array;
@@ -16,7 +18,6 @@ use mlx_engine::quant::{
     dequantize_affine, dequantize_row, to_mlx_affine, AffineWeights, GgmlType,
 };
 use std::path::{Path, PathBuf};
-use std::process::Command;
 use std::sync::Mutex;
 use std::time::Instant;
 
@@ -54,11 +55,9 @@ const AFFINE: &[GgmlType] = &[
 /// MLX is not driven from two test threads at once.
 static MLX: Mutex<()> = Mutex::new(());
 
+/// The real model (fetched if needed), unless reference tests are explicitly skipped.
 fn model_path() -> Option<PathBuf> {
-    let home = std::env::var_os("HOME")?;
-    let path =
-        Path::new(&home).join(".cache/mlx-engine/models/qwen2.5-coder-0.5b-instruct-q4_k_m.gguf");
-    path.is_file().then_some(path)
+    (!common::skip_requested()).then(common::qwen_model)
 }
 
 /// A small deterministic PRNG (xorshift64*), so failures reproduce.
@@ -151,7 +150,7 @@ fn python_dequantize(ty: GgmlType, data: &[u8], rows: usize, cols: usize) -> Opt
     );
     std::fs::write(&src, data).unwrap();
     let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/reference/dequantize.py");
-    let output = Command::new("python3")
+    let output = common::python()
         .arg(script)
         .args([
             ty.name(),
@@ -234,7 +233,7 @@ fn assert_requant_bound(what: &str, ours: &[f32], exact: &[f32]) -> (f32, f32) {
 #[test]
 fn type_table_matches_gguf_py() {
     let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/reference/dequantize.py");
-    let out = Command::new("python3").arg(script).arg("--sizes").output();
+    let out = common::python().arg(script).arg("--sizes").output();
     let Ok(out) =
         out.as_ref()
             .map_err(|_| ())

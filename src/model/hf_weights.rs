@@ -77,13 +77,10 @@ impl HfWeights {
         // Copied (safetensors data need not be aligned to the element size), then widened.
         let raw = match t.dtype {
             Dtype::F32 => Array::from_slice(&le_values(t.bytes, f32::from_le_bytes), &shape)?,
-            Dtype::F16 => {
-                Array::from_slice(&le_values(t.bytes, |b| half::f16::from_le_bytes(b)), &shape)?
+            Dtype::F16 => Array::from_slice(&le_values(t.bytes, half::f16::from_le_bytes), &shape)?,
+            Dtype::BF16 => {
+                Array::from_slice(&le_values(t.bytes, half::bf16::from_le_bytes), &shape)?
             }
-            Dtype::BF16 => Array::from_slice(
-                &le_values(t.bytes, |b| half::bf16::from_le_bytes(b)),
-                &shape,
-            )?,
             other => {
                 return Err(Error::format(
                     self.model.dir(),
