@@ -136,8 +136,9 @@ int mlxe_version(const char** res);
 /* CPU, default execution, the model's context, prefill chunk 512. */
 int mlxe_backend_options_default(mlxe_backend_options* res);
 
-/* Loads the GGUF model at model_path (UTF-8). options may be NULL for the defaults. On
- * failure *res is a null handle. Free with mlxe_backend_free(). */
+/* Loads the model at model_path (UTF-8): a GGUF file or a Hugging Face directory. options
+ * may be NULL for the defaults. On failure *res is a null handle. Free with
+ * mlxe_backend_free(). */
 int mlxe_backend_new(mlxe_backend* res, const char* model_path, const mlxe_backend_options* options);
 
 /* Frees a backend and all its sequences. */

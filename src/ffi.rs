@@ -489,7 +489,8 @@ pub unsafe extern "C" fn mlxe_backend_options_default(res: *mut mlxe_backend_opt
     guard(|| unsafe { write(res, options) })
 }
 
-/// Loads the GGUF model at `model_path` (UTF-8, NUL-terminated). `options` may be null for the
+/// Loads the model at `model_path` (UTF-8, NUL-terminated): a GGUF file or a Hugging Face
+/// directory. `options` may be null for the
 /// defaults. On success `*res` owns the backend (free with `mlxe_backend_free`); on failure it
 /// is set to a null handle.
 ///

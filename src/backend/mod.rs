@@ -23,12 +23,12 @@ use std::path::{Path, PathBuf};
 /// Which model to load.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct ModelSpec {
-    /// Path of a GGUF file.
+    /// A GGUF file, or a Hugging Face directory (see [`Engine::load`]).
     pub path: PathBuf,
 }
 
 impl ModelSpec {
-    /// A spec for the GGUF file at `path`.
+    /// A spec for the model at `path`.
     pub fn new(path: impl AsRef<Path>) -> ModelSpec {
         ModelSpec {
             path: path.as_ref().to_path_buf(),

@@ -8,7 +8,7 @@
 //! | 0      | 8    | magic `MLXE-KV\0`                                       |
 //! | 8      | 4    | format version (1)                                      |
 //! | 12     | 4    | dtype (0 = float32)                                     |
-//! | 16     | 32   | model fingerprint (SHA-256, see [`fingerprint`])        |
+//! | 16     | 32   | model fingerprint ([`Engine::fingerprint`])             |
 //! | 48     | 4    | layers                                                  |
 //! | 52     | 4    | kv_heads                                                |
 //! | 56     | 4    | head_dim                                                |
@@ -17,8 +17,9 @@
 //! | 72     | n    | keys [layers, kv_heads, len, head_dim] f32, then values |
 //! | 72 + n | 32   | SHA-256 of every byte before it                         |
 
+#[cfg(doc)]
+use crate::engine::Engine;
 use crate::error::{Error, Result};
-use crate::loader::gguf::GgufFile;
 use sha2::{Digest, Sha256};
 
 /// The first eight bytes of every snapshot.
@@ -31,8 +32,6 @@ const DTYPE_F32: u32 = 0;
 const HEADER_LEN: usize = 72;
 /// Bytes of the trailing checksum.
 const CHECKSUM_LEN: usize = 32;
-/// Bytes of each tensor's data that go into the fingerprint.
-const FINGERPRINT_SAMPLE: usize = 4096;
 
 /// A 32-byte identity of a model's weights and shapes.
 pub type Fingerprint = [u8; 32];
@@ -70,22 +69,6 @@ pub struct Snapshot {
     pub keys: Vec<f32>,
     /// Values [layers, kv_heads, len, head_dim].
     pub values: Vec<f32>,
-}
-
-/// SHA-256 over the GGUF header (metadata and tensor table, so every shape and hyperparameter)
-/// and the first [`FINGERPRINT_SAMPLE`] bytes of every tensor's data (so two files with the
-/// same shapes but different weights differ). Reads about 1 MB of weights, not the whole file.
-pub fn fingerprint(file: &GgufFile) -> Fingerprint {
-    let mut hash = Sha256::new();
-    hash.update(b"mlx-engine model fingerprint v1");
-    let mapping = file.mapping();
-    let header_end = usize::try_from(file.data_offset()).unwrap_or(usize::MAX);
-    hash.update(mapping.bytes().get(..header_end).unwrap_or(mapping.bytes()));
-    for tensor in file.tensors() {
-        let data = file.tensor_bytes(tensor);
-        hash.update(&data[..data.len().min(FINGERPRINT_SAMPLE)]);
-    }
-    hash.finalize().into()
 }
 
 /// Writes a snapshot of `len` positions; `keys` and `values` are laid out as the table says.

@@ -96,9 +96,10 @@ impl Array {
         Array::from_slice(&[value], &[])
     }
 
-    /// A zero-copy array over `bytes`, which must stay valid as long as `owner` lives; MLX
-    /// keeps `owner` alive until the last array using the buffer is freed. Used for weights
-    /// read in place from a memory-mapped file.
+    /// An array over `bytes`, which must stay valid as long as `owner` lives; MLX keeps
+    /// `owner` alive until the last array using the buffer is freed. Used for weights in a
+    /// memory-mapped file. Note: MLX 0.32's CPU build copies the buffer once here (mlx-c's
+    /// managed constructor), so this is one copy at load, not a view.
     pub fn from_borrowed_bytes(
         bytes: &[u8],
         owner: Owner,

@@ -10,7 +10,7 @@ use crate::quant::GgmlType;
 pub enum LinearWeight {
     /// Dense float weight W [N, K]; y = x · Wᵀ with MLX's `matmul`.
     Dense { w: Array },
-    /// GGUF blocks read in place from the memory map, [N, row_bytes] uint8, multiplied by our
+    /// GGUF blocks as stored in the file, [N, row_bytes] uint8, multiplied by our
     /// CPU kernel (`kernels/`).
     GgufBlocks {
         blocks: Array,

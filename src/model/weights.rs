@@ -11,7 +11,7 @@ use std::sync::Arc;
 /// How projections execute, chosen once at load.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Execution {
-    /// CPU, GGUF blocks multiplied in place by our kernel.
+    /// CPU, GGUF blocks (as stored in the file) multiplied by our kernel.
     CpuKernel,
     /// CPU, weights dequantized once to float32 and multiplied by MLX's `matmul`.
     CpuDense,
