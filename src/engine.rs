@@ -141,7 +141,8 @@ impl Engine {
     }
 
     /// A digest identifying the model's weights and shapes (for KV snapshots): the GGUF header
-    /// and a sample of every tensor, or the HF config and safetensors headers.
+    /// and a sample of every tensor, or the HF config and every tensor's name, type, shape and a
+    /// sample of its data.
     pub fn fingerprint(&self) -> [u8; 32] {
         use sha2::{Digest, Sha256};
         let mut hash = Sha256::new();
@@ -158,7 +159,16 @@ impl Engine {
             }
             ModelSource::Hf { dir } => {
                 hash.update(std::fs::read(dir.join("config.json")).unwrap_or_default());
-                hash.update(format!("{:?}", self.model.config).as_bytes());
+                if let Ok(model) = SafetensorsModel::open(dir) {
+                    let names: Vec<String> = model.names().map(str::to_string).collect();
+                    for name in names {
+                        if let Some(t) = model.tensor(&name) {
+                            hash.update(name.as_bytes());
+                            hash.update(format!("{:?}{:?}", t.dtype, t.shape).as_bytes());
+                            hash.update(&t.bytes[..t.bytes.len().min(4096)]);
+                        }
+                    }
+                }
             }
         }
         hash.finalize().into()
