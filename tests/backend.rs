@@ -31,22 +31,11 @@ fn mlx_lock() -> MutexGuard<'static, ()> {
 /// A small random llama GGUF (`seed` picks the weights; `extra` changes the shape), written
 /// once per test process under cargo's target tmp dir.
 fn synthetic(seed: u32, extra: &[&str]) -> PathBuf {
-    static MADE: Mutex<Vec<(String, PathBuf)>> = Mutex::new(Vec::new());
-    let key = format!("{seed}{}", extra.join(""));
-    let mut made = MADE.lock().unwrap_or_else(|p| p.into_inner());
-    if let Some((_, path)) = made.iter().find(|(k, _)| *k == key) {
-        return path.clone();
-    }
-    let path = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join(format!("backend-test-{key}.gguf"));
-    let script = common::repo_root().join("tests/reference/make_synthetic.py");
-    let seed = seed.to_string();
-    let mut args = vec![path.to_str().unwrap()];
-    args.extend(SYNTHETIC_SHAPE.split(' '));
-    args.extend(["--seed", &seed]);
+    let seed_arg = seed.to_string();
+    let mut args: Vec<&str> = SYNTHETIC_SHAPE.split(' ').collect();
+    args.extend(["--seed", &seed_arg]);
     args.extend(extra);
-    common::run_python(&script, &args);
-    made.push((key, path.clone()));
-    path
+    common::synthetic(&format!("backend-{seed}{}", extra.join("")), &args)
 }
 
 fn load(path: &PathBuf, max_context: Option<usize>) -> Backend {
@@ -65,14 +54,6 @@ fn argmax(row: &[f32]) -> u32 {
     (0..row.len())
         .max_by(|&a, &b| row[a].total_cmp(&row[b]))
         .unwrap() as u32
-}
-
-fn max_diff(a: &[f32], b: &[f32]) -> f32 {
-    assert_eq!(a.len(), b.len());
-    a.iter()
-        .zip(b)
-        .map(|(x, y)| (x - y).abs())
-        .fold(0.0, f32::max)
 }
 
 /// Greedy-decodes `n` tokens starting from `logits`; returns the tokens and every logits row.
@@ -111,7 +92,7 @@ fn serialize_then_hydrate_continues_like_an_uninterrupted_run() {
 
     assert_eq!([head, tail].concat(), reference);
     for (row, reference_row) in tail_rows.iter().zip(&reference_rows[4..]) {
-        assert!(max_diff(row, reference_row) <= EXACT_TOL);
+        assert!(common::max_diff(row, reference_row) <= EXACT_TOL);
     }
     let again = backend.hydrate(&bytes).unwrap();
     assert_eq!(
@@ -123,7 +104,7 @@ fn serialize_then_hydrate_continues_like_an_uninterrupted_run() {
     let empty = backend.hydrate(&backend.serialize(empty).unwrap()).unwrap();
     assert_eq!(backend.seq_len(empty).unwrap(), 0);
     let logits = backend.prefill(empty, &PROMPT, false).unwrap();
-    assert!(max_diff(logits.last().unwrap(), &first) <= EXACT_TOL);
+    assert!(common::max_diff(logits.last().unwrap(), &first) <= EXACT_TOL);
 }
 
 #[test]
@@ -142,7 +123,7 @@ fn copy_prefix_then_decode_equals_recomputing_the_prefix() {
         let fresh = backend.create_seq();
         backend.prefill(fresh, &PROMPT[..n], false).unwrap();
         let recomputed = backend.decode(&[(fresh, PROMPT[n])]).unwrap().remove(0);
-        let d = max_diff(&copied, &recomputed);
+        let d = common::max_diff(&copied, &recomputed);
         assert!(d <= EXACT_TOL, "prefix {n}: max |Δlogit| {d}");
     }
     assert_eq!(
@@ -187,7 +168,7 @@ fn batch_of_four_sequences_equals_each_decoded_alone() {
             .for_each(|(&(_, t), out)| out.push(t));
         logits = backend.decode(&batch).unwrap();
         for (b, row) in logits.iter().enumerate() {
-            let d = max_diff(row, &alone[b].1[step]);
+            let d = common::max_diff(row, &alone[b].1[step]);
             assert!(
                 d <= BATCH_TOL,
                 "sequence {b}, step {step}: max |Δlogit| {d}"
@@ -338,14 +319,14 @@ fn all_logits_prefill_and_truncate_support_speculative_decoding() {
     // Accept two draft tokens: roll back the rest, then decode the third.
     backend.truncate_seq(seq, 7).unwrap();
     let after_rollback = backend.decode(&[(seq, draft[2])]).unwrap().remove(0);
-    let d = max_diff(&after_rollback, scored.row(2).unwrap());
+    let d = common::max_diff(&after_rollback, scored.row(2).unwrap());
     assert!(
         d <= BATCH_TOL,
         "decode after truncate vs the draft's row: max |Δlogit| {d}"
     );
 
     let all = backend.engine().logits_all(&PROMPT[..9]).unwrap();
-    let d = max_diff(&scored.data, &all[5 * scored.vocab..]);
+    let d = common::max_diff(&scored.data, &all[5 * scored.vocab..]);
     assert!(
         d <= BATCH_TOL,
         "all-logits prefill vs logits_all: max |Δlogit| {d}"
@@ -360,7 +341,7 @@ fn all_logits_prefill_and_truncate_support_speculative_decoding() {
     let seq = chunked.create_seq();
     let rows = chunked.prefill(seq, &PROMPT[..9], true).unwrap();
     assert_eq!(rows.rows, 9);
-    let d = max_diff(&rows.data, &all);
+    let d = common::max_diff(&rows.data, &all);
     assert!(
         d <= BATCH_TOL,
         "chunked all-logits prefill vs logits_all: max |Δlogit| {d}"
@@ -403,7 +384,7 @@ fn a_backend_moves_to_another_thread() {
     })
     .join()
     .unwrap();
-    assert!(max_diff(&here, &there) <= EXACT_TOL);
+    assert!(common::max_diff(&here, &there) <= EXACT_TOL);
     assert!(backend.is_ready());
     assert!(backend.device_info().unwrap().active_bytes > 0);
     assert_eq!(backend.seq_len(seq).unwrap(), PROMPT.len() + 1);

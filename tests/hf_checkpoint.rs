@@ -20,27 +20,6 @@ fn convert(gguf: &std::path::Path, name: &str, args: &[&str]) -> std::path::Path
     dir
 }
 
-fn synthetic(name: &str, args: &[&str]) -> std::path::PathBuf {
-    let dir = common::repo_root().join("target/synthetic");
-    std::fs::create_dir_all(&dir).unwrap();
-    let path = dir.join(format!("{name}.gguf"));
-    if !path.exists() {
-        let script = common::repo_root().join("tests/reference/make_synthetic.py");
-        let mut all = vec![path.to_str().unwrap()];
-        all.extend_from_slice(args);
-        common::run_python(&script, &all);
-    }
-    path
-}
-
-fn max_diff(a: &[f32], b: &[f32]) -> f32 {
-    assert_eq!(a.len(), b.len());
-    a.iter()
-        .zip(b)
-        .map(|(x, y)| (x - y).abs())
-        .fold(0.0, f32::max)
-}
-
 #[test]
 fn hf_checkpoints_match_their_gguf() {
     if common::skip_requested() {
@@ -52,7 +31,7 @@ fn hf_checkpoints_match_their_gguf() {
         ..LoadOptions::default()
     };
     for arch in ["llama", "qwen2"] {
-        let gguf = synthetic(
+        let gguf = common::synthetic(
             &format!("{arch}-F32"),
             &["--arch", arch, "--quant", "F32", "--seed", "1"],
         );
@@ -72,7 +51,7 @@ fn hf_checkpoints_match_their_gguf() {
                 "HF checkpoints rotate halves"
             );
             let got = engine.logits_all(&tokens).unwrap();
-            let d = max_diff(&got, &want);
+            let d = common::max_diff(&got, &want);
             eprintln!("{arch} {variant}: max |Δlogit| {d:.2e}");
             assert!(d <= tol, "{arch} {variant}: max |Δlogit| {d} > {tol}");
         }

@@ -15,29 +15,6 @@ use mlx_engine::loader::gguf::GgufFile;
 use mlx_engine::mlx::kernels::{self, KernelPath};
 use mlx_engine::mlx::{ops, Array, Dtype};
 use mlx_engine::quant::{self, GgmlType};
-use std::path::PathBuf;
-
-fn synthetic(quant: &str) -> PathBuf {
-    let dir = common::repo_root().join("target/synthetic");
-    std::fs::create_dir_all(&dir).unwrap();
-    let path = dir.join(format!("llama-{quant}.gguf"));
-    if !path.exists() {
-        let script = common::repo_root().join("tests/reference/make_synthetic.py");
-        common::run_python(
-            &script,
-            &[
-                path.to_str().unwrap(),
-                "--arch",
-                "llama",
-                "--quant",
-                quant,
-                "--seed",
-                "1",
-            ],
-        );
-    }
-    path
-}
 
 /// Deterministic activations in [-1, 1) with a few larger outliers.
 fn activations(m: usize, k: usize, seed: u64) -> Vec<f32> {
@@ -68,7 +45,11 @@ struct Case {
 }
 
 fn load_case(quant: &str, tensor: &str) -> Case {
-    let file = GgufFile::open(&synthetic(quant)).unwrap();
+    let file = GgufFile::open(&common::synthetic(
+        &format!("llama-{quant}"),
+        &["--arch", "llama", "--quant", quant, "--seed", "1"],
+    ))
+    .unwrap();
     let info = file.tensor(tensor).unwrap().clone();
     let (n, k) = (info.n_rows() as usize, info.row_len() as usize);
     let bytes = file.tensor_bytes(&info).to_vec();

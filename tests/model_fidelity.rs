@@ -16,7 +16,7 @@ mod common;
 
 use mlx_engine::engine::{Engine, LoadOptions};
 use mlx_engine::model::Execution;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 const DENSE_TOL: f32 = 2e-3;
 const KERNEL_TOL: f32 = 0.75;
@@ -152,19 +152,6 @@ fn qwen_matches_the_float32_reference() {
     check_model(&common::qwen_model(), &QWEN_PROMPT);
 }
 
-fn synthetic(name: &str, args: &[&str]) -> PathBuf {
-    let dir = common::repo_root().join("target/synthetic");
-    std::fs::create_dir_all(&dir).unwrap();
-    let path = dir.join(format!("{name}.gguf"));
-    if !path.exists() {
-        let script = common::repo_root().join("tests/reference/make_synthetic.py");
-        let mut all = vec![path.to_str().unwrap()];
-        all.extend_from_slice(args);
-        common::run_python(&script, &all);
-    }
-    path
-}
-
 const SYNTHETIC_TOKENS: [u32; 12] = [1, 300, 17, 42, 511, 260, 3, 99, 100, 7, 480, 2];
 
 #[test]
@@ -175,7 +162,7 @@ fn synthetic_llama_of_every_quant_type_matches_the_reference() {
     for quant in [
         "F32", "F16", "BF16", "Q8_0", "Q4_0", "Q4_1", "Q5_0", "Q5_1", "Q4_K", "Q5_K", "Q6_K", "mix",
     ] {
-        let model = synthetic(
+        let model = common::synthetic(
             &format!("llama-{quant}"),
             &["--arch", "llama", "--quant", quant, "--seed", "1"],
         );
@@ -188,12 +175,12 @@ fn synthetic_qwen2_and_tied_llama_match_the_reference() {
     if common::skip_requested() {
         return;
     }
-    let qwen = synthetic(
+    let qwen = common::synthetic(
         "qwen2-mix",
         &["--arch", "qwen2", "--quant", "mix", "--seed", "2"],
     );
     check_model(&qwen, &SYNTHETIC_TOKENS);
-    let tied = synthetic(
+    let tied = common::synthetic(
         "llama-tied-q8",
         &[
             "--arch", "llama", "--quant", "Q8_0", "--tied", "--seed", "3",

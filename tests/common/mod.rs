@@ -95,3 +95,32 @@ pub fn read_f32(path: &Path) -> Vec<f32> {
         .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
         .collect()
 }
+
+/// A synthetic model written by `tests/reference/make_synthetic.py` with `args`, generated
+/// once into target/synthetic/NAME.gguf.
+pub fn synthetic(name: &str, args: &[&str]) -> PathBuf {
+    static WRITING: Mutex<()> = Mutex::new(());
+    let _guard = WRITING.lock().unwrap_or_else(|e| e.into_inner());
+    let dir = repo_root().join("target/synthetic");
+    std::fs::create_dir_all(&dir).unwrap();
+    let path = dir.join(format!("{name}.gguf"));
+    if !path.exists() {
+        let script = repo_root().join("tests/reference/make_synthetic.py");
+        let mut all = vec![path.to_str().unwrap()];
+        all.extend_from_slice(args);
+        let partial = path.with_extension("partial");
+        all[0] = partial.to_str().unwrap();
+        run_python(&script, &all);
+        std::fs::rename(&partial, &path).unwrap();
+    }
+    path
+}
+
+/// The largest absolute difference between two equally long slices.
+pub fn max_diff(a: &[f32], b: &[f32]) -> f32 {
+    assert_eq!(a.len(), b.len(), "lengths differ");
+    a.iter()
+        .zip(b)
+        .map(|(x, y)| (x - y).abs())
+        .fold(0.0, f32::max)
+}
