@@ -27,10 +27,11 @@ fn synthetic_model(dir: &Path, seed: u32) -> PathBuf {
     path
 }
 
-/// target/{profile}: where cargo puts the cdylib (this test runs from target/{profile}/deps).
+/// target/{profile}/deps: where `cargo test` builds the cdylib (this test binary lives there
+/// too; `cargo build` also copies the library up to target/{profile}, `cargo test` does not).
 fn profile_dir() -> PathBuf {
     let exe = std::env::current_exe().unwrap();
-    exe.parent().and_then(Path::parent).unwrap().to_path_buf()
+    exe.parent().unwrap().to_path_buf()
 }
 
 /// Directories holding libmlx (also in the cdylib's RUNPATH; repeated for clarity).
