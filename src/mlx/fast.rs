@@ -1,16 +1,10 @@
 //! MLX's fused transformer ops (`mlx::core::fast`).
 
 use crate::error::Result;
-use crate::mlx::handler::try_array;
+use crate::mlx::handler::{null_array, try_array};
 use crate::mlx::stream::current_stream;
 use crate::mlx::Array;
 use std::ffi::CString;
-
-fn null_array() -> mlx_sys::mlx_array {
-    mlx_sys::mlx_array {
-        ctx: std::ptr::null_mut(),
-    }
-}
 
 /// RMSNorm over the last axis: x / sqrt(mean(x²) + eps) · weight.
 pub fn rms_norm(x: &Array, weight: &Array, eps: f32) -> Result<Array> {

@@ -63,3 +63,10 @@ pub(crate) fn try_array(op: impl FnOnce(*mut mlx_sys::mlx_array) -> c_int) -> Re
     // SAFETY: on success `res` holds a valid array whose ownership passes to the wrapper.
     Ok(unsafe { Array::from_raw(res) })
 }
+
+/// The null handle mlx-c takes for an absent optional array argument.
+pub(crate) fn null_array() -> mlx_sys::mlx_array {
+    mlx_sys::mlx_array {
+        ctx: std::ptr::null_mut(),
+    }
+}

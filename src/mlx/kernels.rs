@@ -75,11 +75,6 @@ fn status(code: c_int, what: &str) -> Result<()> {
     }
 }
 
-/// Whether the CPU quantized-matmul kernel is compiled in (always, in this build).
-pub fn available() -> bool {
-    true
-}
-
 /// Whether the kernel handles GGUF type `ty`.
 pub fn supports(ty: GgmlType) -> bool {
     // SAFETY: a pure query.

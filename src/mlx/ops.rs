@@ -2,7 +2,7 @@
 //! (see [`crate::mlx::set_default_device`]). Each is a checked mlx-c call.
 
 use crate::error::{Error, Result};
-use crate::mlx::handler::try_array;
+use crate::mlx::handler::{null_array, try_array};
 use crate::mlx::stream::current_stream;
 use crate::mlx::{Array, Dtype};
 use std::ffi::CString;
@@ -346,12 +346,6 @@ impl QuantSpec {
 
 fn affine() -> CString {
     CString::new("affine").unwrap_or_default()
-}
-
-fn null_array() -> mlx_sys::mlx_array {
-    mlx_sys::mlx_array {
-        ctx: std::ptr::null_mut(),
-    }
 }
 
 /// Affine-quantizes `w` [N, K] row-wise: returns (packed uint32 weights, scales, biases).

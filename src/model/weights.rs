@@ -23,8 +23,7 @@ impl Execution {
     /// The default for `device`: our kernel on CPU, MLX's quantized matmul on GPU.
     pub fn for_device(device: Device) -> Execution {
         match device {
-            Device::Cpu if crate::mlx::kernels::available() => Execution::CpuKernel,
-            Device::Cpu => Execution::CpuDense,
+            Device::Cpu => Execution::CpuKernel,
             Device::Gpu => Execution::Gpu,
         }
     }
