@@ -12,6 +12,7 @@ const KERNEL_SOURCES: &[&str] = &[
     "kernels/threadpool.cpp",
     "kernels/qmatmul.cpp",
     "kernels/mlx_primitive.cpp",
+    "kernels/attention.cpp",
 ];
 
 fn main() {

@@ -1,7 +1,8 @@
 //! Tokens/s of whole-model inference (criterion): prefill of 128 and 512 prompt tokens, decode
 //! of 64 tokens after a 128-token prompt, and load time, for the real Qwen2.5-Coder-0.5B
 //! Q4_K_M GGUF and synthetic TinyLlama-shaped models (22 layers, hidden 2048, 32/4 heads, FFN
-//! 5632, vocab 32,000) in a Q4_K_M-like mix and in F16, generated deterministically by
+//! 5632, vocab 32,000) in llama.cpp's Q4_K_M recipe (Q4_K; Q6_K for the output and some
+//! attn_v / ffn_down) and in F16, generated deterministically by
 //! `tests/reference/make_synthetic.py`. MLX is lazy: every timed closure evaluates.
 //!
 //! `cargo bench --bench inference` (set `MLX_ENGINE_BENCH_MODELS=qwen` to run one model).
@@ -44,13 +45,13 @@ fn tinyllama(quant: &str) -> PathBuf {
 
 fn models() -> Vec<(String, PathBuf)> {
     let wanted = std::env::var("MLX_ENGINE_BENCH_MODELS")
-        .unwrap_or_else(|_| "qwen,tinyllama-mix,tinyllama-F16".into());
+        .unwrap_or_else(|_| "qwen,tinyllama-Q4_K_M,tinyllama-F16".into());
     wanted
         .split(',')
         .map(|name| {
             let path = match name {
                 "qwen" => qwen(),
-                "tinyllama-mix" => tinyllama("mix"),
+                "tinyllama-Q4_K_M" => tinyllama("Q4_K_M"),
                 "tinyllama-F16" => tinyllama("F16"),
                 other => PathBuf::from(other),
             };

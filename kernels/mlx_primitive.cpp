@@ -1,6 +1,9 @@
 // MLX custom primitive "GgufQMatmul": y[..., M, N] = x[..., M, K] . W^T, W = raw GGUF blocks held
 // in a uint8 MLX array [N, row_bytes]. CPU only; runs the kernels of qmatmul.cpp inside MLX's
 // CPU command encoder so it composes with lazy evaluation and mlx::core::compile.
+// "GgufQMatmulMulti": up to 4 such projections of one x in one kernel call (one output each,
+// with optional biases), or gate/up with the SwiGLU product (one output).
+#include <array>
 #include <cstdio>
 #include <memory>
 #include <stdexcept>
@@ -84,6 +87,92 @@ void gather_to_f32(const T* src, const mx::Shape& shape, const mx::Strides& stri
   }
 }
 
+// What eval_cpu captures of x [..., M, K] to read it on the stream thread: a float32 row view
+// read in place, or what is needed to gather it into a contiguous float32 copy.
+struct XSource {
+  bool direct;
+  int64_t rows, ldx;
+  const void* p;
+  mx::Dtype dtype;
+  mx::Shape shape;
+  mx::Strides strides;
+
+  XSource(const mx::array& x, int64_t k) : direct(false), rows(0), ldx(0), p(x.data<void>()), dtype(x.dtype()),
+                                             shape(x.shape()), strides(x.strides()) {
+    direct = x.dtype() == mx::float32 && row_view(x, &rows, &ldx);
+    if (!direct) {
+      rows = 1;
+      for (size_t i = 0; i + 1 < x.ndim(); ++i) rows *= x.shape(i);
+      ldx = k;
+    }
+  }
+
+  // The f32 rows (in place, or gathered into buf).
+  const float* data(int64_t k, std::vector<float>& buf) const {
+    if (direct) return (const float*)p;
+    buf.resize((size_t)(rows * k));
+    gather_any(buf.data());
+    return buf.data();
+  }
+
+  void gather_any(float* dst) const {
+    if (dtype == mx::float32)
+      gather_to_f32((const float*)p, shape, strides, dst);
+    else if (dtype == mx::float16)
+      gather_to_f32((const mx::float16_t*)p, shape, strides, dst);
+    else
+      gather_to_f32((const mx::bfloat16_t*)p, shape, strides, dst);
+  }
+};
+
+// The same for the uint8 weight blocks (normally a contiguous buffer read in place).
+struct WSource {
+  bool contiguous;
+  const void* p;
+  mx::Shape shape;
+  mx::Strides strides;
+
+  explicit WSource(const mx::array& w)
+      : contiguous(w.flags().row_contiguous), p(w.data<void>()), shape(w.shape()), strides(w.strides()) {}
+
+  const uint8_t* data(std::vector<uint8_t>& buf) const {
+    if (contiguous) return (const uint8_t*)p;
+    // defensive: weights are normally a contiguous (mmap-backed) buffer
+    int64_t total = 1;
+    for (auto s : shape) total *= s;
+    buf.resize((size_t)total);
+    std::vector<float> tmp((size_t)total);
+    gather_to_f32((const uint8_t*)p, shape, strides, tmp.data());
+    for (int64_t i = 0; i < total; ++i) buf[(size_t)i] = (uint8_t)tmp[(size_t)i];
+    return buf.data();
+  }
+};
+
+// A bias input: float32 read in place when contiguous, else gathered.
+struct BSource {
+  bool present, contiguous;
+  const void* p;
+  mx::Shape shape;
+  mx::Strides strides;
+
+  explicit BSource(const mx::array* b)
+      : present(b != nullptr),
+        contiguous(b && b->flags().row_contiguous),
+        p(b ? b->data<void>() : nullptr),
+        shape(b ? b->shape() : mx::Shape{}),
+        strides(b ? b->strides() : mx::Strides{}) {}
+
+  const float* data(std::vector<float>& buf) const {
+    if (!present) return nullptr;
+    if (contiguous) return (const float*)p;
+    int64_t total = 1;
+    for (auto s : shape) total *= s;
+    buf.resize((size_t)total);
+    gather_to_f32((const float*)p, shape, strides, buf.data());
+    return buf.data();
+  }
+};
+
 }  // namespace
 
 class GgufQMatmul : public mx::UnaryPrimitive {
@@ -99,48 +188,18 @@ class GgufQMatmul : public mx::UnaryPrimitive {
     enc.set_input_array(w);
     enc.set_output_array(out);
 
-    int64_t rows = 0, ldx = 0;
-    const bool direct = x.dtype() == mx::float32 && row_view(x, &rows, &ldx);
-    if (!direct) {
-      rows = 1;
-      for (size_t i = 0; i + 1 < x.ndim(); ++i) rows *= x.shape(i);
-      ldx = k_;
-    }
-    const bool w_ok = w.flags().row_contiguous;
+    const XSource xs(x, k_);
+    const WSource wsrc(w);
     const int type = type_;
     const int64_t n = n_, k = k_;
     float* y = out.data<float>();
-    const void* xp = x.data<void>();
-    const void* wp = w.data<void>();
-    const mx::Dtype xdt = x.dtype();
-    const mx::Shape xshape = x.shape(), wshape = w.shape();
-    const mx::Strides xstr = x.strides(), wstr = w.strides();
     enc.dispatch([=]() {
       try {
         std::vector<float> xbuf;
-        const float* xf = (const float*)xp;
-        if (!direct) {
-          xbuf.resize((size_t)(rows * k));
-          if (xdt == mx::float32)
-            gather_to_f32((const float*)xp, xshape, xstr, xbuf.data());
-          else if (xdt == mx::float16)
-            gather_to_f32((const mx::float16_t*)xp, xshape, xstr, xbuf.data());
-          else
-            gather_to_f32((const mx::bfloat16_t*)xp, xshape, xstr, xbuf.data());
-          xf = xbuf.data();
-        }
+        const float* xf = xs.data(k, xbuf);
         std::vector<uint8_t> wbuf;
-        const uint8_t* wf = (const uint8_t*)wp;
-        if (!w_ok) {  // defensive: weights are normally a contiguous (mmap-backed) buffer
-          int64_t total = 1;
-          for (auto s : wshape) total *= s;
-          wbuf.resize((size_t)total);
-          std::vector<float> tmp((size_t)total);
-          gather_to_f32((const uint8_t*)wp, wshape, wstr, tmp.data());
-          for (int64_t i = 0; i < total; ++i) wbuf[(size_t)i] = (uint8_t)tmp[(size_t)i];
-          wf = wbuf.data();
-        }
-        const int rc = mlxe::qmatmul_checked(wf, type, n, k, xf, rows, ldx, y, n);
+        const uint8_t* wf = wsrc.data(wbuf);
+        const int rc = mlxe::qmatmul_checked(wf, type, n, k, xf, xs.rows, xs.ldx, y, n);
         if (rc) std::fprintf(stderr, "GgufQMatmul: kernel error %d: %s\n", rc, mlxk_last_error());
       } catch (const std::exception& e) {
         std::fprintf(stderr, "GgufQMatmul: %s\n", e.what());
@@ -172,6 +231,99 @@ class GgufQMatmul : public mx::UnaryPrimitive {
  private:
   int type_;
   int64_t n_, k_;
+};
+
+// Up to 4 projections of one x in one kernel call (mlxe::qmatmul_multi_checked). Inputs:
+// x, the `count` weight block arrays, then the biases of the weights that have one (float32
+// [n_i], any strides). Outputs: one [..., M, n_i] per weight, or one [..., M, n] for SWIGLU.
+class GgufQMatmulMulti : public mx::Primitive {
+ public:
+  GgufQMatmulMulti(mx::Stream s, std::vector<int> types, std::vector<int64_t> ns, std::vector<bool> has_bias,
+                   int64_t k, int epilogue)
+      : mx::Primitive(s),
+        types_(std::move(types)),
+        ns_(std::move(ns)),
+        has_bias_(std::move(has_bias)),
+        k_(k),
+        epilogue_(epilogue) {}
+
+  void eval_cpu(const std::vector<mx::array>& inputs, std::vector<mx::array>& outputs) override {
+    const int count = (int)types_.size();
+    auto& enc = mx::cpu::get_command_encoder(stream());
+    for (const auto& in : inputs) enc.set_input_array(in);
+    std::array<float*, mlxe::kMaxMultiWeights> ys{};
+    for (size_t i = 0; i < outputs.size(); ++i) {
+      outputs[i].set_data(mx::allocator::malloc(outputs[i].nbytes()));
+      enc.set_output_array(outputs[i]);
+      ys[i] = outputs[i].data<float>();
+    }
+    // Types and sizes now; data pointers (in place or gathered copies) in the task.
+    std::array<mlxe::MultiWeight, mlxe::kMaxMultiWeights> mw{};
+    std::vector<WSource> wsrc;
+    std::vector<BSource> bsrc;
+    size_t next_bias = (size_t)count + 1;
+    for (int i = 0; i < count; ++i) {
+      mw[(size_t)i] = mlxe::MultiWeight{nullptr, types_[(size_t)i], ns_[(size_t)i], nullptr};
+      wsrc.emplace_back(inputs[(size_t)i + 1]);
+      bsrc.emplace_back(has_bias_[(size_t)i] ? &inputs[next_bias++] : nullptr);
+    }
+    enc.dispatch([xs = XSource(inputs[0], k_), wsrc = std::move(wsrc), bsrc = std::move(bsrc), mw, ys, count,
+                  k = k_, epilogue = epilogue_]() mutable {
+      try {
+        std::vector<float> xbuf;
+        const float* xf = xs.data(k, xbuf);
+        std::vector<uint8_t> wbufs[mlxe::kMaxMultiWeights];
+        std::vector<float> bbufs[mlxe::kMaxMultiWeights];
+        for (size_t i = 0; i < (size_t)count; ++i) {
+          mw[i].w = wsrc[i].data(wbufs[i]);
+          mw[i].bias = bsrc[i].data(bbufs[i]);
+        }
+        const int rc =
+            mlxe::qmatmul_multi_checked(xf, xs.rows, xs.ldx, k, mw.data(), count, epilogue, ys.data());
+        if (rc) std::fprintf(stderr, "GgufQMatmulMulti: kernel error %d: %s\n", rc, mlxk_last_error());
+      } catch (const std::exception& e) {
+        std::fprintf(stderr, "GgufQMatmulMulti: %s\n", e.what());
+      }
+    });
+  }
+
+  void eval_gpu(const std::vector<mx::array>&, std::vector<mx::array>&) override {
+    throw std::runtime_error(
+        "GgufQMatmulMulti has no GPU implementation: evaluate it on a CPU stream "
+        "(e.g. mlx_default_cpu_stream_new())");
+  }
+
+  const char* name() const override { return "GgufQMatmulMulti"; }
+
+  bool is_equivalent(const mx::Primitive& other) const override {
+    const auto* o = dynamic_cast<const GgufQMatmulMulti*>(&other);
+    return o && o->types_ == types_ && o->ns_ == ns_ && o->has_bias_ == has_bias_ && o->k_ == k_ &&
+           o->epilogue_ == epilogue_;
+  }
+
+  std::vector<mx::Shape> output_shapes(const std::vector<mx::array>& inputs) override {
+    return shapes_for(inputs[0].shape(), ns_, epilogue_);
+  }
+
+  // The output shapes for x of shape `x` ([..., M, K]): [..., M, n_i] per weight, or one
+  // [..., M, n] for SWIGLU.
+  static std::vector<mx::Shape> shapes_for(const mx::Shape& x, const std::vector<int64_t>& ns, int epilogue) {
+    std::vector<mx::Shape> out;
+    const size_t nout = epilogue == MLXK_EPILOGUE_SWIGLU ? 1 : ns.size();
+    for (size_t i = 0; i < nout; ++i) {
+      mx::Shape s = x;
+      s.back() = (int32_t)ns[i];
+      out.push_back(std::move(s));
+    }
+    return out;
+  }
+
+ private:
+  std::vector<int> types_;
+  std::vector<int64_t> ns_;
+  std::vector<bool> has_bias_;
+  int64_t k_;
+  int epilogue_;
 };
 
 }  // namespace mlx_engine
@@ -214,6 +366,89 @@ extern "C" int mlxk_gguf_qmatmul(mlx_array* res, const mlx_array x, const mlx_ar
     mlxe::set_last_error(std::string("mlxk_gguf_qmatmul: ") + e.what());
   } catch (...) {
     mlxe::set_last_error("mlxk_gguf_qmatmul: unknown exception");
+  }
+  return 1;
+}
+
+extern "C" int mlxk_gguf_qmatmul_multi(mlx_array* res, const mlx_array x, const mlx_array* ws, const int* types,
+                                       const int64_t* ns, const mlx_array* biases, int count, int64_t k,
+                                       int epilogue, const mlx_stream s) {
+  namespace mx = mlx::core;
+  try {
+    if (!res || !ws || !types || !ns) {
+      mlxe::set_last_error("mlxk_gguf_qmatmul_multi: null pointer argument");
+      return 1;
+    }
+    if (count < 1 || count > MLXK_MAX_MULTI_WEIGHTS) {
+      mlxe::set_last_error("mlxk_gguf_qmatmul_multi: count=" + std::to_string(count) +
+                           " weights; a fused call takes 1 to " + std::to_string(MLXK_MAX_MULTI_WEIGHTS));
+      return 1;
+    }
+    // The validation only looks at whether a bias is present; the data is bound at evaluation.
+    static const float kPresent = 0.0f;
+    mlxe::MultiWeight mw[mlxe::kMaxMultiWeights];
+    for (int i = 0; i < count; ++i)
+      mw[i] = mlxe::MultiWeight{nullptr, types[i], ns[i], biases && biases[i].ctx ? &kPresent : nullptr};
+    if (mlxe::validate_multi(mw, count, k, epilogue) != 0) {
+      mlxe::set_last_error(std::string("mlxk_gguf_qmatmul_multi: ") + mlxk_last_error());
+      return 1;
+    }
+    const mx::array& xa = mlx_array_get_(x);
+    const mx::Stream st = mlx_stream_get_(s);
+    if (st.device.type != mx::Device::cpu)
+      throw std::invalid_argument("GgufQMatmulMulti runs on CPU streams only (got a GPU stream)");
+    if (xa.ndim() < 1 || xa.shape(-1) != k)
+      throw std::invalid_argument("x must have shape [..., M, K] with K = " + std::to_string(k));
+    if (xa.dtype() != mx::float32 && xa.dtype() != mx::float16 && xa.dtype() != mx::bfloat16)
+      throw std::invalid_argument("x must be float32, float16 or bfloat16");
+    std::vector<mx::array> inputs{xa};
+    std::vector<mx::array> bias_inputs;
+    std::vector<int> tv;
+    std::vector<int64_t> nv;
+    std::vector<bool> has_bias;
+    for (int i = 0; i < count; ++i) {
+      const std::string which = "weight " + std::to_string(i) + ": ";
+      int64_t rb = 0;
+      mlxe::validate(types[i], ns[i], k, &rb);
+      const int64_t n = ns[i];
+      mx::array wa = mlx_array_get_(ws[i]);
+      if (wa.dtype() != mx::uint8)
+        throw std::invalid_argument(which + "w must be a uint8 array of raw GGUF blocks");
+      if (n > INT32_MAX || rb > INT32_MAX)
+        throw std::invalid_argument(which + "n or row bytes too large for an MLX shape");
+      if ((int64_t)wa.size() != n * rb)
+        throw std::invalid_argument(which + "w has " + std::to_string(wa.size()) +
+                                    " bytes, expected N*row_bytes = " + std::to_string(n) + "*" +
+                                    std::to_string(rb));
+      if (wa.ndim() != 2 || wa.shape(0) != n || wa.shape(1) != rb) wa = mx::reshape(wa, {(int)n, (int)rb}, st);
+      inputs.push_back(std::move(wa));
+      tv.push_back(types[i]);
+      nv.push_back(n);
+      has_bias.push_back(mw[i].bias != nullptr);
+      if (mw[i].bias) {
+        mx::array b = mlx_array_get_(biases[i]);
+        if (b.dtype() != mx::float32 && b.dtype() != mx::float16 && b.dtype() != mx::bfloat16)
+          throw std::invalid_argument(which + "the bias must be float32, float16 or bfloat16");
+        if ((int64_t)b.size() != n)
+          throw std::invalid_argument(which + "the bias has " + std::to_string(b.size()) +
+                                      " elements, expected N = " + std::to_string(n));
+        if (b.dtype() != mx::float32) b = mx::astype(b, mx::float32, st);
+        if (b.ndim() != 1) b = mx::reshape(b, {(int)n}, st);
+        bias_inputs.push_back(std::move(b));
+      }
+    }
+    for (auto& b : bias_inputs) inputs.push_back(std::move(b));
+    auto shapes = mlx_engine::GgufQMatmulMulti::shapes_for(xa.shape(), nv, epilogue);
+    const std::vector<mx::Dtype> dtypes(shapes.size(), mx::float32);
+    auto prim = std::make_shared<mlx_engine::GgufQMatmulMulti>(st, std::move(tv), std::move(nv),
+                                                               std::move(has_bias), k, epilogue);
+    std::vector<mx::array> outs = mx::array::make_arrays(std::move(shapes), dtypes, prim, inputs);
+    for (size_t i = 0; i < outs.size(); ++i) mlx_array_set_(res[i], std::move(outs[i]));
+    return 0;
+  } catch (const std::exception& e) {
+    mlxe::set_last_error(std::string("mlxk_gguf_qmatmul_multi: ") + e.what());
+  } catch (...) {
+    mlxe::set_last_error("mlxk_gguf_qmatmul_multi: unknown exception");
   }
   return 1;
 }

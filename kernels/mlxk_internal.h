@@ -108,6 +108,8 @@ namespace scalar {
 void dequantize_row(int type, const uint8_t* row, int64_t k, float* out);
 // y[m, n0:n1] for all m: dequantize each weight row, dot in f32 blocks / f64 total.
 void compute_rows(const Problem& p, int64_t n0, int64_t n1);
+// g[i] = silu(g[i]) * u[i] for i < len, silu(v) = v / (1 + exp(-v)) with std::exp.
+void swiglu(float* g, const float* u, int64_t len);
 }  // namespace scalar
 
 // ---- AVX2 path (quant_avx2.cpp); only meaningful on x86-64 with avx2+fma+f16c ----
@@ -120,7 +122,27 @@ void quantize_act_row(int type, const float* x, int64_t k, uint8_t* dst);
 // Row tile granularity preferred for splitting work.
 int row_tile(int type, int64_t m);
 void compute_rows(const Problem& p, int64_t n0, int64_t n1);
+// scalar::swiglu with a vectorized exp (within ~2 ulp of std::exp; same inf/NaN behaviour).
+void swiglu(float* g, const float* u, int64_t len);
 }  // namespace avx2
+
+// ---- multi-weight entry (qmatmul.cpp) ----
+// One weight of a fused call: `n` rows of GGUF blocks of `type` at `w`, optional f32 bias [n].
+struct MultiWeight {
+  const void* w;
+  int type;
+  int64_t n;
+  const float* bias;  // nullptr: none
+};
+constexpr int kMaxMultiWeights = 4;
+// Validates count (1..kMaxMultiWeights), the epilogue (MLXK_EPILOGUE_*), its rules (SWIGLU:
+// exactly 2 weights of the same n, no bias) and each (type, n, k). Pointers are not checked.
+int validate_multi(const MultiWeight* ws, int count, int64_t k, int epilogue);
+// x [m, k] (row stride ldx) times every weight. NONE: ys[i] = x . W_i^T + bias_i, [m, n_i]
+// contiguous. SWIGLU: ys[0] = silu(x . W_0^T) * (x . W_1^T), [m, n] contiguous. Activations
+// are quantized once per format; one parallel_run covers the row chunks of all weights.
+int qmatmul_multi_checked(const float* x, int64_t m, int64_t ldx, int64_t k, const MultiWeight* ws, int count,
+                          int epilogue, float* const* ys);
 
 // ---- thread pool (threadpool.cpp) ----
 // fn(ctx) is run on up to `max_threads` threads (the caller included); each participant

@@ -4,6 +4,7 @@
 #include <cstdlib>
 #include <exception>
 #include <new>
+#include <numeric>
 #include <string>
 #include <vector>
 
@@ -107,6 +108,145 @@ void quant_job_fn(void* ctx) {
   }
 }
 
+// Rows per work chunk over weights of `total_bytes` in all, `bytes_per_row` per row of this
+// weight: ~16 chunks per thread bound the wait for a descheduled worker, >= 32 KB of weights
+// per chunk keeps the per-chunk overhead (one atomic) small for GEMV, and a multiple of the row
+// tile. (For a single weight: ceil(n / (16 threads)) rows.)
+int64_t chunk_rows(int64_t total_bytes, int64_t bytes_per_row, int64_t m, int nthreads, int64_t tile) {
+  const int64_t target = (int64_t)nthreads * 16;
+  const int64_t bpr = bytes_per_row > 0 ? bytes_per_row : 1;
+  const int64_t chunk_bytes = (total_bytes + target - 1) / target;
+  int64_t chunk = (chunk_bytes + bpr - 1) / bpr;
+  if (m == 1) {
+    const int64_t min_rows = 32768 / bpr + 1;
+    if (chunk < min_rows) chunk = min_rows;
+  }
+  chunk = (chunk + tile - 1) / tile * tile;
+  if (chunk < tile) chunk = tile;
+  return chunk;
+}
+
+void compute(int path, const Problem& p, int64_t n0, int64_t n1) {
+  if (path == MLXK_PATH_AVX2)
+    avx2::compute_rows(p, n0, n1);
+  else
+    scalar::compute_rows(p, n0, n1);
+}
+
+// The activations a weight type reads on the AVX2 path: 0 f32 (float weights), 1 int8 in
+// blocks of 32 (quant_q8_32: Q4_0..Q8_0), 2 int8 in blocks of 256 (quant_q8_256: K-quants).
+int act_format(int type) {
+  switch (type) {
+    case T_F32:
+    case T_F16:
+    case T_BF16:
+      return 0;
+    case T_Q4_K:
+    case T_Q5_K:
+    case T_Q6_K:
+      return 2;
+    default:
+      return 1;
+  }
+}
+
+// One quantized copy of the activations (AVX2 path).
+struct ActFormat {
+  int type;  // a weight type using this format (quantize_act_row picks the format by type)
+  size_t row_bytes;
+  uint8_t* xq;
+};
+
+struct MultiQuantJob {
+  const float* x;
+  int64_t m, k, ldx;
+  const ActFormat* fmts;
+  int nfmts;
+  int64_t chunk;    // activation rows per item
+  int64_t nchunks;  // items per format
+  std::atomic<int64_t> next{0};
+};
+
+void multi_quant_job_fn(void* ctx) {
+  MultiQuantJob* j = (MultiQuantJob*)ctx;
+  for (;;) {
+    const int64_t c = j->next.fetch_add(1, std::memory_order_relaxed);
+    if (c >= j->nchunks * j->nfmts) break;
+    const ActFormat& f = j->fmts[c / j->nchunks];
+    const int64_t m0 = (c % j->nchunks) * j->chunk;
+    const int64_t m1 = m0 + j->chunk < j->m ? m0 + j->chunk : j->m;
+    for (int64_t m = m0; m < m1; ++m)
+      avx2::quantize_act_row(f.type, j->x + m * j->ldx, j->k, f.xq + (size_t)m * f.row_bytes);
+  }
+}
+
+// One output of a fused call: the rows [0, n) of `p` (for SWIGLU the gate, with `up` the up
+// projection over the same rows), split into chunks of `chunk` rows numbered from `c0`.
+struct MultiPart {
+  Problem p;
+  Problem up;
+  const float* bias;
+  int64_t chunk, c0, nchunks;
+};
+
+struct MultiJob {
+  MultiPart parts[kMaxMultiWeights];
+  int nparts;
+  int path;
+  int epilogue;
+  int64_t total;  // chunks over all parts
+  std::atomic<int64_t> next{0};
+  std::atomic<bool> failed{false};
+};
+
+void multi_chunk(const MultiJob& j, const MultiPart& pt, int64_t r0, int64_t r1) {
+  const Problem& p = pt.p;
+  compute(j.path, p, r0, r1);
+  if (j.epilogue == MLXK_EPILOGUE_SWIGLU) {
+    // The up rows of this chunk into a thread-local [m, r1 - r0] scratch, then the product in
+    // place while both are in cache. The sub-problem starts at row r0 but keeps the end of
+    // the weights (the GEMV prefetch bound) where the full problem has it.
+    const int64_t w = r1 - r0;
+    thread_local Scratch scratch;
+    float* u = (float*)scratch.get(sizeof(float) * (size_t)(w * p.m));
+    Problem up = pt.up;
+    up.w += (size_t)r0 * up.row_bytes;
+    up.n -= r0;
+    up.y = u;
+    up.ldy = w;
+    compute(j.path, up, 0, w);
+    for (int64_t m = 0; m < p.m; ++m) {
+      if (j.path == MLXK_PATH_AVX2)
+        avx2::swiglu(p.y + m * p.ldy + r0, u + m * w, w);
+      else
+        scalar::swiglu(p.y + m * p.ldy + r0, u + m * w, w);
+    }
+  } else if (pt.bias) {
+    for (int64_t m = 0; m < p.m; ++m) {
+      float* y = p.y + m * p.ldy;
+      for (int64_t r = r0; r < r1; ++r) y[r] += pt.bias[r];
+    }
+  }
+}
+
+void multi_job_fn(void* ctx) {
+  MultiJob* j = (MultiJob*)ctx;
+  for (;;) {
+    const int64_t c = j->next.fetch_add(1, std::memory_order_relaxed);
+    if (c >= j->total) break;
+    int i = 0;
+    while (i + 1 < j->nparts && c >= j->parts[i + 1].c0) ++i;
+    const MultiPart& pt = j->parts[i];
+    const int64_t r0 = (c - pt.c0) * pt.chunk;
+    const int64_t r1 = r0 + pt.chunk < pt.p.n ? r0 + pt.chunk : pt.p.n;
+    try {
+      multi_chunk(*j, pt, r0, r1);
+    } catch (...) {  // never let an exception escape a pool thread
+      j->failed.store(true);
+    }
+  }
+}
+
 }  // namespace
 
 void set_last_error(const std::string& msg) { g_last_error = msg; }
@@ -191,20 +331,175 @@ int qmatmul_checked(const void* w, int type, int64_t n, int64_t k, const float* 
   RowJob job;
   job.p = &p;
   job.path = path;
-  const int64_t target = (int64_t)nthreads * 16;
-  int64_t chunk = (n + target - 1) / target;
-  if (m == 1) {
-    const int64_t min_rows = (int64_t)(32768 / (rb > 0 ? rb : 1)) + 1;
-    if (chunk < min_rows) chunk = min_rows;
-  }
-  chunk = (chunk + tile - 1) / tile * tile;
-  if (chunk < tile) chunk = tile;
+  const int64_t chunk = chunk_rows(n * rb, rb, m, nthreads, tile);
   job.chunk = chunk;
   job.nchunks = (n + chunk - 1) / chunk;
   if (job.nchunks > 1)
     parallel_run(row_job_fn, &job, nthreads);
   else
     row_job_fn(&job);
+  if (job.failed.load()) {
+    set_last_error("allocation of kernel scratch memory failed");
+    return MLXK_ERR_INTERNAL;
+  }
+  return MLXK_OK;
+}
+
+int validate_multi(const MultiWeight* ws, int count, int64_t k, int epilogue) {
+  if (count < 1 || count > kMaxMultiWeights) {
+    set_last_error("count=" + std::to_string(count) + " weights; a fused call takes 1 to " +
+                   std::to_string(kMaxMultiWeights));
+    return MLXK_ERR_BAD_ARG;
+  }
+  if (!ws) {
+    set_last_error("null pointer argument");
+    return MLXK_ERR_BAD_ARG;
+  }
+  if (epilogue != MLXK_EPILOGUE_NONE && epilogue != MLXK_EPILOGUE_SWIGLU) {
+    set_last_error("unknown epilogue " + std::to_string(epilogue));
+    return MLXK_ERR_BAD_ARG;
+  }
+  for (int i = 0; i < count; ++i) {
+    const int rc = validate(ws[i].type, ws[i].n, k, nullptr);
+    if (rc) {
+      set_last_error("weight " + std::to_string(i) + ": " + g_last_error);
+      return rc;
+    }
+  }
+  if (epilogue == MLXK_EPILOGUE_SWIGLU) {
+    if (count != 2) {
+      set_last_error("the SwiGLU epilogue takes exactly 2 weights (gate, up), got " + std::to_string(count));
+      return MLXK_ERR_BAD_ARG;
+    }
+    if (ws[0].n != ws[1].n) {
+      set_last_error("the SwiGLU epilogue needs gate and up of the same n (got " + std::to_string(ws[0].n) +
+                     " and " + std::to_string(ws[1].n) + ")");
+      return MLXK_ERR_BAD_SHAPE;
+    }
+    if (ws[0].bias || ws[1].bias) {
+      set_last_error("the SwiGLU epilogue takes no bias");
+      return MLXK_ERR_BAD_ARG;
+    }
+  }
+  return MLXK_OK;
+}
+
+int qmatmul_multi_checked(const float* x, int64_t m, int64_t ldx, int64_t k, const MultiWeight* ws, int count,
+                          int epilogue, float* const* ys) {
+  int rc = validate_multi(ws, count, k, epilogue);
+  if (rc) return rc;
+  if (m < 0) {
+    set_last_error("bad shape: m=" + std::to_string(m));
+    return MLXK_ERR_BAD_SHAPE;
+  }
+  const bool swiglu = epilogue == MLXK_EPILOGUE_SWIGLU;
+  const int nparts = swiglu ? 1 : count;
+  int64_t total_rows = 0;
+  for (int i = 0; i < nparts; ++i) total_rows += ws[i].n;
+  if (m == 0 || total_rows == 0) return MLXK_OK;
+  if (!x || !ys) {
+    set_last_error("null pointer argument");
+    return MLXK_ERR_BAD_ARG;
+  }
+  for (int i = 0; i < count; ++i)
+    if ((ws[i].n > 0 && !ws[i].w) || (i < nparts && ws[i].n > 0 && !ys[i])) {
+      set_last_error("null pointer argument (weight or output " + std::to_string(i) + ")");
+      return MLXK_ERR_BAD_ARG;
+    }
+  if (m > 1 && ldx < k) {
+    set_last_error("row stride smaller than the row (x_row_stride=" + std::to_string(ldx) + ")");
+    return MLXK_ERR_BAD_ARG;
+  }
+  const int path = current_path();
+  const int nthreads = pool_num_threads();
+
+  Problem probs[kMaxMultiWeights];
+  for (int i = 0; i < count; ++i) {
+    int64_t rb = 0;
+    validate(ws[i].type, ws[i].n, k, &rb);
+    Problem& p = probs[i];
+    p = Problem{};
+    p.type = ws[i].type;
+    p.n = ws[i].n;
+    p.k = k;
+    p.m = m;
+    p.w = (const uint8_t*)ws[i].w;
+    p.row_bytes = (size_t)rb;
+    p.x = x;
+    p.ldx = ldx;
+    p.y = i < nparts ? ys[i] : nullptr;
+    p.ldy = ws[i].n;
+  }
+
+  // Quantize the activations once per format the weights need (AVX2 path).
+  if (path == MLXK_PATH_AVX2) {
+    thread_local Scratch scratch[2];
+    ActFormat fmts[2];
+    int nfmts = 0;
+    int fmt_of[kMaxMultiWeights];
+    for (int i = 0; i < count; ++i) {
+      fmt_of[i] = -1;
+      const size_t arb = avx2::act_row_bytes(ws[i].type, k);
+      if (!arb) continue;  // float weights read f32 activations
+      for (int f = 0; f < nfmts; ++f)
+        if (act_format(fmts[f].type) == act_format(ws[i].type)) fmt_of[i] = f;
+      if (fmt_of[i] < 0) {
+        fmts[nfmts] = ActFormat{ws[i].type, arb, scratch[nfmts].get(arb * (size_t)m)};
+        fmt_of[i] = nfmts++;
+      }
+    }
+    for (int i = 0; i < count; ++i)
+      if (fmt_of[i] >= 0) {
+        probs[i].xq = fmts[fmt_of[i]].xq;
+        probs[i].xq_stride = fmts[fmt_of[i]].row_bytes;
+      }
+    if (nfmts) {
+      MultiQuantJob qj;
+      qj.x = x;
+      qj.m = m;
+      qj.k = k;
+      qj.ldx = ldx;
+      qj.fmts = fmts;
+      qj.nfmts = nfmts;
+      qj.chunk = m >= 64 ? 8 : m;
+      qj.nchunks = (m + qj.chunk - 1) / qj.chunk;
+      if (qj.nchunks * nfmts > 1)
+        parallel_run(multi_quant_job_fn, &qj, nthreads);
+      else
+        multi_quant_job_fn(&qj);
+    }
+  }
+
+  // One job over the row chunks of every output (for SWIGLU a chunk covers the same rows of
+  // gate and up, so its bytes per row are both rows').
+  MultiJob job;
+  job.nparts = nparts;
+  job.path = path;
+  job.epilogue = epilogue;
+  int64_t total_bytes = 0;
+  for (int i = 0; i < count; ++i) total_bytes += probs[i].n * (int64_t)probs[i].row_bytes;
+  int64_t c0 = 0;
+  for (int i = 0; i < nparts; ++i) {
+    MultiPart& pt = job.parts[i];
+    pt.p = probs[i];
+    pt.bias = ws[i].bias;
+    int64_t bpr = (int64_t)probs[i].row_bytes;
+    int64_t tile = path == MLXK_PATH_AVX2 ? avx2::row_tile(ws[i].type, m) : 1;
+    if (swiglu) {
+      pt.up = probs[1];
+      bpr += (int64_t)probs[1].row_bytes;
+      if (path == MLXK_PATH_AVX2) tile = std::lcm(tile, (int64_t)avx2::row_tile(ws[1].type, m));
+    }
+    pt.chunk = chunk_rows(total_bytes, bpr, m, nthreads, tile);
+    pt.c0 = c0;
+    pt.nchunks = (pt.p.n + pt.chunk - 1) / pt.chunk;
+    c0 += pt.nchunks;
+  }
+  job.total = c0;
+  if (job.total > 1)
+    parallel_run(multi_job_fn, &job, nthreads);
+  else
+    multi_job_fn(&job);
   if (job.failed.load()) {
     set_last_error("allocation of kernel scratch memory failed");
     return MLXK_ERR_INTERNAL;

@@ -1,5 +1,6 @@
 // Scalar reference path: dequantize GGUF blocks to f32 and take f32/f64 dot products.
 // Block layouts follow the ggml formats (see the gguf Python package's quants.py).
+#include <cmath>
 #include <vector>
 
 #include "mlxk_internal.h"
@@ -191,6 +192,10 @@ void compute_rows(const Problem& p, int64_t n0, int64_t n1) {
     dequantize_row(p.type, p.w + (size_t)n * p.row_bytes, p.k, wr);
     for (int64_t m = 0; m < p.m; ++m) p.y[m * p.ldy + n] = (float)dot_f32(wr, p.x + m * p.ldx, p.k);
   }
+}
+
+void swiglu(float* g, const float* u, int64_t len) {
+  for (int64_t i = 0; i < len; ++i) g[i] = g[i] / (1.0f + std::exp(-g[i])) * u[i];
 }
 
 }  // namespace scalar

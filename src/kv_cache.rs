@@ -132,6 +132,41 @@ impl KvCache {
         Ok((keys, values))
     }
 
+    /// Hands `f` the full-capacity K and V arrays of `layer` [1, kv_heads, capacity, head_dim]
+    /// and the current position; `f` writes `new` positions there and returns (its result, K',
+    /// V'), which the cache keeps. The cache drops its own handles first, so an op that updates
+    /// the arrays in place (our fused attention) can reuse their buffers. Call
+    /// [`KvCache::reserve`] first and [`KvCache::advance`] after the last layer.
+    pub fn update_with(
+        &mut self,
+        layer: usize,
+        new: usize,
+        f: impl FnOnce(&Array, &Array, usize) -> Result<(Array, Array, Array)>,
+    ) -> Result<Array> {
+        if self.len + new > self.capacity {
+            return Err(Error::InvalidArgument(
+                "KvCache::update_with before reserve".into(),
+            ));
+        }
+        let (Some(k), Some(v)) = (self.keys[layer].take(), self.values[layer].take()) else {
+            return Err(Error::InvalidArgument(
+                "KvCache::update_with: layer without arrays".into(),
+            ));
+        };
+        match f(&k, &v, self.len) {
+            Ok((result, k_new, v_new)) => {
+                self.keys[layer] = Some(k_new);
+                self.values[layer] = Some(v_new);
+                Ok(result)
+            }
+            Err(e) => {
+                self.keys[layer] = Some(k);
+                self.values[layer] = Some(v);
+                Err(e)
+            }
+        }
+    }
+
     /// Marks `n` positions written by the layers' `update` calls as filled.
     pub fn advance(&mut self, n: usize) {
         self.len += n;

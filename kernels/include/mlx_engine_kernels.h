@@ -44,6 +44,16 @@ enum mlxk_status {
   MLXK_ERR_BAD_ARG = 4    /* null pointer, row stride smaller than the row */
 };
 
+/* What a fused multi-weight call (mlxk_gguf_qmatmul_multi) does after the matmuls. */
+enum mlxk_epilogue {
+  MLXK_EPILOGUE_NONE = 0,  /* one output per weight: x . W_i^T (+ bias_i) */
+  MLXK_EPILOGUE_SWIGLU = 1 /* two weights (gate, up) of the same N, no bias, one output:
+                              silu(x . W_0^T) * (x . W_1^T), silu(g) = g / (1 + exp(-g)) */
+};
+
+/* Most weights one fused call takes. */
+#define MLXK_MAX_MULTI_WEIGHTS 4
+
 /* Kernel paths. */
 enum mlxk_path { MLXK_PATH_AUTO = -1, MLXK_PATH_SCALAR = 0, MLXK_PATH_AVX2 = 1 };
 
@@ -88,6 +98,42 @@ int mlxk_get_num_threads(void);
  * conventions: create it with mlx_array_new() and free it with mlx_array_free(). */
 int mlxk_gguf_qmatmul(mlx_array* res, const mlx_array x, const mlx_array w, int ggml_type, int64_t n,
                       int64_t k, const mlx_stream s);
+
+/* Fused MLX graph op (custom multi-output primitive "GgufQMatmulMulti", CPU streams only):
+ * `count` (1..MLXK_MAX_MULTI_WEIGHTS) projections of the same x in one kernel call, which
+ * quantizes x once per activation format and splits the rows of all weights over one
+ * parallel run.
+ *   x: [..., M, K] float32 / float16 / bfloat16, handled as in mlxk_gguf_qmatmul
+ *   ws[i]: uint8 [ns[i], row_bytes(types[i], K)] raw GGUF blocks of ggml type types[i]
+ *   biases: NULL, or `count` handles where .ctx == NULL means no bias for that weight and
+ *     otherwise a float32 / float16 / bfloat16 array of ns[i] elements (any shape / strides)
+ *   epilogue MLXK_EPILOGUE_NONE: res[i] = x . ws[i]^T + biases[i], [..., M, ns[i]] float32,
+ *     for i < count;
+ *   epilogue MLXK_EPILOGUE_SWIGLU: count == 2, ns[0] == ns[1], no biases;
+ *     res[0] = silu(x . ws[0]^T) * (x . ws[1]^T), [..., M, ns[0]] float32.
+ * The results are siblings: evaluating one computes all. Returns 0 on success, 1 on error
+ * (message in mlxk_last_error(); nothing is written to res). Each res[i] follows mlx-c
+ * conventions: create it with mlx_array_new() and free it with mlx_array_free(). */
+int mlxk_gguf_qmatmul_multi(mlx_array* res, const mlx_array x, const mlx_array* ws, const int* types,
+                            const int64_t* ns, const mlx_array* biases, int count, int64_t k, int epilogue,
+                            const mlx_stream s);
+
+/* MLX graph op (custom primitive "CachedAttention", CPU streams only): attention of one
+ * sequence over its KV cache, fused with RoPE and the cache write.
+ *   q: [..., L, n_heads*head_dim], k, v: [..., L, n_kv_heads*head_dim] float32 (leading axes 1)
+ *   k_cache, v_cache: [1, n_kv_heads, capacity, head_dim] float32, pos + L <= capacity
+ * Rows i of k (rotated) and v are written at cache position pos+i; query row i (rotated, at
+ * position pos+i) attends cache positions 0..pos+i with softmax(scale * q.k) (grouped-query:
+ * head h reads KV head h / (n_heads/n_kv_heads)). RoPE angle of position t, pair j:
+ * t * rope_scale * rope_base^(-2j/head_dim); pairs are (2j, 2j+1) when rope_traditional, else
+ * (j, j + head_dim/2).
+ *   *out: [..., L, n_heads*head_dim]; *k_cache_out, *v_cache_out: the updated caches (sharing the
+ *   input buffers when nothing else references them, else copies).
+ * Returns 0 on success, 1 on error (message in mlxk_last_error()). */
+int mlxk_cached_attention(mlx_array* out, mlx_array* k_cache_out, mlx_array* v_cache_out, const mlx_array q,
+                          const mlx_array k, const mlx_array v, const mlx_array k_cache, const mlx_array v_cache,
+                          int n_heads, int n_kv_heads, int head_dim, int64_t pos, float scale, float rope_base,
+                          float rope_scale, int rope_traditional, const mlx_stream s);
 #endif
 
 #ifdef __cplusplus

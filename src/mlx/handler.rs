@@ -64,6 +64,27 @@ pub(crate) fn try_array(op: impl FnOnce(*mut mlx_sys::mlx_array) -> c_int) -> Re
     Ok(unsafe { Array::from_raw(res) })
 }
 
+/// Runs an op that writes `N` arrays into the handles it is given (a multi-output primitive),
+/// returning them as owned [`Array`]s (all freed again on failure).
+pub(crate) fn try_arrays<const N: usize>(
+    op: impl FnOnce(&mut [mlx_sys::mlx_array; N]) -> c_int,
+) -> Result<[Array; N]> {
+    install_error_handler();
+    // SAFETY: `mlx_array_new` returns empty handles that we own.
+    let mut res: [mlx_sys::mlx_array; N] =
+        std::array::from_fn(|_| unsafe { mlx_sys::mlx_array_new() });
+    let status = op(&mut res);
+    if let Err(err) = check(status) {
+        for handle in res {
+            // SAFETY: handles we own and no longer use.
+            unsafe { mlx_sys::mlx_array_free(handle) };
+        }
+        return Err(err);
+    }
+    // SAFETY: on success every handle holds a valid array whose ownership passes to a wrapper.
+    Ok(res.map(|handle| unsafe { Array::from_raw(handle) }))
+}
+
 /// The null handle mlx-c takes for an absent optional array argument.
 pub(crate) fn null_array() -> mlx_sys::mlx_array {
     mlx_sys::mlx_array {

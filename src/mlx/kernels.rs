@@ -3,7 +3,8 @@
 //! the raw entry points the tests use to check each path against the Rust scalar twin.
 
 use crate::error::{Error, Result};
-use crate::mlx::handler::try_array;
+use crate::mlx::handler::{install_error_handler, null_array};
+use crate::mlx::handler::{try_array, try_arrays};
 use crate::mlx::stream::current_stream;
 use crate::mlx::Array;
 use crate::quant::GgmlType;
@@ -17,6 +18,26 @@ extern "C" {
         ggml_type: c_int,
         n: i64,
         k: i64,
+        s: mlx_sys::mlx_stream,
+    ) -> c_int;
+    #[allow(clippy::too_many_arguments)]
+    fn mlxk_cached_attention(
+        out: *mut mlx_sys::mlx_array,
+        k_cache_out: *mut mlx_sys::mlx_array,
+        v_cache_out: *mut mlx_sys::mlx_array,
+        q: mlx_sys::mlx_array,
+        k: mlx_sys::mlx_array,
+        v: mlx_sys::mlx_array,
+        k_cache: mlx_sys::mlx_array,
+        v_cache: mlx_sys::mlx_array,
+        n_heads: c_int,
+        n_kv_heads: c_int,
+        head_dim: c_int,
+        pos: i64,
+        scale: f32,
+        rope_base: f32,
+        rope_scale: f32,
+        rope_traditional: c_int,
         s: mlx_sys::mlx_stream,
     ) -> c_int;
     fn mlxk_qmatmul_f32(
@@ -104,6 +125,213 @@ pub fn gguf_matmul(x: &Array, blocks: &Array, ty: GgmlType, n: usize, k: usize) 
         },
         other => other,
     })
+}
+
+/// Shapes and RoPE constants of [`cached_attention`].
+#[derive(Clone, Copy, Debug)]
+pub struct AttentionParams {
+    /// Query heads.
+    pub n_heads: usize,
+    /// Key/value heads (divides `n_heads`).
+    pub n_kv_heads: usize,
+    /// Elements per head (even).
+    pub head_dim: usize,
+    /// Softmax scale, usually 1/√head_dim.
+    pub scale: f32,
+    /// RoPE base θ.
+    pub rope_base: f32,
+    /// Position multiplier of the RoPE angle (1.0 = plain RoPE).
+    pub rope_scale: f32,
+    /// RoPE rotates adjacent pairs (2j, 2j+1) when true, halves (j, j+hd/2) when false.
+    pub rope_traditional: bool,
+}
+
+/// Attention of one sequence over its KV cache, fused with RoPE and the cache write (our
+/// `CachedAttention` primitive; CPU streams). q [.., L, Hq·hd], k and v [.., L, Hkv·hd] are the
+/// new rows at positions `pos..pos+L`; `k_cache`, `v_cache` [1, Hkv, capacity, hd]. Returns the
+/// attention output [.., L, Hq·hd] and the updated caches. The caches are updated in place when
+/// the caller holds no other reference to them: pass the only handles and keep the returned
+/// ones, as [`crate::kv_cache::KvCache`] does.
+pub fn cached_attention(
+    q: &Array,
+    k: &Array,
+    v: &Array,
+    k_cache: &Array,
+    v_cache: &Array,
+    pos: usize,
+    p: &AttentionParams,
+) -> Result<(Array, Array, Array)> {
+    let s = current_stream();
+    // SAFETY: valid handles and stream; the C entry validates shapes and dtypes and reports
+    // failures through its status, with the message in `mlxk_last_error`.
+    let out = try_arrays::<3>(|res| {
+        let [out, kc, vc] = res;
+        unsafe {
+            mlxk_cached_attention(
+                out,
+                kc,
+                vc,
+                q.raw(),
+                k.raw(),
+                v.raw(),
+                k_cache.raw(),
+                v_cache.raw(),
+                p.n_heads as c_int,
+                p.n_kv_heads as c_int,
+                p.head_dim as c_int,
+                pos as i64,
+                p.scale,
+                p.rope_base,
+                p.rope_scale,
+                p.rope_traditional as c_int,
+                s,
+            )
+        }
+    });
+    let [out, kc, vc] = out.map_err(kernel_error)?;
+    Ok((out, kc, vc))
+}
+
+/// Replaces mlx-c's generic failure message by the kernel's own.
+fn kernel_error(e: Error) -> Error {
+    match e {
+        Error::Mlx { message } if message.starts_with("mlx-c call failed") => Error::Mlx {
+            message: last_error(),
+        },
+        other => other,
+    }
+}
+
+extern "C" {
+    fn mlxk_gguf_qmatmul_multi(
+        res: *mut mlx_sys::mlx_array,
+        x: mlx_sys::mlx_array,
+        ws: *const mlx_sys::mlx_array,
+        types: *const c_int,
+        ns: *const i64,
+        biases: *const mlx_sys::mlx_array,
+        count: c_int,
+        k: i64,
+        epilogue: c_int,
+        s: mlx_sys::mlx_stream,
+    ) -> c_int;
+}
+
+/// Most weights one fused call ([`gguf_matmul_multi`]) takes.
+pub const MAX_FUSED_WEIGHTS: usize = 4;
+
+/// `MLXK_EPILOGUE_NONE` / `MLXK_EPILOGUE_SWIGLU` of the kernel header.
+const EPILOGUE_NONE: c_int = 0;
+const EPILOGUE_SWIGLU: c_int = 1;
+
+/// One weight of a fused projection: `n` rows of GGUF blocks of type `ty` held in `blocks`
+/// (uint8 `[n, row_bytes]`, as for [`gguf_matmul`]) and an optional bias of `n` elements
+/// (float32, float16 or bfloat16; any shape with `n` elements).
+#[derive(Clone, Copy, Debug)]
+pub struct GgufWeightRef<'a> {
+    /// The raw GGUF blocks.
+    pub blocks: &'a Array,
+    /// Their GGUF type.
+    pub ty: GgmlType,
+    /// Output rows (the weight's N).
+    pub n: usize,
+    /// Added to every output row, if present.
+    pub bias: Option<&'a Array>,
+}
+
+impl<'a> GgufWeightRef<'a> {
+    /// A weight without bias.
+    pub fn new(blocks: &'a Array, ty: GgmlType, n: usize) -> Self {
+        GgufWeightRef {
+            blocks,
+            ty,
+            n,
+            bias: None,
+        }
+    }
+
+    /// The same weight with `bias` added to its output.
+    pub fn with_bias(self, bias: &'a Array) -> Self {
+        GgufWeightRef {
+            bias: Some(bias),
+            ..self
+        }
+    }
+}
+
+/// The fused primitive, returning the `outputs` arrays the epilogue produces.
+fn qmatmul_multi(
+    x: &Array,
+    weights: &[GgufWeightRef],
+    k: usize,
+    epilogue: c_int,
+    outputs: usize,
+) -> Result<Vec<Array>> {
+    install_error_handler();
+    let count = c_int::try_from(weights.len()).map_err(|_| {
+        Error::InvalidArgument(format!("{} weights in one fused call", weights.len()))
+    })?;
+    let blocks: Vec<mlx_sys::mlx_array> = weights.iter().map(|w| w.blocks.raw()).collect();
+    let types: Vec<c_int> = weights.iter().map(|w| w.ty.id() as c_int).collect();
+    let ns: Vec<i64> = weights.iter().map(|w| w.n as i64).collect();
+    let biases: Vec<mlx_sys::mlx_array> = weights
+        .iter()
+        .map(|w| w.bias.map_or_else(null_array, Array::raw))
+        .collect();
+    let biases_ptr = if weights.iter().any(|w| w.bias.is_some()) {
+        biases.as_ptr()
+    } else {
+        std::ptr::null()
+    };
+    // Owned from the start, so every handle is freed on every path (freeing an empty handle
+    // is a no-op).
+    let mut out: Vec<Array> = (0..outputs)
+        // SAFETY: `mlx_array_new` returns an empty handle that we own.
+        .map(|_| unsafe { Array::from_raw(mlx_sys::mlx_array_new()) })
+        .collect();
+    let s = current_stream();
+    // SAFETY: `Array` is a `repr(transparent)` wrapper of `mlx_array`, so `out` is `outputs`
+    // consecutive handles, as many as the call fills (one per weight, or one for SWIGLU; none
+    // on error); `blocks`, `types`, `ns` and `biases` hold `count` entries each and outlive
+    // the call; all handles are valid. The C entry validates everything else and reports
+    // failures through its status, with the message in `mlxk_last_error`.
+    let code = unsafe {
+        mlxk_gguf_qmatmul_multi(
+            out.as_mut_ptr() as *mut mlx_sys::mlx_array,
+            x.raw(),
+            blocks.as_ptr(),
+            types.as_ptr(),
+            ns.as_ptr(),
+            biases_ptr,
+            count,
+            k as i64,
+            epilogue,
+            s,
+        )
+    };
+    if code != 0 {
+        return Err(Error::Mlx {
+            message: last_error(),
+        });
+    }
+    Ok(out)
+}
+
+/// Several projections of the same `x` [.., M, K] in one kernel call: for each weight,
+/// x · Wᵀ (+ bias) as [.., M, N] float32, in the order of `weights` (1 to
+/// [`MAX_FUSED_WEIGHTS`] of them, any mix of types). The activations are quantized once per
+/// format and the rows of all weights are split over one parallel run; the results are
+/// siblings of one lazy MLX op on the CPU stream (evaluating one computes all).
+pub fn gguf_matmul_multi(x: &Array, weights: &[GgufWeightRef], k: usize) -> Result<Vec<Array>> {
+    qmatmul_multi(x, weights, k, EPILOGUE_NONE, weights.len())
+}
+
+/// The SwiGLU feed-forward input in one kernel call: silu(x · Gateᵀ) ⊙ (x · Upᵀ) as
+/// [.., M, N] float32, with silu(g) = g / (1 + e^(−g)). `gate` and `up` must have the same
+/// `n` and no bias.
+pub fn gguf_swiglu(x: &Array, gate: GgufWeightRef, up: GgufWeightRef, k: usize) -> Result<Array> {
+    let mut out = qmatmul_multi(x, &[gate, up], k, EPILOGUE_SWIGLU, 1)?;
+    Ok(out.remove(0))
 }
 
 /// Bytes of one row of `k` elements of `ty`, as the kernel computes it.

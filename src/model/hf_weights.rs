@@ -139,6 +139,10 @@ fn le_values<T, const N: usize>(bytes: &[u8], from: impl Fn([u8; N]) -> T) -> Ve
 }
 
 impl WeightSource for HfWeights {
+    fn execution(&self) -> Execution {
+        self.exec
+    }
+
     fn has(&self, name: &str) -> bool {
         self.model.tensor(&hf_name(name)).is_some()
     }

@@ -2,6 +2,7 @@
 //! chosen execution needs; the model code never knows which one runs.
 
 use crate::error::Result;
+use crate::mlx::kernels::{self, GgufWeightRef, MAX_FUSED_WEIGHTS};
 use crate::mlx::ops::{self, QuantSpec};
 use crate::mlx::Array;
 use crate::quant::GgmlType;
@@ -57,4 +58,52 @@ impl Linear {
             None => Ok(y),
         }
     }
+
+    /// The weight as our kernel's operand when it is GGUF blocks (with the bias), with K.
+    fn gguf_operand(&self) -> Option<(GgufWeightRef<'_>, usize)> {
+        match &self.weight {
+            LinearWeight::GgufBlocks { blocks, ty, n, k } => {
+                let w = GgufWeightRef::new(blocks, *ty, *n);
+                Some((self.bias.as_ref().map_or(w, |b| w.with_bias(b)), *k))
+            }
+            _ => None,
+        }
+    }
+}
+
+/// Several layers applied to the same x [.., K]: one fused kernel call (one activation
+/// quantization, one pass of the thread pool) when all are GGUF blocks, else one by one.
+pub fn forward_all(layers: &[&Linear], x: &Array) -> Result<Vec<Array>> {
+    if let Some((operands, k)) = gguf_operands(layers) {
+        return kernels::gguf_matmul_multi(x, &operands, k);
+    }
+    layers.iter().map(|l| l.forward(x)).collect()
+}
+
+/// SwiGLU's gated product silu(x·Gᵀ) · (x·Uᵀ) for x [.., K] → [.., F]: one fused kernel call
+/// when both are GGUF blocks without bias, else MLX ops.
+pub fn swiglu(gate: &Linear, up: &Linear, x: &Array) -> Result<Array> {
+    if let Some((ops, k)) = gguf_operands(&[gate, up]) {
+        if ops.iter().all(|w| w.bias.is_none()) {
+            return kernels::gguf_swiglu(x, ops[0], ops[1], k);
+        }
+    }
+    ops::multiply(&ops::silu(&gate.forward(x)?)?, &up.forward(x)?)
+}
+
+/// The kernel operands of `layers` when every one is GGUF blocks with the same K.
+fn gguf_operands<'a>(layers: &[&'a Linear]) -> Option<(Vec<GgufWeightRef<'a>>, usize)> {
+    if layers.is_empty() || layers.len() > MAX_FUSED_WEIGHTS {
+        return None;
+    }
+    let mut k0 = None;
+    let mut operands = Vec::with_capacity(layers.len());
+    for layer in layers {
+        let (w, k) = layer.gguf_operand()?;
+        if *k0.get_or_insert(k) != k {
+            return None;
+        }
+        operands.push(w);
+    }
+    Some((operands, k0?))
 }

@@ -4,10 +4,11 @@
 use crate::error::{Error, Result};
 use crate::kv_cache::KvCache;
 use crate::mlx::fast::{self, AttentionMask};
+use crate::mlx::kernels::{self, AttentionParams};
 use crate::mlx::{ops, Array};
 use crate::model::config::ModelConfig;
-use crate::model::linear::Linear;
-use crate::model::weights::{Embedding, WeightSource};
+use crate::model::linear::{self, Linear};
+use crate::model::weights::{Embedding, Execution, WeightSource};
 
 /// One transformer block's weights.
 pub struct Block {
@@ -30,6 +31,7 @@ pub struct Llama {
     blocks: Vec<Block>,
     output_norm: Array, // [D]
     output: Linear,     // [V, D] (the embedding itself when tied)
+    execution: Execution,
 }
 
 impl Llama {
@@ -78,6 +80,7 @@ impl Llama {
             blocks,
             output_norm: w.vector("output_norm.weight", d)?,
             output: w.linear(output_name, c.vocab_size, d, None)?,
+            execution: w.execution(),
             config,
         })
     }
@@ -139,16 +142,86 @@ impl Llama {
         x: &Array,
         caches: &mut [&mut KvCache],
     ) -> Result<Array> {
+        let qkv = linear::forward_all(&[&block.wq, &block.wk, &block.wv], x)?;
+        let [q, k, v] = <[Array; 3]>::try_from(qkv)
+            .map_err(|_| Error::InvalidArgument("expected three projections".into()))?;
+        // q [B, L, Hq·hd], k and v [B, L, Hkv·hd]
+        let kqv = if self.execution == Execution::CpuKernel {
+            self.attend_fused(layer, &q, &k, &v, caches)?
+        } else {
+            self.attend_mlx(layer, &q, &k, &v, caches)?
+        }; // [B, L, Hq·hd]
+        block.wo.forward(&kqv) // [B, L, D]
+    }
+
+    /// Attention on CPU through our fused primitive (RoPE, cache write and attention in one
+    /// op per sequence): q [B, L, Hq·hd], k, v [B, L, Hkv·hd] → [B, L, Hq·hd].
+    fn attend_fused(
+        &self,
+        layer: usize,
+        q: &Array,
+        k: &Array,
+        v: &Array,
+        caches: &mut [&mut KvCache],
+    ) -> Result<Array> {
         let c = &self.config;
-        let (b, l) = (x.dim(0)?, x.dim(1)?);
+        let params = AttentionParams {
+            n_heads: c.n_heads,
+            n_kv_heads: c.n_kv_heads,
+            head_dim: c.head_dim,
+            scale: 1.0 / (c.head_dim as f32).sqrt(),
+            rope_base: c.rope_base,
+            rope_scale: 1.0,
+            rope_traditional: c.rope_traditional,
+        };
+        let l = q.dim(1)? as usize;
+        let one = |t: &Array, s: usize| -> Result<Array> {
+            let shape = t.shape();
+            ops::slice(
+                t,
+                &[s as i32, 0, 0],
+                &[s as i32 + 1, shape[1], shape[2]],
+                &[1; 3],
+            ) // [1, L, X]
+        };
+        let single = caches.len() == 1;
+        let mut outputs = Vec::with_capacity(caches.len());
+        for (s, cache) in caches.iter_mut().enumerate() {
+            let (qs, ks, vs) = if single {
+                (q.clone(), k.clone(), v.clone())
+            } else {
+                (one(q, s)?, one(k, s)?, one(v, s)?)
+            };
+            outputs.push(cache.update_with(layer, l, |kc, vc, pos| {
+                kernels::cached_attention(&qs, &ks, &vs, kc, vc, pos, &params)
+            })?); // [1, L, Hq·hd]
+        }
+        match outputs.len() {
+            1 => Ok(outputs.pop().unwrap_or_else(|| unreachable!())),
+            _ => ops::concatenate(&outputs.iter().collect::<Vec<_>>(), 0),
+        }
+    }
+
+    /// Attention with MLX's own ops (RoPE, cache `slice_update`, SDPA): the reference path and
+    /// the one for GPU streams. q [B, L, Hq·hd], k, v [B, L, Hkv·hd] → [B, L, Hq·hd].
+    fn attend_mlx(
+        &self,
+        layer: usize,
+        q: &Array,
+        k: &Array,
+        v: &Array,
+        caches: &mut [&mut KvCache],
+    ) -> Result<Array> {
+        let c = &self.config;
+        let (b, l) = (q.dim(0)?, q.dim(1)?);
         let (hq, hkv, hd) = (c.n_heads as i32, c.n_kv_heads as i32, c.head_dim as i32);
-        let heads = |y: Array, h: i32| -> Result<Array> {
-            let y = ops::reshape(&y, &[b, l, h, hd])?; // [B, L, H, hd]
+        let heads = |y: &Array, h: i32| -> Result<Array> {
+            let y = ops::reshape(y, &[b, l, h, hd])?; // [B, L, H, hd]
             ops::transpose(&y, &[0, 2, 1, 3]) // [B, H, L, hd]
         };
-        let q = heads(block.wq.forward(x)?, hq)?; // [B, Hq, L, hd]
-        let k = heads(block.wk.forward(x)?, hkv)?; // [B, Hkv, L, hd]
-        let v = heads(block.wv.forward(x)?, hkv)?; // [B, Hkv, L, hd]
+        let q = heads(q, hq)?; // [B, Hq, L, hd]
+        let k = heads(k, hkv)?; // [B, Hkv, L, hd]
+        let v = heads(v, hkv)?; // [B, Hkv, L, hd]
         let scale = 1.0 / (c.head_dim as f32).sqrt();
         let mask = if l > 1 {
             AttentionMask::Causal
@@ -180,15 +253,12 @@ impl Llama {
             _ => ops::concatenate(&outputs.iter().collect::<Vec<_>>(), 0)?,
         }; // [B, Hq, L, hd]
         let kqv = ops::transpose(&kqv, &[0, 2, 1, 3])?; // [B, L, Hq, hd]
-        let kqv = ops::reshape(&kqv, &[b, l, hq * hd])?; // [B, L, Hq·hd]
-        block.wo.forward(&kqv) // [B, L, D]
+        ops::reshape(&kqv, &[b, l, hq * hd]) // [B, L, Hq·hd]
     }
 
     /// SwiGLU: down(silu(gate(x)) · up(x)), x [B, L, D] → [B, L, D].
     fn mlp(&self, block: &Block, x: &Array) -> Result<Array> {
-        let gate = block.w_gate.forward(x)?; // [B, L, F]
-        let up = block.w_up.forward(x)?; // [B, L, F]
-        let par = ops::multiply(&ops::silu(&gate)?, &up)?; // [B, L, F]
+        let par = linear::swiglu(&block.w_gate, &block.w_up, x)?; // silu(gate(x)) · up(x) [B, L, F]
         block.w_down.forward(&par) // [B, L, D]
     }
 }

@@ -88,6 +88,8 @@ pub trait WeightSource {
     fn embedding(&self, name: &str, vocab: usize, dim: usize) -> Result<Embedding>;
     /// Whether the tensor exists.
     fn has(&self, name: &str) -> bool;
+    /// How the layers this source builds are executed.
+    fn execution(&self) -> Execution;
 }
 
 /// Loads tensors of one GGUF file for one [`Execution`].
@@ -137,6 +139,10 @@ impl GgufWeights {
 }
 
 impl WeightSource for GgufWeights {
+    fn execution(&self) -> Execution {
+        self.exec
+    }
+
     fn has(&self, name: &str) -> bool {
         self.file.tensor(name).is_some()
     }

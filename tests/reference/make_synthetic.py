@@ -19,7 +19,7 @@ Usage::
 
     python3 make_synthetic.py OUT.gguf --arch llama --seed 0 --quant Q4_K \\
         --layers 2 --hidden 256 --heads 4 --kv-heads 2 --ffn 512 --vocab 512 --ctx 256
-    python3 make_synthetic.py OUT.gguf --tinyllama-shape --quant mix
+    python3 make_synthetic.py OUT.gguf --tinyllama-shape --quant Q4_K_M
 """
 
 from __future__ import annotations
@@ -48,6 +48,7 @@ FILE_TYPES = {
     "Q8_0": LlamaFileType.MOSTLY_Q8_0, "Q4_0": LlamaFileType.MOSTLY_Q4_0, "Q4_1": LlamaFileType.MOSTLY_Q4_1,
     "Q5_0": LlamaFileType.MOSTLY_Q5_0, "Q5_1": LlamaFileType.MOSTLY_Q5_1, "Q4_K": LlamaFileType.MOSTLY_Q4_K_M,
     "Q5_K": LlamaFileType.MOSTLY_Q5_K_M, "Q6_K": LlamaFileType.MOSTLY_Q6_K,
+    "Q4_K_M": LlamaFileType.MOSTLY_Q4_K_M,
 }
 
 # Per-block (or per-tensor) weight std is drawn uniformly from this range.
@@ -191,11 +192,24 @@ def fits(qtype: GGMLQuantizationType, cols: int) -> bool:
 class TypePicker:
     """Chooses the storage type of each 2-D weight: one fixed type, or a cycle (`mix`)."""
 
-    def __init__(self, quant: str):
-        """`quant` is one of QUANT_TYPES or 'mix'."""
+    def __init__(self, quant: str, layers: int = 0):
+        """`quant` is one of QUANT_TYPES, 'mix' or 'Q4_K_M'."""
         self.mix = quant == "mix"
-        self.fixed = None if self.mix else Q[quant]
+        self.q4_k_m = quant == "Q4_K_M"
+        self.fixed = None if self.mix or self.q4_k_m else Q[quant]
+        self.layers = layers
         self.counter = 0
+
+    def q4_k_m_type(self, name: str) -> GGMLQuantizationType:
+        """llama.cpp's Q4_K_M recipe: Q6_K for the output and for attn_v / ffn_down in the
+        first and last eighth of the layers and every third layer between, Q4_K elsewhere."""
+        if name == "output.weight":
+            return Q.Q6_K
+        if name.endswith(("attn_v.weight", "ffn_down.weight")):
+            i, n = int(name.split(".")[1]), self.layers
+            more_bits = i < n // 8 or i >= 7 * n // 8 or (i - n // 8) % 3 == 2
+            return Q.Q6_K if more_bits else Q.Q4_K
+        return Q.Q4_K
 
     def next(self, name: str, cols: int) -> GGMLQuantizationType:
         """Type for the next matrix `name` with `cols` inputs.
@@ -203,6 +217,11 @@ class TypePicker:
         In mix mode tensor i gets QUANT_TYPES[i % len], moving on to the next
         type in the cycle when the block size does not divide `cols`.
         """
+        if self.q4_k_m:
+            qtype = self.q4_k_m_type(name)
+            if not fits(qtype, cols):
+                raise SystemExit(f"{name}: Q4_K_M needs input dims that are multiples of 256")
+            return qtype
         if not self.mix:
             if not fits(self.fixed, cols):
                 raise SystemExit(f"{name}: input dim {cols} is not a multiple of the "
@@ -237,7 +256,7 @@ def add_vector(writer: GGUFWriter, rng: np.random.Generator, name: str, n: int,
 
 def add_weights(writer: GGUFWriter, cfg: Config, rng: np.random.Generator, quant: str) -> None:
     """Add every model tensor, in a fixed order so the output is deterministic per seed."""
-    picker = TypePicker(quant)
+    picker = TypePicker(quant, cfg.layers)
     q_dim, kv_dim = cfg.heads * cfg.head_dim, cfg.kv_heads * cfg.head_dim
     add_matrix(writer, rng, picker, "token_embd.weight", cfg.vocab, cfg.hidden)
     for layer in range(cfg.layers):
@@ -453,7 +472,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("out", help="output .gguf path")
     ap.add_argument("--arch", choices=["llama", "qwen2"], default="llama")
     ap.add_argument("--seed", type=int, default=0)
-    ap.add_argument("--quant", choices=QUANT_TYPES + ["mix"], default="F16",
+    ap.add_argument("--quant", choices=QUANT_TYPES + ["mix", "Q4_K_M"], default="F16",
                     help="type of the 2-D weight matrices (norms and biases stay F32)")
     ap.add_argument("--layers", type=int, default=2)
     ap.add_argument("--hidden", type=int, default=256)

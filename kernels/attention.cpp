@@ -1,0 +1,476 @@
+// Attention of one sequence over its KV cache, fused with RoPE and the cache write: the MLX
+// custom primitive "CachedAttention" (CPU only).
+//
+//   inputs : q [L, Hq*hd], k [L, Hkv*hd], v [L, Hkv*hd] (f32, leading axes of size 1 allowed),
+//            k_cache, v_cache [1, Hkv, cap, hd] f32
+//   outputs: out [L, Hq*hd] (same shape as q), k_cache', v_cache' (the caches with positions
+//            pos..pos+L-1 written; they share the input buffers when MLX can donate them)
+//
+// Query i (absolute position pos+i) attends keys 0..pos+i (causal), grouped-query heads share
+// their KV head (h / (Hq/Hkv)). Work items are (query head, block of query rows), pulled by
+// the thread pool; each row is a plain softmax over its scores (no running max needed: the
+// whole score row fits in scratch).
+#include <atomic>
+#include <cmath>
+#include <cstdio>
+#include <cstring>
+#include <memory>
+#include <stdexcept>
+#include <string>
+#include <vector>
+
+#include "mlx/allocator.h"
+#include "mlx/array.h"
+#include "mlx/backend/cpu/encoder.h"
+#include "mlx/primitives.h"
+#include "mlx/c/private/array.h"
+#include "mlx/c/private/stream.h"
+#include "mlx_engine_kernels.h"
+#include "mlxk_internal.h"
+
+#if MLXK_X86
+#include <immintrin.h>
+#define ATT_AVX2 __attribute__((target("avx2,fma")))
+#endif
+
+namespace mlxe {
+void set_last_error(const std::string& msg);
+
+namespace attn {
+namespace {
+
+struct Params {
+  int hq, hkv, hd;
+  int64_t pos, len, cap;
+  float scale, rope_base, rope_scale;
+  bool traditional;
+};
+
+// ---- row primitives: portable versions, AVX2 versions selected at run time
+float dot_scalar(const float* a, const float* b, int n) {
+  float s = 0.0f;
+  for (int i = 0; i < n; ++i) s += a[i] * b[i];
+  return s;
+}
+void axpy_scalar(float a, const float* x, float* y, int n) {
+  for (int i = 0; i < n; ++i) y[i] += a * x[i];
+}
+// s[j] = exp(s[j] - max) in place, returns the sum.
+float softmax_numer_scalar(float* s, int64_t n) {
+  float mx = -INFINITY;
+  for (int64_t j = 0; j < n; ++j) mx = s[j] > mx ? s[j] : mx;
+  float sum = 0.0f;
+  for (int64_t j = 0; j < n; ++j) {
+    s[j] = std::exp(s[j] - mx);
+    sum += s[j];
+  }
+  return sum;
+}
+
+#if MLXK_X86
+ATT_AVX2 inline float hsum8(__m256 v) {
+  __m128 s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
+  s = _mm_add_ps(s, _mm_movehl_ps(s, s));
+  s = _mm_add_ss(s, _mm_movehdup_ps(s));
+  return _mm_cvtss_f32(s);
+}
+ATT_AVX2 float dot_avx2(const float* a, const float* b, int n) {
+  __m256 s0 = _mm256_setzero_ps(), s1 = _mm256_setzero_ps();
+  int i = 0;
+  for (; i + 16 <= n; i += 16) {
+    s0 = _mm256_fmadd_ps(_mm256_loadu_ps(a + i), _mm256_loadu_ps(b + i), s0);
+    s1 = _mm256_fmadd_ps(_mm256_loadu_ps(a + i + 8), _mm256_loadu_ps(b + i + 8), s1);
+  }
+  for (; i + 8 <= n; i += 8) s0 = _mm256_fmadd_ps(_mm256_loadu_ps(a + i), _mm256_loadu_ps(b + i), s0);
+  float s = hsum8(_mm256_add_ps(s0, s1));
+  for (; i < n; ++i) s += a[i] * b[i];
+  return s;
+}
+ATT_AVX2 void axpy_avx2(float a, const float* x, float* y, int n) {
+  const __m256 av = _mm256_set1_ps(a);
+  int i = 0;
+  for (; i + 8 <= n; i += 8) _mm256_storeu_ps(y + i, _mm256_fmadd_ps(av, _mm256_loadu_ps(x + i), _mm256_loadu_ps(y + i)));
+  for (; i < n; ++i) y[i] += a * x[i];
+}
+// exp for x <= 0 (softmax numerators): Cody-Waite range reduction, degree-6 polynomial on
+// [-ln2/2, ln2/2]; relative error ~2e-7. Inputs below -87 flush to 0.
+ATT_AVX2 inline __m256 exp_nonpos(__m256 x) {
+  const __m256 lo = _mm256_set1_ps(-87.0f);
+  const __m256 under = _mm256_cmp_ps(x, lo, _CMP_LT_OQ);
+  x = _mm256_max_ps(x, lo);
+  const __m256 n = _mm256_round_ps(_mm256_mul_ps(x, _mm256_set1_ps(1.44269504088896341f)),
+                                   _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+  __m256 r = _mm256_fnmadd_ps(n, _mm256_set1_ps(0.693359375f), x);
+  r = _mm256_fnmadd_ps(n, _mm256_set1_ps(-2.12194440e-4f), r);
+  __m256 p = _mm256_set1_ps(1.9875691500e-4f);
+  p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(1.3981999507e-3f));
+  p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(8.3334519073e-3f));
+  p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(4.1665795894e-2f));
+  p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(1.6666665459e-1f));
+  p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(5.0000001201e-1f));
+  p = _mm256_fmadd_ps(p, _mm256_mul_ps(r, r), _mm256_add_ps(r, _mm256_set1_ps(1.0f)));
+  const __m256i e = _mm256_slli_epi32(_mm256_add_epi32(_mm256_cvtps_epi32(n), _mm256_set1_epi32(127)), 23);
+  return _mm256_andnot_ps(under, _mm256_mul_ps(p, _mm256_castsi256_ps(e)));
+}
+ATT_AVX2 float softmax_numer_avx2(float* s, int64_t n) {
+  __m256 mv = _mm256_set1_ps(-INFINITY);
+  int64_t j = 0;
+  for (; j + 8 <= n; j += 8) mv = _mm256_max_ps(mv, _mm256_loadu_ps(s + j));
+  __m128 m4 = _mm_max_ps(_mm256_castps256_ps128(mv), _mm256_extractf128_ps(mv, 1));
+  m4 = _mm_max_ps(m4, _mm_movehl_ps(m4, m4));
+  m4 = _mm_max_ss(m4, _mm_movehdup_ps(m4));
+  float mx = _mm_cvtss_f32(m4);
+  for (int64_t t = j; t < n; ++t) mx = s[t] > mx ? s[t] : mx;
+  const __m256 mxv = _mm256_set1_ps(mx);
+  __m256 sv = _mm256_setzero_ps();
+  for (j = 0; j + 8 <= n; j += 8) {
+    const __m256 e = exp_nonpos(_mm256_sub_ps(_mm256_loadu_ps(s + j), mxv));
+    _mm256_storeu_ps(s + j, e);
+    sv = _mm256_add_ps(sv, e);
+  }
+  float sum = hsum8(sv);
+  for (; j < n; ++j) {
+    s[j] = std::exp(s[j] - mx);
+    sum += s[j];
+  }
+  return sum;
+}
+#endif
+
+struct Ops {
+  float (*dot)(const float*, const float*, int);
+  void (*axpy)(float, const float*, float*, int);
+  float (*softmax_numer)(float*, int64_t);
+};
+
+Ops ops_for_path() {
+#if MLXK_X86
+  if (mlxk_kernel_path() == MLXK_PATH_AVX2) return {dot_avx2, axpy_avx2, softmax_numer_avx2};
+#endif
+  return {dot_scalar, axpy_scalar, softmax_numer_scalar};
+}
+
+// cos / sin of the rotation angles, [len][hd/2]: angle(i, j) = (pos + i) * scale * base^(-2j/hd).
+void rope_tables(const Params& p, std::vector<float>& cs, std::vector<float>& sn) {
+  const int half = p.hd / 2;
+  cs.resize((size_t)(p.len * half));
+  sn.resize((size_t)(p.len * half));
+  std::vector<double> inv((size_t)half);
+  for (int j = 0; j < half; ++j) inv[(size_t)j] = std::pow((double)p.rope_base, -2.0 * j / p.hd);
+  for (int64_t i = 0; i < p.len; ++i) {
+    const double t = (double)(p.pos + i) * p.rope_scale;
+    for (int j = 0; j < half; ++j) {
+      const double a = t * inv[(size_t)j];
+      cs[(size_t)(i * half + j)] = (float)std::cos(a);
+      sn[(size_t)(i * half + j)] = (float)std::sin(a);
+    }
+  }
+}
+
+// dst = rope(src) for one head vector. Traditional: rotation pairs (2j, 2j+1); otherwise the
+// halves (j, j + hd/2).
+void rope_row(const float* src, float* dst, const float* c, const float* s, int hd, bool traditional) {
+  const int half = hd / 2;
+  for (int j = 0; j < half; ++j) {
+    const int a = traditional ? 2 * j : j;
+    const int b = traditional ? 2 * j + 1 : j + half;
+    const float x1 = src[a], x2 = src[b];
+    dst[a] = x1 * c[j] - x2 * s[j];
+    dst[b] = x1 * s[j] + x2 * c[j];
+  }
+}
+
+constexpr int64_t kQueryBlock = 16;
+
+struct Job {
+  Params p;
+  Ops ops;
+  const float* q;  // [len, hq*hd]
+  int64_t ldq;
+  const float* kc;  // [hkv, cap, hd]
+  const float* vc;
+  float* out;  // [len, hq*hd]
+  const float* cs;
+  const float* sn;
+  int64_t nqb;
+  int64_t items;
+  std::atomic<int64_t> next{0};
+  std::atomic<bool> failed{false};
+};
+
+void attend_rows(Job& j, int h, int64_t i0, int64_t i1, std::vector<float>& scores, std::vector<float>& qr) {
+  const Params& p = j.p;
+  const int hd = p.hd, half = hd / 2;
+  const int kvh = h / (p.hq / p.hkv);
+  const float* kh = j.kc + (size_t)kvh * p.cap * hd;
+  const float* vh = j.vc + (size_t)kvh * p.cap * hd;
+  scores.resize((size_t)(p.pos + i1));
+  qr.resize((size_t)hd);
+  for (int64_t i = i0; i < i1; ++i) {
+    rope_row(j.q + i * j.ldq + (int64_t)h * hd, qr.data(), j.cs + i * half, j.sn + i * half, hd, p.traditional);
+    const int64_t nk = p.pos + i + 1;
+    float* s = scores.data();
+    for (int64_t t = 0; t < nk; ++t) s[t] = j.ops.dot(qr.data(), kh + t * hd, hd) * p.scale;
+    const float inv = 1.0f / j.ops.softmax_numer(s, nk);
+    float* o = j.out + i * (int64_t)p.hq * hd + (int64_t)h * hd;
+    std::memset(o, 0, sizeof(float) * (size_t)hd);
+    for (int64_t t = 0; t < nk; ++t) j.ops.axpy(s[t], vh + t * hd, o, hd);
+    for (int d = 0; d < hd; ++d) o[d] *= inv;
+  }
+}
+
+void job_fn(void* ctx) {
+  Job& j = *(Job*)ctx;
+  thread_local std::vector<float> scores, qr;
+  for (;;) {
+    const int64_t it = j.next.fetch_add(1, std::memory_order_relaxed);
+    if (it >= j.items) break;
+    const int h = (int)(it / j.nqb);
+    const int64_t b = it % j.nqb;
+    const int64_t i0 = b * kQueryBlock;
+    const int64_t i1 = i0 + kQueryBlock < j.p.len ? i0 + kQueryBlock : j.p.len;
+    try {
+      attend_rows(j, h, i0, i1, scores, qr);
+    } catch (...) {  // allocation failure: never let an exception escape a pool thread
+      j.failed.store(true);
+    }
+  }
+}
+
+}  // namespace
+
+// Writes rope(k) and v of the new positions into the caches, then attends every query row.
+// q/k/v rows are at row strides ldq/ldk/ldv (floats); caches are [hkv, cap, hd] contiguous.
+void run(const Params& p, const float* q, int64_t ldq, const float* k, int64_t ldk, const float* v, int64_t ldv,
+         float* kc, float* vc, float* out) {
+  std::vector<float> cs, sn;
+  rope_tables(p, cs, sn);
+  const int hd = p.hd, half = hd / 2;
+  for (int64_t i = 0; i < p.len; ++i)
+    for (int h = 0; h < p.hkv; ++h) {
+      const size_t at = ((size_t)h * p.cap + (size_t)(p.pos + i)) * hd;
+      rope_row(k + i * ldk + (int64_t)h * hd, kc + at, cs.data() + i * half, sn.data() + i * half, hd,
+               p.traditional);
+      std::memcpy(vc + at, v + i * ldv + (int64_t)h * hd, sizeof(float) * (size_t)hd);
+    }
+  Job j;
+  j.p = p;
+  j.ops = ops_for_path();
+  j.q = q;
+  j.ldq = ldq;
+  j.kc = kc;
+  j.vc = vc;
+  j.out = out;
+  j.cs = cs.data();
+  j.sn = sn.data();
+  j.nqb = (p.len + kQueryBlock - 1) / kQueryBlock;
+  j.items = j.nqb * p.hq;
+  // Small problems (short decode contexts) are not worth waking a worker for.
+  const int64_t work = (int64_t)p.hq * p.len * (p.pos + p.len) * hd;
+  if (work < (1 << 16))
+    job_fn(&j);
+  else
+    parallel_run(job_fn, &j, pool_num_threads());
+  if (j.failed.load()) throw std::bad_alloc();
+}
+
+}  // namespace attn
+}  // namespace mlxe
+
+namespace mlx_engine {
+namespace mx = mlx::core;
+
+namespace {
+
+// Row stride (floats) of a [.., L, X] f32 array whose rows are contiguous, or -1.
+int64_t row_stride(const mx::array& a) {
+  const int nd = a.ndim();
+  if (a.strides()[nd - 1] != 1 && a.shape(-1) > 1) return -1;
+  if (a.shape(-2) <= 1) return a.shape(-1);
+  for (int i = 0; i < nd - 2; ++i)
+    if (a.shape(i) != 1) return -1;
+  const int64_t s = a.strides()[nd - 2];
+  return s >= a.shape(-1) ? s : -1;
+}
+
+// Contiguous copy of any-strided f32 data (shape, strides in elements).
+void gather(const float* src, const mx::Shape& shape, const mx::Strides& strides, float* dst) {
+  const int nd = (int)shape.size();
+  int64_t total = 1;
+  for (int i = 0; i < nd; ++i) total *= shape[i];
+  std::vector<int64_t> idx((size_t)nd, 0);
+  int64_t off = 0;
+  for (int64_t e = 0; e < total; ++e) {
+    dst[e] = src[off];
+    for (int d = nd - 1; d >= 0; --d) {
+      if (++idx[(size_t)d] < shape[d]) {
+        off += strides[d];
+        break;
+      }
+      off -= strides[d] * (int64_t)(shape[d] - 1);
+      idx[(size_t)d] = 0;
+    }
+  }
+}
+
+// Where the float rows of an input are: the buffer itself when rows are contiguous, else
+// the shape and strides to gather from (on the stream thread).
+struct RowsDesc {
+  const float* ptr;
+  int64_t ld;  // -1: gather
+  mx::Shape shape;
+  mx::Strides strides;
+  explicit RowsDesc(const mx::array& a) : ptr(a.data<float>()), ld(row_stride(a)) {
+    if (ld < 0) {
+      shape = a.shape();
+      strides = a.strides();
+    }
+  }
+  // Returns the row pointer, gathering into `copy` first if needed; *ldo receives the stride.
+  const float* rows(std::vector<float>& copy, int64_t* ldo) const {
+    if (ld >= 0) {
+      *ldo = ld;
+      return ptr;
+    }
+    int64_t total = 1;
+    for (auto d : shape) total *= d;
+    copy.resize((size_t)total);
+    gather(ptr, shape, strides, copy.data());
+    *ldo = shape.back();
+    return copy.data();
+  }
+};
+
+}  // namespace
+
+class CachedAttention : public mx::Primitive {
+ public:
+  CachedAttention(mx::Stream s, mlxe::attn::Params p) : mx::Primitive(s), p_(p) {}
+
+  void eval_cpu(const std::vector<mx::array>& inputs, std::vector<mx::array>& outputs) override {
+    auto& enc = mx::cpu::get_command_encoder(stream());
+    mx::array& out = outputs[0];
+    out.set_data(mx::allocator::malloc(out.nbytes()));
+    // The caches are updated in place when no other array shares their buffer (MLX's own
+    // is_donatable() cannot be used: every output of a multi-output primitive holds the inputs,
+    // so an input's descriptor is never unique). Only positions >= pos are written, which no
+    // reader of positions [0, pos) can observe; a buffer shared with a slice or a copy is copied.
+    bool copy_cache[2];
+    for (int c = 0; c < 2; ++c) {
+      const mx::array& in = inputs[3 + c];
+      mx::array& o = outputs[1 + c];
+      copy_cache[c] = !(in.data_shared_ptr().use_count() == 1 && in.flags().row_contiguous &&
+                        in.offset() == 0 && in.data_size() == in.size());
+      if (copy_cache[c])
+        o.set_data(mx::allocator::malloc(o.nbytes()));
+      else
+        o.copy_shared_buffer(in);
+    }
+    for (const auto& in : inputs) enc.set_input_array(in);
+    for (auto& o : outputs) enc.set_output_array(o);
+    const mlxe::attn::Params p = p_;
+    // Raw pointers only: MLX keeps the buffers alive until the task has run, and capturing
+    // arrays would keep the caches from being donated next step.
+    const RowsDesc q(inputs[0]), k(inputs[1]), v(inputs[2]);
+    RowsDesc caches[2] = {RowsDesc(inputs[3]), RowsDesc(inputs[4])};
+    for (int c = 0; c < 2; ++c) {  // full layout for the cache copy
+      caches[c].shape = inputs[3 + c].shape();
+      caches[c].strides = inputs[3 + c].strides();
+    }
+    float* outp = out.data<float>();
+    float* kcp = outputs[1].data<float>();
+    float* vcp = outputs[2].data<float>();
+    enc.dispatch([=]() {
+      try {
+        if (copy_cache[0]) gather(caches[0].ptr, caches[0].shape, caches[0].strides, kcp);
+        if (copy_cache[1]) gather(caches[1].ptr, caches[1].shape, caches[1].strides, vcp);
+        std::vector<float> qb, kb, vb;
+        int64_t ldq = 0, ldk = 0, ldv = 0;
+        const float* qp = q.rows(qb, &ldq);
+        const float* kp = k.rows(kb, &ldk);
+        const float* vp = v.rows(vb, &ldv);
+        mlxe::attn::run(p, qp, ldq, kp, ldk, vp, ldv, kcp, vcp, outp);
+      } catch (const std::exception& e) {
+        std::fprintf(stderr, "CachedAttention: %s\n", e.what());
+      }
+    });
+  }
+
+  void eval_gpu(const std::vector<mx::array>&, std::vector<mx::array>&) override {
+    throw std::runtime_error("CachedAttention has no GPU implementation: use a CPU stream");
+  }
+
+  const char* name() const override { return "CachedAttention"; }
+
+  bool is_equivalent(const mx::Primitive& other) const override {
+    const auto* o = dynamic_cast<const CachedAttention*>(&other);
+    if (!o) return false;
+    const auto &a = p_, &b = o->p_;
+    return a.hq == b.hq && a.hkv == b.hkv && a.hd == b.hd && a.pos == b.pos && a.len == b.len &&
+           a.cap == b.cap && a.scale == b.scale && a.rope_base == b.rope_base && a.rope_scale == b.rope_scale &&
+           a.traditional == b.traditional;
+  }
+
+  std::vector<mx::Shape> output_shapes(const std::vector<mx::array>& inputs) override {
+    return {inputs[0].shape(), inputs[3].shape(), inputs[4].shape()};
+  }
+
+ private:
+  mlxe::attn::Params p_;
+};
+
+}  // namespace mlx_engine
+
+extern "C" int mlxk_cached_attention(mlx_array* out, mlx_array* k_cache_out, mlx_array* v_cache_out,
+                                     const mlx_array q, const mlx_array k, const mlx_array v,
+                                     const mlx_array k_cache, const mlx_array v_cache, int n_heads,
+                                     int n_kv_heads, int head_dim, int64_t pos, float scale, float rope_base,
+                                     float rope_scale, int rope_traditional, const mlx_stream s) {
+  namespace mx = mlx::core;
+  try {
+    if (!out || !k_cache_out || !v_cache_out) throw std::invalid_argument("null result pointer");
+    const mx::array& qa = mlx_array_get_(q);
+    const mx::array& ka = mlx_array_get_(k);
+    const mx::array& va = mlx_array_get_(v);
+    const mx::array& kc = mlx_array_get_(k_cache);
+    const mx::array& vc = mlx_array_get_(v_cache);
+    const mx::Stream st = mlx_stream_get_(s);
+    if (st.device.type != mx::Device::cpu) throw std::invalid_argument("runs on CPU streams only");
+    if (n_heads <= 0 || n_kv_heads <= 0 || n_heads % n_kv_heads != 0)
+      throw std::invalid_argument("n_heads must be a positive multiple of n_kv_heads");
+    if (head_dim <= 0 || head_dim % 2 != 0) throw std::invalid_argument("head_dim must be positive and even");
+    for (const mx::array* a : {&qa, &ka, &va, &kc, &vc})
+      if (a->dtype() != mx::float32) throw std::invalid_argument("q, k, v and the caches must be float32");
+    auto rows_of = [](const mx::array& a, int64_t width, const char* what) {
+      if (a.ndim() < 2 || a.shape(-1) != width)
+        throw std::invalid_argument(std::string(what) + " must be [..., L, " + std::to_string(width) + "]");
+      for (int i = 0; i + 2 < (int)a.ndim(); ++i)
+        if (a.shape(i) != 1) throw std::invalid_argument(std::string(what) + ": leading axes must have size 1");
+      return (int64_t)a.shape(-2);
+    };
+    const int64_t len = rows_of(qa, (int64_t)n_heads * head_dim, "q");
+    if (rows_of(ka, (int64_t)n_kv_heads * head_dim, "k") != len ||
+        rows_of(va, (int64_t)n_kv_heads * head_dim, "v") != len)
+      throw std::invalid_argument("q, k and v must have the same number of rows");
+    const mx::Shape cshape = kc.shape();
+    if (cshape.size() != 4 || cshape[0] != 1 || cshape[1] != n_kv_heads || cshape[3] != head_dim ||
+        vc.shape() != cshape)
+      throw std::invalid_argument("caches must both be [1, n_kv_heads, capacity, head_dim]");
+    if (pos < 0 || len < 1 || pos + len > cshape[2])
+      throw std::invalid_argument("positions " + std::to_string(pos) + ".." + std::to_string(pos + len) +
+                                  " do not fit a cache of capacity " + std::to_string(cshape[2]));
+    mlxe::attn::Params p{n_heads, n_kv_heads, head_dim, pos, len, cshape[2], scale, rope_base,
+                         rope_scale, rope_traditional != 0};
+    auto outs = mx::array::make_arrays({qa.shape(), cshape, cshape}, {mx::float32, mx::float32, mx::float32},
+                                       std::make_shared<mlx_engine::CachedAttention>(st, p), {qa, ka, va, kc, vc});
+    mlx_array_set_(*out, outs[0]);
+    mlx_array_set_(*k_cache_out, outs[1]);
+    mlx_array_set_(*v_cache_out, outs[2]);
+    return 0;
+  } catch (const std::exception& e) {
+    mlxe::set_last_error(std::string("mlxk_cached_attention: ") + e.what());
+  } catch (...) {
+    mlxe::set_last_error("mlxk_cached_attention: unknown exception");
+  }
+  return 1;
+}

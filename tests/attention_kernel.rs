@@ -1,0 +1,254 @@
+//! Our fused `CachedAttention` primitive (RoPE + cache write + causal GQA attention) against
+//! MLX's own ops on the same inputs: `fast::rope` at the same offsets, the keys and values of
+//! all steps concatenated, `fast::scaled_dot_product_attention` with the causal mask.
+//! Tolerance: 2e-5 absolute on outputs of magnitude ~1 (both sides accumulate in float32 in
+//! different orders; RoPE angles are computed in f64 here and in f32 by MLX, which at positions
+//! < 100 differs by < 1e-5).
+
+use mlx_engine::mlx::fast::{self, AttentionMask};
+use mlx_engine::mlx::kernels::{self, AttentionParams, KernelPath};
+use mlx_engine::mlx::{ops, transforms, Array, Dtype};
+use std::sync::Mutex;
+
+const TOL: f32 = 2e-5;
+
+/// The kernel path switch is process-wide.
+static PATH: Mutex<()> = Mutex::new(());
+
+fn noise(n: usize, seed: u64) -> Vec<f32> {
+    let mut s = seed
+        .wrapping_mul(6364136223846793005)
+        .wrapping_add(1442695040888963407);
+    (0..n)
+        .map(|_| {
+            s = s
+                .wrapping_mul(6364136223846793005)
+                .wrapping_add(1442695040888963407);
+            ((s >> 40) as f32 / (1u64 << 24) as f32) * 2.0 - 1.0
+        })
+        .collect()
+}
+
+fn arr(data: &[f32], shape: &[i32]) -> Array {
+    Array::from_slice(data, shape).unwrap()
+}
+
+fn max_diff(a: &[f32], b: &[f32]) -> f32 {
+    assert_eq!(a.len(), b.len());
+    a.iter()
+        .zip(b)
+        .map(|(x, y)| (x - y).abs())
+        .fold(0.0, f32::max)
+}
+
+/// MLX's result for one step: rope at `pos`, then causal SDPA over `keys`/`values` so far
+/// ([1, Hkv, pos+L, hd], already rotated) → [1, L, Hq·hd].
+fn reference_step(
+    q: &Array,
+    keys: &Array,
+    values: &Array,
+    p: &AttentionParams,
+    pos: usize,
+) -> Array {
+    let (hq, hd) = (p.n_heads as i32, p.head_dim as i32);
+    let l = q.dim(1).unwrap();
+    let q = ops::transpose(&ops::reshape(q, &[1, l, hq, hd]).unwrap(), &[0, 2, 1, 3]).unwrap();
+    let q = fast::rope(
+        &q,
+        hd,
+        p.rope_traditional,
+        p.rope_base,
+        p.rope_scale,
+        pos as i32,
+    )
+    .unwrap();
+    let mask = if l > 1 {
+        AttentionMask::Causal
+    } else {
+        AttentionMask::None
+    };
+    let o = fast::scaled_dot_product_attention(&q, keys, values, p.scale, mask).unwrap();
+    ops::reshape(
+        &ops::transpose(&o, &[0, 2, 1, 3]).unwrap(),
+        &[1, l, hq * hd],
+    )
+    .unwrap()
+}
+
+/// Runs steps of `lens` new positions through the fused op and the MLX reference, comparing
+/// outputs and cache contents after each step.
+fn check_steps(p: AttentionParams, cap: usize, lens: &[usize], seed: u64) {
+    let (hq, hkv, hd) = (p.n_heads, p.n_kv_heads, p.head_dim);
+    let cshape = [1, hkv as i32, cap as i32, hd as i32];
+    let mut kc = ops::zeros(&cshape, Dtype::F32).unwrap();
+    let mut vc = ops::zeros(&cshape, Dtype::F32).unwrap();
+    let mut ref_k: Option<Array> = None; // [1, Hkv, pos, hd], rotated
+    let mut ref_v: Option<Array> = None;
+    let mut pos = 0;
+    for (step, &l) in lens.iter().enumerate() {
+        let s = seed + 10 * step as u64;
+        let q = arr(&noise(l * hq * hd, s), &[1, l as i32, (hq * hd) as i32]);
+        let k = arr(
+            &noise(l * hkv * hd, s + 1),
+            &[1, l as i32, (hkv * hd) as i32],
+        );
+        let v = arr(
+            &noise(l * hkv * hd, s + 2),
+            &[1, l as i32, (hkv * hd) as i32],
+        );
+
+        let (out, kc2, vc2) = kernels::cached_attention(&q, &k, &v, &kc, &vc, pos, &p).unwrap();
+        (kc, vc) = (kc2, vc2);
+
+        let heads = |t: &Array| {
+            ops::transpose(
+                &ops::reshape(t, &[1, l as i32, hkv as i32, hd as i32]).unwrap(),
+                &[0, 2, 1, 3],
+            )
+            .unwrap()
+        };
+        let k_rot = fast::rope(
+            &heads(&k),
+            hd as i32,
+            p.rope_traditional,
+            p.rope_base,
+            p.rope_scale,
+            pos as i32,
+        )
+        .unwrap();
+        let cat = |old: Option<Array>, new: Array| match old {
+            None => new,
+            Some(old) => ops::concatenate(&[&old, &new], 2).unwrap(),
+        };
+        let keys = cat(ref_k.take(), k_rot);
+        let values = cat(ref_v.take(), heads(&v));
+        let want = reference_step(&q, &keys, &values, &p, pos);
+        transforms::eval(&[&out, &kc, &vc, &want]).unwrap();
+
+        let d = max_diff(
+            &out.to_vec::<f32>().unwrap(),
+            &want.to_vec::<f32>().unwrap(),
+        );
+        assert!(
+            d <= TOL,
+            "step {step} (pos {pos}, L {l}): output max |diff| {d}"
+        );
+        pos += l;
+        let filled = [1, hkv as i32, pos as i32, hd as i32];
+        let got_k = ops::slice(&kc, &[0; 4], &filled, &[1; 4]).unwrap();
+        let got_v = ops::slice(&vc, &[0; 4], &filled, &[1; 4]).unwrap();
+        let dk = max_diff(
+            &got_k.to_vec::<f32>().unwrap(),
+            &keys.to_vec::<f32>().unwrap(),
+        );
+        let dv = max_diff(
+            &got_v.to_vec::<f32>().unwrap(),
+            &values.to_vec::<f32>().unwrap(),
+        );
+        assert!(
+            dk <= TOL && dv == 0.0,
+            "step {step}: cache differs (k {dk}, v {dv})"
+        );
+        drop((got_k, got_v));
+        ref_k = Some(keys);
+        ref_v = Some(values);
+    }
+}
+
+fn params(hq: usize, hkv: usize, hd: usize, traditional: bool) -> AttentionParams {
+    AttentionParams {
+        n_heads: hq,
+        n_kv_heads: hkv,
+        head_dim: hd,
+        scale: 1.0 / (hd as f32).sqrt(),
+        rope_base: 10_000.0,
+        rope_scale: 1.0,
+        rope_traditional: traditional,
+    }
+}
+
+#[test]
+fn matches_mlx_rope_and_sdpa_over_prefill_and_decode_steps() {
+    let _guard = PATH.lock().unwrap_or_else(|e| e.into_inner());
+    for path in [KernelPath::Avx2, KernelPath::Scalar] {
+        kernels::force_path(Some(path));
+        // Qwen2.5-0.5B shapes (14 query heads on 2 KV heads, hd 64, halves RoPE), a prompt in
+        // two chunks, then single-token steps.
+        let mut qwen = params(14, 2, 64, false);
+        qwen.rope_base = 1_000_000.0;
+        check_steps(qwen, 96, &[17, 40, 1, 1, 3, 1], 1);
+        // TinyLlama-like grouping with adjacent-pair RoPE; odd row counts and a long step that
+        // spans several query blocks.
+        check_steps(params(8, 2, 16, true), 80, &[1, 35, 1, 2], 2);
+        // Multi-head (no grouping), head_dim not a multiple of 8.
+        check_steps(params(3, 3, 6, false), 16, &[5, 1, 1], 3);
+    }
+    kernels::force_path(None);
+}
+
+#[test]
+fn a_cache_shared_with_a_slice_is_copied_not_overwritten() {
+    let p = params(2, 1, 8, false);
+    let cshape = [1, 1, 8, 8];
+    let base: Vec<f32> = noise(64, 7);
+    let kc = arr(&base, &cshape);
+    let vc = arr(&base, &cshape);
+    // A view of positions 4..8, which the step below writes.
+    let view = ops::slice(&kc, &[0, 0, 4, 0], &[1, 1, 8, 8], &[1; 4]).unwrap();
+    view.eval().unwrap();
+    let q = arr(&noise(2 * 16, 8), &[1, 2, 16]);
+    let k = arr(&noise(2 * 8, 9), &[1, 2, 8]);
+    let v = arr(&noise(2 * 8, 10), &[1, 2, 8]);
+    let (out, kc2, _vc2) = kernels::cached_attention(&q, &k, &v, &kc, &vc, 4, &p).unwrap();
+    transforms::eval(&[&out, &kc2]).unwrap();
+    assert_eq!(
+        view.to_vec::<f32>().unwrap(),
+        base[32..].to_vec(),
+        "the view changed"
+    );
+    assert_eq!(kc.to_vec::<f32>().unwrap(), base, "the input cache changed");
+    let written = kc2.to_vec::<f32>().unwrap();
+    assert_eq!(written[..32], base[..32], "positions before pos changed");
+    assert_ne!(
+        written[32..48],
+        base[32..48],
+        "positions pos..pos+L not written"
+    );
+}
+
+#[test]
+fn bad_shapes_are_errors_and_the_next_op_works() {
+    let p = params(4, 2, 8, false);
+    let kc = ops::zeros(&[1, 2, 4, 8], Dtype::F32).unwrap();
+    let vc = ops::zeros(&[1, 2, 4, 8], Dtype::F32).unwrap();
+    let q = arr(&noise(2 * 32, 1), &[1, 2, 32]);
+    let k = arr(&noise(2 * 16, 2), &[1, 2, 16]);
+    let v = arr(&noise(2 * 16, 3), &[1, 2, 16]);
+    let err = |r: mlx_engine::Result<(Array, Array, Array)>| {
+        r.err().map(|e| e.to_string()).unwrap_or_default()
+    };
+    // Past the capacity.
+    let e = err(kernels::cached_attention(&q, &k, &v, &kc, &vc, 3, &p));
+    assert!(e.contains("capacity"), "{e}");
+    // Wrong width of k.
+    let e = err(kernels::cached_attention(&q, &q, &v, &kc, &vc, 0, &p));
+    assert!(e.contains("k must be"), "{e}");
+    // Heads that do not group.
+    let e = err(kernels::cached_attention(
+        &q,
+        &k,
+        &v,
+        &kc,
+        &vc,
+        0,
+        &params(3, 2, 8, false),
+    ));
+    assert!(e.contains("multiple"), "{e}");
+    // Float16 inputs.
+    let q16 = ops::astype(&q, Dtype::F16).unwrap();
+    let e = err(kernels::cached_attention(&q16, &k, &v, &kc, &vc, 0, &p));
+    assert!(e.contains("float32"), "{e}");
+    let (out, _, _) = kernels::cached_attention(&q, &k, &v, &kc, &vc, 0, &p).unwrap();
+    assert_eq!(out.shape(), vec![1, 2, 32]);
+    assert!(out.to_vec::<f32>().unwrap().iter().all(|x| x.is_finite()));
+}
