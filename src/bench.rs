@@ -149,6 +149,8 @@ pub fn run(args: &BenchArgs) -> Result<()> {
         params_m: engine.config().parameter_count() as f64 / 1e6,
         backend: format!("{:?}", engine.execution),
         threads: crate::mlx::kernels::num_threads(),
+        peak_rss_mib: peak_rss_bytes().unwrap_or(0) >> 20,
+        mlx_peak_mib: (crate::mlx::transforms::memory_stats()?.peak >> 20) as u64,
     };
     print!("{}", format_results(&info, &results, &args.output)?);
     Ok(())
@@ -166,6 +168,10 @@ pub struct ModelInfo {
     pub backend: String,
     /// Kernel threads.
     pub threads: usize,
+    /// Peak resident set size of the process over the whole run (load included), MiB.
+    pub peak_rss_mib: u64,
+    /// Peak memory held by MLX arrays over the run, MiB.
+    pub mlx_peak_mib: u64,
 }
 
 /// Renders results as `table`, `markdown` or `json`.
@@ -180,6 +186,7 @@ pub fn format_results(info: &ModelInfo, results: &[BenchResult], format: &str) -
                         "model": info.name, "size_mib": info.size_mib, "params_m": info.params_m,
                         "backend": info.backend, "threads": info.threads, "test": r.test,
                         "t_s": r.mean(), "t_s_sd": r.sd(), "samples": r.samples,
+                        "peak_rss_mib": info.peak_rss_mib, "mlx_peak_mib": info.mlx_peak_mib,
                     })
                 })
                 .collect();
@@ -203,6 +210,10 @@ pub fn format_results(info: &ModelInfo, results: &[BenchResult], format: &str) -
                     r.sd()
                 ));
             }
+            out.push_str(&format!(
+                "\npeak RSS {} MiB, MLX peak {} MiB (whole run, load included)\n",
+                info.peak_rss_mib, info.mlx_peak_mib
+            ));
         }
         other => {
             return Err(Error::InvalidArgument(format!(

@@ -26,39 +26,44 @@ def bench_tokens(n, vocab):
     return [((i * 2_654_435_761 + 12_345) % (vocab - 1)) + 1 for i in range(n)]
 
 
-def llama_cpp_run(llm, n_prompt, n_gen, context):
-    """Returns (pp t/s, tg t/s) for one repetition."""
+def clear(llm):
+    llm.reset()
+
+
+def llama_cpp_run(llm, prompts, n_gen, context):
+    """Returns ([pp t/s per prompt length], tg t/s) for one repetition."""
     vocab = llm.n_vocab()
+    pps = []
+    for n_prompt in prompts:
+        clear(llm)
+        toks = bench_tokens(n_prompt, vocab)
+        start = time.perf_counter()
+        llm.eval(toks)
+        pps.append(n_prompt / (time.perf_counter() - start))
     llm.reset()
-    llm._ctx.memory_clear(True) if hasattr(llm._ctx, "memory_clear") else None
-    toks = bench_tokens(n_prompt, vocab)
-    start = time.perf_counter()
-    llm.eval(toks)
-    pp = n_prompt / (time.perf_counter() - start)
-    llm.reset()
-    llm._ctx.memory_clear(True) if hasattr(llm._ctx, "memory_clear") else None
     llm.eval(bench_tokens(max(context, 1), vocab))
     start = time.perf_counter()
     for t in bench_tokens(n_gen, vocab):
         llm.eval([t])
     tg = n_gen / (time.perf_counter() - start)
-    return pp, tg
+    return pps, tg
 
 
-def ours_run(binary, model, n_prompt, n_gen, threads):
+def ours_run(binary, model, prompts, n_gen, threads):
     out = subprocess.run(
-        [str(binary), "bench", "-m", str(model), "-p", str(n_prompt), "-n", str(n_gen), "-r", "1", "-t", str(threads), "-o", "json"],
+        [str(binary), "bench", "-m", str(model), "-p", ",".join(map(str, prompts)), "-n", str(n_gen), "-r", "1",
+         "-t", str(threads), "-o", "json"],
         check=True, capture_output=True, text=True,
     ).stdout
     rows = {r["test"]: r["t_s"] for r in json.loads(out)}
-    return rows[f"pp{n_prompt}"], rows[f"tg{n_gen}"]
+    return [rows[f"pp{p}"] for p in prompts], rows[f"tg{n_gen}"]
 
 
 def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("model")
     ap.add_argument("--threads", type=int, default=2)
-    ap.add_argument("-p", type=int, default=128)
+    ap.add_argument("-p", default="16,128,512", help="prompt lengths, comma-separated")
     ap.add_argument("-n", type=int, default=64)
     ap.add_argument("--context", type=int, default=1)
     ap.add_argument("--reps", type=int, default=3)
@@ -67,22 +72,30 @@ def main():
 
     import llama_cpp
 
-    llm = llama_cpp.Llama(args.model, n_ctx=max(2048, args.p + args.n + args.context), n_threads=args.threads,
+    prompts = [int(p) for p in args.p.split(",")]
+    llm = llama_cpp.Llama(args.model, n_ctx=max(2048, max(prompts) + args.n + args.context), n_threads=args.threads,
                           n_threads_batch=args.threads, n_batch=512, verbose=False)
     ours, theirs = [], []
     for _ in range(args.reps):
-        ours.append(ours_run(args.binary, args.model, args.p, args.n, args.threads))
-        theirs.append(llama_cpp_run(llm, args.p, args.n, args.context))
+        ours.append(ours_run(args.binary, args.model, prompts, args.n, args.threads))
+        theirs.append(llama_cpp_run(llm, prompts, args.n, args.context))
     rows = []
-    for i, test in enumerate([f"pp{args.p}", f"tg{args.n}"]):
-        o = statistics.median(r[i] for r in ours)
-        t = statistics.median(r[i] for r in theirs)
-        rows.append((test, o, t, o / t))
+    for i, p in enumerate(prompts):
+        o = statistics.median(r[0][i] for r in ours)
+        t = statistics.median(r[0][i] for r in theirs)
+        rows.append((f"pp{p}", o, t, o / t))
+    o = statistics.median(r[1] for r in ours)
+    t = statistics.median(r[1] for r in theirs)
+    rows.append((f"tg{args.n}", o, t, o / t))
     print(f"model {Path(args.model).name}, threads {args.threads}, median of {args.reps} alternating runs")
     print("| test | mlx-engine t/s | llama.cpp t/s | ratio |")
     print("| --- | ---: | ---: | ---: |")
     for test, o, t, r in rows:
         print(f"| {test} | {o:.2f} | {t:.2f} | {r:.2f} |")
+    if prompts[0] <= 32:  # time to first token: the prefill of a short prompt, incl. its logits
+        p = prompts[0]
+        print(f"time to first token, {p}-token prompt: mlx-engine {1000 * p / rows[0][1]:.1f} ms, "
+              f"llama.cpp {1000 * p / rows[0][2]:.1f} ms")
 
 
 if __name__ == "__main__":

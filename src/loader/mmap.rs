@@ -4,7 +4,7 @@
 //! alive as their owner), so loading a model costs page faults, not copies.
 
 use crate::error::{Error, Result};
-use memmap2::{Mmap, MmapOptions};
+use memmap2::{Mmap, MmapOptions, UncheckedAdvice};
 use std::fs::File;
 use std::path::{Path, PathBuf};
 
@@ -48,6 +48,31 @@ impl MappedFile {
     /// The whole file's bytes.
     pub fn bytes(&self) -> &[u8] {
         &self.map
+    }
+
+    /// Drops this process's resident pages of `bytes` (a sub-slice of [`MappedFile::bytes`])
+    /// once their contents have been copied elsewhere, e.g. into MLX arrays, so the weights
+    /// are not counted twice in RSS. Reading them again simply faults them back in from the
+    /// file. Slices that are not part of this map, and partial pages, are left alone.
+    pub fn release(&self, bytes: &[u8]) {
+        const PAGE: usize = 4096;
+        let base = self.map.as_ptr() as usize;
+        let start = bytes.as_ptr() as usize;
+        if start < base || start + bytes.len() > base + self.map.len() {
+            return;
+        }
+        let first = (start - base).div_ceil(PAGE) * PAGE;
+        let end = (start - base + bytes.len()) / PAGE * PAGE;
+        if end > first {
+            // SAFETY: the mapping is private, read-only and never written, so MADV_DONTNEED only
+            // drops clean pages that the kernel refills from the file on the next access; no
+            // data can be lost and no reference into the map becomes invalid. Failure (e.g. a
+            // page size other than 4 KiB making the range unaligned) only means nothing is freed.
+            let _ = unsafe {
+                self.map
+                    .unchecked_advise_range(UncheckedAdvice::DontNeed, first, end - first)
+            };
+        }
     }
 
     /// The file's length in bytes.

@@ -204,6 +204,8 @@ impl WeightSource for GgufWeights {
                 w: Array::from_slice(&self.dequantize(&info)?, &[n as i32, k as i32])?,
             },
         };
+        // Every branch above copied or converted the bytes into MLX memory.
+        self.file.mapping().release(self.file.tensor_bytes(&info));
         Ok(Linear { weight, bias })
     }
 
