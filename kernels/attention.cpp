@@ -26,10 +26,13 @@
 #include "mlx/c/private/array.h"
 #include "mlx/c/private/stream.h"
 #include "mlx_engine_kernels.h"
+#include "mlx_gather.h"
 #include "mlxk_internal.h"
 
 #if MLXK_X86
 #include <immintrin.h>
+
+#include "simd_exp.h"
 #define ATT_AVX2 __attribute__((target("avx2,fma")))
 #endif
 
@@ -92,26 +95,6 @@ ATT_AVX2 void axpy_avx2(float a, const float* x, float* y, int n) {
   for (; i + 8 <= n; i += 8) _mm256_storeu_ps(y + i, _mm256_fmadd_ps(av, _mm256_loadu_ps(x + i), _mm256_loadu_ps(y + i)));
   for (; i < n; ++i) y[i] += a * x[i];
 }
-// exp for x <= 0 (softmax numerators): Cody-Waite range reduction, degree-6 polynomial on
-// [-ln2/2, ln2/2]; relative error ~2e-7. Inputs below -87 flush to 0.
-ATT_AVX2 inline __m256 exp_nonpos(__m256 x) {
-  const __m256 lo = _mm256_set1_ps(-87.0f);
-  const __m256 under = _mm256_cmp_ps(x, lo, _CMP_LT_OQ);
-  x = _mm256_max_ps(x, lo);
-  const __m256 n = _mm256_round_ps(_mm256_mul_ps(x, _mm256_set1_ps(1.44269504088896341f)),
-                                   _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
-  __m256 r = _mm256_fnmadd_ps(n, _mm256_set1_ps(0.693359375f), x);
-  r = _mm256_fnmadd_ps(n, _mm256_set1_ps(-2.12194440e-4f), r);
-  __m256 p = _mm256_set1_ps(1.9875691500e-4f);
-  p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(1.3981999507e-3f));
-  p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(8.3334519073e-3f));
-  p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(4.1665795894e-2f));
-  p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(1.6666665459e-1f));
-  p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(5.0000001201e-1f));
-  p = _mm256_fmadd_ps(p, _mm256_mul_ps(r, r), _mm256_add_ps(r, _mm256_set1_ps(1.0f)));
-  const __m256i e = _mm256_slli_epi32(_mm256_add_epi32(_mm256_cvtps_epi32(n), _mm256_set1_epi32(127)), 23);
-  return _mm256_andnot_ps(under, _mm256_mul_ps(p, _mm256_castsi256_ps(e)));
-}
 ATT_AVX2 float softmax_numer_avx2(float* s, int64_t n) {
   __m256 mv = _mm256_set1_ps(-INFINITY);
   int64_t j = 0;
@@ -124,7 +107,7 @@ ATT_AVX2 float softmax_numer_avx2(float* s, int64_t n) {
   const __m256 mxv = _mm256_set1_ps(mx);
   __m256 sv = _mm256_setzero_ps();
   for (j = 0; j + 8 <= n; j += 8) {
-    const __m256 e = exp_nonpos(_mm256_sub_ps(_mm256_loadu_ps(s + j), mxv));
+    const __m256 e = simd::exp8(_mm256_sub_ps(_mm256_loadu_ps(s + j), mxv));
     _mm256_storeu_ps(s + j, e);
     sv = _mm256_add_ps(sv, e);
   }
@@ -293,25 +276,6 @@ int64_t row_stride(const mx::array& a) {
   return s >= a.shape(-1) ? s : -1;
 }
 
-// Contiguous copy of any-strided f32 data (shape, strides in elements).
-void gather(const float* src, const mx::Shape& shape, const mx::Strides& strides, float* dst) {
-  const int nd = (int)shape.size();
-  int64_t total = 1;
-  for (int i = 0; i < nd; ++i) total *= shape[i];
-  std::vector<int64_t> idx((size_t)nd, 0);
-  int64_t off = 0;
-  for (int64_t e = 0; e < total; ++e) {
-    dst[e] = src[off];
-    for (int d = nd - 1; d >= 0; --d) {
-      if (++idx[(size_t)d] < shape[d]) {
-        off += strides[d];
-        break;
-      }
-      off -= strides[d] * (int64_t)(shape[d] - 1);
-      idx[(size_t)d] = 0;
-    }
-  }
-}
 
 // Where the float rows of an input are: the buffer itself when rows are contiguous, else
 // the shape and strides to gather from (on the stream thread).
@@ -335,7 +299,7 @@ struct RowsDesc {
     int64_t total = 1;
     for (auto d : shape) total *= d;
     copy.resize((size_t)total);
-    gather(ptr, shape, strides, copy.data());
+    gather_to_f32(ptr, shape, strides, copy.data());
     *ldo = shape.back();
     return copy.data();
   }
@@ -382,8 +346,8 @@ class CachedAttention : public mx::Primitive {
     float* vcp = outputs[2].data<float>();
     enc.dispatch([=]() {
       try {
-        if (copy_cache[0]) gather(caches[0].ptr, caches[0].shape, caches[0].strides, kcp);
-        if (copy_cache[1]) gather(caches[1].ptr, caches[1].shape, caches[1].strides, vcp);
+        if (copy_cache[0]) gather_to_f32(caches[0].ptr, caches[0].shape, caches[0].strides, kcp);
+        if (copy_cache[1]) gather_to_f32(caches[1].ptr, caches[1].shape, caches[1].strides, vcp);
         std::vector<float> qb, kb, vb;
         int64_t ldq = 0, ldk = 0, ldv = 0;
         const float* qp = q.rows(qb, &ldq);

@@ -21,6 +21,7 @@
 #include "mlx/c/private/array.h"
 #include "mlx/c/private/stream.h"
 #include "mlx_engine_kernels.h"
+#include "mlx_gather.h"
 #include "mlxk_internal.h"
 
 namespace mlxe {
@@ -67,25 +68,6 @@ bool row_view(const mx::array& x, int64_t* rows, int64_t* row_stride) {
   return true;
 }
 
-template <typename T>
-void gather_to_f32(const T* src, const mx::Shape& shape, const mx::Strides& strides, float* dst) {
-  const int nd = (int)shape.size();
-  int64_t total = 1;
-  for (int i = 0; i < nd; ++i) total *= shape[i];
-  std::vector<int64_t> idx((size_t)nd, 0);
-  int64_t off = 0;
-  for (int64_t e = 0; e < total; ++e) {
-    dst[e] = static_cast<float>(src[off]);
-    for (int d = nd - 1; d >= 0; --d) {
-      if (++idx[d] < shape[d]) {
-        off += strides[d];
-        break;
-      }
-      off -= strides[d] * (int64_t)(shape[d] - 1);
-      idx[d] = 0;
-    }
-  }
-}
 
 // What eval_cpu captures of x [..., M, K] to read it on the stream thread: a float32 row view
 // read in place, or what is needed to gather it into a contiguous float32 copy.

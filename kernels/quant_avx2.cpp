@@ -18,6 +18,8 @@
 #if MLXK_X86
 #include <immintrin.h>
 
+#include "simd_exp.h"
+
 #define AVX2_FN __attribute__((target("avx2,fma,f16c")))
 #define AVX2_INL static inline __attribute__((always_inline, target("avx2,fma,f16c")))
 
@@ -1000,37 +1002,6 @@ void compute_rows(const Problem& p, int64_t n0, int64_t n1) {
   }
 }
 
-namespace {
-
-// exp(x) for 8 floats: x = n ln2 + r with |r| <= ln2/2 (ln2 split in two so n*C1 is exact),
-// e^r by the Cephes expf polynomial (~1 ulp), then 2^n applied in two halves so that n = 128
-// (x up to ln(FLT_MAX)) and the subnormal results come out right. Past those ranges the result
-// overflows to inf / rounds to 0 like std::exp. The clamp maps a NaN input to 89 (inf out):
-// callers must carry NaN through their own arithmetic (swiglu does).
-AVX2_INL __m256 exp8(__m256 x) {
-  x = _mm256_min_ps(_mm256_max_ps(x, _mm256_set1_ps(-104.0f)), _mm256_set1_ps(89.0f));
-  const __m256 n = _mm256_round_ps(_mm256_mul_ps(x, _mm256_set1_ps(1.44269504088896341f)),
-                                   _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
-  __m256 r = _mm256_fnmadd_ps(n, _mm256_set1_ps(0.693359375f), x);
-  r = _mm256_fnmadd_ps(n, _mm256_set1_ps(-2.12194440e-4f), r);
-  __m256 p = _mm256_set1_ps(1.9875691500e-4f);
-  p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(1.3981999507e-3f));
-  p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(8.3334519073e-3f));
-  p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(4.1665795894e-2f));
-  p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(1.6666665459e-1f));
-  p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(5.0000001201e-1f));
-  p = _mm256_fmadd_ps(p, _mm256_mul_ps(r, r), _mm256_add_ps(r, _mm256_set1_ps(1.0f)));
-  const __m256i ni = _mm256_cvtps_epi32(n);
-  const __m256i n1 = _mm256_srai_epi32(ni, 1);
-  const __m256i n2 = _mm256_sub_epi32(ni, n1);
-  const __m256i bias = _mm256_set1_epi32(127);
-  const __m256 s1 = _mm256_castsi256_ps(_mm256_slli_epi32(_mm256_add_epi32(n1, bias), 23));
-  const __m256 s2 = _mm256_castsi256_ps(_mm256_slli_epi32(_mm256_add_epi32(n2, bias), 23));
-  return _mm256_mul_ps(_mm256_mul_ps(p, s1), s2);
-}
-
-}  // namespace
-
 AVX2_FN void swiglu(float* g, const float* u, int64_t len) {
   const __m256 one = _mm256_set1_ps(1.0f);
   const __m256 sign = _mm256_set1_ps(-0.0f);
@@ -1038,7 +1009,7 @@ AVX2_FN void swiglu(float* g, const float* u, int64_t len) {
   for (; i + 8 <= len; i += 8) {
     const __m256 gv = _mm256_loadu_ps(g + i);
     // g / (1 + exp(-g)): a NaN g stays NaN through the division whatever exp8 returns.
-    const __m256 e = exp8(_mm256_xor_ps(gv, sign));
+    const __m256 e = simd::exp8(_mm256_xor_ps(gv, sign));
     const __m256 s = _mm256_div_ps(gv, _mm256_add_ps(one, e));
     _mm256_storeu_ps(g + i, _mm256_mul_ps(s, _mm256_loadu_ps(u + i)));
   }

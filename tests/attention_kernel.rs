@@ -10,24 +10,12 @@ use mlx_engine::mlx::kernels::{self, AttentionParams, KernelPath};
 use mlx_engine::mlx::{ops, transforms, Array, Dtype};
 use std::sync::Mutex;
 
+mod common;
+
 const TOL: f32 = 2e-5;
 
 /// The kernel path switch is process-wide.
 static PATH: Mutex<()> = Mutex::new(());
-
-fn noise(n: usize, seed: u64) -> Vec<f32> {
-    let mut s = seed
-        .wrapping_mul(6364136223846793005)
-        .wrapping_add(1442695040888963407);
-    (0..n)
-        .map(|_| {
-            s = s
-                .wrapping_mul(6364136223846793005)
-                .wrapping_add(1442695040888963407);
-            ((s >> 40) as f32 / (1u64 << 24) as f32) * 2.0 - 1.0
-        })
-        .collect()
-}
 
 fn arr(data: &[f32], shape: &[i32]) -> Array {
     Array::from_slice(data, shape).unwrap()
@@ -87,13 +75,16 @@ fn check_steps(p: AttentionParams, cap: usize, lens: &[usize], seed: u64) {
     let mut pos = 0;
     for (step, &l) in lens.iter().enumerate() {
         let s = seed + 10 * step as u64;
-        let q = arr(&noise(l * hq * hd, s), &[1, l as i32, (hq * hd) as i32]);
+        let q = arr(
+            &common::activations(1, l * hq * hd, s),
+            &[1, l as i32, (hq * hd) as i32],
+        );
         let k = arr(
-            &noise(l * hkv * hd, s + 1),
+            &common::activations(1, l * hkv * hd, s + 1),
             &[1, l as i32, (hkv * hd) as i32],
         );
         let v = arr(
-            &noise(l * hkv * hd, s + 2),
+            &common::activations(1, l * hkv * hd, s + 2),
             &[1, l as i32, (hkv * hd) as i32],
         );
 
@@ -190,15 +181,15 @@ fn matches_mlx_rope_and_sdpa_over_prefill_and_decode_steps() {
 fn a_cache_shared_with_a_slice_is_copied_not_overwritten() {
     let p = params(2, 1, 8, false);
     let cshape = [1, 1, 8, 8];
-    let base: Vec<f32> = noise(64, 7);
+    let base: Vec<f32> = common::activations(1, 64, 7);
     let kc = arr(&base, &cshape);
     let vc = arr(&base, &cshape);
     // A view of positions 4..8, which the step below writes.
     let view = ops::slice(&kc, &[0, 0, 4, 0], &[1, 1, 8, 8], &[1; 4]).unwrap();
     view.eval().unwrap();
-    let q = arr(&noise(2 * 16, 8), &[1, 2, 16]);
-    let k = arr(&noise(2 * 8, 9), &[1, 2, 8]);
-    let v = arr(&noise(2 * 8, 10), &[1, 2, 8]);
+    let q = arr(&common::activations(1, 2 * 16, 8), &[1, 2, 16]);
+    let k = arr(&common::activations(1, 2 * 8, 9), &[1, 2, 8]);
+    let v = arr(&common::activations(1, 2 * 8, 10), &[1, 2, 8]);
     let (out, kc2, _vc2) = kernels::cached_attention(&q, &k, &v, &kc, &vc, 4, &p).unwrap();
     transforms::eval(&[&out, &kc2]).unwrap();
     assert_eq!(
@@ -221,9 +212,9 @@ fn bad_shapes_are_errors_and_the_next_op_works() {
     let p = params(4, 2, 8, false);
     let kc = ops::zeros(&[1, 2, 4, 8], Dtype::F32).unwrap();
     let vc = ops::zeros(&[1, 2, 4, 8], Dtype::F32).unwrap();
-    let q = arr(&noise(2 * 32, 1), &[1, 2, 32]);
-    let k = arr(&noise(2 * 16, 2), &[1, 2, 16]);
-    let v = arr(&noise(2 * 16, 3), &[1, 2, 16]);
+    let q = arr(&common::activations(1, 2 * 32, 1), &[1, 2, 32]);
+    let k = arr(&common::activations(1, 2 * 16, 2), &[1, 2, 16]);
+    let v = arr(&common::activations(1, 2 * 16, 3), &[1, 2, 16]);
     let err = |r: mlx_engine::Result<(Array, Array, Array)>| {
         r.err().map(|e| e.to_string()).unwrap_or_default()
     };

@@ -41,26 +41,6 @@ impl Drop for Settings {
 
 const PATHS: [KernelPath; 2] = [KernelPath::Scalar, KernelPath::Avx2];
 
-/// Deterministic values in [-1, 1) with a few larger outliers.
-fn activations(m: usize, k: usize, seed: u64) -> Vec<f32> {
-    let mut state = seed
-        .wrapping_mul(6364136223846793005)
-        .wrapping_add(1442695040888963407);
-    (0..m * k)
-        .map(|i| {
-            state = state
-                .wrapping_mul(6364136223846793005)
-                .wrapping_add(1442695040888963407);
-            let u = ((state >> 40) as f32) / (1u64 << 24) as f32 * 2.0 - 1.0;
-            if i % 97 == 0 {
-                u * 4.0
-            } else {
-                u
-            }
-        })
-        .collect()
-}
-
 /// One weight tensor of a synthetic model, as the MLX array of its blocks.
 struct Weight {
     blocks: Array,
@@ -112,7 +92,10 @@ fn qkv(quants: [&str; 3]) -> Vec<Weight> {
 }
 
 fn x_array(m: usize, k: usize, seed: u64, scale: f32) -> Array {
-    let x: Vec<f32> = activations(m, k, seed).iter().map(|v| v * scale).collect();
+    let x: Vec<f32> = common::activations(m, k, seed)
+        .iter()
+        .map(|v| v * scale)
+        .collect();
     Array::from_slice(&x, &[m as i32, k as i32]).unwrap()
 }
 
@@ -166,7 +149,7 @@ fn fused_projections_equal_separate_matmuls() {
             .iter()
             .enumerate()
             .map(|(i, w)| {
-                let b: Vec<f32> = activations(1, w.n, 100 + i as u64);
+                let b: Vec<f32> = common::activations(1, w.n, 100 + i as u64);
                 Array::from_slice(&b, &[w.n as i32]).unwrap()
             })
             .collect();

@@ -16,26 +16,6 @@ use mlx_engine::mlx::kernels::{self, KernelPath};
 use mlx_engine::mlx::{ops, Array, Dtype};
 use mlx_engine::quant::{self, GgmlType};
 
-/// Deterministic activations in [-1, 1) with a few larger outliers.
-fn activations(m: usize, k: usize, seed: u64) -> Vec<f32> {
-    let mut state = seed
-        .wrapping_mul(6364136223846793005)
-        .wrapping_add(1442695040888963407);
-    (0..m * k)
-        .map(|i| {
-            state = state
-                .wrapping_mul(6364136223846793005)
-                .wrapping_add(1442695040888963407);
-            let u = ((state >> 40) as f32) / (1u64 << 24) as f32 * 2.0 - 1.0;
-            if i % 97 == 0 {
-                u * 4.0
-            } else {
-                u
-            }
-        })
-        .collect()
-}
-
 struct Case {
     ty: GgmlType,
     bytes: Vec<u8>,
@@ -125,7 +105,7 @@ fn every_type_and_path_matches_the_scalar_twin() {
             "{quant}: the kernel's dequantization equals the Rust twin bit for bit"
         );
         for m in [1usize, 3, 64, 130] {
-            let x = activations(m, case.k, m as u64);
+            let x = common::activations(m, case.k, m as u64);
             let (want, mag) = reference(&case, &x, m);
             for (path, rel) in [(KernelPath::Scalar, 1e-5), (KernelPath::Avx2, 2e-2)] {
                 kernels::force_path(Some(path));
@@ -163,7 +143,7 @@ fn the_mlx_primitive_handles_layouts_dtypes_and_errors() {
     let blocks =
         Array::from_borrowed_bytes(&case.bytes, owner, &[n as i32, row_bytes as i32], Dtype::U8)
             .unwrap();
-    let x = activations(m, k, 7);
+    let x = common::activations(m, k, 7);
     let (want, mag) = reference(&case, &x, m);
 
     let plain = Array::from_slice(&x, &[m as i32, k as i32]).unwrap();
@@ -260,7 +240,7 @@ fn the_primitive_works_under_compile() {
         Ok(vec![ops::silu(&y)?])
     };
     let compiled = mlx_engine::mlx::transforms::compile(Box::new(f), false).unwrap();
-    let xv = activations(1, k, 3);
+    let xv = common::activations(1, k, 3);
     let x = Array::from_slice(&xv, &[1, k as i32]).unwrap();
     let (want, mag) = reference(&case, &xv, 1);
     // silu is 1.1-Lipschitz, so the matmul bound carries over with that factor.

@@ -124,3 +124,23 @@ pub fn max_diff(a: &[f32], b: &[f32]) -> f32 {
         .map(|(x, y)| (x - y).abs())
         .fold(0.0, f32::max)
 }
+
+/// Deterministic activations m × k in [-1, 1) with a few larger outliers (×4 every 97th).
+pub fn activations(m: usize, k: usize, seed: u64) -> Vec<f32> {
+    let mut state = seed
+        .wrapping_mul(6364136223846793005)
+        .wrapping_add(1442695040888963407);
+    (0..m * k)
+        .map(|i| {
+            state = state
+                .wrapping_mul(6364136223846793005)
+                .wrapping_add(1442695040888963407);
+            let u = ((state >> 40) as f32) / (1u64 << 24) as f32 * 2.0 - 1.0;
+            if i % 97 == 0 {
+                u * 4.0
+            } else {
+                u
+            }
+        })
+        .collect()
+}
