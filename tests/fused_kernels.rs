@@ -11,7 +11,6 @@
 
 mod common;
 
-use mlx_engine::loader::gguf::GgufFile;
 use mlx_engine::mlx::kernels::{self, GgufWeightRef, KernelPath};
 use mlx_engine::mlx::{ops, transforms, Array, Dtype};
 use mlx_engine::quant::GgmlType;
@@ -58,25 +57,13 @@ impl Weight {
 /// `tensor` of the synthetic llama model quantized as `quant` (the files `tests/kernels.rs`
 /// uses: hidden 256, q 256, k/v 128, ffn 512).
 fn load(quant: &str, tensor: &str) -> Weight {
-    let file = GgufFile::open(&common::synthetic(
-        &format!("llama-{quant}"),
-        &["--arch", "llama", "--quant", quant, "--seed", "1"],
-    ))
-    .unwrap();
-    let info = file.tensor(tensor).unwrap().clone();
-    let (n, k) = (info.n_rows() as usize, info.row_len() as usize);
-    let bytes = file.tensor_bytes(&info).to_vec();
+    let (ty, bytes, n, k) = common::synthetic_tensor(quant, tensor);
     let row_bytes = bytes.len() / n;
     let owner: Arc<dyn Send + Sync> = Arc::new(bytes.clone());
     let blocks =
         Array::from_borrowed_bytes(&bytes, owner, &[n as i32, row_bytes as i32], Dtype::U8)
             .unwrap();
-    Weight {
-        blocks,
-        ty: info.ggml_type,
-        n,
-        k,
-    }
+    Weight { blocks, ty, n, k }
 }
 
 fn qkv(quants: [&str; 3]) -> Vec<Weight> {

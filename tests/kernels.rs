@@ -11,7 +11,6 @@
 
 mod common;
 
-use mlx_engine::loader::gguf::GgufFile;
 use mlx_engine::mlx::kernels::{self, KernelPath};
 use mlx_engine::mlx::{ops, Array, Dtype};
 use mlx_engine::quant::{self, GgmlType};
@@ -25,26 +24,13 @@ struct Case {
 }
 
 fn load_case(quant: &str, tensor: &str) -> Case {
-    let file = GgufFile::open(&common::synthetic(
-        &format!("llama-{quant}"),
-        &["--arch", "llama", "--quant", quant, "--seed", "1"],
-    ))
-    .unwrap();
-    let info = file.tensor(tensor).unwrap().clone();
-    let (n, k) = (info.n_rows() as usize, info.row_len() as usize);
-    let bytes = file.tensor_bytes(&info).to_vec();
+    let (ty, bytes, n, k) = common::synthetic_tensor(quant, tensor);
     let row = bytes.len() / n;
     let mut w = vec![0f32; n * k];
     for (r, dst) in w.chunks_exact_mut(k).enumerate() {
-        quant::dequantize_row(info.ggml_type, &bytes[r * row..(r + 1) * row], dst).unwrap();
+        quant::dequantize_row(ty, &bytes[r * row..(r + 1) * row], dst).unwrap();
     }
-    Case {
-        ty: info.ggml_type,
-        bytes,
-        w,
-        n,
-        k,
-    }
+    Case { ty, bytes, w, n, k }
 }
 
 /// y and Σ|w·x| per output, in f64.

@@ -144,3 +144,19 @@ pub fn activations(m: usize, k: usize, seed: u64) -> Vec<f32> {
         })
         .collect()
 }
+
+/// One weight tensor of the small synthetic llama model quantized as `quant` (hidden 256, q 256,
+/// k/v 128, ffn 512): its type, raw GGUF bytes, rows n and row length k.
+pub fn synthetic_tensor(
+    quant: &str,
+    tensor: &str,
+) -> (mlx_engine::quant::GgmlType, Vec<u8>, usize, usize) {
+    let file = mlx_engine::loader::gguf::GgufFile::open(&synthetic(
+        &format!("llama-{quant}"),
+        &["--arch", "llama", "--quant", quant, "--seed", "1"],
+    ))
+    .unwrap();
+    let info = file.tensor(tensor).unwrap().clone();
+    let (n, k) = (info.n_rows() as usize, info.row_len() as usize);
+    (info.ggml_type, file.tensor_bytes(&info).to_vec(), n, k)
+}
