@@ -310,6 +310,36 @@ class GgufQMatmulMulti : public mx::Primitive {
 
 }  // namespace mlx_engine
 
+extern "C" int mlxk_weight_array(mlx_array* res, const void* src, int ggml_type, int64_t n, int64_t k,
+                                 int* out_type) {
+  namespace mx = mlx::core;
+  try {
+    if (!res || !src || !out_type) {
+      mlxe::set_last_error("mlxk_weight_array: null pointer argument");
+      return 1;
+    }
+    int64_t rb = 0;
+    if (mlxe::validate(ggml_type, n, k, &rb) != 0) {
+      mlxe::set_last_error(std::string("mlxk_weight_array: ") + mlxk_last_error());
+      return 1;
+    }
+    if (n < 1 || n > INT32_MAX || rb > INT32_MAX)
+      throw std::invalid_argument("n=" + std::to_string(n) + " rows of " + std::to_string(rb) +
+                                  " bytes do not fit an MLX shape");
+    // A fresh buffer that this array alone owns: filling it before anyone reads it is safe.
+    mx::array out(mx::allocator::malloc((size_t)(n * rb)), {(int)n, (int)rb}, mx::uint8);
+    if (mlxk_repack_rows(src, ggml_type, n, k, out.data<uint8_t>(), out_type) != 0)
+      throw std::runtime_error(mlxk_last_error());
+    mlx_array_set_(*res, std::move(out));
+    return 0;
+  } catch (const std::exception& e) {
+    mlxe::set_last_error(std::string("mlxk_weight_array: ") + e.what());
+  } catch (...) {
+    mlxe::set_last_error("mlxk_weight_array: unknown exception");
+  }
+  return 1;
+}
+
 extern "C" int mlxk_gguf_qmatmul(mlx_array* res, const mlx_array x, const mlx_array w, int ggml_type, int64_t n,
                                  int64_t k, const mlx_stream s) {
   namespace mx = mlx::core;

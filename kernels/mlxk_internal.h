@@ -27,7 +27,16 @@ enum GgmlType : int {
   T_Q5_K = 13,
   T_Q6_K = 14,
   T_BF16 = 30,
+  // Load-time repacked layouts (repack.cpp): the ggml type id | kRepackedFlag.
+  T_Q5_0_R8 = T_Q5_0 | 0x100,
+  T_Q8_0_R8 = T_Q8_0 | 0x100,
 };
+
+// Or'ed into a ggml type id for rows rewritten by repack_row (MLXK_TYPE_REPACKED).
+constexpr int kRepackedFlag = 0x100;
+constexpr bool is_repacked(int type) { return (type & kRepackedFlag) != 0; }
+// The ggml type a (possibly repacked) type id stores.
+constexpr int base_type(int type) { return type & ~kRepackedFlag; }
 
 struct TypeInfo {
   int block;        // elements per block
@@ -35,8 +44,16 @@ struct TypeInfo {
   const char* name;
 };
 
-// Returns false for unsupported type ids.
+// Returns false for unsupported type ids. A repacked id has its ggml type's block and bytes.
 bool type_info(int type, TypeInfo* out);
+
+// ---- load-time repacking (repack.cpp; the layouts are described there) ----
+// Whether the ggml type `type` has a repacked layout (Q5_0, Q8_0).
+bool repack_supported(int type);
+// One row of k elements of ggml type `type` into its repacked layout, and back. Same byte size;
+// src and dst must not overlap.
+void repack_row(int type, const uint8_t* src, int64_t k, uint8_t* dst);
+void unpack_row(int type, const uint8_t* src, int64_t k, uint8_t* dst);
 
 // ---- scalar number conversions (portable) ----
 inline float f32_from_bits(uint32_t u) {

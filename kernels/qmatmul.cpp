@@ -558,6 +558,61 @@ int mlxk_row_bytes(int ggml_type, int64_t k, int64_t* out) {
   return MLXK_OK;
 }
 
+int mlxk_repack_supported(int ggml_type) { return repack_supported(ggml_type) ? 1 : 0; }
+
+int mlxk_repack_rows(const void* src, int ggml_type, int64_t n, int64_t k, void* dst, int* out_type) {
+  try {
+    int64_t rb = 0;
+    if (is_repacked(ggml_type)) {
+      set_last_error("type id " + std::to_string(ggml_type) + " is already a repacked layout");
+      return MLXK_ERR_BAD_TYPE;
+    }
+    int rc = validate(ggml_type, n, k, &rb);
+    if (rc) return rc;
+    if (!out_type || (n > 0 && (!src || !dst))) {
+      set_last_error("null pointer argument");
+      return MLXK_ERR_BAD_ARG;
+    }
+    const uint8_t* s = (const uint8_t*)src;
+    uint8_t* d = (uint8_t*)dst;
+    if (n > 0 && s < d + (size_t)n * rb && d < s + (size_t)n * rb) {
+      set_last_error("source and destination overlap");
+      return MLXK_ERR_BAD_ARG;
+    }
+    if (!repack_supported(ggml_type)) {
+      if (n > 0) std::memcpy(d, s, (size_t)n * rb);
+      *out_type = ggml_type;
+      return MLXK_OK;
+    }
+    struct Job {
+      const uint8_t* s;
+      uint8_t* d;
+      int type;
+      int64_t n, k, rb;
+      std::atomic<int64_t> next{0};
+    } job{s, d, ggml_type, n, k, rb};
+    parallel_run(
+        [](void* ctx) {
+          Job* j = (Job*)ctx;
+          constexpr int64_t kRows = 64;
+          for (;;) {
+            const int64_t r0 = j->next.fetch_add(kRows, std::memory_order_relaxed);
+            if (r0 >= j->n) break;
+            const int64_t r1 = r0 + kRows < j->n ? r0 + kRows : j->n;
+            for (int64_t r = r0; r < r1; ++r) repack_row(j->type, j->s + r * j->rb, j->k, j->d + r * j->rb);
+          }
+        },
+        &job, pool_num_threads());
+    *out_type = ggml_type | kRepackedFlag;
+    return MLXK_OK;
+  } catch (const std::exception& e) {
+    set_last_error(std::string("mlxk_repack_rows: ") + e.what());
+  } catch (...) {
+    set_last_error("mlxk_repack_rows: unknown exception");
+  }
+  return MLXK_ERR_INTERNAL;
+}
+
 int mlxk_block_size(int ggml_type) {
   TypeInfo ti;
   return type_info(ggml_type, &ti) ? ti.block : 0;

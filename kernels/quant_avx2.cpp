@@ -324,6 +324,151 @@ AVX2_FN void tile_b32(const uint8_t* w, size_t ws, const uint8_t* const* xa, int
     for (int r = 0; r < R; ++r) y[c * ldy + r] = hsum_ps(acc[r][c]);
 }
 
+// ---- The repacked ("r8") Q5_0 / Q8_0 layouts (repack.cpp): whole groups of 8 blocks, read
+// with 32-byte loads, one 16-byte load for the 8 scales; the partial tail group is ggml blocks.
+template <int TYPE>
+struct R8;
+template <>
+struct R8<T_Q5_0> {
+  static constexpr int gbytes = 176;
+  // Blocks 2p and 2p+1 of the group at g: low nibbles of V[p] | fifth bits from H, bit b of
+  // each byte (moved to 0x10 with one 16-bit shift: the mask drops what crosses a byte).
+  template <int P>
+  AVX2_INL void decode_pair(const uint8_t* g, __m256i hb, __m256i* w0, __m256i* w1) {
+    const __m256i m4 = _mm256_set1_epi8(0x0f), b4 = _mm256_set1_epi8(0x10);
+    const __m256i v = _mm256_loadu_si256((const __m256i*)(g + 48 + 32 * P));
+    *w0 = _mm256_or_si256(_mm256_and_si256(v, m4), _mm256_and_si256(shift_to_bit4<2 * P>(hb), b4));
+    *w1 = _mm256_or_si256(_mm256_and_si256(_mm256_srli_epi16(v, 4), m4),
+                          _mm256_and_si256(shift_to_bit4<2 * P + 1>(hb), b4));
+  }
+  AVX2_INL __m256i high_bits(const uint8_t* g) { return _mm256_loadu_si256((const __m256i*)(g + 16)); }
+  // Moves bit B of every byte to bit 4.
+  template <int B>
+  AVX2_INL __m256i shift_to_bit4(__m256i h) {
+    if constexpr (B < 4) return _mm256_slli_epi16(h, 4 - B);
+    else if constexpr (B > 4) return _mm256_srli_epi16(h, B - 4);
+    else return h;
+  }
+};
+template <>
+struct R8<T_Q8_0> {
+  static constexpr int gbytes = 272;
+  template <int P>
+  AVX2_INL void decode_pair(const uint8_t* g, __m256i, __m256i* w0, __m256i* w1) {
+    *w0 = _mm256_loadu_si256((const __m256i*)(g + 16 + 64 * P));
+    *w1 = _mm256_loadu_si256((const __m256i*)(g + 48 + 64 * P));
+  }
+  AVX2_INL __m256i high_bits(const uint8_t*) { return _mm256_setzero_si256(); }
+};
+
+// Dot products of one pair of blocks (2P, 2P+1) of a group with the activations, folded into the
+// same hadd tree as b32_group.
+template <int TYPE, int R, int C, int P>
+AVX2_INL void r8_pair(const uint8_t* const* gp, const __m256i* hb, int64_t blk0, const int8_t* const* xq,
+                      __m256i (&q)[2][R][C], __m256i (&h)[R][C]) {
+  typedef B32<TYPE> F;
+  const __m256i ones = _mm256_set1_epi16(1);
+  __m256i wv[2][R];
+#pragma GCC unroll 8
+  for (int r = 0; r < R; ++r) R8<TYPE>::template decode_pair<P>(gp[r], hb[r], &wv[0][r], &wv[1][r]);
+#pragma GCC unroll 2
+  for (int s = 0; s < 2; ++s) {
+    const int b = 2 * P + s;
+    __m256i wu[R];
+    if constexpr (F::is_signed) {
+#pragma GCC unroll 8
+      for (int r = 0; r < R; ++r) wu[r] = _mm256_sign_epi8(wv[s][r], wv[s][r]);
+    }
+#pragma GCC unroll 8
+    for (int c = 0; c < C; ++c) {
+      const __m256i xv = _mm256_load_si256((const __m256i*)(xq[c] + 32 * (blk0 + b)));
+#pragma GCC unroll 8
+      for (int r = 0; r < R; ++r) {
+        __m256i p;
+        if constexpr (F::is_signed)
+          p = _mm256_maddubs_epi16(wu[r], _mm256_sign_epi8(xv, wv[s][r]));
+        else
+          p = _mm256_maddubs_epi16(wv[s][r], xv);
+        const __m256i i = _mm256_madd_epi16(p, ones);
+        if (s == 0) {
+          h[r][c] = i;
+        } else {
+          const __m256i hh = _mm256_hadd_epi32(h[r][c], i);
+          if ((b & 3) == 1)
+            q[b >> 2][r][c] = hh;
+          else
+            q[b >> 2][r][c] = _mm256_hadd_epi32(q[b >> 2][r][c], hh);
+        }
+      }
+    }
+  }
+}
+
+// One full group g (blocks 8g..8g+7) of R repacked rows against C activation rows.
+template <int TYPE, int R, int C>
+AVX2_INL void r8_group(const uint8_t* w, size_t ws, int64_t g, const int8_t* const* xq, const float* const* xd,
+                       const int32_t* const* xi, __m256 (&acc)[R][C]) {
+  typedef B32<TYPE> F;
+  const uint8_t* gp[R];
+  __m256i hb[R];
+#pragma GCC unroll 8
+  for (int r = 0; r < R; ++r) {
+    gp[r] = w + r * ws + g * R8<TYPE>::gbytes;
+    hb[r] = R8<TYPE>::high_bits(gp[r]);
+  }
+  __m256i q[2][R][C];
+  __m256i h[R][C];
+  r8_pair<TYPE, R, C, 0>(gp, hb, 8 * g, xq, q, h);
+  r8_pair<TYPE, R, C, 1>(gp, hb, 8 * g, xq, q, h);
+  r8_pair<TYPE, R, C, 2>(gp, hb, 8 * g, xq, q, h);
+  r8_pair<TYPE, R, C, 3>(gp, hb, 8 * g, xq, q, h);
+  __m256 dw[R];
+#pragma GCC unroll 8
+  for (int r = 0; r < R; ++r) dw[r] = _mm256_cvtph_ps(_mm_loadu_si128((const __m128i*)gp[r]));
+#pragma GCC unroll 8
+  for (int c = 0; c < C; ++c) {
+    const __m256 dx = _mm256_loadu_ps(xd[c] + 8 * g);
+    __m256i corr = _mm256_setzero_si256();
+    if constexpr (F::off != 0)
+      corr = _mm256_slli_epi32(_mm256_loadu_si256((const __m256i*)(xi[c] + 8 * g)), 4);
+#pragma GCC unroll 8
+    for (int r = 0; r < R; ++r) {
+      __m256i s = reduce8(q[0][r][c], q[1][r][c]);
+      if constexpr (F::off != 0) s = _mm256_sub_epi32(s, corr);
+      acc[r][c] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(s), _mm256_mul_ps(dw[r], dx), acc[r][c]);
+    }
+  }
+}
+
+template <int TYPE, int R, int C>
+AVX2_FN void tile_r8(const uint8_t* w, size_t ws, const uint8_t* const* xa, int64_t k, float* y, int64_t ldy) {
+  const int64_t nb = k / 32;
+  const int8_t* xq[C];
+  const float* xd[C];
+  const float* xs[C];
+  const int32_t* xi[C];
+#pragma GCC unroll 8
+  for (int c = 0; c < C; ++c) {
+    xq[c] = (const int8_t*)xa[c];
+    xd[c] = (const float*)(xa[c] + k);
+    xs[c] = xd[c] + nb;
+    xi[c] = (const int32_t*)(xs[c] + nb);
+  }
+  __m256 acc[R][C];
+#pragma GCC unroll 8
+  for (int r = 0; r < R; ++r)
+#pragma GCC unroll 8
+    for (int c = 0; c < C; ++c) acc[r][c] = _mm256_setzero_ps();
+  const int64_t ng = nb / 8;
+  for (int64_t g = 0; g < ng; ++g) r8_group<TYPE, R, C>(w, ws, g, xq, xd, xi, acc);
+  // The tail group is ggml blocks at their ggml offsets (a full group has the bytes of 8 blocks).
+  if (nb % 8) b32_group<TYPE, R, C, false>(w, ws, ng, (int)(nb % 8), xq, xd, xs, xi, acc);
+#pragma GCC unroll 8
+  for (int c = 0; c < C; ++c)
+#pragma GCC unroll 8
+    for (int r = 0; r < R; ++r) y[c * ldy + r] = hsum_ps(acc[r][c]);
+}
+
 // ---- GEMM for the 32-element block formats: a panel of up to PR weight rows is decoded once
 // (bytes + f32 scales), then reused for every activation row. The microkernel needs 4-5 vector
 // ops per (weight block, activation block) pair.
@@ -355,6 +500,38 @@ AVX2_FN void b32_decode_panel(const uint8_t* w, size_t ws, int rows, const Panel
     for (; b < P.nb; ++b) {
       P.d[r * P.nb + b] = half(row + b * F::bytes);
       if constexpr (F::has_min) P.m[r * P.nb + b] = half(row + b * F::bytes + 2);
+    }
+  }
+}
+
+// The repacked layout decoded into a panel: whole groups pair by pair, then the ggml tail.
+template <int P, int TYPE>
+AVX2_INL void r8_store_pair(const uint8_t* g, __m256i hb, uint8_t* q) {
+  __m256i w0, w1;
+  R8<TYPE>::template decode_pair<P>(g, hb, &w0, &w1);
+  _mm256_store_si256((__m256i*)(q + 64 * P), w0);
+  _mm256_store_si256((__m256i*)(q + 64 * P + 32), w1);
+}
+
+template <int TYPE>
+AVX2_FN void r8_decode_panel(const uint8_t* w, size_t ws, int rows, const Panel& P) {
+  typedef B32<TYPE> F;
+  const int64_t ng = P.nb / 8;
+  for (int r = 0; r < rows; ++r) {
+    const uint8_t* row = w + r * ws;
+    uint8_t* q = P.q + r * P.k;
+    for (int64_t g = 0; g < ng; ++g) {
+      const uint8_t* gp = row + g * R8<TYPE>::gbytes;
+      const __m256i hb = R8<TYPE>::high_bits(gp);
+      r8_store_pair<0, TYPE>(gp, hb, q + 256 * g);
+      r8_store_pair<1, TYPE>(gp, hb, q + 256 * g);
+      r8_store_pair<2, TYPE>(gp, hb, q + 256 * g);
+      r8_store_pair<3, TYPE>(gp, hb, q + 256 * g);
+      _mm256_storeu_ps(P.d + r * P.nb + 8 * g, _mm256_cvtph_ps(_mm_loadu_si128((const __m128i*)gp)));
+    }
+    for (int64_t b = 8 * ng; b < P.nb; ++b) {
+      _mm256_store_si256((__m256i*)(q + 32 * b), F::decode(row + b * F::bytes));
+      P.d[r * P.nb + b] = half(row + b * F::bytes);
     }
   }
 }
@@ -437,7 +614,8 @@ struct PanelTable {
 const PanelTable kPanelTables[] = {
     {&b32_decode_panel<T_Q4_0>, MLXK_PTAB(T_Q4_0)}, {&b32_decode_panel<T_Q4_1>, MLXK_PTAB(T_Q4_1)},
     {&b32_decode_panel<T_Q5_0>, MLXK_PTAB(T_Q5_0)}, {&b32_decode_panel<T_Q5_1>, MLXK_PTAB(T_Q5_1)},
-    {&b32_decode_panel<T_Q8_0>, MLXK_PTAB(T_Q8_0)},
+    {&b32_decode_panel<T_Q8_0>, MLXK_PTAB(T_Q8_0)}, {&r8_decode_panel<T_Q5_0>, MLXK_PTAB(T_Q5_0)},
+    {&r8_decode_panel<T_Q8_0>, MLXK_PTAB(T_Q8_0)},
 };
 const PanelTable* panel_table_for(int type) {
   switch (type) {
@@ -446,6 +624,8 @@ const PanelTable* panel_table_for(int type) {
     case T_Q5_0: return &kPanelTables[2];
     case T_Q5_1: return &kPanelTables[3];
     case T_Q8_0: return &kPanelTables[4];
+    case T_Q5_0_R8: return &kPanelTables[5];
+    case T_Q8_0_R8: return &kPanelTables[6];
     default: return nullptr;
   }
 }
@@ -889,6 +1069,8 @@ AVX2_FN void tile(const uint8_t* w, size_t ws, const uint8_t* const* xa, int64_t
     tile_q6k<R, C>(w, ws, xa, k, y, ldy);
   else if constexpr (TYPE == T_F32 || TYPE == T_F16 || TYPE == T_BF16)
     tile_float<TYPE, R, C>(w, ws, xa, k, y, ldy);
+  else if constexpr (TYPE == T_Q5_0_R8 || TYPE == T_Q8_0_R8)
+    tile_r8<base_type(TYPE), R, C>(w, ws, xa, k, y, ldy);
   else
     tile_b32<TYPE, R, C>(w, ws, xa, k, y, ldy);
 }
@@ -903,7 +1085,8 @@ struct Table {
 const Table kTables[] = {
     {MLXK_TTAB(T_F32)},  {MLXK_TTAB(T_F16)},  {MLXK_TTAB(T_BF16)}, {MLXK_TTAB(T_Q4_0)},
     {MLXK_TTAB(T_Q4_1)}, {MLXK_TTAB(T_Q5_0)}, {MLXK_TTAB(T_Q5_1)}, {MLXK_TTAB(T_Q8_0)},
-    {MLXK_TTAB(T_Q4_K)}, {MLXK_TTAB(T_Q5_K)}, {MLXK_TTAB(T_Q6_K)},
+    {MLXK_TTAB(T_Q4_K)}, {MLXK_TTAB(T_Q5_K)}, {MLXK_TTAB(T_Q6_K)}, {MLXK_TTAB(T_Q5_0_R8)},
+    {MLXK_TTAB(T_Q8_0_R8)},
 };
 
 const Table* table_for(int type) {
@@ -919,6 +1102,8 @@ const Table* table_for(int type) {
     case T_Q4_K: return &kTables[8];
     case T_Q5_K: return &kTables[9];
     case T_Q6_K: return &kTables[10];
+    case T_Q5_0_R8: return &kTables[11];
+    case T_Q8_0_R8: return &kTables[12];
     default: return nullptr;
   }
 }

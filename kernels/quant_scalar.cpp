@@ -9,6 +9,15 @@ namespace mlxe {
 
 bool type_info(int type, TypeInfo* out) {
   TypeInfo t{};
+  if (is_repacked(type)) {
+    if (!repack_supported(base_type(type))) return false;
+    switch (base_type(type)) {
+      case T_Q5_0: t = {32, 22, "Q5_0 (repacked)"}; break;
+      default: t = {32, 34, "Q8_0 (repacked)"}; break;
+    }
+    if (out) *out = t;
+    return true;
+  }
   switch (type) {
     case T_F32: t = {1, 4, "F32"}; break;
     case T_F16: t = {1, 2, "F16"}; break;
@@ -167,6 +176,15 @@ double dot_f32(const float* a, const float* b, int64_t k) {
 }  // namespace
 
 void dequantize_row(int type, const uint8_t* row, int64_t k, float* out) {
+  if (is_repacked(type)) {
+    TypeInfo ti;
+    if (!type_info(type, &ti)) return;
+    thread_local std::vector<uint8_t> plain;
+    plain.resize((size_t)(k / ti.block) * ti.bytes);
+    unpack_row(base_type(type), row, k, plain.data());
+    dequantize_row(base_type(type), plain.data(), k, out);
+    return;
+  }
   switch (type) {
     case T_F32: std::memcpy(out, row, (size_t)k * 4); return;
     case T_F16:

@@ -33,6 +33,25 @@ fn load_case(quant: &str, tensor: &str) -> Case {
     Case { ty, bytes, w, n, k }
 }
 
+/// The first whole rows of `k` elements of the case's block stream (any sequence of valid
+/// blocks is a valid tensor), with the twin's values.
+fn recut(case: Case, k: usize) -> Case {
+    let row = kernels::row_bytes(case.ty, k).unwrap();
+    let n = case.bytes.len() / row;
+    let bytes = case.bytes[..n * row].to_vec();
+    let mut w = vec![0f32; n * k];
+    for (r, dst) in w.chunks_exact_mut(k).enumerate() {
+        quant::dequantize_row(case.ty, &bytes[r * row..(r + 1) * row], dst).unwrap();
+    }
+    Case {
+        ty: case.ty,
+        bytes,
+        w,
+        n,
+        k,
+    }
+}
+
 /// y and Σ|w·x| per output, in f64.
 fn reference(case: &Case, x: &[f32], m: usize) -> (Vec<f64>, Vec<f64>) {
     let (n, k) = (case.n, case.k);
@@ -82,25 +101,49 @@ fn every_type_and_path_matches_the_scalar_twin() {
     if common::skip_requested() {
         return;
     }
-    for (quant, tensor) in TYPES {
-        let case = load_case(quant, tensor);
+    let mut cases: Vec<(String, Case)> = TYPES
+        .iter()
+        .map(|(quant, tensor)| (quant.to_string(), load_case(quant, tensor)))
+        .collect();
+    // The repacked layouts keep a partial group of 8 blocks in the ggml layout: rows of 11
+    // blocks (one group and a tail of 3) cut from the same block stream.
+    for quant in ["Q5_0", "Q8_0"] {
+        let case = recut(load_case(quant, "blk.0.ffn_down.weight"), 352);
+        cases.push((format!("{quant} K=352"), case));
+    }
+    for (quant, case) in &cases {
         assert!(kernels::supports(case.ty), "{quant}");
         let deq = kernels::dequantize_host(&case.bytes, case.ty, case.n, case.k).unwrap();
         assert_eq!(
             deq, case.w,
             "{quant}: the kernel's dequantization equals the Rust twin bit for bit"
         );
+        let (packed, layout) = kernels::repack_host(&case.bytes, case.ty, case.n, case.k).unwrap();
+        let repacks = matches!(case.ty, GgmlType::Q5_0 | GgmlType::Q8_0);
+        assert_eq!(layout.repacked, repacks, "{quant}: repacked layout");
+        assert_eq!(packed == case.bytes, !repacks, "{quant}: bytes rewritten");
+        let deq = kernels::dequantize_host(&packed, layout, case.n, case.k).unwrap();
+        assert_eq!(
+            deq, case.w,
+            "{quant}: repacked rows dequantize to the same values"
+        );
         for m in [1usize, 3, 64, 130] {
             let x = common::activations(m, case.k, m as u64);
-            let (want, mag) = reference(&case, &x, m);
+            let (want, mag) = reference(case, &x, m);
             for (path, rel) in [(KernelPath::Scalar, 1e-5), (KernelPath::Avx2, 2e-2)] {
                 kernels::force_path(Some(path));
                 for threads in [1, 2, 3] {
                     kernels::set_num_threads(threads);
                     let got =
                         kernels::qmatmul_host(&case.bytes, case.ty, case.n, case.k, &x, m).unwrap();
+                    let got_packed =
+                        kernels::qmatmul_host(&packed, layout, case.n, case.k, &x, m).unwrap();
+                    assert_eq!(
+                        got, got_packed,
+                        "{quant} {path:?} m={m}: repacked layout gives the same bits"
+                    );
                     check(
-                        &case,
+                        case,
                         &got,
                         &want,
                         &mag,

@@ -89,23 +89,32 @@ static void kernel_throughput(std::mt19937_64& rng) {
   for (auto& t : kTypes) {
     const int64_t k = 2048, n = 64;
     auto w = random_weights(t, n, k, rng);
-    double best = 1e9, bestg = 1e9;
-    for (int i = 0; i < 400; ++i) {
-      double t0 = now_s();
-      mlxk_qmatmul_f32(w.data(), t.id, n, k, x.data(), 1, k, y.data(), n);
-      best = std::min(best, now_s() - t0);
+    for (int variant = 0; variant < 2; ++variant) {
+      int id = t.id;
+      if (variant == 1) {  // the repacked layout, where the type has one
+        if (!mlxk_repack_supported(t.id)) break;
+        std::vector<uint8_t> p(w.size());
+        mlxk_repack_rows(w.data(), t.id, n, k, p.data(), &id);
+        w.swap(p);
+      }
+      double best = 1e9, bestg = 1e9;
+      for (int i = 0; i < 400; ++i) {
+        double t0 = now_s();
+        mlxk_qmatmul_f32(w.data(), id, n, k, x.data(), 1, k, y.data(), n);
+        best = std::min(best, now_s() - t0);
+      }
+      for (int i = 0; i < 20; ++i) {
+        double t0 = now_s();
+        mlxk_qmatmul_f32(w.data(), id, n, k, x.data(), 128, k, y.data(), n);
+        bestg = std::min(bestg, now_s() - t0);
+      }
+      printf("%-5s%-3s %11.2f %14.2f %14.2f\n", t.name, variant ? " r8" : "", w.size() / best / 1e9,
+             (double)n * k / best / 1e9, 128.0 * n * k / bestg / 1e9);
     }
-    for (int i = 0; i < 20; ++i) {
-      double t0 = now_s();
-      mlxk_qmatmul_f32(w.data(), t.id, n, k, x.data(), 128, k, y.data(), n);
-      bestg = std::min(bestg, now_s() - t0);
-    }
-    printf("%-5s %14.2f %14.2f %14.2f\n", t.name, w.size() / best / 1e9, (double)n * k / best / 1e9,
-           128.0 * n * k / bestg / 1e9);
   }
 }
 
-static void decode_sim(std::mt19937_64& rng, int tokens) {
+static void decode_sim(std::mt19937_64& rng, int tokens, bool repack) {
   const int hw = mlxk_get_num_threads();
   // Simulated decode token of Qwen2.5-0.5B Q4_K_M (tensor types as in the real GGUF):
   // 24 layers x 7 GEMVs (ffn_down alternates Q6_K / Q4_K) + Q8_0 lm_head.
@@ -119,15 +128,28 @@ static void decode_sim(std::mt19937_64& rng, int tokens) {
     const L layer[] = {{"Q5_0", 896, 896},  {"Q5_0", 896, 128},  {"Q8_0", 896, 128}, {"Q5_0", 896, 896},
                        {"Q5_0", 896, 4864}, {"Q5_0", 896, 4864}, {"Q6_K", 4864, 896}};
     std::vector<std::vector<uint8_t>> ws;
+    std::vector<int> ids;
     size_t total = 0;
     for (int l = 0; l < 24; ++l)
       for (auto& d : layer) {
         const char* ty = (!strcmp(d.type, "Q6_K") && (l & 1)) ? "Q4_K" : d.type;
         ws.push_back(random_weights(*find_type(ty), d.n, d.k, rng));
         total += ws.back().size();
+        ids.push_back(find_type(ty)->id);
+        if (repack) {
+          std::vector<uint8_t> p(ws.back().size());
+          mlxk_repack_rows(ws.back().data(), ids.back(), d.n, d.k, p.data(), &ids.back());
+          ws.back().swap(p);
+        }
       }
     auto head = random_weights(*find_type("Q8_0"), 151936, 896, rng);
     total += head.size();
+    int head_id = MLXK_TYPE_Q8_0;
+    if (repack) {
+      std::vector<uint8_t> p(head.size());
+      mlxk_repack_rows(head.data(), MLXK_TYPE_Q8_0, 151936, 896, p.data(), &head_id);
+      head.swap(p);
+    }
     std::vector<float> xs(4864, 0.5f), ys(151936);
     double best = 1e9, sum = 0;
     for (int t = 0; t < tokens + 1; ++t) {
@@ -135,18 +157,18 @@ static void decode_sim(std::mt19937_64& rng, int tokens) {
       size_t i = 0;
       for (int l = 0; l < 24; ++l)
         for (auto& d : layer) {
-          const char* ty = (!strcmp(d.type, "Q6_K") && (l & 1)) ? "Q4_K" : d.type;
-          mlxk_qmatmul_f32(ws[i++].data(), find_type(ty)->id, d.n, d.k, xs.data(), 1, d.k, ys.data(), d.n);
+          mlxk_qmatmul_f32(ws[i].data(), ids[i], d.n, d.k, xs.data(), 1, d.k, ys.data(), d.n);
+          ++i;
         }
-      mlxk_qmatmul_f32(head.data(), MLXK_TYPE_Q8_0, 151936, 896, xs.data(), 1, 896, ys.data(), 151936);
+      mlxk_qmatmul_f32(head.data(), head_id, 151936, 896, xs.data(), 1, 896, ys.data(), 151936);
       double dt = now_s() - t0;
       if (t > 0) {
         best = std::min(best, dt);
         sum += dt;
       }
     }
-    printf("simulated decode token (169 GEMVs, %.0f MB weights, %d threads): mean %.2f ms (%.1f tok/s, %.1f GB/s), best %.2f ms\n",
-           total / 1e6, hw, sum / tokens * 1e3, tokens / sum, total / (sum / tokens) / 1e9, best * 1e3);
+    printf("simulated decode token (%s, 169 GEMVs, %.0f MB weights, %d threads): mean %.2f ms (%.1f tok/s, %.1f GB/s), best %.2f ms\n",
+           repack ? "repacked" : "ggml layout", total / 1e6, hw, sum / tokens * 1e3, tokens / sum, total / (sum / tokens) / 1e9, best * 1e3);
   }
 }
 
@@ -154,7 +176,7 @@ int main(int argc, char** argv) {
   const bool quick = argc > 1 && std::string(argv[1]) == "quick";
   std::mt19937_64 rng(42);
   if (argc > 1 && std::string(argv[1]) == "decode") {
-    decode_sim(rng, argc > 2 ? atoi(argv[2]) : 20);
+    decode_sim(rng, argc > 2 ? atoi(argv[2]) : 20, argc > 3 && std::string(argv[3]) == "r8");
     return 0;
   }
   if (argc > 1 && std::string(argv[1]) == "kern") {
@@ -205,6 +227,7 @@ int main(int argc, char** argv) {
       row(s, t, MLXK_PATH_AVX2, hw, false);
     }
 
-  decode_sim(rng, quick ? 5 : 20);
+  decode_sim(rng, quick ? 5 : 20, false);
+  decode_sim(rng, quick ? 5 : 20, true);
   return 0;
 }

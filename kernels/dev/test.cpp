@@ -66,6 +66,12 @@ int main(int argc, char** argv) {
     int64_t rb = 0;
     CHECK(mlxk_row_bytes(MLXK_TYPE_Q6_K, 4864, &rb) == 0 && rb == 19 * 210, "row bytes q6k");
     CHECK(mlxk_row_bytes(MLXK_TYPE_Q4_K, 896, &rb) == MLXK_ERR_BAD_SHAPE, "row bytes q4k 896");
+    int pt = 0;
+    CHECK(mlxk_repack_rows(w, MLXK_TYPE_Q4_K | MLXK_TYPE_REPACKED, 1, 256, x, &pt) == MLXK_ERR_BAD_TYPE,
+          "repacked id is not repacked again");
+    CHECK(mlxk_qmatmul_f32(w, MLXK_TYPE_Q4_K | MLXK_TYPE_REPACKED, 1, 256, x, 1, 256, y, 1) == MLXK_ERR_BAD_TYPE,
+          "no repacked Q4_K");
+    CHECK(mlxk_repack_rows(w, MLXK_TYPE_Q8_0, 1, 32, w + 10, &pt) == MLXK_ERR_BAD_ARG, "overlap refused");
   }
 
   const int Ms[] = {1, 3, 64, 130};
@@ -107,6 +113,26 @@ int main(int argc, char** argv) {
           // error vs scalar, relative to sum |w_i x_i| of the row pair
           std::vector<float> wr((size_t)(n * k));
           mlxk_dequantize_rows(w.data(), t.id, n, k, wr.data());
+          // Repacked layout: same results as the ggml rows, bit for bit, on both paths.
+          if (mlxk_repack_supported(t.id)) {
+            std::vector<uint8_t> wp(w.size());
+            int pt = -1;
+            CHECK(mlxk_repack_rows(w.data(), t.id, n, k, wp.data(), &pt) == 0 && pt == (t.id | MLXK_TYPE_REPACKED),
+                  "%s repack rc %s", t.name, mlxk_last_error());
+            std::vector<float> yp(yref), dp((size_t)(n * k)), dw((size_t)(n * k));
+            mlxk_dequantize_rows(w.data(), t.id, n, k, dw.data());
+            mlxk_dequantize_rows(wp.data(), pt, n, k, dp.data());
+            CHECK(memcmp(dw.data(), dp.data(), 4 * dw.size()) == 0, "%s repacked dequantize differs", t.name);
+            mlxk_set_num_threads(2);
+            mlxk_qmatmul_f32(wp.data(), pt, n, k, x.data(), m, ldx, yp.data(), ldy);
+            CHECK(memcmp(yp.data(), y2.data(), 4 * yp.size()) == 0, "%s avx2 repacked differs (m=%d n=%lld k=%lld)",
+                  t.name, m, (long long)n, (long long)k);
+            mlxk_force_path(MLXK_PATH_SCALAR);
+            std::vector<float> ysp(yref);
+            mlxk_qmatmul_f32(wp.data(), pt, n, k, x.data(), m, ldx, ysp.data(), ldy);
+            CHECK(memcmp(ysp.data(), yref.data(), 4 * ysp.size()) == 0, "%s scalar repacked differs", t.name);
+            mlxk_force_path(MLXK_PATH_AVX2);
+          }
           bool ok = true;
           for (int mm = 0; mm < m; ++mm)
             for (int64_t j = 0; j < ldy; ++j) {

@@ -35,6 +35,11 @@ enum mlxk_ggml_type {
   MLXK_TYPE_BF16 = 30
 };
 
+/* Or'ed into a type id (e.g. MLXK_TYPE_Q5_0 | MLXK_TYPE_REPACKED) for rows that
+ * mlxk_repack_rows rewrote into the kernels' own layout for that type: same bytes per row,
+ * read with fewer instructions. Every function taking a type id accepts these ids. */
+#define MLXK_TYPE_REPACKED 0x100
+
 /* Return codes (0 = success). mlxk_last_error() describes the last failure on this thread. */
 enum mlxk_status {
   MLXK_OK = 0,
@@ -67,6 +72,15 @@ int mlxk_dequantize_rows(const void* w, int ggml_type, int64_t rows, int64_t k, 
 /* Bytes of one row of K elements of this type (K must be a multiple of the block size). */
 int mlxk_row_bytes(int ggml_type, int64_t k, int64_t* out);
 
+/* 1 if ggml_type has a repacked layout (Q5_0, Q8_0), else 0. */
+int mlxk_repack_supported(int ggml_type);
+
+/* Copy N rows of K elements of ggml_type from src to dst (N * row_bytes bytes each, not
+ * overlapping), rewriting them into the repacked layout where the type has one. *out_type is
+ * the id to multiply dst with: ggml_type | MLXK_TYPE_REPACKED, or ggml_type for a plain copy.
+ * Uses the thread pool. */
+int mlxk_repack_rows(const void* src, int ggml_type, int64_t n, int64_t k, void* dst, int* out_type);
+
 /* Elements per block (1 for F32/F16/BF16); 0 for an unsupported type. */
 int mlxk_block_size(int ggml_type);
 
@@ -89,6 +103,13 @@ int mlxk_get_num_threads(void);
 #ifndef MLXK_NO_MLX_C
 #include "mlx/c/array.h"
 #include "mlx/c/stream.h"
+
+/* A weight as an MLX array: *res = a new uint8 [N, row_bytes] array holding N rows of K
+ * elements of ggml_type copied from src (host memory, e.g. a memory-mapped GGUF file), in the
+ * repacked layout where the type has one (see mlxk_repack_rows); *out_type is the id to
+ * multiply it with. One copy, no intermediate buffer. Returns 0 on success, 1 on error
+ * (message in mlxk_last_error()). */
+int mlxk_weight_array(mlx_array* res, const void* src, int ggml_type, int64_t n, int64_t k, int* out_type);
 
 /* MLX graph op (custom primitive "GgufQMatmul", CPU streams only):
  *   x: [..., M, K] float32 / float16 / bfloat16 (any strides; converted / made contiguous)

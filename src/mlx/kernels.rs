@@ -59,6 +59,22 @@ extern "C" {
         out: *mut f32,
     ) -> c_int;
     fn mlxk_row_bytes(ggml_type: c_int, k: i64, out: *mut i64) -> c_int;
+    fn mlxk_weight_array(
+        res: *mut mlx_sys::mlx_array,
+        src: *const c_void,
+        ggml_type: c_int,
+        n: i64,
+        k: i64,
+        out_type: *mut c_int,
+    ) -> c_int;
+    fn mlxk_repack_rows(
+        src: *const c_void,
+        ggml_type: c_int,
+        n: i64,
+        k: i64,
+        dst: *mut c_void,
+        out_type: *mut c_int,
+    ) -> c_int;
     fn mlxk_block_size(ggml_type: c_int) -> c_int;
     fn mlxk_last_error() -> *const c_char;
     fn mlxk_kernel_path() -> c_int;
@@ -96,6 +112,106 @@ fn status(code: c_int, what: &str) -> Result<()> {
     }
 }
 
+/// How the kernel reads a weight's blocks: the GGUF type, and whether the rows were rewritten
+/// into the kernels' repacked layout (Q5_0 / Q8_0 groups of 8 blocks, read with whole vector
+/// loads; same bytes per row; `kernels/repack.cpp`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct BlockLayout {
+    /// The GGUF type of the blocks.
+    pub ty: GgmlType,
+    /// Rows rewritten by [`load_blocks`] / [`repack_host`].
+    pub repacked: bool,
+}
+
+/// The kernel's flag for a repacked layout (`MLXK_TYPE_REPACKED`).
+const REPACKED_FLAG: c_int = 0x100;
+
+impl BlockLayout {
+    /// The kernel's type id.
+    fn id(self) -> c_int {
+        self.ty.id() as c_int | if self.repacked { REPACKED_FLAG } else { 0 }
+    }
+}
+
+impl From<GgmlType> for BlockLayout {
+    /// Blocks as stored in a GGUF file.
+    fn from(ty: GgmlType) -> Self {
+        BlockLayout {
+            ty,
+            repacked: false,
+        }
+    }
+}
+
+/// Copies `n` rows of `k` elements of `ty` (GGUF blocks in host memory, e.g. a memory-mapped
+/// file) into a new uint8 MLX array `[n, row_bytes]`, rewriting them into the repacked layout
+/// where the type has one. One copy, spread over the kernels' threads.
+pub fn load_blocks(bytes: &[u8], ty: GgmlType, n: usize, k: usize) -> Result<(Array, BlockLayout)> {
+    check_rows(bytes, ty, n, k, "load_blocks")?;
+    let mut out_type: c_int = 0;
+    // SAFETY: `bytes` holds exactly n rows of k elements (checked above) and outlives the call,
+    // which copies them into a buffer the new array owns; the status reports any failure.
+    let blocks = try_array(|res| unsafe {
+        mlxk_weight_array(
+            res,
+            bytes.as_ptr() as *const c_void,
+            ty.id() as c_int,
+            n as i64,
+            k as i64,
+            &mut out_type,
+        )
+    })
+    .map_err(|e| match e {
+        Error::Mlx { message } if message.starts_with("mlx-c call failed") => Error::Mlx {
+            message: last_error(),
+        },
+        other => other,
+    })?;
+    Ok((blocks, layout_of(ty, out_type)))
+}
+
+/// [`load_blocks`] into host memory: the rows of `bytes` in the layout the kernel prefers.
+pub fn repack_host(
+    bytes: &[u8],
+    ty: GgmlType,
+    n: usize,
+    k: usize,
+) -> Result<(Vec<u8>, BlockLayout)> {
+    check_rows(bytes, ty, n, k, "repack_host")?;
+    let mut out = vec![0u8; bytes.len()];
+    let mut out_type: c_int = 0;
+    // SAFETY: source and destination hold n rows each (checked above) and do not overlap.
+    let code = unsafe {
+        mlxk_repack_rows(
+            bytes.as_ptr() as *const c_void,
+            ty.id() as c_int,
+            n as i64,
+            k as i64,
+            out.as_mut_ptr() as *mut c_void,
+            &mut out_type,
+        )
+    };
+    status(code, "repack")?;
+    Ok((out, layout_of(ty, out_type)))
+}
+
+fn check_rows(bytes: &[u8], ty: GgmlType, n: usize, k: usize, what: &str) -> Result<()> {
+    if bytes.len() != n * row_bytes(ty, k)? {
+        return Err(Error::InvalidArgument(format!(
+            "{what}: {} bytes for {n} rows of {k} {ty:?} elements",
+            bytes.len()
+        )));
+    }
+    Ok(())
+}
+
+fn layout_of(ty: GgmlType, out_type: c_int) -> BlockLayout {
+    BlockLayout {
+        ty,
+        repacked: out_type & REPACKED_FLAG != 0,
+    }
+}
+
 /// Whether the kernel handles GGUF type `ty`.
 pub fn supports(ty: GgmlType) -> bool {
     // SAFETY: a pure query.
@@ -104,20 +220,19 @@ pub fn supports(ty: GgmlType) -> bool {
 
 /// x [.., M, K] · W[N, K]ᵀ for W held as GGUF blocks [N, row_bytes] (uint8): [.., M, N]
 /// float32, as a lazy MLX op on the CPU stream.
-pub fn gguf_matmul(x: &Array, blocks: &Array, ty: GgmlType, n: usize, k: usize) -> Result<Array> {
+pub fn gguf_matmul(
+    x: &Array,
+    blocks: &Array,
+    layout: impl Into<BlockLayout>,
+    n: usize,
+    k: usize,
+) -> Result<Array> {
+    let id = layout.into().id();
     let s = current_stream();
     // SAFETY: valid handles and stream; the primitive validates shapes and types and reports
     // failures through its status, with the message in `mlxk_last_error`.
     let out = try_array(|res| unsafe {
-        mlxk_gguf_qmatmul(
-            res,
-            x.raw(),
-            blocks.raw(),
-            ty.id() as c_int,
-            n as i64,
-            k as i64,
-            s,
-        )
+        mlxk_gguf_qmatmul(res, x.raw(), blocks.raw(), id, n as i64, k as i64, s)
     });
     out.map_err(|e| match e {
         Error::Mlx { message } if message.starts_with("mlx-c call failed") => Error::Mlx {
@@ -231,8 +346,8 @@ const EPILOGUE_SWIGLU: c_int = 1;
 pub struct GgufWeightRef<'a> {
     /// The raw GGUF blocks.
     pub blocks: &'a Array,
-    /// Their GGUF type.
-    pub ty: GgmlType,
+    /// Their type and layout.
+    pub layout: BlockLayout,
     /// Output rows (the weight's N).
     pub n: usize,
     /// Added to every output row, if present.
@@ -241,10 +356,10 @@ pub struct GgufWeightRef<'a> {
 
 impl<'a> GgufWeightRef<'a> {
     /// A weight without bias.
-    pub fn new(blocks: &'a Array, ty: GgmlType, n: usize) -> Self {
+    pub fn new(blocks: &'a Array, layout: impl Into<BlockLayout>, n: usize) -> Self {
         GgufWeightRef {
             blocks,
-            ty,
+            layout: layout.into(),
             n,
             bias: None,
         }
@@ -272,7 +387,7 @@ fn qmatmul_multi(
         Error::InvalidArgument(format!("{} weights in one fused call", weights.len()))
     })?;
     let blocks: Vec<mlx_sys::mlx_array> = weights.iter().map(|w| w.blocks.raw()).collect();
-    let types: Vec<c_int> = weights.iter().map(|w| w.ty.id() as c_int).collect();
+    let types: Vec<c_int> = weights.iter().map(|w| w.layout.id()).collect();
     let ns: Vec<i64> = weights.iter().map(|w| w.n as i64).collect();
     let biases: Vec<mlx_sys::mlx_array> = weights
         .iter()
@@ -348,13 +463,14 @@ pub fn row_bytes(ty: GgmlType, k: usize) -> Result<usize> {
 /// The raw kernel on host memory: y [m, n] = x [m, k] · W[n, k]ᵀ, W as GGUF blocks.
 pub fn qmatmul_host(
     w: &[u8],
-    ty: GgmlType,
+    layout: impl Into<BlockLayout>,
     n: usize,
     k: usize,
     x: &[f32],
     m: usize,
 ) -> Result<Vec<f32>> {
-    if w.len() != n * row_bytes(ty, k)? || x.len() != m * k {
+    let layout = layout.into();
+    if w.len() != n * row_bytes(layout.ty, k)? || x.len() != m * k {
         return Err(Error::InvalidArgument(format!(
             "qmatmul_host: {} weight bytes, {} activations for n={n}, k={k}, m={m}",
             w.len(),
@@ -366,7 +482,7 @@ pub fn qmatmul_host(
     let code = unsafe {
         mlxk_qmatmul_f32(
             w.as_ptr() as *const c_void,
-            ty.id() as c_int,
+            layout.id(),
             n as i64,
             k as i64,
             x.as_ptr(),
@@ -381,8 +497,14 @@ pub fn qmatmul_host(
 }
 
 /// The kernel's dequantization of `rows` rows of `k` elements.
-pub fn dequantize_host(w: &[u8], ty: GgmlType, rows: usize, k: usize) -> Result<Vec<f32>> {
-    if w.len() != rows * row_bytes(ty, k)? {
+pub fn dequantize_host(
+    w: &[u8],
+    layout: impl Into<BlockLayout>,
+    rows: usize,
+    k: usize,
+) -> Result<Vec<f32>> {
+    let layout = layout.into();
+    if w.len() != rows * row_bytes(layout.ty, k)? {
         return Err(Error::InvalidArgument(format!(
             "dequantize_host: {} bytes for {rows} rows of {k}",
             w.len()
@@ -393,7 +515,7 @@ pub fn dequantize_host(w: &[u8], ty: GgmlType, rows: usize, k: usize) -> Result<
     let code = unsafe {
         mlxk_dequantize_rows(
             w.as_ptr() as *const c_void,
-            ty.id() as c_int,
+            layout.id(),
             rows as i64,
             k as i64,
             out.as_mut_ptr(),

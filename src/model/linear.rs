@@ -2,20 +2,19 @@
 //! chosen execution needs; the model code never knows which one runs.
 
 use crate::error::Result;
-use crate::mlx::kernels::{self, GgufWeightRef, MAX_FUSED_WEIGHTS};
+use crate::mlx::kernels::{self, BlockLayout, GgufWeightRef, MAX_FUSED_WEIGHTS};
 use crate::mlx::ops::{self, QuantSpec};
 use crate::mlx::Array;
-use crate::quant::GgmlType;
 
 /// How a linear layer's weight is held and multiplied.
 pub enum LinearWeight {
     /// Dense float weight W [N, K]; y = x · Wᵀ with MLX's `matmul`.
     Dense { w: Array },
-    /// GGUF blocks as stored in the file, [N, row_bytes] uint8, multiplied by our
-    /// CPU kernel (`kernels/`).
+    /// GGUF blocks, [N, row_bytes] uint8, as stored in the file or repacked at load
+    /// (`layout`), multiplied by our CPU kernel (`kernels/`).
     GgufBlocks {
         blocks: Array,
-        ty: GgmlType,
+        layout: BlockLayout,
         n: usize,
         k: usize,
     },
@@ -43,9 +42,12 @@ impl Linear {
         let _span = tracing::trace_span!("linear").entered();
         let y = match &self.weight {
             LinearWeight::Dense { w } => ops::matmul(x, &ops::transpose(w, &[1, 0])?)?,
-            LinearWeight::GgufBlocks { blocks, ty, n, k } => {
-                crate::mlx::kernels::gguf_matmul(x, blocks, *ty, *n, *k)?
-            }
+            LinearWeight::GgufBlocks {
+                blocks,
+                layout,
+                n,
+                k,
+            } => kernels::gguf_matmul(x, blocks, *layout, *n, *k)?,
             LinearWeight::Affine {
                 w,
                 scales,
@@ -62,8 +64,13 @@ impl Linear {
     /// The weight as our kernel's operand when it is GGUF blocks (with the bias), with K.
     fn gguf_operand(&self) -> Option<(GgufWeightRef<'_>, usize)> {
         match &self.weight {
-            LinearWeight::GgufBlocks { blocks, ty, n, k } => {
-                let w = GgufWeightRef::new(blocks, *ty, *n);
+            LinearWeight::GgufBlocks {
+                blocks,
+                layout,
+                n,
+                k,
+            } => {
+                let w = GgufWeightRef::new(blocks, *layout, *n);
                 Some((self.bias.as_ref().map_or(w, |b| w.with_bias(b)), *k))
             }
             _ => None,

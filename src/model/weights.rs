@@ -170,15 +170,13 @@ impl WeightSource for GgufWeights {
         let weight = match self.exec {
             Execution::CpuKernel if crate::mlx::kernels::supports(info.ggml_type) => {
                 let bytes = self.file.tensor_bytes(&info);
-                let row_bytes = (bytes.len() / n) as i32;
+                let (blocks, layout) =
+                    crate::mlx::kernels::load_blocks(bytes, info.ggml_type, n, k).map_err(|e| {
+                        Error::format(self.file.path(), format!("tensor '{name}': {e}"))
+                    })?;
                 LinearWeight::GgufBlocks {
-                    blocks: Array::from_borrowed_bytes(
-                        bytes,
-                        self.file.mapping(),
-                        &[n as i32, row_bytes],
-                        Dtype::U8,
-                    )?,
-                    ty: info.ggml_type,
+                    blocks,
+                    layout,
                     n,
                     k,
                 }
