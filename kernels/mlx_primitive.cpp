@@ -3,9 +3,14 @@
 // CPU command encoder so it composes with lazy evaluation and mlx::core::compile.
 // "GgufQMatmulMulti": up to 4 such projections of one x in one kernel call (one output each,
 // with optional biases), or gate/up with the SwiGLU product (one output).
+#include <sys/mman.h>
+
 #include <array>
+#include <atomic>
 #include <cstdio>
+#include <cstdlib>
 #include <memory>
+#include <mutex>
 #include <stdexcept>
 #include <string>
 #include <vector>
@@ -310,6 +315,94 @@ class GgufQMatmulMulti : public mx::Primitive {
 
 }  // namespace mlx_engine
 
+namespace mlx_engine {
+namespace {
+
+// Weights live in an arena of anonymous mappings of our own, 2 MiB aligned and advised to use
+// transparent huge pages (MADV_HUGEPAGE; env MLX_ENGINE_HUGEPAGES=0 turns the advice off): the
+// decode step streams every weight once per token, and with 4 KiB pages that stream crosses a
+// page (a TLB miss and a stop of the hardware prefetcher) every 4 KiB. Tensors are placed one
+// after the other in load order (the order a forward pass reads them) in chunks of 64 MiB; a
+// tensor holds its chunk alive, and the chunk is unmapped with the last of its tensors.
+std::atomic<int64_t> g_arena_bytes{0};  // bytes of live chunks
+
+struct Chunk {
+  uint8_t* base = nullptr;
+  size_t len = 0;
+  size_t used = 0;
+  ~Chunk() {
+    if (base) {
+      munmap(base, len);
+      g_arena_bytes.fetch_sub((int64_t)len);
+    }
+  }
+};
+
+class WeightArena {
+ public:
+  static constexpr size_t kHuge = size_t(2) << 20;
+  static constexpr size_t kChunk = size_t(64) << 20;
+  static constexpr size_t kAlign = 64;
+
+  // A buffer of `bytes` for an MLX array: Buffer{p} with MLX's CPU layout (an 8-byte size
+  // header at p, the data at p + 8, 64-byte aligned) and the chunk that backs it.
+  std::pair<mx::allocator::Buffer, std::shared_ptr<Chunk>> alloc(size_t bytes) {
+    const size_t need = kAlign + round_up(bytes, kAlign);  // the header sits in the pad before
+    std::lock_guard<std::mutex> lock(m_);
+    std::shared_ptr<Chunk> c = cur_.lock();
+    if (!c || c->used + need > c->len) {
+      c = map_chunk(need > kChunk ? round_up(need, kHuge) : kChunk);
+      if (need <= kChunk) cur_ = c;
+    }
+    uint8_t* data = c->base + c->used + kAlign;
+    c->used += need;
+    uint8_t* header = data - sizeof(size_t);
+    const size_t size = bytes;
+    std::memcpy(header, &size, sizeof size);
+    return {mx::allocator::Buffer(header), c};
+  }
+
+ private:
+  static size_t round_up(size_t v, size_t a) { return (v + a - 1) / a * a; }
+
+  static std::shared_ptr<Chunk> map_chunk(size_t len) {
+    // Over-map by one huge page to place the chunk on a 2 MiB boundary.
+    const size_t span = len + kHuge;
+    void* raw = mmap(nullptr, span, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+    if (raw == MAP_FAILED) throw std::bad_alloc();
+    uint8_t* p = (uint8_t*)raw;
+    uint8_t* aligned = (uint8_t*)round_up((size_t)p, kHuge);
+    if (aligned > p) munmap(p, (size_t)(aligned - p));
+    const size_t tail = (size_t)(p + span - (aligned + len));
+    if (tail) munmap(aligned + len, tail);
+    static const bool huge = [] {
+      const char* v = std::getenv("MLX_ENGINE_HUGEPAGES");
+      return !(v && std::string(v) == "0");
+    }();
+#ifdef MADV_HUGEPAGE
+    if (huge) madvise(aligned, len, MADV_HUGEPAGE);  // advice only: failure is harmless
+#endif
+    auto c = std::make_shared<Chunk>();
+    c->base = aligned;
+    c->len = len;
+    g_arena_bytes.fetch_add((int64_t)len);
+    return c;
+  }
+
+  std::mutex m_;
+  std::weak_ptr<Chunk> cur_;
+};
+
+WeightArena& weight_arena() {
+  static WeightArena* a = new WeightArena();  // leaked: arrays may outlive static destruction
+  return *a;
+}
+
+}  // namespace
+}  // namespace mlx_engine
+
+extern "C" int64_t mlxk_weight_arena_bytes(void) { return mlx_engine::g_arena_bytes.load(); }
+
 extern "C" int mlxk_weight_array(mlx_array* res, const void* src, int ggml_type, int64_t n, int64_t k,
                                  int* out_type) {
   namespace mx = mlx::core;
@@ -327,7 +420,8 @@ extern "C" int mlxk_weight_array(mlx_array* res, const void* src, int ggml_type,
       throw std::invalid_argument("n=" + std::to_string(n) + " rows of " + std::to_string(rb) +
                                   " bytes do not fit an MLX shape");
     // A fresh buffer that this array alone owns: filling it before anyone reads it is safe.
-    mx::array out(mx::allocator::malloc((size_t)(n * rb)), {(int)n, (int)rb}, mx::uint8);
+    auto [buf, chunk] = mlx_engine::weight_arena().alloc((size_t)(n * rb));
+    mx::array out(buf, {(int)n, (int)rb}, mx::uint8, [chunk = std::move(chunk)](mx::allocator::Buffer) {});
     if (mlxk_repack_rows(src, ggml_type, n, k, out.data<uint8_t>(), out_type) != 0)
       throw std::runtime_error(mlxk_last_error());
     mlx_array_set_(*res, std::move(out));

@@ -118,7 +118,8 @@ pub fn run(args: &BenchArgs) -> Result<()> {
     let mut results = Vec::new();
     // One warm-up pass so that page faults of the mapped weights are not measured.
     measure_prompt(&engine, 16)?;
-    for &p in &args.n_prompt {
+    // A length of 0 skips that kind of test, as in llama-bench.
+    for &p in args.n_prompt.iter().filter(|&&p| p > 0) {
         let samples = (0..args.repetitions)
             .map(|_| measure_prompt(&engine, p))
             .collect::<Result<Vec<_>>>()?;
@@ -127,7 +128,7 @@ pub fn run(args: &BenchArgs) -> Result<()> {
             samples,
         });
     }
-    for &n in &args.n_gen {
+    for &n in args.n_gen.iter().filter(|&&n| n > 0) {
         let samples = (0..args.repetitions)
             .map(|_| measure_generation(&engine, 1, n))
             .collect::<Result<Vec<_>>>()?;
@@ -151,6 +152,7 @@ pub fn run(args: &BenchArgs) -> Result<()> {
         threads: crate::mlx::kernels::num_threads(),
         peak_rss_mib: peak_rss_bytes().unwrap_or(0) >> 20,
         mlx_peak_mib: (crate::mlx::transforms::memory_stats()?.peak >> 20) as u64,
+        weights_mib: crate::mlx::kernels::weight_bytes() >> 20,
     };
     print!("{}", format_results(&info, &results, &args.output)?);
     Ok(())
@@ -170,8 +172,10 @@ pub struct ModelInfo {
     pub threads: usize,
     /// Peak resident set size of the process over the whole run (load included), MiB.
     pub peak_rss_mib: u64,
-    /// Peak memory held by MLX arrays over the run, MiB.
+    /// Peak memory held by MLX's allocator over the run (activations, KV cache), MiB.
     pub mlx_peak_mib: u64,
+    /// Kernel weights in our own arena (outside MLX's allocator), MiB.
+    pub weights_mib: u64,
 }
 
 /// Renders results as `table`, `markdown` or `json`.
@@ -187,6 +191,7 @@ pub fn format_results(info: &ModelInfo, results: &[BenchResult], format: &str) -
                         "backend": info.backend, "threads": info.threads, "test": r.test,
                         "t_s": r.mean(), "t_s_sd": r.sd(), "samples": r.samples,
                         "peak_rss_mib": info.peak_rss_mib, "mlx_peak_mib": info.mlx_peak_mib,
+                        "weights_mib": info.weights_mib,
                     })
                 })
                 .collect();
@@ -211,8 +216,8 @@ pub fn format_results(info: &ModelInfo, results: &[BenchResult], format: &str) -
                 ));
             }
             out.push_str(&format!(
-                "\npeak RSS {} MiB, MLX peak {} MiB (whole run, load included)\n",
-                info.peak_rss_mib, info.mlx_peak_mib
+                "\npeak RSS {} MiB, MLX peak {} MiB + kernel weights {} MiB (whole run, load included)\n",
+                info.peak_rss_mib, info.mlx_peak_mib, info.weights_mib
             ));
         }
         other => {

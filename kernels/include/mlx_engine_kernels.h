@@ -107,9 +107,15 @@ int mlxk_get_num_threads(void);
 /* A weight as an MLX array: *res = a new uint8 [N, row_bytes] array holding N rows of K
  * elements of ggml_type copied from src (host memory, e.g. a memory-mapped GGUF file), in the
  * repacked layout where the type has one (see mlxk_repack_rows); *out_type is the id to
- * multiply it with. One copy, no intermediate buffer. Returns 0 on success, 1 on error
+ * multiply it with. One copy, no intermediate buffer. Consecutive calls place their arrays
+ * one after the other in a weight arena (see mlxk_weight_arena_bytes). Returns 0 on success, 1 on error
  * (message in mlxk_last_error()). */
 int mlxk_weight_array(mlx_array* res, const void* src, int ggml_type, int64_t n, int64_t k, int* out_type);
+
+/* Bytes mapped now for the arrays of mlxk_weight_array. They live outside MLX's allocator (in
+ * 2 MiB-aligned mappings advised to use transparent huge pages; env MLX_ENGINE_HUGEPAGES=0
+ * drops the advice), so MLX's memory statistics do not count them. */
+int64_t mlxk_weight_arena_bytes(void);
 
 /* MLX graph op (custom primitive "GgufQMatmul", CPU streams only):
  *   x: [..., M, K] float32 / float16 / bfloat16 (any strides; converted / made contiguous)

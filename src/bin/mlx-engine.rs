@@ -228,7 +228,7 @@ fn run(args: &RunArgs) -> Result<()> {
     let _ = writeln!(stdout);
     let memory = mlx_engine::mlx::transforms::memory_stats().unwrap_or_default();
     eprintln!(
-        "load {:.2} s | prompt {} tokens, {:.1} t/s | generated {} tokens, {:.1} t/s | peak RSS {} MiB, MLX peak {} MiB{}",
+        "load {:.2} s | prompt {} tokens, {:.1} t/s | generated {} tokens, {:.1} t/s | peak RSS {} MiB, MLX peak {} MiB + weights {} MiB{}",
         engine.load_time.as_secs_f64(),
         stats.prompt_tokens,
         stats.prompt_tps(),
@@ -236,6 +236,7 @@ fn run(args: &RunArgs) -> Result<()> {
         stats.generate_tps(),
         mlx_engine::bench::peak_rss_bytes().unwrap_or(0) >> 20,
         memory.peak >> 20,
+        mlx_engine::mlx::kernels::weight_bytes() >> 20,
         if interrupted.load(Ordering::SeqCst) { " | interrupted" } else { "" }
     );
     Ok(())

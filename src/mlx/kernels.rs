@@ -67,6 +67,7 @@ extern "C" {
         k: i64,
         out_type: *mut c_int,
     ) -> c_int;
+    fn mlxk_weight_arena_bytes() -> i64;
     fn mlxk_repack_rows(
         src: *const c_void,
         ggml_type: c_int,
@@ -168,6 +169,13 @@ pub fn load_blocks(bytes: &[u8], ty: GgmlType, n: usize, k: usize) -> Result<(Ar
         other => other,
     })?;
     Ok((blocks, layout_of(ty, out_type)))
+}
+
+/// Bytes held now by the arrays of [`load_blocks`]: a weight arena of our own (2 MiB-aligned
+/// mappings with transparent huge pages), outside MLX's allocator and its memory statistics.
+pub fn weight_bytes() -> u64 {
+    // SAFETY: a pure query.
+    unsafe { mlxk_weight_arena_bytes() }.max(0) as u64
 }
 
 /// [`load_blocks`] into host memory: the rows of `bytes` in the layout the kernel prefers.
