@@ -6,6 +6,7 @@
 #include <sys/mman.h>
 
 #include <array>
+#include <cmath>
 #include <atomic>
 #include <cstdio>
 #include <cstdlib>
@@ -73,6 +74,18 @@ bool row_view(const mx::array& x, int64_t* rows, int64_t* row_stride) {
   return true;
 }
 
+
+// out = x * w / sqrt(mean(x^2) + eps) over one row of k (MLX's rms_norm, in float32).
+void rms_norm_row(const float* x, const float* w, int64_t k, float eps, float* out) {
+  float acc[8] = {0, 0, 0, 0, 0, 0, 0, 0};
+  int64_t i = 0;
+  for (; i + 8 <= k; i += 8)
+    for (int l = 0; l < 8; ++l) acc[l] += x[i + l] * x[i + l];
+  float ss = ((acc[0] + acc[1]) + (acc[2] + acc[3])) + ((acc[4] + acc[5]) + (acc[6] + acc[7]));
+  for (; i < k; ++i) ss += x[i] * x[i];
+  const float scale = 1.0f / std::sqrt(ss / (float)k + eps);
+  for (i = 0; i < k; ++i) out[i] = x[i] * scale * w[i];
+}
 
 // What eval_cpu captures of x [..., M, K] to read it on the stream thread: a float32 row view
 // read in place, or what is needed to gather it into a contiguous float32 copy.
@@ -164,19 +177,22 @@ struct BSource {
 
 class GgufQMatmul : public mx::UnaryPrimitive {
  public:
-  GgufQMatmul(mx::Stream s, int type, int64_t n, int64_t k) : mx::UnaryPrimitive(s), type_(type), n_(n), k_(k) {}
+  GgufQMatmul(mx::Stream s, int type, int64_t n, int64_t k, bool has_residual)
+      : mx::UnaryPrimitive(s), type_(type), n_(n), k_(k), has_residual_(has_residual) {}
 
   void eval_cpu(const std::vector<mx::array>& inputs, mx::array& out) override {
     const mx::array& x = inputs[0];
     const mx::array& w = inputs[1];
     out.set_data(mx::allocator::malloc(out.nbytes()));
     auto& enc = mx::cpu::get_command_encoder(stream());
-    enc.set_input_array(x);
-    enc.set_input_array(w);
+    for (const auto& in : inputs) enc.set_input_array(in);
     enc.set_output_array(out);
 
     const XSource xs(x, k_);
     const WSource wsrc(w);
+    // The residual [..., M, N] read like x (rows of N).
+    const XSource rs = has_residual_ ? XSource(inputs[2], n_) : XSource(x, k_);
+    const bool add = has_residual_;
     const int type = type_;
     const int64_t n = n_, k = k_;
     float* y = out.data<float>();
@@ -188,6 +204,12 @@ class GgufQMatmul : public mx::UnaryPrimitive {
         const uint8_t* wf = wsrc.data(wbuf);
         const int rc = mlxe::qmatmul_checked(wf, type, n, k, xf, xs.rows, xs.ldx, y, n);
         if (rc) std::fprintf(stderr, "GgufQMatmul: kernel error %d: %s\n", rc, mlxk_last_error());
+        if (add) {
+          std::vector<float> rbuf;
+          const float* r = rs.data(n, rbuf);
+          for (int64_t m = 0; m < xs.rows; ++m)
+            for (int64_t j = 0; j < n; ++j) y[m * n + j] += r[m * rs.ldx + j];
+        }
       } catch (const std::exception& e) {
         std::fprintf(stderr, "GgufQMatmul: %s\n", e.what());
       }
@@ -204,7 +226,7 @@ class GgufQMatmul : public mx::UnaryPrimitive {
 
   bool is_equivalent(const mx::Primitive& other) const override {
     const auto* o = dynamic_cast<const GgufQMatmul*>(&other);
-    return o && o->type_ == type_ && o->n_ == n_ && o->k_ == k_;
+    return o && o->type_ == type_ && o->n_ == n_ && o->k_ == k_ && o->has_residual_ == has_residual_;
   }
 
   std::vector<mx::Shape> output_shapes(const std::vector<mx::array>& inputs) override {
@@ -218,6 +240,7 @@ class GgufQMatmul : public mx::UnaryPrimitive {
  private:
   int type_;
   int64_t n_, k_;
+  bool has_residual_;
 };
 
 // Up to 4 projections of one x in one kernel call (mlxe::qmatmul_multi_checked). Inputs:
@@ -226,13 +249,15 @@ class GgufQMatmul : public mx::UnaryPrimitive {
 class GgufQMatmulMulti : public mx::Primitive {
  public:
   GgufQMatmulMulti(mx::Stream s, std::vector<int> types, std::vector<int64_t> ns, std::vector<bool> has_bias,
-                   int64_t k, int epilogue)
+                   int64_t k, int epilogue, bool has_norm, float eps)
       : mx::Primitive(s),
         types_(std::move(types)),
         ns_(std::move(ns)),
         has_bias_(std::move(has_bias)),
         k_(k),
-        epilogue_(epilogue) {}
+        epilogue_(epilogue),
+        has_norm_(has_norm),
+        eps_(eps) {}
 
   void eval_cpu(const std::vector<mx::array>& inputs, std::vector<mx::array>& outputs) override {
     const int count = (int)types_.size();
@@ -254,11 +279,20 @@ class GgufQMatmulMulti : public mx::Primitive {
       wsrc.emplace_back(inputs[(size_t)i + 1]);
       bsrc.emplace_back(has_bias_[(size_t)i] ? &inputs[next_bias++] : nullptr);
     }
+    // The RMSNorm weight [K], last input (float32, contiguous: made so at graph build).
+    const float* norm_w = has_norm_ ? inputs.back().data<float>() : nullptr;
     enc.dispatch([xs = XSource(inputs[0], k_), wsrc = std::move(wsrc), bsrc = std::move(bsrc), mw, ys, count,
-                  k = k_, epilogue = epilogue_]() mutable {
+                  k = k_, epilogue = epilogue_, norm_w, eps = eps_]() mutable {
       try {
-        std::vector<float> xbuf;
+        std::vector<float> xbuf, xnorm;
         const float* xf = xs.data(k, xbuf);
+        int64_t ldx = xs.ldx;
+        if (norm_w) {
+          xnorm.resize((size_t)(xs.rows * k));
+          for (int64_t m = 0; m < xs.rows; ++m) rms_norm_row(xf + m * ldx, norm_w, k, eps, xnorm.data() + m * k);
+          xf = xnorm.data();
+          ldx = k;
+        }
         std::vector<uint8_t> wbufs[mlxe::kMaxMultiWeights];
         std::vector<float> bbufs[mlxe::kMaxMultiWeights];
         for (size_t i = 0; i < (size_t)count; ++i) {
@@ -266,7 +300,7 @@ class GgufQMatmulMulti : public mx::Primitive {
           mw[i].bias = bsrc[i].data(bbufs[i]);
         }
         const int rc =
-            mlxe::qmatmul_multi_checked(xf, xs.rows, xs.ldx, k, mw.data(), count, epilogue, ys.data());
+            mlxe::qmatmul_multi_checked(xf, xs.rows, ldx, k, mw.data(), count, epilogue, ys.data());
         if (rc) std::fprintf(stderr, "GgufQMatmulMulti: kernel error %d: %s\n", rc, mlxk_last_error());
       } catch (const std::exception& e) {
         std::fprintf(stderr, "GgufQMatmulMulti: %s\n", e.what());
@@ -285,7 +319,7 @@ class GgufQMatmulMulti : public mx::Primitive {
   bool is_equivalent(const mx::Primitive& other) const override {
     const auto* o = dynamic_cast<const GgufQMatmulMulti*>(&other);
     return o && o->types_ == types_ && o->ns_ == ns_ && o->has_bias_ == has_bias_ && o->k_ == k_ &&
-           o->epilogue_ == epilogue_;
+           o->epilogue_ == epilogue_ && o->has_norm_ == has_norm_ && o->eps_ == eps_;
   }
 
   std::vector<mx::Shape> output_shapes(const std::vector<mx::array>& inputs) override {
@@ -311,6 +345,8 @@ class GgufQMatmulMulti : public mx::Primitive {
   std::vector<bool> has_bias_;
   int64_t k_;
   int epilogue_;
+  bool has_norm_;
+  float eps_;
 };
 
 }  // namespace mlx_engine
@@ -436,6 +472,11 @@ extern "C" int mlxk_weight_array(mlx_array* res, const void* src, int ggml_type,
 
 extern "C" int mlxk_gguf_qmatmul(mlx_array* res, const mlx_array x, const mlx_array w, int ggml_type, int64_t n,
                                  int64_t k, const mlx_stream s) {
+  return mlxk_gguf_qmatmul_add(res, x, w, mlx_array{nullptr}, ggml_type, n, k, s);
+}
+
+extern "C" int mlxk_gguf_qmatmul_add(mlx_array* res, const mlx_array x, const mlx_array w, const mlx_array residual,
+                                     int ggml_type, int64_t n, int64_t k, const mlx_stream s) {
   namespace mx = mlx::core;
   try {
     if (!res) {
@@ -464,8 +505,19 @@ extern "C" int mlxk_gguf_qmatmul(mlx_array* res, const mlx_array x, const mlx_ar
     if (wa.ndim() != 2 || wa.shape(0) != n || wa.shape(1) != rb) wa = mx::reshape(wa, {(int)n, (int)rb}, st);
     mx::Shape out_shape = xa.shape();
     out_shape.back() = (int32_t)n;
+    std::vector<mx::array> inputs{xa, wa};
+    if (residual.ctx) {
+      const mx::array& r = mlx_array_get_(residual);
+      if (r.shape() != out_shape)
+        throw std::invalid_argument("the residual must have the output's shape [..., M, N] with N = " +
+                                    std::to_string(n));
+      if (r.dtype() != mx::float32 && r.dtype() != mx::float16 && r.dtype() != mx::bfloat16)
+        throw std::invalid_argument("the residual must be float32, float16 or bfloat16");
+      inputs.push_back(r);
+    }
     mx::array out(std::move(out_shape), mx::float32,
-                  std::make_shared<mlx_engine::GgufQMatmul>(st, ggml_type, n, k), {xa, wa});
+                  std::make_shared<mlx_engine::GgufQMatmul>(st, ggml_type, n, k, residual.ctx != nullptr),
+                  std::move(inputs));
     mlx_array_set_(*res, std::move(out));
     return 0;
   } catch (const std::exception& e) {
@@ -479,6 +531,13 @@ extern "C" int mlxk_gguf_qmatmul(mlx_array* res, const mlx_array x, const mlx_ar
 extern "C" int mlxk_gguf_qmatmul_multi(mlx_array* res, const mlx_array x, const mlx_array* ws, const int* types,
                                        const int64_t* ns, const mlx_array* biases, int count, int64_t k,
                                        int epilogue, const mlx_stream s) {
+  return mlxk_gguf_qmatmul_multi_norm(res, x, mlx_array{nullptr}, 0.0f, ws, types, ns, biases, count, k, epilogue, s);
+}
+
+extern "C" int mlxk_gguf_qmatmul_multi_norm(mlx_array* res, const mlx_array x, const mlx_array norm_weight,
+                                            float norm_eps, const mlx_array* ws, const int* types, const int64_t* ns,
+                                            const mlx_array* biases, int count, int64_t k, int epilogue,
+                                            const mlx_stream s) {
   namespace mx = mlx::core;
   try {
     if (!res || !ws || !types || !ns) {
@@ -544,10 +603,24 @@ extern "C" int mlxk_gguf_qmatmul_multi(mlx_array* res, const mlx_array x, const 
       }
     }
     for (auto& b : bias_inputs) inputs.push_back(std::move(b));
+    if (norm_weight.ctx) {
+      mx::array nw = mlx_array_get_(norm_weight);
+      if (nw.dtype() != mx::float32 && nw.dtype() != mx::float16 && nw.dtype() != mx::bfloat16)
+        throw std::invalid_argument("the norm weight must be float32, float16 or bfloat16");
+      if ((int64_t)nw.size() != k)
+        throw std::invalid_argument("the norm weight has " + std::to_string(nw.size()) +
+                                    " elements, expected K = " + std::to_string(k));
+      if (!(norm_eps >= 0.0f)) throw std::invalid_argument("the norm epsilon must be >= 0");
+      if (nw.dtype() != mx::float32) nw = mx::astype(nw, mx::float32, st);
+      if (nw.ndim() != 1) nw = mx::reshape(nw, {(int)k}, st);
+      // The task reads it as one contiguous row.
+      inputs.push_back(mx::contiguous(nw, false, st));
+    }
     auto shapes = mlx_engine::GgufQMatmulMulti::shapes_for(xa.shape(), nv, epilogue);
     const std::vector<mx::Dtype> dtypes(shapes.size(), mx::float32);
     auto prim = std::make_shared<mlx_engine::GgufQMatmulMulti>(st, std::move(tv), std::move(nv),
-                                                               std::move(has_bias), k, epilogue);
+                                                               std::move(has_bias), k, epilogue,
+                                                               norm_weight.ctx != nullptr, norm_eps);
     std::vector<mx::array> outs = mx::array::make_arrays(std::move(shapes), dtypes, prim, inputs);
     for (size_t i = 0; i < outs.size(); ++i) mlx_array_set_(res[i], std::move(outs[i]));
     return 0;

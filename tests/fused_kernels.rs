@@ -159,7 +159,7 @@ fn fused_projections_equal_separate_matmuls() {
                             _ => w.as_ref(),
                         })
                         .collect();
-                    let fused = kernels::gguf_matmul_multi(&x, &refs, k).unwrap();
+                    let fused = kernels::gguf_matmul_multi(&x, None, &refs, k).unwrap();
                     assert_eq!(fused.len(), weights.len());
                     for (i, (got, sep)) in fused.iter().zip(&separate).enumerate() {
                         assert_eq!(got.shape(), vec![m as i32, weights[i].n as i32]);
@@ -218,7 +218,8 @@ fn fused_swiglu_equals_silu_times_up() {
                     let g = kernels::gguf_matmul(&x, &gate.blocks, gate.ty, n, k).unwrap();
                     let u = kernels::gguf_matmul(&x, &up.blocks, up.ty, n, k).unwrap();
                     let want = values(&ops::multiply(&ops::silu(&g).unwrap(), &u).unwrap());
-                    let got = kernels::gguf_swiglu(&x, gate.as_ref(), up.as_ref(), k).unwrap();
+                    let got =
+                        kernels::gguf_swiglu(&x, None, gate.as_ref(), up.as_ref(), k).unwrap();
                     assert_eq!(got.shape(), vec![m as i32, n as i32]);
                     // A relative bound, with an absolute floor far below the values' scale
                     // for products of silu's tail (|g| large and negative).
@@ -262,7 +263,7 @@ fn fused_calls_handle_threads_layouts_and_compile() {
         let want = separate(&x);
         for threads in [1, 2, 3] {
             kernels::set_num_threads(threads);
-            let got = kernels::gguf_matmul_multi(&x, &refs, k).unwrap();
+            let got = kernels::gguf_matmul_multi(&x, None, &refs, k).unwrap();
             for (i, (g, w)) in got.iter().zip(&want).enumerate() {
                 assert_close(
                     &values(g),
@@ -278,7 +279,7 @@ fn fused_calls_handle_threads_layouts_and_compile() {
         // Batch dimensions: [2, 3, K] -> [2, 3, n_i].
         let xb = x_array(6, k, 12, 1.0);
         let xb3 = ops::reshape(&xb, &[2, 3, k as i32]).unwrap();
-        let got = kernels::gguf_matmul_multi(&xb3, &refs, k).unwrap();
+        let got = kernels::gguf_matmul_multi(&xb3, None, &refs, k).unwrap();
         let want = separate(&xb);
         for (i, (g, w)) in got.iter().zip(&want).enumerate() {
             assert_eq!(g.shape(), vec![2, 3, weights[i].n as i32]);
@@ -297,14 +298,16 @@ fn fused_calls_handle_threads_layouts_and_compile() {
             ("bf16", ops::astype(&x, Dtype::BF16).unwrap()),
         ] {
             let want = separate(&xv);
-            let got = kernels::gguf_matmul_multi(&xv, &refs, k).unwrap();
+            let got = kernels::gguf_matmul_multi(&xv, None, &refs, k).unwrap();
             for (i, (g, w)) in got.iter().zip(&want).enumerate() {
                 assert_close(&values(g), w, 1e-6, 1e-7, &format!("{path:?} {what} {i}"));
             }
         }
 
         // Only one sibling kept and evaluated: still right.
-        let only_v = kernels::gguf_matmul_multi(&x, &refs, k).unwrap().remove(2);
+        let only_v = kernels::gguf_matmul_multi(&x, None, &refs, k)
+            .unwrap()
+            .remove(2);
         assert_close(&values(&only_v), &separate(&x)[2], 1e-6, 1e-7, "sibling");
 
         // Under compile (traced once, replayed twice).
@@ -312,6 +315,7 @@ fn fused_calls_handle_threads_layouts_and_compile() {
         let f = move |xs: &[Array]| -> mlx_engine::Result<Vec<Array>> {
             let h = kernels::gguf_swiglu(
                 &xs[0],
+                None,
                 GgufWeightRef::new(&xs[1], gt, n),
                 GgufWeightRef::new(&xs[2], ut, n),
                 k,
@@ -357,7 +361,7 @@ fn fused_calls_reject_bad_arguments() {
         .map(|w| values(&kernels::gguf_matmul(&x, &w.blocks, w.ty, w.n, k).unwrap()))
         .collect();
     let still_works = |what: &str| {
-        let got = kernels::gguf_matmul_multi(&x, &refs, k).unwrap();
+        let got = kernels::gguf_matmul_multi(&x, None, &refs, k).unwrap();
         for (g, w) in got.iter().zip(&want) {
             assert_close(&values(g), w, 1e-6, 1e-7, &format!("after {what}"));
         }
@@ -372,31 +376,31 @@ fn fused_calls_reject_bad_arguments() {
     let short = x_array(3, k - 32, 5, 1.0);
     expect_err(
         "mismatched x",
-        kernels::gguf_matmul_multi(&short, &refs, k),
+        kernels::gguf_matmul_multi(&short, None, &refs, k),
         "K = ",
     );
     // k (and x) not matching the weights' bytes.
     let long = x_array(3, k + 32, 5, 1.0);
     expect_err(
         "mismatched k",
-        kernels::gguf_matmul_multi(&long, &refs[..2], k + 32),
+        kernels::gguf_matmul_multi(&long, None, &refs[..2], k + 32),
         "bytes",
     );
     // k not a multiple of a weight's block (Q6_K: 256).
     expect_err(
         "k vs block",
-        kernels::gguf_matmul_multi(&short, &refs, k - 32),
+        kernels::gguf_matmul_multi(&short, None, &refs, k - 32),
         "block size",
     );
     expect_err(
         "no weights",
-        kernels::gguf_matmul_multi(&x, &[], k),
+        kernels::gguf_matmul_multi(&x, None, &[], k),
         "count=0",
     );
     let five = [refs[0], refs[1], refs[2], refs[0], refs[1]];
     expect_err(
         "five weights",
-        kernels::gguf_matmul_multi(&x, &five, k),
+        kernels::gguf_matmul_multi(&x, None, &five, k),
         "count=5",
     );
     // A bias of the wrong length.
@@ -404,7 +408,7 @@ fn fused_calls_reject_bad_arguments() {
     let bad_bias = [refs[0].with_bias(&b), refs[1]];
     expect_err(
         "bias length",
-        kernels::gguf_matmul_multi(&x, &bad_bias, k),
+        kernels::gguf_matmul_multi(&x, None, &bad_bias, k),
         "bias",
     );
     // A weight's n not matching its blocks.
@@ -412,19 +416,146 @@ fn fused_calls_reject_bad_arguments() {
     wrong_n[1].n += 1;
     expect_err(
         "wrong n",
-        kernels::gguf_matmul_multi(&x, &wrong_n, k),
+        kernels::gguf_matmul_multi(&x, None, &wrong_n, k),
         "bytes",
     );
 
     // SwiGLU: gate and up of different n, a bias, a mismatched x.
-    let r = kernels::gguf_swiglu(&x, gate.as_ref(), refs[0], k).map(|a| vec![a]);
+    let r = kernels::gguf_swiglu(&x, None, gate.as_ref(), refs[0], k).map(|a| vec![a]);
     expect_err("swiglu n", r, "same n");
     let bias = Array::from_slice(&vec![0f32; gate.n], &[gate.n as i32]).unwrap();
-    let r =
-        kernels::gguf_swiglu(&x, gate.as_ref().with_bias(&bias), up.as_ref(), k).map(|a| vec![a]);
+    let r = kernels::gguf_swiglu(&x, None, gate.as_ref().with_bias(&bias), up.as_ref(), k)
+        .map(|a| vec![a]);
     expect_err("swiglu bias", r, "no bias");
-    let r = kernels::gguf_swiglu(&short, gate.as_ref(), up.as_ref(), k).map(|a| vec![a]);
+    let r = kernels::gguf_swiglu(&short, None, gate.as_ref(), up.as_ref(), k).map(|a| vec![a]);
     expect_err("swiglu k", r, "K = ");
-    let h = kernels::gguf_swiglu(&x, gate.as_ref(), up.as_ref(), k).unwrap();
+    let h = kernels::gguf_swiglu(&x, None, gate.as_ref(), up.as_ref(), k).unwrap();
     assert_eq!(h.shape(), vec![3, gate.n as i32]);
+}
+
+/// The RMSNorm prologue of the fused projections against a host f64 reference
+/// (y = W · (x·w/√(mean x² + ε)) with W the kernel's dequantization): scalar path to 1e-5 of
+/// Σ|W·xₙ|, AVX2 path to 2e-2 of it (its int8 activations, as in tests/kernels.rs). The
+/// residual epilogue of `gguf_matmul_add` equals `gguf_matmul` + MLX's add.
+#[test]
+fn fused_norm_and_residual_match_references() {
+    if common::skip_requested() {
+        return;
+    }
+    let _settings = Settings::take();
+    let weights = qkv(["Q5_0", "Q8_0", "Q4_K"]);
+    let (k, eps) = (weights[0].k, 1e-6f32);
+    let gamma: Vec<f32> = common::activations(1, k, 77)
+        .iter()
+        .map(|v| 1.0 + 0.5 * v)
+        .collect();
+    let norm_w = Array::from_slice(&gamma, &[k as i32]).unwrap();
+    let norm = kernels::RmsNormRef {
+        weight: &norm_w,
+        eps,
+    };
+    let refs: Vec<GgufWeightRef> = weights.iter().map(Weight::as_ref).collect();
+    for path in PATHS {
+        kernels::force_path(Some(path));
+        let rel = if path == KernelPath::Scalar {
+            1e-5
+        } else {
+            2e-2
+        };
+        for m in [1usize, 5] {
+            let x = x_array(m, k, 40 + m as u64, 3.0);
+            let xv = values(&x);
+            let fused = kernels::gguf_matmul_multi(&x, Some(norm), &refs, k).unwrap();
+            for (w, got) in weights.iter().zip(&fused) {
+                let bytes = w.blocks.to_vec::<u8>().unwrap();
+                let wd = kernels::dequantize_host(&bytes, w.ty, w.n, k).unwrap();
+                let got = values(got);
+                for r in 0..m {
+                    let row = &xv[r * k..(r + 1) * k];
+                    let ms = row.iter().map(|&v| (v as f64).powi(2)).sum::<f64>() / k as f64;
+                    let s = 1.0 / (ms + eps as f64).sqrt();
+                    let xn: Vec<f64> = row
+                        .iter()
+                        .zip(&gamma)
+                        .map(|(&v, &g)| v as f64 * s * g as f64)
+                        .collect();
+                    for j in 0..w.n {
+                        let wr = &wd[j * k..(j + 1) * k];
+                        let want: f64 = wr.iter().zip(&xn).map(|(&a, b)| a as f64 * b).sum();
+                        let mag: f64 = wr.iter().zip(&xn).map(|(&a, b)| (a as f64 * b).abs()).sum();
+                        let g = got[r * w.n + j] as f64;
+                        assert!(
+                            (g - want).abs() <= rel * mag + 1e-6,
+                            "{:?} {path:?} m={m} row {r} out {j}: {g} vs {want} (mag {mag})",
+                            w.ty
+                        );
+                    }
+                }
+            }
+            // The same norm through the SwiGLU call equals the norm through separate calls.
+            let (gate, up) = (
+                load("Q5_0", "blk.0.ffn_gate.weight"),
+                load("Q5_0", "blk.0.ffn_up.weight"),
+            );
+            let h = kernels::gguf_swiglu(&x, Some(norm), gate.as_ref(), up.as_ref(), k).unwrap();
+            let normed = mlx_engine::mlx::fast::rms_norm(&x, &norm_w, eps).unwrap();
+            let parts =
+                kernels::gguf_matmul_multi(&x, Some(norm), &[gate.as_ref(), up.as_ref()], k)
+                    .unwrap();
+            let want = ops::multiply(&ops::silu(&parts[0]).unwrap(), &parts[1]).unwrap();
+            assert_close(
+                &values(&h),
+                &values(&want),
+                1e-5,
+                1e-6,
+                &format!("{path:?} swiglu norm"),
+            );
+            // And the fused norm agrees with MLX's rms_norm within the int8 rounding.
+            let sep = kernels::gguf_matmul_multi(&normed, None, &refs, k).unwrap();
+            let fused_v = values(&fused[0]);
+            let sep_v = values(&sep[0]);
+            let scale = sep_v.iter().fold(0f32, |a, v| a.max(v.abs()));
+            assert_close(
+                &fused_v,
+                &sep_v,
+                0.0,
+                2e-2 * scale,
+                &format!("{path:?} vs rms_norm"),
+            );
+
+            // Residual epilogue.
+            let w = &weights[0];
+            let res = x_array(m, w.n, 90 + m as u64, 1.0);
+            let got = kernels::gguf_matmul_add(&x, &w.blocks, w.ty, w.n, k, &res).unwrap();
+            let plain = kernels::gguf_matmul(&x, &w.blocks, w.ty, w.n, k).unwrap();
+            let want = ops::add(&plain, &res).unwrap();
+            assert_close(
+                &values(&got),
+                &values(&want),
+                0.0,
+                0.0,
+                &format!("{path:?} residual"),
+            );
+        }
+    }
+    // Bad residual shape and bad norm length are errors, not aborts.
+    let x = x_array(2, k, 3, 1.0);
+    let w = &weights[0];
+    let bad = x_array(2, w.n + 1, 3, 1.0);
+    let e = kernels::gguf_matmul_add(&x, &w.blocks, w.ty, w.n, k, &bad)
+        .expect_err("residual shape")
+        .to_string();
+    assert!(e.contains("residual"), "{e}");
+    let short = Array::from_slice(&gamma[..k - 1], &[k as i32 - 1]).unwrap();
+    let bad_norm = kernels::RmsNormRef {
+        weight: &short,
+        eps,
+    };
+    let e = kernels::gguf_matmul_multi(&x, Some(bad_norm), &refs, k)
+        .expect_err("norm length")
+        .to_string();
+    assert!(e.contains("norm weight"), "{e}");
+    // The next call still works.
+    let ok = kernels::gguf_matmul_multi(&x, Some(norm), &refs, k).unwrap();
+    assert_eq!(values(&ok[0]).len(), 2 * weights[0].n);
 }

@@ -126,6 +126,12 @@ int64_t mlxk_weight_arena_bytes(void);
 int mlxk_gguf_qmatmul(mlx_array* res, const mlx_array x, const mlx_array w, int ggml_type, int64_t n,
                       int64_t k, const mlx_stream s);
 
+/* mlxk_gguf_qmatmul followed by a residual add in the same op: *res = x . w^T + residual, with
+ * residual of the output's shape [..., M, N] (float32 / float16 / bfloat16, any strides).
+ * residual.ctx == NULL: no add. */
+int mlxk_gguf_qmatmul_add(mlx_array* res, const mlx_array x, const mlx_array w, const mlx_array residual,
+                          int ggml_type, int64_t n, int64_t k, const mlx_stream s);
+
 /* Fused MLX graph op (custom multi-output primitive "GgufQMatmulMulti", CPU streams only):
  * `count` (1..MLXK_MAX_MULTI_WEIGHTS) projections of the same x in one kernel call, which
  * quantizes x once per activation format and splits the rows of all weights over one
@@ -144,6 +150,13 @@ int mlxk_gguf_qmatmul(mlx_array* res, const mlx_array x, const mlx_array w, int 
 int mlxk_gguf_qmatmul_multi(mlx_array* res, const mlx_array x, const mlx_array* ws, const int* types,
                             const int64_t* ns, const mlx_array* biases, int count, int64_t k, int epilogue,
                             const mlx_stream s);
+
+/* mlxk_gguf_qmatmul_multi of RMSNorm(x): each row of x is first replaced by
+ * x * norm_weight / sqrt(mean(x^2) + norm_eps) (in float32, as MLX's rms_norm), then multiplied.
+ * norm_weight: K elements, float32 / float16 / bfloat16; norm_weight.ctx == NULL: no norm. */
+int mlxk_gguf_qmatmul_multi_norm(mlx_array* res, const mlx_array x, const mlx_array norm_weight, float norm_eps,
+                                 const mlx_array* ws, const int* types, const int64_t* ns, const mlx_array* biases,
+                                 int count, int64_t k, int epilogue, const mlx_stream s);
 
 /* MLX graph op (custom primitive "CachedAttention", CPU streams only): attention of one
  * sequence over its KV cache, fused with RoPE and the cache write.

@@ -11,10 +11,12 @@ use crate::quant::GgmlType;
 use std::ffi::{c_char, c_int, c_void, CStr};
 
 extern "C" {
-    fn mlxk_gguf_qmatmul(
+    #[allow(clippy::too_many_arguments)]
+    fn mlxk_gguf_qmatmul_add(
         res: *mut mlx_sys::mlx_array,
         x: mlx_sys::mlx_array,
         w: mlx_sys::mlx_array,
+        residual: mlx_sys::mlx_array,
         ggml_type: c_int,
         n: i64,
         k: i64,
@@ -235,12 +237,46 @@ pub fn gguf_matmul(
     n: usize,
     k: usize,
 ) -> Result<Array> {
-    let id = layout.into().id();
+    qmatmul_add(x, blocks, layout.into(), n, k, None)
+}
+
+/// [`gguf_matmul`] plus a residual of the output's shape [.., M, N] in the same op:
+/// x · Wᵀ + residual (the transformer's skip connection, without an op of its own).
+pub fn gguf_matmul_add(
+    x: &Array,
+    blocks: &Array,
+    layout: impl Into<BlockLayout>,
+    n: usize,
+    k: usize,
+    residual: &Array,
+) -> Result<Array> {
+    qmatmul_add(x, blocks, layout.into(), n, k, Some(residual))
+}
+
+fn qmatmul_add(
+    x: &Array,
+    blocks: &Array,
+    layout: BlockLayout,
+    n: usize,
+    k: usize,
+    residual: Option<&Array>,
+) -> Result<Array> {
     let s = current_stream();
-    // SAFETY: valid handles and stream; the primitive validates shapes and types and reports
-    // failures through its status, with the message in `mlxk_last_error`.
+    let residual = residual.map_or_else(null_array, Array::raw);
+    // SAFETY: valid handles (the residual may be the empty handle, meaning none) and stream;
+    // the primitive validates shapes and types and reports failures through its status, with
+    // the message in `mlxk_last_error`.
     let out = try_array(|res| unsafe {
-        mlxk_gguf_qmatmul(res, x.raw(), blocks.raw(), id, n as i64, k as i64, s)
+        mlxk_gguf_qmatmul_add(
+            res,
+            x.raw(),
+            blocks.raw(),
+            residual,
+            layout.id(),
+            n as i64,
+            k as i64,
+            s,
+        )
     });
     out.map_err(|e| match e {
         Error::Mlx { message } if message.starts_with("mlx-c call failed") => Error::Mlx {
@@ -326,9 +362,11 @@ fn kernel_error(e: Error) -> Error {
 }
 
 extern "C" {
-    fn mlxk_gguf_qmatmul_multi(
+    fn mlxk_gguf_qmatmul_multi_norm(
         res: *mut mlx_sys::mlx_array,
         x: mlx_sys::mlx_array,
+        norm_weight: mlx_sys::mlx_array,
+        norm_eps: f32,
         ws: *const mlx_sys::mlx_array,
         types: *const c_int,
         ns: *const i64,
@@ -382,9 +420,20 @@ impl<'a> GgufWeightRef<'a> {
     }
 }
 
+/// An RMSNorm applied to x inside a fused projection ([`gguf_matmul_multi`],
+/// [`gguf_swiglu`]): x · weight / √(mean(x²) + eps), row by row, as MLX's `rms_norm`.
+#[derive(Clone, Copy, Debug)]
+pub struct RmsNormRef<'a> {
+    /// The norm's weight, K elements (float32, float16 or bfloat16).
+    pub weight: &'a Array,
+    /// Added to the mean square.
+    pub eps: f32,
+}
+
 /// The fused primitive, returning the `outputs` arrays the epilogue produces.
 fn qmatmul_multi(
     x: &Array,
+    norm: Option<RmsNormRef>,
     weights: &[GgufWeightRef],
     k: usize,
     epilogue: c_int,
@@ -419,9 +468,11 @@ fn qmatmul_multi(
     // the call; all handles are valid. The C entry validates everything else and reports
     // failures through its status, with the message in `mlxk_last_error`.
     let code = unsafe {
-        mlxk_gguf_qmatmul_multi(
+        mlxk_gguf_qmatmul_multi_norm(
             out.as_mut_ptr() as *mut mlx_sys::mlx_array,
             x.raw(),
+            norm.map_or_else(null_array, |n| n.weight.raw()),
+            norm.map_or(0.0, |n| n.eps),
             blocks.as_ptr(),
             types.as_ptr(),
             ns.as_ptr(),
@@ -445,15 +496,27 @@ fn qmatmul_multi(
 /// [`MAX_FUSED_WEIGHTS`] of them, any mix of types). The activations are quantized once per
 /// format and the rows of all weights are split over one parallel run; the results are
 /// siblings of one lazy MLX op on the CPU stream (evaluating one computes all).
-pub fn gguf_matmul_multi(x: &Array, weights: &[GgufWeightRef], k: usize) -> Result<Vec<Array>> {
-    qmatmul_multi(x, weights, k, EPILOGUE_NONE, weights.len())
+/// With `norm`, the projections are of RMSNorm(x), computed in the same op.
+pub fn gguf_matmul_multi(
+    x: &Array,
+    norm: Option<RmsNormRef>,
+    weights: &[GgufWeightRef],
+    k: usize,
+) -> Result<Vec<Array>> {
+    qmatmul_multi(x, norm, weights, k, EPILOGUE_NONE, weights.len())
 }
 
 /// The SwiGLU feed-forward input in one kernel call: silu(x · Gateᵀ) ⊙ (x · Upᵀ) as
 /// [.., M, N] float32, with silu(g) = g / (1 + e^(−g)). `gate` and `up` must have the same
-/// `n` and no bias.
-pub fn gguf_swiglu(x: &Array, gate: GgufWeightRef, up: GgufWeightRef, k: usize) -> Result<Array> {
-    let mut out = qmatmul_multi(x, &[gate, up], k, EPILOGUE_SWIGLU, 1)?;
+/// `n` and no bias. With `norm`, of RMSNorm(x), computed in the same op.
+pub fn gguf_swiglu(
+    x: &Array,
+    norm: Option<RmsNormRef>,
+    gate: GgufWeightRef,
+    up: GgufWeightRef,
+    k: usize,
+) -> Result<Array> {
+    let mut out = qmatmul_multi(x, norm, &[gate, up], k, EPILOGUE_SWIGLU, 1)?;
     Ok(out.remove(0))
 }
 

@@ -2,7 +2,8 @@
 //! chosen execution needs; the model code never knows which one runs.
 
 use crate::error::Result;
-use crate::mlx::kernels::{self, BlockLayout, GgufWeightRef, MAX_FUSED_WEIGHTS};
+use crate::mlx::fast;
+use crate::mlx::kernels::{self, BlockLayout, GgufWeightRef, RmsNormRef, MAX_FUSED_WEIGHTS};
 use crate::mlx::ops::{self, QuantSpec};
 use crate::mlx::Array;
 
@@ -61,6 +62,23 @@ impl Linear {
         }
     }
 
+    /// x · Wᵀ (+ b) + residual for x [.., K] and residual [.., N]: the skip connection in the
+    /// same kernel op when the weight is GGUF blocks without bias, else a separate add.
+    pub fn forward_add(&self, x: &Array, residual: &Array) -> Result<Array> {
+        match (&self.weight, &self.bias) {
+            (
+                LinearWeight::GgufBlocks {
+                    blocks,
+                    layout,
+                    n,
+                    k,
+                },
+                None,
+            ) => kernels::gguf_matmul_add(x, blocks, *layout, *n, *k, residual),
+            _ => ops::add(residual, &self.forward(x)?),
+        }
+    }
+
     /// The weight as our kernel's operand when it is GGUF blocks (with the bias), with K.
     fn gguf_operand(&self) -> Option<(GgufWeightRef<'_>, usize)> {
         match &self.weight {
@@ -78,24 +96,35 @@ impl Linear {
     }
 }
 
-/// Several layers applied to the same x [.., K]: one fused kernel call (one activation
-/// quantization, one pass of the thread pool) when all are GGUF blocks, else one by one.
-pub fn forward_all(layers: &[&Linear], x: &Array) -> Result<Vec<Array>> {
+/// Several layers applied to the same input, x [.., K] or RMSNorm(x) with `norm`: one fused
+/// kernel call (norm, one activation quantization, one pass of the thread pool) when all are
+/// GGUF blocks, else MLX's `rms_norm` and the layers one by one.
+pub fn forward_all(layers: &[&Linear], x: &Array, norm: Option<RmsNormRef>) -> Result<Vec<Array>> {
     if let Some((operands, k)) = gguf_operands(layers) {
-        return kernels::gguf_matmul_multi(x, &operands, k);
+        return kernels::gguf_matmul_multi(x, norm, &operands, k);
     }
-    layers.iter().map(|l| l.forward(x)).collect()
+    let x = normed(x, norm)?;
+    layers.iter().map(|l| l.forward(&x)).collect()
 }
 
-/// SwiGLU's gated product silu(x·Gᵀ) · (x·Uᵀ) for x [.., K] → [.., F]: one fused kernel call
-/// when both are GGUF blocks without bias, else MLX ops.
-pub fn swiglu(gate: &Linear, up: &Linear, x: &Array) -> Result<Array> {
+/// SwiGLU's gated product silu(x·Gᵀ) · (x·Uᵀ) for x [.., K] (or RMSNorm(x) with `norm`) →
+/// [.., F]: one fused kernel call when both are GGUF blocks without bias, else MLX ops.
+pub fn swiglu(gate: &Linear, up: &Linear, x: &Array, norm: Option<RmsNormRef>) -> Result<Array> {
     if let Some((ops, k)) = gguf_operands(&[gate, up]) {
         if ops.iter().all(|w| w.bias.is_none()) {
-            return kernels::gguf_swiglu(x, ops[0], ops[1], k);
+            return kernels::gguf_swiglu(x, norm, ops[0], ops[1], k);
         }
     }
-    ops::multiply(&ops::silu(&gate.forward(x)?)?, &up.forward(x)?)
+    let x = normed(x, norm)?;
+    ops::multiply(&ops::silu(&gate.forward(&x)?)?, &up.forward(&x)?)
+}
+
+/// x, or MLX's RMSNorm of x.
+fn normed(x: &Array, norm: Option<RmsNormRef>) -> Result<Array> {
+    match norm {
+        Some(n) => fast::rms_norm(x, n.weight, n.eps),
+        None => Ok(x.clone()),
+    }
 }
 
 /// The kernel operands of `layers` when every one is GGUF blocks with the same K.

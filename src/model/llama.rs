@@ -4,7 +4,7 @@
 use crate::error::{Error, Result};
 use crate::kv_cache::KvCache;
 use crate::mlx::fast::{self, AttentionMask};
-use crate::mlx::kernels::{self, AttentionParams};
+use crate::mlx::kernels::{self, AttentionParams, RmsNormRef};
 use crate::mlx::{ops, Array};
 use crate::model::config::ModelConfig;
 use crate::model::linear::{self, Linear};
@@ -111,12 +111,8 @@ impl Llama {
         let mut x = ops::reshape(&x, &[b as i32, l as i32, c.hidden as i32])?; // [B, L, D]
         for (i, block) in self.blocks.iter().enumerate() {
             let _span = tracing::trace_span!("block", i).entered();
-            let attn_norm = fast::rms_norm(&x, &block.attn_norm, c.rms_eps)?; // [B, L, D]
-            let attn_out = self.attention(block, i, &attn_norm, caches)?; // [B, L, D]
-            let ffn_inp = ops::add(&x, &attn_out)?; // [B, L, D]
-            let ffn_norm = fast::rms_norm(&ffn_inp, &block.ffn_norm, c.rms_eps)?; // [B, L, D]
-            let ffn_out = self.mlp(block, &ffn_norm)?; // [B, L, D]
-            x = ops::add(&ffn_inp, &ffn_out)?; // l_out [B, L, D]
+            let ffn_inp = self.attention(block, i, &x, caches)?; // x + attn(attn_norm(x)) [B, L, D]
+            x = self.mlp(block, &ffn_inp)?; // l_out = ffn_inp + mlp(ffn_norm(ffn_inp)) [B, L, D]
         }
         for cache in caches.iter_mut() {
             cache.advance(l);
@@ -133,8 +129,10 @@ impl Llama {
         self.output.forward(&result_norm) // [B, L', V]
     }
 
-    /// Grouped-query self-attention with RoPE, x [B, L, D] → [B, L, D]; sequence b attends
-    /// over its own cache from its own position.
+    /// The attention half of a block with its skip connection: x + attn(RMSNorm(x)) for
+    /// x [B, L, D] → [B, L, D], grouped-query self-attention with RoPE, sequence b attending
+    /// over its own cache from its own position. (The norm and the add run inside the
+    /// projections' kernel ops when the weights are GGUF blocks.)
     fn attention(
         &self,
         block: &Block,
@@ -142,7 +140,11 @@ impl Llama {
         x: &Array,
         caches: &mut [&mut KvCache],
     ) -> Result<Array> {
-        let qkv = linear::forward_all(&[&block.wq, &block.wk, &block.wv], x)?;
+        let attn_norm = RmsNormRef {
+            weight: &block.attn_norm,
+            eps: self.config.rms_eps,
+        };
+        let qkv = linear::forward_all(&[&block.wq, &block.wk, &block.wv], x, Some(attn_norm))?;
         let [q, k, v] = <[Array; 3]>::try_from(qkv)
             .map_err(|_| Error::InvalidArgument("expected three projections".into()))?;
         // q [B, L, Hq·hd], k and v [B, L, Hkv·hd]
@@ -151,7 +153,7 @@ impl Llama {
         } else {
             self.attend_mlx(layer, &q, &k, &v, caches)?
         }; // [B, L, Hq·hd]
-        block.wo.forward(&kqv) // [B, L, D]
+        block.wo.forward_add(&kqv, x) // x + wo(kqv) [B, L, D]
     }
 
     /// Attention on CPU through our fused primitive (RoPE, cache write and attention in one
@@ -256,9 +258,14 @@ impl Llama {
         ops::reshape(&kqv, &[b, l, hq * hd]) // [B, L, Hq·hd]
     }
 
-    /// SwiGLU: down(silu(gate(x)) · up(x)), x [B, L, D] → [B, L, D].
+    /// The feed-forward half of a block with its skip connection: x + down(silu(gate(n)) ·
+    /// up(n)) with n = RMSNorm(x), x [B, L, D] → [B, L, D].
     fn mlp(&self, block: &Block, x: &Array) -> Result<Array> {
-        let par = linear::swiglu(&block.w_gate, &block.w_up, x)?; // silu(gate(x)) · up(x) [B, L, F]
-        block.w_down.forward(&par) // [B, L, D]
+        let ffn_norm = RmsNormRef {
+            weight: &block.ffn_norm,
+            eps: self.config.rms_eps,
+        };
+        let par = linear::swiglu(&block.w_gate, &block.w_up, x, Some(ffn_norm))?; // [B, L, F]
+        block.w_down.forward_add(&par, x) // x + down(par) [B, L, D]
     }
 }
