@@ -24,28 +24,28 @@ namespace {
 
 constexpr int kQ5Bytes = 22, kQ8Bytes = 34;
 
-// Element j (0..31) of a Q5_0 block, all five bits.
-inline int q5_element(const uint8_t* blk, int j) {
-  const uint32_t qh = load_u32(blk + 2);
-  const uint8_t* qs = blk + 6;
-  const int lo = j < 16 ? (qs[j] & 0x0f) : (qs[j - 16] >> 4);
-  return lo | (int)(((qh >> j) & 1u) << 4);
-}
-
 void pack_q5_0_group(const uint8_t* src, uint8_t* dst) {
-  uint8_t* h = dst + 16;
-  uint8_t* v = dst + 48;
-  std::memset(h, 0, 32);
+  uint8_t lo[8][32];
+  uint32_t qh[8];
   for (int b = 0; b < 8; ++b) {
     const uint8_t* blk = src + b * kQ5Bytes;
     std::memcpy(dst + 2 * b, blk, 2);
-    for (int j = 0; j < 32; ++j) {
-      const int e = q5_element(blk, j);
-      h[j] |= (uint8_t)(((e >> 4) & 1) << b);
-      uint8_t& byte = v[32 * (b / 2) + j];
-      byte = (b & 1) ? (uint8_t)(byte | ((e & 0x0f) << 4)) : (uint8_t)(e & 0x0f);
+    qh[b] = load_u32(blk + 2);
+    const uint8_t* qs = blk + 6;
+    for (int j = 0; j < 16; ++j) {
+      lo[b][j] = qs[j] & 0x0f;
+      lo[b][j + 16] = qs[j] >> 4;
     }
   }
+  uint8_t* h = dst + 16;
+  for (int j = 0; j < 32; ++j) {
+    uint32_t byte = 0;
+    for (int b = 0; b < 8; ++b) byte |= ((qh[b] >> j) & 1u) << b;
+    h[j] = (uint8_t)byte;
+  }
+  uint8_t* v = dst + 48;
+  for (int p = 0; p < 4; ++p)
+    for (int j = 0; j < 32; ++j) v[32 * p + j] = (uint8_t)(lo[2 * p][j] | (lo[2 * p + 1][j] << 4));
 }
 
 void unpack_q5_0_group(const uint8_t* src, uint8_t* dst) {
