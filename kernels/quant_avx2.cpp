@@ -296,34 +296,6 @@ AVX2_INL void b32_group(const uint8_t* w, size_t ws, int64_t g, int nv, const in
   }
 }
 
-template <int TYPE, int R, int C>
-AVX2_FN void tile_b32(const uint8_t* w, size_t ws, const uint8_t* const* xa, int64_t k, float* y, int64_t ldy) {
-  const int64_t nb = k / 32;
-  const int8_t* xq[C];
-  const float* xd[C];
-  const float* xs[C];
-  const int32_t* xi[C];
-#pragma GCC unroll 8
-  for (int c = 0; c < C; ++c) {
-    xq[c] = (const int8_t*)xa[c];
-    xd[c] = (const float*)(xa[c] + k);
-    xs[c] = xd[c] + nb;
-    xi[c] = (const int32_t*)(xs[c] + nb);
-  }
-  __m256 acc[R][C];
-#pragma GCC unroll 8
-  for (int r = 0; r < R; ++r)
-#pragma GCC unroll 8
-    for (int c = 0; c < C; ++c) acc[r][c] = _mm256_setzero_ps();
-  const int64_t ng = nb / 8;
-  for (int64_t g = 0; g < ng; ++g) b32_group<TYPE, R, C, true>(w, ws, g, 8, xq, xd, xs, xi, acc);
-  if (nb % 8) b32_group<TYPE, R, C, false>(w, ws, ng, (int)(nb % 8), xq, xd, xs, xi, acc);
-#pragma GCC unroll 8
-  for (int c = 0; c < C; ++c)
-#pragma GCC unroll 8
-    for (int r = 0; r < R; ++r) y[c * ldy + r] = hsum_ps(acc[r][c]);
-}
-
 // ---- The repacked ("r8") Q5_0 / Q8_0 layouts (repack.cpp): whole groups of 8 blocks, read
 // with 32-byte loads, one 16-byte load for the 8 scales; the partial tail group is ggml blocks.
 template <int TYPE>
@@ -440,8 +412,11 @@ AVX2_INL void r8_group(const uint8_t* w, size_t ws, int64_t g, const int8_t* con
   }
 }
 
-template <int TYPE, int R, int C>
-AVX2_FN void tile_r8(const uint8_t* w, size_t ws, const uint8_t* const* xa, int64_t k, float* y, int64_t ldy) {
+// A tile of a 32-element block format: whole groups of 8 blocks (ggml layout, or REPACKED),
+// then the partial tail group, which is ggml blocks at their ggml offsets in both layouts (a
+// repacked group has exactly the bytes of its 8 blocks).
+template <int TYPE, int R, int C, bool REPACKED = false>
+AVX2_FN void tile_b32(const uint8_t* w, size_t ws, const uint8_t* const* xa, int64_t k, float* y, int64_t ldy) {
   const int64_t nb = k / 32;
   const int8_t* xq[C];
   const float* xd[C];
@@ -460,8 +435,12 @@ AVX2_FN void tile_r8(const uint8_t* w, size_t ws, const uint8_t* const* xa, int6
 #pragma GCC unroll 8
     for (int c = 0; c < C; ++c) acc[r][c] = _mm256_setzero_ps();
   const int64_t ng = nb / 8;
-  for (int64_t g = 0; g < ng; ++g) r8_group<TYPE, R, C>(w, ws, g, xq, xd, xi, acc);
-  // The tail group is ggml blocks at their ggml offsets (a full group has the bytes of 8 blocks).
+  for (int64_t g = 0; g < ng; ++g) {
+    if constexpr (REPACKED)
+      r8_group<TYPE, R, C>(w, ws, g, xq, xd, xi, acc);
+    else
+      b32_group<TYPE, R, C, true>(w, ws, g, 8, xq, xd, xs, xi, acc);
+  }
   if (nb % 8) b32_group<TYPE, R, C, false>(w, ws, ng, (int)(nb % 8), xq, xd, xs, xi, acc);
 #pragma GCC unroll 8
   for (int c = 0; c < C; ++c)
@@ -1070,7 +1049,7 @@ AVX2_FN void tile(const uint8_t* w, size_t ws, const uint8_t* const* xa, int64_t
   else if constexpr (TYPE == T_F32 || TYPE == T_F16 || TYPE == T_BF16)
     tile_float<TYPE, R, C>(w, ws, xa, k, y, ldy);
   else if constexpr (TYPE == T_Q5_0_R8 || TYPE == T_Q8_0_R8)
-    tile_r8<base_type(TYPE), R, C>(w, ws, xa, k, y, ldy);
+    tile_b32<base_type(TYPE), R, C, true>(w, ws, xa, k, y, ldy);
   else
     tile_b32<TYPE, R, C>(w, ws, xa, k, y, ldy);
 }

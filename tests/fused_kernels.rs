@@ -78,6 +78,15 @@ fn qkv(quants: [&str; 3]) -> Vec<Weight> {
     .collect()
 }
 
+/// Q/K/V of the real Qwen 0.5B's types (Q6_K V as in other quantizations) and a Q5_0 gate/up.
+fn qwen_like_block() -> (Vec<Weight>, Weight, Weight) {
+    (
+        qkv(["Q5_0", "Q5_0", "Q6_K"]),
+        load("Q5_0", "blk.0.ffn_gate.weight"),
+        load("Q5_0", "blk.0.ffn_up.weight"),
+    )
+}
+
 fn x_array(m: usize, k: usize, seed: u64, scale: f32) -> Array {
     let x: Vec<f32> = common::activations(m, k, seed)
         .iter()
@@ -245,9 +254,7 @@ fn fused_calls_handle_threads_layouts_and_compile() {
         return;
     }
     let _settings = Settings::take();
-    let weights = qkv(["Q5_0", "Q5_0", "Q6_K"]);
-    let gate = load("Q5_0", "blk.0.ffn_gate.weight");
-    let up = load("Q5_0", "blk.0.ffn_up.weight");
+    let (weights, gate, up) = qwen_like_block();
     let k = weights[0].k;
     let refs: Vec<GgufWeightRef> = weights.iter().map(Weight::as_ref).collect();
     let separate = |x: &Array| -> Vec<Vec<f32>> {
@@ -350,9 +357,7 @@ fn fused_calls_reject_bad_arguments() {
         return;
     }
     let _settings = Settings::take();
-    let weights = qkv(["Q5_0", "Q5_0", "Q6_K"]);
-    let gate = load("Q5_0", "blk.0.ffn_gate.weight");
-    let up = load("Q5_0", "blk.0.ffn_up.weight");
+    let (weights, gate, up) = qwen_like_block();
     let k = weights[0].k;
     let refs: Vec<GgufWeightRef> = weights.iter().map(Weight::as_ref).collect();
     let x = x_array(3, k, 5, 1.0);
@@ -493,10 +498,7 @@ fn fused_norm_and_residual_match_references() {
                 }
             }
             // The same norm through the SwiGLU call equals the norm through separate calls.
-            let (gate, up) = (
-                load("Q5_0", "blk.0.ffn_gate.weight"),
-                load("Q5_0", "blk.0.ffn_up.weight"),
-            );
+            let (_, gate, up) = qwen_like_block();
             let h = kernels::gguf_swiglu(&x, Some(norm), gate.as_ref(), up.as_ref(), k).unwrap();
             let normed = mlx_engine::mlx::fast::rms_norm(&x, &norm_w, eps).unwrap();
             let parts =
