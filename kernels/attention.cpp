@@ -6,7 +6,8 @@
 //   outputs: out [L, Hq*hd] (same shape as q), k_cache', v_cache' (the caches with positions
 //            pos..pos+L-1 written; they share the input buffers when MLX can donate them)
 //
-// Query i (absolute position pos+i) attends keys 0..pos+i (causal), grouped-query heads share
+// Query i (absolute position pos+i) attends keys 0..pos+i (causal), or only the last `window`
+// of them (pos+i-window+1..pos+i) when window > 0 (sliding-window attention), grouped-query heads share
 // their KV head (h / (Hq/Hkv)). Work items are (query head, block of query rows), pulled by
 // the thread pool; each row is a plain softmax over its scores (no running max needed: the
 // whole score row fits in scratch).
@@ -47,6 +48,7 @@ struct Params {
   int64_t pos, len, cap;
   float scale, rope_base, rope_scale;
   bool traditional;
+  int64_t window;  // keys a query sees, itself included; 0: all (causal)
 };
 
 // ---- row primitives: portable versions, AVX2 versions selected at run time
@@ -191,13 +193,17 @@ void attend_rows(Job& j, int h, int64_t i0, int64_t i1, std::vector<float>& scor
   qr.resize((size_t)hd);
   for (int64_t i = i0; i < i1; ++i) {
     rope_row(j.q + i * j.ldq + (int64_t)h * hd, qr.data(), j.cs + i * half, j.sn + i * half, hd, p.traditional);
-    const int64_t nk = p.pos + i + 1;
+    const int64_t end = p.pos + i + 1;
+    const int64_t t0 = p.window > 0 && end > p.window ? end - p.window : 0;
+    const int64_t nk = end - t0;
+    const float* kt = kh + t0 * hd;
+    const float* vt = vh + t0 * hd;
     float* s = scores.data();
-    for (int64_t t = 0; t < nk; ++t) s[t] = j.ops.dot(qr.data(), kh + t * hd, hd) * p.scale;
+    for (int64_t t = 0; t < nk; ++t) s[t] = j.ops.dot(qr.data(), kt + t * hd, hd) * p.scale;
     const float inv = 1.0f / j.ops.softmax_numer(s, nk);
     float* o = j.out + i * (int64_t)p.hq * hd + (int64_t)h * hd;
     std::memset(o, 0, sizeof(float) * (size_t)hd);
-    for (int64_t t = 0; t < nk; ++t) j.ops.axpy(s[t], vh + t * hd, o, hd);
+    for (int64_t t = 0; t < nk; ++t) j.ops.axpy(s[t], vt + t * hd, o, hd);
     for (int d = 0; d < hd; ++d) o[d] *= inv;
   }
 }
@@ -372,7 +378,7 @@ class CachedAttention : public mx::Primitive {
     const auto &a = p_, &b = o->p_;
     return a.hq == b.hq && a.hkv == b.hkv && a.hd == b.hd && a.pos == b.pos && a.len == b.len &&
            a.cap == b.cap && a.scale == b.scale && a.rope_base == b.rope_base && a.rope_scale == b.rope_scale &&
-           a.traditional == b.traditional;
+           a.traditional == b.traditional && a.window == b.window;
   }
 
   std::vector<mx::Shape> output_shapes(const std::vector<mx::array>& inputs) override {
@@ -389,7 +395,8 @@ extern "C" int mlxk_cached_attention(mlx_array* out, mlx_array* k_cache_out, mlx
                                      const mlx_array q, const mlx_array k, const mlx_array v,
                                      const mlx_array k_cache, const mlx_array v_cache, int n_heads,
                                      int n_kv_heads, int head_dim, int64_t pos, float scale, float rope_base,
-                                     float rope_scale, int rope_traditional, const mlx_stream s) {
+                                     float rope_scale, int rope_traditional, int64_t window,
+                                     const mlx_stream s) {
   namespace mx = mlx::core;
   try {
     if (!out || !k_cache_out || !v_cache_out) throw std::invalid_argument("null result pointer");
@@ -403,6 +410,7 @@ extern "C" int mlxk_cached_attention(mlx_array* out, mlx_array* k_cache_out, mlx
     if (n_heads <= 0 || n_kv_heads <= 0 || n_heads % n_kv_heads != 0)
       throw std::invalid_argument("n_heads must be a positive multiple of n_kv_heads");
     if (head_dim <= 0 || head_dim % 2 != 0) throw std::invalid_argument("head_dim must be positive and even");
+    if (window < 0) throw std::invalid_argument("window must be >= 0 (0: no window)");
     for (const mx::array* a : {&qa, &ka, &va, &kc, &vc})
       if (a->dtype() != mx::float32) throw std::invalid_argument("q, k, v and the caches must be float32");
     auto rows_of = [](const mx::array& a, int64_t width, const char* what) {
@@ -424,7 +432,7 @@ extern "C" int mlxk_cached_attention(mlx_array* out, mlx_array* k_cache_out, mlx
       throw std::invalid_argument("positions " + std::to_string(pos) + ".." + std::to_string(pos + len) +
                                   " do not fit a cache of capacity " + std::to_string(cshape[2]));
     mlxe::attn::Params p{n_heads, n_kv_heads, head_dim, pos, len, cshape[2], scale, rope_base,
-                         rope_scale, rope_traditional != 0};
+                         rope_scale, rope_traditional != 0, window};
     auto outs = mx::array::make_arrays({qa.shape(), cshape, cshape}, {mx::float32, mx::float32, mx::float32},
                                        std::make_shared<mlx_engine::CachedAttention>(st, p), {qa, ka, va, kc, vc});
     mlx_array_set_(*out, outs[0]);

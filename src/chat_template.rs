@@ -20,6 +20,21 @@ use crate::{Error, Result};
 /// The name the template is stored under in its environment.
 const TEMPLATE: &str = "chat";
 
+/// Gemma's turn format, for Gemma GGUF files that ship no template: `<start_of_turn>user` /
+/// `<start_of_turn>model` turns closed by `<end_of_turn>`, a system message folded into the
+/// first user turn, BOS first.
+pub const GEMMA_TEMPLATE: &str = concat!(
+    "{{ bos_token }}",
+    "{% if messages and messages[0].role == 'system' %}",
+    "{% set prefix = messages[0].content ~ '\\n\\n' %}{% set turns = messages[1:] %}",
+    "{% else %}{% set prefix = '' %}{% set turns = messages %}{% endif %}",
+    "{% for m in turns %}",
+    "{{ '<start_of_turn>' ~ ('model' if m.role == 'assistant' else m.role) ~ '\\n' }}",
+    "{{ (prefix if loop.first else '') ~ (m.content | trim) ~ '<end_of_turn>\\n' }}",
+    "{% endfor %}",
+    "{% if add_generation_prompt %}{{ '<start_of_turn>model\\n' }}{% endif %}",
+);
+
 /// One message of a conversation.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ChatMessage {
@@ -349,6 +364,27 @@ fn json_string(s: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn gemma_template_folds_the_system_message_into_the_first_turn() {
+        let t = ChatTemplate::new(GEMMA_TEMPLATE, "<bos>", "<eos>").unwrap();
+        let messages = [
+            ChatMessage::system("Be brief."),
+            ChatMessage::user("Hi "),
+            ChatMessage::assistant("Hello."),
+            ChatMessage::user("Capital of France?"),
+        ];
+        assert_eq!(
+            t.render(&messages, true).unwrap(),
+            "<bos><start_of_turn>user\nBe brief.\n\nHi<end_of_turn>\n\
+             <start_of_turn>model\nHello.<end_of_turn>\n\
+             <start_of_turn>user\nCapital of France?<end_of_turn>\n<start_of_turn>model\n"
+        );
+        assert_eq!(
+            t.render(&messages[1..2], false).unwrap(),
+            "<bos><start_of_turn>user\nHi<end_of_turn>\n"
+        );
+    }
 
     #[test]
     fn strftime_formats_a_known_date() {

@@ -118,13 +118,17 @@ impl Engine {
     }
 
     /// The model's chat template source, if it has one (GGUF `tokenizer.chat_template` or
-    /// `tokenizer_config.json`'s `chat_template`).
+    /// `tokenizer_config.json`'s `chat_template`; Gemma's turn format for a Gemma GGUF without).
     pub fn chat_template(&self) -> Result<Option<String>> {
         match &self.source {
             ModelSource::Gguf(file) => Ok(file
                 .get("tokenizer.chat_template")
                 .and_then(|v| v.as_str())
-                .map(str::to_string)),
+                .map(str::to_string)
+                .or_else(|| {
+                    let gemma = self.model.config.arch.is_gemma();
+                    gemma.then(|| crate::chat_template::GEMMA_TEMPLATE.to_string())
+                })),
             ModelSource::Hf { dir } => {
                 let path = dir.join("tokenizer_config.json");
                 let Ok(text) = std::fs::read_to_string(&path) else {

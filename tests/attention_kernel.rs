@@ -1,6 +1,7 @@
 //! Our fused `CachedAttention` primitive (RoPE + cache write + causal GQA attention) against
 //! MLX's own ops on the same inputs: `fast::rope` at the same offsets, the keys and values of
-//! all steps concatenated, `fast::scaled_dot_product_attention` with the causal mask.
+//! all steps concatenated, `fast::scaled_dot_product_attention` with the causal mask (or, for a
+//! sliding window, an explicit additive mask built here).
 //! Tolerance: 2e-5 absolute on outputs of magnitude ~1 (both sides accumulate in float32 in
 //! different orders; RoPE angles are computed in f64 here and in f32 by MLX, which at positions
 //! < 100 differs by < 1e-5).
@@ -50,11 +51,23 @@ fn reference_step(
         pos as i32,
     )
     .unwrap();
-    let mask = if l > 1 {
-        AttentionMask::Causal
-    } else {
-        AttentionMask::None
-    };
+    let total = keys.dim(2).unwrap() as usize;
+    // Query pos+i sees key j when j <= pos+i and (with a window w) pos+i - j < w.
+    let visible: Vec<f32> = (0..l as usize)
+        .flat_map(|i| {
+            (0..total).map(move |j| {
+                let q_pos = pos + i;
+                let seen = j <= q_pos && p.window.is_none_or(|w| q_pos - j < w);
+                if seen {
+                    0.0
+                } else {
+                    f32::NEG_INFINITY
+                }
+            })
+        })
+        .collect();
+    let visible = arr(&visible, &[l, total as i32]);
+    let mask = AttentionMask::Array(&visible);
     let o = fast::scaled_dot_product_attention(&q, keys, values, p.scale, mask).unwrap();
     ops::reshape(
         &ops::transpose(&o, &[0, 2, 1, 3]).unwrap(),
@@ -155,6 +168,7 @@ fn params(hq: usize, hkv: usize, hd: usize, traditional: bool) -> AttentionParam
         rope_base: 10_000.0,
         rope_scale: 1.0,
         rope_traditional: traditional,
+        window: None,
     }
 }
 
@@ -173,6 +187,24 @@ fn matches_mlx_rope_and_sdpa_over_prefill_and_decode_steps() {
         check_steps(params(8, 2, 16, true), 80, &[1, 35, 1, 2], 2);
         // Multi-head (no grouping), head_dim not a multiple of 8.
         check_steps(params(3, 3, 6, false), 16, &[5, 1, 1], 3);
+    }
+    kernels::force_path(None);
+}
+
+#[test]
+fn a_sliding_window_hides_keys_older_than_the_window() {
+    let _guard = PATH.lock().unwrap_or_else(|e| e.into_inner());
+    for path in [KernelPath::Avx2, KernelPath::Scalar] {
+        kernels::force_path(Some(path));
+        // Gemma 3 270M's grouping (4 query heads on 1 KV head), a window of 5: a prompt longer
+        // than the window, a chunk that starts inside it, single steps past it.
+        let mut gemma = params(4, 1, 32, false);
+        gemma.window = Some(5);
+        check_steps(gemma, 40, &[7, 1, 3, 1, 20, 1], 4);
+        // A window wider than everything seen is plain causal attention.
+        let mut wide = params(8, 2, 16, true);
+        wide.window = Some(64);
+        check_steps(wide, 32, &[9, 1, 1], 5);
     }
     kernels::force_path(None);
 }

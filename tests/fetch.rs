@@ -733,7 +733,7 @@ fn registry_cards_name_their_sources_in_order() {
         [Source::HfFile(_), Source::HfSnapshot(_)]
     ));
     let gemma = registry::lookup("gemma3-270m").expect("gemma3");
-    assert_eq!((gemma.architecture, gemma.runnable), ("gemma3", false));
+    assert_eq!((gemma.architecture, gemma.runnable), ("gemma3", true));
     let mut names: Vec<&str> = registry::all()
         .iter()
         .flat_map(|c| std::iter::once(&c.name).chain(c.aliases))

@@ -163,7 +163,8 @@ int mlxk_gguf_qmatmul_multi_norm(mlx_array* res, const mlx_array x, const mlx_ar
  *   q: [..., L, n_heads*head_dim], k, v: [..., L, n_kv_heads*head_dim] float32 (leading axes 1)
  *   k_cache, v_cache: [1, n_kv_heads, capacity, head_dim] float32, pos + L <= capacity
  * Rows i of k (rotated) and v are written at cache position pos+i; query row i (rotated, at
- * position pos+i) attends cache positions 0..pos+i with softmax(scale * q.k) (grouped-query:
+ * position pos+i) attends cache positions 0..pos+i (only pos+i-window+1..pos+i when window > 0:
+ * sliding-window attention) with softmax(scale * q.k) (grouped-query:
  * head h reads KV head h / (n_heads/n_kv_heads)). RoPE angle of position t, pair j:
  * t * rope_scale * rope_base^(-2j/head_dim); pairs are (2j, 2j+1) when rope_traditional, else
  * (j, j + head_dim/2).
@@ -173,7 +174,7 @@ int mlxk_gguf_qmatmul_multi_norm(mlx_array* res, const mlx_array x, const mlx_ar
 int mlxk_cached_attention(mlx_array* out, mlx_array* k_cache_out, mlx_array* v_cache_out, const mlx_array q,
                           const mlx_array k, const mlx_array v, const mlx_array k_cache, const mlx_array v_cache,
                           int n_heads, int n_kv_heads, int head_dim, int64_t pos, float scale, float rope_base,
-                          float rope_scale, int rope_traditional, const mlx_stream s);
+                          float rope_scale, int rope_traditional, int64_t window, const mlx_stream s);
 #endif
 
 #ifdef __cplusplus

@@ -40,6 +40,7 @@ extern "C" {
         rope_base: f32,
         rope_scale: f32,
         rope_traditional: c_int,
+        window: i64,
         s: mlx_sys::mlx_stream,
     ) -> c_int;
     fn mlxk_qmatmul_f32(
@@ -303,6 +304,8 @@ pub struct AttentionParams {
     pub rope_scale: f32,
     /// RoPE rotates adjacent pairs (2j, 2j+1) when true, halves (j, j+hd/2) when false.
     pub rope_traditional: bool,
+    /// Sliding-window attention: a query sees only the last `window` keys, itself included.
+    pub window: Option<usize>,
 }
 
 /// Attention of one sequence over its KV cache, fused with RoPE and the cache write (our
@@ -343,6 +346,7 @@ pub fn cached_attention(
                 p.rope_base,
                 p.rope_scale,
                 p.rope_traditional as c_int,
+                p.window.unwrap_or(0) as i64,
                 s,
             )
         }

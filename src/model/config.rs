@@ -11,6 +11,9 @@ pub enum Arch {
     Llama,
     /// Qwen2 / Qwen2.5: biases on the Q, K and V projections.
     Qwen2,
+    /// Gemma 3: RMS-normalised Q and K, norms after attention and MLP too, GELU (tanh) gated
+    /// MLP, a scaled embedding, and sliding-window attention in five layers of every six.
+    Gemma3,
 }
 
 impl Arch {
@@ -19,8 +22,9 @@ impl Arch {
         match name {
             "llama" | "mistral" => Ok(Arch::Llama),
             "qwen2" => Ok(Arch::Qwen2),
+            "gemma3" | "gemma3_text" => Ok(Arch::Gemma3),
             other => Err(Error::Unsupported(format!(
-                "architecture '{other}' (supported: llama, qwen2)"
+                "architecture '{other}' (supported: llama, qwen2, gemma3)"
             ))),
         }
     }
@@ -30,6 +34,7 @@ impl Arch {
         match self {
             Arch::Llama => "llama",
             Arch::Qwen2 => "qwen2",
+            Arch::Gemma3 => "gemma3",
         }
     }
 
@@ -37,6 +42,29 @@ impl Arch {
     pub fn has_qkv_bias(self) -> bool {
         self == Arch::Qwen2
     }
+
+    /// Whether the layout is Gemma's: Q/K norms, post-attention and post-MLP norms, GELU MLP,
+    /// embedding scaled by √D.
+    pub fn is_gemma(self) -> bool {
+        self == Arch::Gemma3
+    }
+}
+
+/// Gemma 3's sliding-window RoPE base (llama.cpp fixes it; GGUF files do not carry it).
+const GEMMA3_LOCAL_ROPE_BASE: f32 = 10_000.0;
+/// Gemma 3: every sixth layer attends globally, the others over a sliding window.
+const GEMMA3_SLIDING_PATTERN: usize = 6;
+
+/// Local attention: a query at position p sees keys p − window + 1 ..= p, in every layer but
+/// each `pattern`-th one (layers pattern − 1, 2·pattern − 1, … attend to everything).
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct SlidingWindow {
+    /// Keys visible to a query, itself included.
+    pub window: usize,
+    /// Period of the global layers.
+    pub pattern: usize,
+    /// RoPE base θ of the windowed layers.
+    pub rope_base: f32,
 }
 
 /// Shapes and constants of one model.
@@ -68,6 +96,8 @@ pub struct ModelConfig {
     pub rms_eps: f32,
     /// The output projection reuses the token embedding.
     pub tied_embeddings: bool,
+    /// Sliding-window attention (Gemma 3).
+    pub sliding_window: Option<SlidingWindow>,
 }
 
 impl ModelConfig {
@@ -113,6 +143,21 @@ impl ModelConfig {
             rope_traditional: arch == Arch::Llama,
             rms_eps: file.get_f64(&key("attention.layer_norm_rms_epsilon"))? as f32,
             tied_embeddings: file.tensor("output.weight").is_none(),
+            sliding_window: match (arch, file.get(&key("attention.sliding_window"))) {
+                (Arch::Gemma3, Some(_)) => {
+                    let window = file.get_u64(&key("attention.sliding_window"))? as usize;
+                    let pattern = match file.get(&key("attention.sliding_window_pattern")) {
+                        Some(_) => file.get_u64(&key("attention.sliding_window_pattern"))? as usize,
+                        None => GEMMA3_SLIDING_PATTERN,
+                    };
+                    Some(SlidingWindow {
+                        window,
+                        pattern,
+                        rope_base: GEMMA3_LOCAL_ROPE_BASE,
+                    })
+                }
+                _ => None,
+            },
         };
         config.validate(file.path())?;
         Ok(config)
@@ -133,6 +178,13 @@ impl ModelConfig {
                 .and_then(|v| v.as_str())
                 .unwrap_or("llama"),
         )?;
+        if arch.is_gemma() {
+            // HF Gemma checkpoints store norm weights without the +1 that GGUF files bake in.
+            return Err(Error::Unsupported(format!(
+                "{}: Gemma 3 runs from GGUF files only",
+                path.display()
+            )));
+        }
         let hidden = get("hidden_size")? as usize;
         let n_heads = get("num_attention_heads")? as usize;
         let config = ModelConfig {
@@ -158,6 +210,7 @@ impl ModelConfig {
                 .get("tie_word_embeddings")
                 .and_then(|v| v.as_bool())
                 .unwrap_or(false),
+            sliding_window: None,
         };
         config.validate(path)?;
         Ok(config)
@@ -171,13 +224,37 @@ impl ModelConfig {
             self.n_kv_heads * self.head_dim,
             self.ffn_hidden,
         );
-        let block = d * (q + 2 * kv) + q * d + 3 * d * f + 2 * d;
+        let norms = if self.arch.is_gemma() {
+            4 * d + 2 * self.head_dim
+        } else {
+            2 * d
+        };
+        let block = d * (q + 2 * kv) + q * d + 3 * d * f + norms;
         let output = if self.tied_embeddings {
             0
         } else {
             self.vocab_size * d
         };
         self.vocab_size * d + self.n_layers * block + d + output
+    }
+
+    /// The sliding window of `layer`, or None where it attends to the whole cache.
+    pub fn window_of(&self, layer: usize) -> Option<usize> {
+        self.sliding_window
+            .and_then(|sw| ((layer + 1) % sw.pattern != 0).then_some(sw.window))
+    }
+
+    /// The RoPE base θ of `layer` (Gemma 3's windowed layers use their own).
+    pub fn rope_base_of(&self, layer: usize) -> f32 {
+        match self.sliding_window {
+            Some(sw) if self.window_of(layer).is_some() => sw.rope_base,
+            _ => self.rope_base,
+        }
+    }
+
+    /// What the token embedding is multiplied by before the first block (√D for Gemma).
+    pub fn embedding_scale(&self) -> Option<f32> {
+        self.arch.is_gemma().then(|| (self.hidden as f32).sqrt())
     }
 
     fn validate(&self, path: &Path) -> Result<()> {
@@ -190,6 +267,11 @@ impl ModelConfig {
                 "head_count {} is not a multiple of head_count_kv {}",
                 self.n_heads, self.n_kv_heads
             ));
+        }
+        if let Some(sw) = self.sliding_window {
+            if sw.window == 0 || sw.pattern == 0 {
+                return bad(format!("degenerate sliding window {sw:?}"));
+            }
         }
         if !self.head_dim.is_multiple_of(2) {
             return bad(format!(

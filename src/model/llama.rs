@@ -1,5 +1,5 @@
-//! The Llama-family transformer (Llama 1/2/3, TinyLlama, Qwen2): weights, then the forward
-//! pass. Names of intermediates follow llama.cpp (`attn_norm`, `ffn_inp`, `l_out`, …).
+//! The Llama-family transformer (Llama 1/2/3, TinyLlama, Qwen2, Gemma 3): weights, then the
+//! forward pass. Names of intermediates follow llama.cpp (`attn_norm`, `ffn_inp`, `l_out`, …).
 
 use crate::error::{Error, Result};
 use crate::kv_cache::KvCache;
@@ -21,6 +21,15 @@ pub struct Block {
     w_gate: Linear,   // [F, D]
     w_up: Linear,     // [F, D]
     w_down: Linear,   // [D, F]
+    gemma: Option<GemmaNorms>,
+}
+
+/// The extra norms of a Gemma 3 block (their weights already hold Gemma's +1, as GGUF stores them).
+struct GemmaNorms {
+    q_norm: Array,         // [hd], over each query head
+    k_norm: Array,         // [hd], over each key head
+    post_attn_norm: Array, // [D], on the attention output before the skip connection
+    post_ffw_norm: Array,  // [D], on the MLP output before the skip connection
 }
 
 /// A loaded Llama-family model: config and weights (the KV cache is the caller's).
@@ -68,6 +77,15 @@ impl Llama {
                 w_gate: w.linear(&t("ffn_gate.weight"), c.ffn_hidden, d, None)?,
                 w_up: w.linear(&t("ffn_up.weight"), c.ffn_hidden, d, None)?,
                 w_down: w.linear(&t("ffn_down.weight"), d, c.ffn_hidden, None)?,
+                gemma: match c.arch.is_gemma() {
+                    true => Some(GemmaNorms {
+                        q_norm: w.vector(&t("attn_q_norm.weight"), c.head_dim)?,
+                        k_norm: w.vector(&t("attn_k_norm.weight"), c.head_dim)?,
+                        post_attn_norm: w.vector(&t("post_attention_norm.weight"), d)?,
+                        post_ffw_norm: w.vector(&t("post_ffw_norm.weight"), d)?,
+                    }),
+                    false => None,
+                },
             });
         }
         let output_name = if c.tied_embeddings {
@@ -107,7 +125,10 @@ impl Llama {
         for cache in caches.iter_mut() {
             cache.reserve(l)?;
         }
-        let x = self.embed.lookup(tokens)?; // [B·L, D]
+        let mut x = self.embed.lookup(tokens)?; // [B·L, D]
+        if let Some(scale) = c.embedding_scale() {
+            x = ops::multiply(&x, &Array::scalar(scale)?)?; // [B·L, D]
+        }
         let mut x = ops::reshape(&x, &[b as i32, l as i32, c.hidden as i32])?; // [B, L, D]
         for (i, block) in self.blocks.iter().enumerate() {
             let _span = tracing::trace_span!("block", i).entered();
@@ -145,15 +166,34 @@ impl Llama {
             eps: self.config.rms_eps,
         };
         let qkv = linear::forward_all(&[&block.wq, &block.wk, &block.wv], x, Some(attn_norm))?;
-        let [q, k, v] = <[Array; 3]>::try_from(qkv)
+        let [mut q, mut k, v] = <[Array; 3]>::try_from(qkv)
             .map_err(|_| Error::InvalidArgument("expected three projections".into()))?;
         // q [B, L, Hq·hd], k and v [B, L, Hkv·hd]
+        if let Some(g) = &block.gemma {
+            q = self.head_norm(&q, &g.q_norm, self.config.n_heads)?; // [B, L, Hq·hd]
+            k = self.head_norm(&k, &g.k_norm, self.config.n_kv_heads)?; // [B, L, Hkv·hd]
+        }
         let kqv = if self.execution == Execution::CpuKernel {
             self.attend_fused(layer, &q, &k, &v, caches)?
         } else {
             self.attend_mlx(layer, &q, &k, &v, caches)?
         }; // [B, L, Hq·hd]
-        block.wo.forward_add(&kqv, x) // x + wo(kqv) [B, L, D]
+        match &block.gemma {
+            Some(g) => {
+                let out = block.wo.forward(&kqv)?; // [B, L, D]
+                let out = fast::rms_norm(&out, &g.post_attn_norm, self.config.rms_eps)?;
+                ops::add(x, &out) // [B, L, D]
+            }
+            None => block.wo.forward_add(&kqv, x), // x + wo(kqv) [B, L, D]
+        }
+    }
+
+    /// RMSNorm of every head of y [B, L, H·hd] over its hd features (Gemma's Q/K norm).
+    fn head_norm(&self, y: &Array, weight: &Array, heads: usize) -> Result<Array> {
+        let (b, l, hd) = (y.dim(0)?, y.dim(1)?, self.config.head_dim as i32);
+        let y = ops::reshape(y, &[b, l, heads as i32, hd])?; // [B, L, H, hd]
+        let y = fast::rms_norm(&y, weight, self.config.rms_eps)?;
+        ops::reshape(&y, &[b, l, heads as i32 * hd]) // [B, L, H·hd]
     }
 
     /// Attention on CPU through our fused primitive (RoPE, cache write and attention in one
@@ -172,9 +212,10 @@ impl Llama {
             n_kv_heads: c.n_kv_heads,
             head_dim: c.head_dim,
             scale: 1.0 / (c.head_dim as f32).sqrt(),
-            rope_base: c.rope_base,
+            rope_base: c.rope_base_of(layer),
             rope_scale: 1.0,
             rope_traditional: c.rope_traditional,
+            window: c.window_of(layer),
         };
         let l = q.dim(1)? as usize;
         let one = |t: &Array, s: usize| -> Result<Array> {
@@ -225,30 +266,30 @@ impl Llama {
         let k = heads(k, hkv)?; // [B, Hkv, L, hd]
         let v = heads(v, hkv)?; // [B, Hkv, L, hd]
         let scale = 1.0 / (c.head_dim as f32).sqrt();
-        let mask = if l > 1 {
-            AttentionMask::Causal
-        } else {
-            AttentionMask::None
-        };
+        let (base, window) = (c.rope_base_of(layer), c.window_of(layer));
         let mut outputs = Vec::with_capacity(b as usize);
         for (s, cache) in caches.iter_mut().enumerate() {
             let one = |t: &Array, h: i32| {
                 ops::slice(t, &[s as i32, 0, 0, 0], &[s as i32 + 1, h, l, hd], &[1; 4])
             };
             let pos = cache.len() as i32;
-            let q = fast::rope(&one(&q, hq)?, hd, c.rope_traditional, c.rope_base, 1.0, pos)?; // [1, Hq, L, hd]
-            let k = fast::rope(
-                &one(&k, hkv)?,
-                hd,
-                c.rope_traditional,
-                c.rope_base,
-                1.0,
-                pos,
-            )?; // [1, Hkv, L, hd]
+            let q = fast::rope(&one(&q, hq)?, hd, c.rope_traditional, base, 1.0, pos)?; // [1, Hq, L, hd]
+            let k = fast::rope(&one(&k, hkv)?, hd, c.rope_traditional, base, 1.0, pos)?; // [1, Hkv, L, hd]
             let (keys, values) = cache.update(layer, &k, &one(&v, hkv)?)?; // [1, Hkv, pos+L, hd]
-            outputs.push(fast::scaled_dot_product_attention(
-                &q, &keys, &values, scale, mask,
-            )?); // [1, Hq, L, hd]
+            let out = match window {
+                Some(w) if (pos + l) as usize > w => {
+                    window_attention(&q, &keys, &values, scale, pos as usize, w)?
+                }
+                _ => {
+                    let mask = if l > 1 {
+                        AttentionMask::Causal
+                    } else {
+                        AttentionMask::None
+                    };
+                    fast::scaled_dot_product_attention(&q, &keys, &values, scale, mask)?
+                }
+            };
+            outputs.push(out); // [1, Hq, L, hd]
         }
         let kqv = match outputs.len() {
             1 => outputs.pop().unwrap_or_else(|| unreachable!()),
@@ -259,13 +300,70 @@ impl Llama {
     }
 
     /// The feed-forward half of a block with its skip connection: x + down(silu(gate(n)) ·
-    /// up(n)) with n = RMSNorm(x), x [B, L, D] → [B, L, D].
+    /// up(n)) with n = RMSNorm(x), x [B, L, D] → [B, L, D]. Gemma: GELU (tanh) instead of
+    /// SiLU, and the output normed before the add.
     fn mlp(&self, block: &Block, x: &Array) -> Result<Array> {
         let ffn_norm = RmsNormRef {
             weight: &block.ffn_norm,
             eps: self.config.rms_eps,
         };
-        let par = linear::swiglu(&block.w_gate, &block.w_up, x, Some(ffn_norm))?; // [B, L, F]
-        block.w_down.forward_add(&par, x) // x + down(par) [B, L, D]
+        let Some(g) = &block.gemma else {
+            let par = linear::swiglu(&block.w_gate, &block.w_up, x, Some(ffn_norm))?; // [B, L, F]
+            return block.w_down.forward_add(&par, x); // x + down(par) [B, L, D]
+        };
+        let gate_up = linear::forward_all(&[&block.w_gate, &block.w_up], x, Some(ffn_norm))?;
+        let par = ops::multiply(&gelu_tanh(&gate_up[0])?, &gate_up[1])?; // [B, L, F]
+        let out = block.w_down.forward(&par)?; // [B, L, D]
+        let out = fast::rms_norm(&out, &g.post_ffw_norm, self.config.rms_eps)?;
+        ops::add(x, &out) // [B, L, D]
     }
+}
+
+/// GELU, tanh approximation: x/2 · (1 + tanh(√(2/π) · (x + 0.044715·x³))).
+fn gelu_tanh(x: &Array) -> Result<Array> {
+    let c = Array::scalar((2.0f32 / std::f32::consts::PI).sqrt())?;
+    let x3 = ops::multiply(&ops::multiply(x, x)?, x)?;
+    let inner = ops::add(x, &ops::multiply(&x3, &Array::scalar(0.044715f32)?)?)?;
+    let t = ops::tanh(&ops::multiply(&inner, &c)?)?;
+    let half_x = ops::multiply(x, &Array::scalar(0.5f32)?)?;
+    ops::add(&half_x, &ops::multiply(&half_x, &t)?)
+}
+
+/// Sliding-window attention of q [1, Hq, L, hd] (positions pos..pos+L) over keys, values
+/// [1, Hkv, pos+L, hd]: query pos+i sees keys pos+i−window+1 ..= pos+i. A single query reads
+/// just its window of the cache; a block of queries gets an additive mask [L, pos+L].
+fn window_attention(
+    q: &Array,
+    keys: &Array,
+    values: &Array,
+    scale: f32,
+    pos: usize,
+    window: usize,
+) -> Result<Array> {
+    let (l, total) = (q.dim(2)? as usize, keys.dim(2)? as usize);
+    if l == 1 {
+        let tail = |t: &Array| {
+            let mut start = t.shape();
+            let stop = start.clone();
+            start.iter_mut().for_each(|s| *s = 0);
+            start[2] = (total - window) as i32;
+            ops::slice(t, &start, &stop, &[1; 4]) // [1, Hkv, window, hd]
+        };
+        let (k, v) = (tail(keys)?, tail(values)?);
+        return fast::scaled_dot_product_attention(q, &k, &v, scale, AttentionMask::None);
+    }
+    let mask: Vec<f32> = (0..l)
+        .flat_map(|i| {
+            let p = pos + i;
+            (0..total).map(move |j| {
+                if j <= p && p - j < window {
+                    0.0
+                } else {
+                    f32::NEG_INFINITY
+                }
+            })
+        })
+        .collect();
+    let mask = Array::from_slice(&mask, &[l as i32, total as i32])?; // [L, pos+L]
+    fast::scaled_dot_product_attention(q, keys, values, scale, AttentionMask::Array(&mask))
 }

@@ -6,7 +6,7 @@ pub mod linear;
 pub mod llama;
 pub mod weights;
 
-pub use config::{Arch, ModelConfig};
+pub use config::{Arch, ModelConfig, SlidingWindow};
 pub use hf_weights::HfWeights;
 pub use linear::{Linear, LinearWeight};
 pub use llama::Llama;
