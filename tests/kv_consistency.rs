@@ -18,17 +18,45 @@ fn prefill_then_decode_equals_longer_prefill_on_qwen() {
         return;
     }
     for (execution, tol) in [(Execution::CpuDense, 1e-3), (Execution::CpuKernel, 0.75)] {
-        check_cache_paths(execution, tol);
+        check_cache_paths(&common::qwen_model(), execution, tol);
     }
 }
 
-fn check_cache_paths(execution: Execution, tol: f32) {
+/// Gemma 3 layout with a sliding window of 4 (5 of 6 layers): the 7-token prompt outgrows the
+/// window, decode reads only the window's keys, a chunked prefill masks across chunks.
+#[test]
+fn prefill_then_decode_equals_longer_prefill_with_a_sliding_window() {
+    if common::skip_requested() {
+        return;
+    }
+    let model = common::synthetic(
+        "gemma3-mix-window4",
+        &[
+            "--arch",
+            "gemma3",
+            "--quant",
+            "mix",
+            "--layers",
+            "6",
+            "--sliding-window",
+            "4",
+            "--seed",
+            "4",
+        ],
+    );
+    for (execution, tol) in [(Execution::CpuDense, 1e-3), (Execution::CpuKernel, 0.75)] {
+        check_cache_paths(&model, execution, tol);
+    }
+}
+
+fn check_cache_paths(model: &std::path::Path, execution: Execution, tol: f32) {
     let options = LoadOptions {
         execution: Some(execution),
         ..LoadOptions::default()
     };
-    let engine = Engine::load(&common::qwen_model(), &options).unwrap();
-    let prompt = [785u32, 6722, 315, 9625, 374, 12095, 13];
+    let engine = Engine::load(model, &options).unwrap();
+    let vocab = engine.config().vocab_size as u32;
+    let prompt = [785u32, 6722, 315, 9625, 374, 12095, 13].map(|t| t % vocab);
     let vocab = engine.config().vocab_size;
 
     let mut cache = engine.new_cache();

@@ -12,8 +12,13 @@
 //!   Measured on the 102-token Qwen prompt: 0.73 with MLX's attention ops, 0.81 with our fused
 //!   attention primitive, whose own difference from MLX's attention is 1e-4 on the dense path.
 //!
+//! - Gemma 3 270M on the kernel path: max 6.0, mean 0.35. Its activations are far wider (the
+//!   embedding is scaled by √640, norm weights reach 40), so int8 rounding costs more: on the
+//!   53-token prompt llama.cpp (0.3.36) differs from the same reference by up to 2.9 (mean
+//!   0.21), we by 4.6 (mean 0.24), both worst at the first positions.
+//!
 //! Top-1 must agree at every position except where the reference's own top-2 gap is below
-//! the tolerance (a near-tie that any faithful engine may break either way).
+//! the tie gap (a near-tie that any faithful engine may break either way).
 
 mod common;
 
@@ -23,6 +28,29 @@ use std::path::Path;
 
 const DENSE_TOL: f32 = 2e-3;
 const KERNEL_TOL: f32 = 1.0;
+
+/// Bounds on |Δlogit| against the reference, and the top-2 gap below which a top-1 mismatch
+/// is a near-tie.
+#[derive(Clone, Copy, Debug)]
+struct Tol {
+    max: f32,
+    mean: f32,
+    tie_gap: f32,
+}
+
+const fn uniform(tol: f32) -> Tol {
+    Tol {
+        max: tol,
+        mean: tol,
+        tie_gap: tol,
+    }
+}
+
+const GEMMA_KERNEL: Tol = Tol {
+    max: 6.0,
+    mean: 0.35,
+    tie_gap: 1.0,
+};
 
 /// 102 tokens of Python source (the Qwen tokenization of `FIB_TEXT` in tests/data).
 const QWEN_PROMPT: [u32; 102] = [
@@ -69,12 +97,13 @@ fn fxhash(s: &str) -> u64 {
 
 struct Agreement {
     max_diff: f32,
+    mean_diff: f32,
     top1_agree: usize,
     near_ties: usize,
     positions: usize,
 }
 
-fn compare(ours: &[f32], reference: &[f32], vocab: usize, tol: f32) -> Agreement {
+fn compare(ours: &[f32], reference: &[f32], vocab: usize, tie_gap: f32) -> Agreement {
     assert_eq!(ours.len(), reference.len(), "logit counts differ");
     let argmax = |row: &[f32]| {
         row.iter()
@@ -87,6 +116,7 @@ fn compare(ours: &[f32], reference: &[f32], vocab: usize, tol: f32) -> Agreement
     };
     let mut agreement = Agreement {
         max_diff: 0.0,
+        mean_diff: 0.0,
         top1_agree: 0,
         near_ties: 0,
         positions: ours.len() / vocab,
@@ -95,13 +125,14 @@ fn compare(ours: &[f32], reference: &[f32], vocab: usize, tol: f32) -> Agreement
         for (x, y) in a.iter().zip(r) {
             assert!(x.is_finite(), "non-finite logit");
             agreement.max_diff = agreement.max_diff.max((x - y).abs());
+            agreement.mean_diff += (x - y).abs() / ours.len() as f32;
         }
         let (ta, tr) = (argmax(a), argmax(r));
         let mut sorted = r.to_vec();
         sorted.sort_by(|p, q| q.total_cmp(p));
         if ta == tr {
             agreement.top1_agree += 1;
-        } else if sorted[0] - sorted[1] < tol {
+        } else if sorted[0] - sorted[1] < tie_gap {
             agreement.near_ties += 1;
         } else {
             panic!(
@@ -113,35 +144,37 @@ fn compare(ours: &[f32], reference: &[f32], vocab: usize, tol: f32) -> Agreement
     agreement
 }
 
-fn executions() -> [(Execution, f32); 2] {
-    [
-        (Execution::CpuDense, DENSE_TOL),
-        (Execution::CpuKernel, KERNEL_TOL),
-    ]
+fn check_model(model: &Path, tokens: &[u32]) {
+    check_model_with(model, tokens, uniform(KERNEL_TOL));
 }
 
-fn check_model(model: &Path, tokens: &[u32]) {
+fn check_model_with(model: &Path, tokens: &[u32], kernel: Tol) {
     let reference = reference_logits(model, tokens);
-    for (execution, tol) in executions() {
+    for (execution, tol) in [
+        (Execution::CpuDense, uniform(DENSE_TOL)),
+        (Execution::CpuKernel, kernel),
+    ] {
         let options = LoadOptions {
             execution: Some(execution),
             ..LoadOptions::default()
         };
         let engine = Engine::load(model, &options).unwrap();
         let ours = engine.logits_all(tokens).unwrap();
-        let a = compare(&ours, &reference, engine.config().vocab_size, tol);
+        let a = compare(&ours, &reference, engine.config().vocab_size, tol.tie_gap);
         eprintln!(
-            "{} {execution:?}: max |Δlogit| {:.2e}, top-1 {}/{} (+{} near-ties)",
+            "{} {execution:?}: max |Δlogit| {:.2e}, mean {:.2e}, top-1 {}/{} (+{} near-ties)",
             model.file_name().unwrap().to_string_lossy(),
             a.max_diff,
+            a.mean_diff,
             a.top1_agree,
             a.positions,
             a.near_ties
         );
         assert!(
-            a.max_diff <= tol,
-            "{execution:?}: max |Δlogit| {} > {tol}",
-            a.max_diff
+            a.max_diff <= tol.max && a.mean_diff <= tol.mean,
+            "{execution:?}: max |Δlogit| {}, mean {} beyond {tol:?}",
+            a.max_diff,
+            a.mean_diff
         );
     }
 }
@@ -153,6 +186,15 @@ fn qwen_matches_the_float32_reference() {
     }
     check_model(&common::qwen_model(), &QWEN_PROMPT);
 }
+
+/// BOS and 52 tokens of English prose (the Gemma tokenization of a sentence about the Eiffel
+/// Tower, as in `tokenizer_parity.rs`).
+const GEMMA_PROMPT: [u32; 53] = [
+    2, 818, 3823, 8864, 37423, 38167, 1024, 506, 31770, 4799, 236761, 799, 236743, 236770, 236828,
+    236828, 236819, 236764, 506, 94648, 25822, 691, 7723, 528, 9079, 236793, 625, 15032, 236743,
+    236800, 236771, 236771, 30762, 13030, 532, 691, 236764, 573, 28959, 236772, 811, 1518, 236764,
+    506, 92900, 880, 236772, 12901, 3904, 528, 506, 1902, 236761,
+];
 
 const SYNTHETIC_TOKENS: [u32; 12] = [1, 300, 17, 42, 511, 260, 3, 99, 100, 7, 480, 2];
 
@@ -189,6 +231,38 @@ fn synthetic_qwen2_and_tied_llama_match_the_reference() {
         ],
     );
     check_model(&tied, &SYNTHETIC_TOKENS);
+}
+
+#[test]
+fn gemma3_matches_the_float32_reference() {
+    if common::skip_requested() {
+        return;
+    }
+    check_model_with(&common::gemma_model(), &GEMMA_PROMPT, GEMMA_KERNEL);
+}
+
+#[test]
+fn synthetic_gemma3_with_a_sliding_window_matches_the_reference() {
+    if common::skip_requested() {
+        return;
+    }
+    // Window 4 in layers 0-4, global layer 5: 12 tokens outgrow the window.
+    let model = common::synthetic(
+        "gemma3-mix-window4",
+        &[
+            "--arch",
+            "gemma3",
+            "--quant",
+            "mix",
+            "--layers",
+            "6",
+            "--sliding-window",
+            "4",
+            "--seed",
+            "4",
+        ],
+    );
+    check_model(&model, &SYNTHETIC_TOKENS);
 }
 
 #[test]

@@ -591,3 +591,61 @@ fn llama_tokenizer_json(r: &LlamaRef) -> Value {
             "byte_fallback": true, "vocab": vocab, "merges": r.merges}
     })
 }
+
+/// Gemma 3's SentencePiece vocabulary (262,144 pieces, no space prefix, byte fallback, special
+/// turn tokens) from the real GGUF against ids produced by llama.cpp's tokenizer
+/// (llama-cpp-python 0.3.36, `tokenize(text, add_bos=False, special=True)`) on 2026-11-23.
+#[test]
+fn gemma_ids_match_llama_cpp() {
+    if common::skip_requested() {
+        return;
+    }
+    let file = GgufFile::open(&common::gemma_model()).unwrap();
+    let tok = Tokenizer::from_vocab(&Vocab::from_gguf(&file).unwrap()).unwrap();
+    let cases: [(&str, &[u32]); 6] = [
+        (
+            "The quick brown fox jumps over the lazy dog. In 1889, the Eiffel Tower was completed \
+             in Paris; it stood 300 metres tall and was, for forty-one years, the tallest man-made \
+             structure in the world.",
+            &[
+                818, 3823, 8864, 37423, 38167, 1024, 506, 31770, 4799, 236761, 799, 236743, 236770,
+                236828, 236828, 236819, 236764, 506, 94648, 25822, 691, 7723, 528, 9079, 236793,
+                625, 15032, 236743, 236800, 236771, 236771, 30762, 13030, 532, 691, 236764, 573,
+                28959, 236772, 811, 1518, 236764, 506, 92900, 880, 236772, 12901, 3904, 528, 506,
+                1902, 236761,
+            ],
+        ),
+        ("Hello, world!", &[9259, 236764, 1902, 236888]),
+        (
+            "  leading spaces and\ttabs\n\nnewlines",
+            &[138, 26016, 9952, 532, 255968, 39218, 108, 208697],
+        ),
+        (
+            "def fib(n):\n    return n if n < 2 else fib(n-1) + fib(n-2)",
+            &[
+                2063, 10779, 236769, 236749, 1473, 107, 140, 2060, 538, 768, 538, 655, 236743,
+                236778, 1663, 10779, 236769, 236749, 236772, 236770, 236768, 900, 10779, 236769,
+                236749, 236772, 236778, 236768,
+            ],
+        ),
+        (
+            "Ünïcödé — 日本語のテキスト 🙂",
+            &[
+                238194, 236749, 238527, 236755, 55515, 236859, 2192, 33375, 238582, 236945, 95830,
+                57235,
+            ],
+        ),
+        (
+            "<start_of_turn>user\nHi<end_of_turn>",
+            &[105, 2364, 107, 10979, 106],
+        ),
+    ];
+    for (text, want) in cases {
+        let got = tok.encode(text, false).unwrap();
+        assert_eq!(got, want, "{text:?}");
+        let back = tok.decode(&got, false).unwrap();
+        assert_eq!(back, text, "decode of {text:?}");
+    }
+    assert_eq!(tok.encode("Hi", true).unwrap(), [2, 10979], "BOS first");
+    assert!(tok.is_eog(106), "<end_of_turn> ends a generation");
+}

@@ -2,7 +2,15 @@
 """Side-by-side speed of mlx-engine and llama.cpp on the same GGUF, same machine, same thread
 count, alternating runs in one invocation (not part of CI).
 
-llama.cpp is used through llama-cpp-python, which builds it from source:
+llama.cpp is measured with its own `llama-bench` (preferred: no Python in the loop), built from
+the llama.cpp sources vendored in the llama-cpp-python sdist (~8 min on 2 cores):
+    pip download --no-deps --no-binary :all: llama-cpp-python==0.3.36   # or fetch the sdist URL
+    tar xzf llama_cpp_python-0.3.36.tar.gz && cd llama_cpp_python-0.3.36/vendor/llama.cpp
+    cmake -B build -DCMAKE_BUILD_TYPE=Release -DLLAMA_CURL=OFF -DLLAMA_BUILD_TESTS=OFF \
+          -DLLAMA_BUILD_EXAMPLES=OFF -DLLAMA_BUILD_SERVER=OFF && cmake --build build --target llama-bench -j2
+    python3 benches/compare/compare.py MODEL.gguf --threads 2 --llama-bench .../build/bin/llama-bench
+or, without --llama-bench, through llama-cpp-python's Python API (which adds ~5-10 ms of Python
+and logits copying per decoded token, so it understates llama.cpp's tg):
     python3 -m venv target/llama-cpp-venv
     target/llama-cpp-venv/bin/pip install llama-cpp-python==0.3.36   # ~13 min on 2 cores
     target/llama-cpp-venv/bin/python benches/compare/compare.py MODEL.gguf --threads 2
@@ -49,6 +57,19 @@ def llama_cpp_run(llm, prompts, n_gen, context):
     return pps, tg
 
 
+def llama_bench_run(binary, model, prompts, n_gen, threads):
+    """One repetition of llama.cpp's own llama-bench: ([pp t/s per prompt length], tg t/s)."""
+    out = subprocess.run(
+        [str(binary), "-m", str(model), "-p", ",".join(map(str, prompts)), "-n", str(n_gen), "-r", "1",
+         "-t", str(threads), "-o", "json"],
+        check=True, capture_output=True, text=True,
+    ).stdout
+    rows = json.loads(out)
+    pp = {r["n_prompt"]: r["avg_ts"] for r in rows if r["n_gen"] == 0}
+    tg = [r["avg_ts"] for r in rows if r["n_prompt"] == 0 and r["n_gen"] == n_gen]
+    return [pp[p] for p in prompts], tg[0]
+
+
 def ours_run(binary, model, prompts, n_gen, threads):
     out = subprocess.run(
         [str(binary), "bench", "-m", str(model), "-p", ",".join(map(str, prompts)), "-n", str(n_gen), "-r", "1",
@@ -68,17 +89,26 @@ def main():
     ap.add_argument("--context", type=int, default=1)
     ap.add_argument("--reps", type=int, default=3)
     ap.add_argument("--binary", default=str(ROOT / "target/release/mlx-engine"))
+    ap.add_argument("--llama-bench", help="path to llama.cpp's llama-bench (else llama-cpp-python is used)")
     args = ap.parse_args()
 
-    import llama_cpp
-
     prompts = [int(p) for p in args.p.split(",")]
-    llm = llama_cpp.Llama(args.model, n_ctx=max(2048, max(prompts) + args.n + args.context), n_threads=args.threads,
-                          n_threads_batch=args.threads, n_batch=512, verbose=False)
+    if args.llama_bench:
+        if args.context != 1:
+            raise SystemExit("--context is not supported with --llama-bench")
+        def theirs_run():
+            return llama_bench_run(args.llama_bench, args.model, prompts, args.n, args.threads)
+    else:
+        import llama_cpp
+
+        llm = llama_cpp.Llama(args.model, n_ctx=max(2048, max(prompts) + args.n + args.context),
+                              n_threads=args.threads, n_threads_batch=args.threads, n_batch=512, verbose=False)
+        def theirs_run():
+            return llama_cpp_run(llm, prompts, args.n, args.context)
     ours, theirs = [], []
     for _ in range(args.reps):
         ours.append(ours_run(args.binary, args.model, prompts, args.n, args.threads))
-        theirs.append(llama_cpp_run(llm, prompts, args.n, args.context))
+        theirs.append(theirs_run())
     rows = []
     for i, p in enumerate(prompts):
         o = statistics.median(r[0][i] for r in ours)
@@ -87,7 +117,9 @@ def main():
     o = statistics.median(r[1] for r in ours)
     t = statistics.median(r[1] for r in theirs)
     rows.append((f"tg{args.n}", o, t, o / t))
-    print(f"model {Path(args.model).name}, threads {args.threads}, median of {args.reps} alternating runs")
+    how = "llama-bench" if args.llama_bench else "llama-cpp-python"
+    print(f"model {Path(args.model).name}, threads {args.threads}, median of {args.reps} alternating runs, "
+          f"llama.cpp via {how}")
     print("| test | mlx-engine t/s | llama.cpp t/s | ratio |")
     print("| --- | ---: | ---: | ---: |")
     for test, o, t, r in rows:

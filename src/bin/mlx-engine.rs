@@ -12,7 +12,7 @@ use std::io::{IsTerminal, Read, Write};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
-/// Run Llama-family language models (Qwen2.5, TinyLlama, Llama 2/3) on MLX.
+/// Run Llama-family language models (Qwen2.5, TinyLlama, Llama 2/3, Gemma 3) on MLX.
 ///
 /// With no subcommand, generates text: the prompt comes from --prompt or standard input, and
 /// tokens are printed as they are produced. Models are named from the registry

@@ -241,7 +241,7 @@ impl ModelConfig {
     /// The sliding window of `layer`, or None where it attends to the whole cache.
     pub fn window_of(&self, layer: usize) -> Option<usize> {
         self.sliding_window
-            .and_then(|sw| ((layer + 1) % sw.pattern != 0).then_some(sw.window))
+            .and_then(|sw| (!(layer + 1).is_multiple_of(sw.pattern)).then_some(sw.window))
     }
 
     /// The RoPE base θ of `layer` (Gemma 3's windowed layers use their own).

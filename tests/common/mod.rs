@@ -36,6 +36,22 @@ pub fn qwen_model() -> PathBuf {
         .clone()
 }
 
+/// The Gemma 3 270M GGUF, fetched once like the Qwen model.
+pub fn gemma_model() -> PathBuf {
+    static MODEL: OnceLock<PathBuf> = OnceLock::new();
+    MODEL
+        .get_or_init(|| {
+            let opts = mlx_engine::fetch::FetchOptions::default();
+            match mlx_engine::fetch::resolve("gemma3-270m", &opts) {
+                Ok(resolved) => resolved.path,
+                Err(e) => {
+                    panic!("the Gemma test model is unavailable ({e}); set {SKIP_VAR}=1 to skip")
+                }
+            }
+        })
+        .clone()
+}
+
 /// The Python interpreter with numpy and gguf (installed from tests/reference/requirements.txt
 /// into target/pydeps on first use).
 pub fn python() -> Command {

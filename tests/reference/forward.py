@@ -7,7 +7,11 @@ transformer forward pass over a whole token sequence at once (causal mask).
 It writes the logits of every position (or only the last one) as raw
 little-endian float32, row-major ``[rows, vocab]``.
 
-Supported architectures (``general.architecture``): ``llama`` and ``qwen2``.
+Supported architectures (``general.architecture``): ``llama``, ``qwen2`` and
+``gemma3`` (RMS-normalised Q/K, norms after attention and MLP, GELU-tanh MLP,
+embedding scaled by sqrt(hidden), sliding-window attention with RoPE base
+10,000 in every layer but each sixth; GGUF norm weights already include
+Gemma's +1).
 
 Shape convention (checked at load time): GGUF records tensor dimensions
 fastest-varying first, so a linear layer ``y = W x`` with ``in`` inputs and
@@ -37,7 +41,12 @@ from gguf.quants import dequantize
 # of `llama` checkpoints so that rotation acts on adjacent pairs
 # (x[2i], x[2i+1]); `qwen2` keeps the "NEOX" layout pairing x[i] with
 # x[i + head_dim/2].
-ROPE_STYLE = {"llama": "adjacent", "qwen2": "neox"}
+ROPE_STYLE = {"llama": "adjacent", "qwen2": "neox", "gemma3": "neox"}
+
+# Gemma 3: layer i attends over a sliding window unless (i + 1) % pattern == 0;
+# windowed layers rotate with their own RoPE base (llama.cpp fixes both).
+GEMMA3_SLIDING_PATTERN = 6
+GEMMA3_LOCAL_ROPE_BASE = 10000.0
 
 # Rows of the output projection dequantized at a time (bounds peak memory).
 OUTPUT_CHUNK_ROWS = 16384
@@ -60,6 +69,18 @@ class HParams:
     eps: float
     ctx: int
     vocab: int
+    sliding_window: int = 0  # 0: none
+    sliding_pattern: int = GEMMA3_SLIDING_PATTERN
+
+    def window_of(self, layer: int) -> int:
+        """Keys a query of `layer` sees (itself included), 0 for all."""
+        if self.sliding_window and (layer + 1) % self.sliding_pattern != 0:
+            return self.sliding_window
+        return 0
+
+    def rope_base_of(self, layer: int) -> float:
+        """RoPE base of `layer`: Gemma 3's windowed layers use their own."""
+        return GEMMA3_LOCAL_ROPE_BASE if self.window_of(layer) else self.rope_base
 
 
 def field_value(reader: GGUFReader, key: str, default=_MISSING):
@@ -97,6 +118,8 @@ def read_hparams(reader: GGUFReader) -> HParams:
         eps=float(key("attention.layer_norm_rms_epsilon")),
         ctx=int(key("context_length")),
         vocab=int(embd.shape[1]),  # ne = [hidden, vocab]
+        sliding_window=int(key("attention.sliding_window", 0)) if arch == "gemma3" else 0,
+        sliding_pattern=int(key("attention.sliding_window_pattern", GEMMA3_SLIDING_PATTERN)),
     )
 
 
@@ -212,11 +235,12 @@ def apply_rope(x: np.ndarray, cos: np.ndarray, sin: np.ndarray, style: str) -> n
     raise ValueError(f"unknown rope style {style!r}")
 
 
-def causal_attention(q: np.ndarray, k: np.ndarray, v: np.ndarray) -> np.ndarray:
+def causal_attention(q: np.ndarray, k: np.ndarray, v: np.ndarray, window: int = 0) -> np.ndarray:
     """Grouped-query causal attention.
 
     q: [n_heads, n, head_dim]; k, v: [n_kv_heads, n, head_dim].  KV head j
-    serves query heads j*group .. (j+1)*group-1.  Returns [n, n_heads*head_dim].
+    serves query heads j*group .. (j+1)*group-1.  With `window` > 0, query i
+    sees only keys i-window+1 .. i.  Returns [n, n_heads*head_dim].
     """
     n_heads, n_pos, head_dim = q.shape
     group = n_heads // k.shape[0]
@@ -224,6 +248,8 @@ def causal_attention(q: np.ndarray, k: np.ndarray, v: np.ndarray) -> np.ndarray:
     v = np.repeat(v, group, axis=0)
     scores = (q @ k.transpose(0, 2, 1)) * np.float32(1.0 / np.sqrt(head_dim))
     future = np.triu(np.ones((n_pos, n_pos), dtype=bool), k=1)
+    if window:
+        future |= np.tril(np.ones((n_pos, n_pos), dtype=bool), k=-window)  # i - j >= window
     scores[:, future] = -np.inf
     scores -= scores.max(axis=-1, keepdims=True)
     probs = np.exp(scores)
@@ -240,8 +266,16 @@ def linear(w: Weights, name: str, x: np.ndarray, out_dim: int, in_dim: int, bias
     return y
 
 
+def gelu_tanh(x: np.ndarray) -> np.ndarray:
+    """GELU, tanh approximation: x/2 * (1 + tanh(sqrt(2/pi) * (x + 0.044715 x^3)))."""
+    c = np.float32(np.sqrt(2.0 / np.pi))
+    return np.float32(0.5) * x * (np.float32(1.0) + np.tanh(c * (x + np.float32(0.044715) * x * x * x)))
+
+
 def forward(hp: HParams, tokens: list[int], weights: Weights, last_only: bool = False) -> np.ndarray:
     """Teacher-forced float32 forward; returns logits [n_tokens, vocab] (or [1, vocab])."""
+    if hp.arch == "gemma3":
+        return forward_gemma3(hp, tokens, weights, last_only)
     n = len(tokens)
     ids = np.asarray(tokens, dtype=np.int64)
     x = weights.rows("token_embd.weight", ids, hp.hidden)  # [n, hidden]
@@ -267,6 +301,42 @@ def forward(hp: HParams, tokens: list[int], weights: Weights, last_only: bool = 
         up = linear(weights, f"{p}.ffn_up", h, hp.ffn, hp.hidden)
         act = gate / (np.float32(1.0) + np.exp(-gate)) * up  # silu(gate) * up
         x = x + linear(weights, f"{p}.ffn_down", act, hp.hidden, hp.ffn)
+
+    if last_only:
+        x = x[-1:]
+    x = rms_norm(x, weights.get("output_norm.weight", (hp.hidden,)), hp.eps)
+    out_name = "output.weight" if weights.has("output.weight") else "token_embd.weight"
+    return weights.project_chunked(x, out_name, hp.vocab, hp.hidden)
+
+
+def forward_gemma3(hp: HParams, tokens: list[int], weights: Weights, last_only: bool) -> np.ndarray:
+    """Gemma 3's forward (llama.cpp's graph): logits [n_tokens, vocab] (or [1, vocab])."""
+    n = len(tokens)
+    ids = np.asarray(tokens, dtype=np.int64)
+    x = weights.rows("token_embd.weight", ids, hp.hidden) * np.float32(np.sqrt(hp.hidden))  # [n, hidden]
+    q_dim, kv_dim, hd = hp.n_heads * hp.head_dim, hp.n_kv_heads * hp.head_dim, hp.head_dim
+    tables = {base: rope_tables(n, hd, base) for base in {hp.rope_base_of(i) for i in range(hp.n_layers)}}
+
+    for layer in range(hp.n_layers):
+        p = f"blk.{layer}"
+        cos, sin = tables[hp.rope_base_of(layer)]
+        h = rms_norm(x, weights.get(f"{p}.attn_norm.weight", (hp.hidden,)), hp.eps)
+        q = linear(weights, f"{p}.attn_q", h, q_dim, hp.hidden).reshape(n, hp.n_heads, hd)
+        k = linear(weights, f"{p}.attn_k", h, kv_dim, hp.hidden).reshape(n, hp.n_kv_heads, hd)
+        v = linear(weights, f"{p}.attn_v", h, kv_dim, hp.hidden).reshape(n, hp.n_kv_heads, hd)
+        q = rms_norm(q, weights.get(f"{p}.attn_q_norm.weight", (hd,)), hp.eps)  # per head
+        k = rms_norm(k, weights.get(f"{p}.attn_k_norm.weight", (hd,)), hp.eps)
+        q = apply_rope(q.transpose(1, 0, 2), cos, sin, "neox")  # [n_heads, n, hd]
+        k = apply_rope(k.transpose(1, 0, 2), cos, sin, "neox")
+        attn = causal_attention(q, k, v.transpose(1, 0, 2), hp.window_of(layer))  # [n, q_dim]
+        out = linear(weights, f"{p}.attn_output", attn, hp.hidden, q_dim)
+        x = x + rms_norm(out, weights.get(f"{p}.post_attention_norm.weight", (hp.hidden,)), hp.eps)
+
+        h = rms_norm(x, weights.get(f"{p}.ffn_norm.weight", (hp.hidden,)), hp.eps)
+        gate = linear(weights, f"{p}.ffn_gate", h, hp.ffn, hp.hidden)
+        up = linear(weights, f"{p}.ffn_up", h, hp.ffn, hp.hidden)
+        out = linear(weights, f"{p}.ffn_down", gelu_tanh(gate) * up, hp.hidden, hp.ffn)
+        x = x + rms_norm(out, weights.get(f"{p}.post_ffw_norm.weight", (hp.hidden,)), hp.eps)
 
     if last_only:
         x = x[-1:]

@@ -100,11 +100,13 @@ class Config:
     rope_base: float
     eps: float
     tied: bool
+    head_dim_override: int = 0  # gemma3: key_length independent of hidden / heads
+    sliding_window: int = 0  # gemma3
 
     @property
     def head_dim(self) -> int:
         """Per-head dimension."""
-        return self.hidden // self.heads
+        return self.head_dim_override or self.hidden // self.heads
 
 
 # ---------------------------------------------------------------------------
@@ -266,11 +268,18 @@ def add_weights(writer: GGUFWriter, cfg: Config, rng: np.random.Generator, quant
             add_matrix(writer, rng, picker, f"{p}.{proj}.weight", out_dim, cfg.hidden)
             if cfg.arch == "qwen2":
                 add_vector(writer, rng, f"{p}.{proj}.bias", out_dim, 0.0, 0.05)
+        if cfg.arch == "gemma3":  # norm weights around 1, as GGUF stores Gemma's (1 + w)
+            add_vector(writer, rng, f"{p}.attn_q_norm.weight", cfg.head_dim, 1.0, 0.1)
+            add_vector(writer, rng, f"{p}.attn_k_norm.weight", cfg.head_dim, 1.0, 0.1)
         add_matrix(writer, rng, picker, f"{p}.attn_output.weight", cfg.hidden, q_dim)
+        if cfg.arch == "gemma3":
+            add_vector(writer, rng, f"{p}.post_attention_norm.weight", cfg.hidden, 1.0, 0.1)
         add_vector(writer, rng, f"{p}.ffn_norm.weight", cfg.hidden, 1.0, 0.1)
         add_matrix(writer, rng, picker, f"{p}.ffn_gate.weight", cfg.ffn, cfg.hidden)
         add_matrix(writer, rng, picker, f"{p}.ffn_up.weight", cfg.ffn, cfg.hidden)
         add_matrix(writer, rng, picker, f"{p}.ffn_down.weight", cfg.hidden, cfg.ffn)
+        if cfg.arch == "gemma3":
+            add_vector(writer, rng, f"{p}.post_ffw_norm.weight", cfg.hidden, 1.0, 0.1)
     add_vector(writer, rng, "output_norm.weight", cfg.hidden, 1.0, 0.1)
     if not cfg.tied:
         add_matrix(writer, rng, picker, "output.weight", cfg.vocab, cfg.hidden)
@@ -401,7 +410,10 @@ def add_tokenizer(writer: GGUFWriter, tok: dict, template: str) -> None:
     if "pad" in tok:
         writer.add_uint32("tokenizer.ggml.padding_token_id", tok["pad"])
     writer.add_bool("tokenizer.ggml.add_bos_token", tok["add_bos"])
-    writer.add_string("tokenizer.chat_template", template)
+    if "add_space_prefix" in tok:
+        writer.add_bool("tokenizer.ggml.add_space_prefix", tok["add_space_prefix"])
+    if template is not None:
+        writer.add_string("tokenizer.chat_template", template)
 
 
 # ---------------------------------------------------------------------------
@@ -425,12 +437,18 @@ def add_hparams(writer: GGUFWriter, cfg: Config, quant: str) -> None:
     writer.add_float32(f"{a}.rope.freq_base", cfg.rope_base)
     writer.add_float32(f"{a}.attention.layer_norm_rms_epsilon", cfg.eps)
     writer.add_uint32(f"{a}.vocab_size", cfg.vocab)
+    if a == "gemma3":
+        writer.add_uint32(f"{a}.attention.key_length", cfg.head_dim)
+        writer.add_uint32(f"{a}.attention.value_length", cfg.head_dim)
+        writer.add_uint32(f"{a}.attention.sliding_window", cfg.sliding_window)
 
 
 def validate(cfg: Config) -> None:
     """Reject shapes the model (or the llama tokenizer layout) cannot have."""
-    if cfg.hidden % cfg.heads or cfg.head_dim % 2:
-        raise SystemExit("--hidden must be divisible by --heads, with an even head dim")
+    if (cfg.hidden % cfg.heads and not cfg.head_dim_override) or cfg.head_dim % 2:
+        raise SystemExit("--hidden must be divisible by --heads (or --head-dim given), with an even head dim")
+    if cfg.arch == "gemma3" and (not cfg.tied or cfg.sliding_window < 1):
+        raise SystemExit("gemma3 models are tied and need --sliding-window >= 1")
     if cfg.heads % cfg.kv_heads:
         raise SystemExit("--heads must be a multiple of --kv-heads")
     if min(cfg.layers, cfg.ffn, cfg.vocab, cfg.ctx) < 1:
@@ -441,11 +459,13 @@ def write_model(path: str, cfg: Config, quant: str, seed: int, template: str) ->
     """Build and write the whole GGUF file."""
     validate(cfg)
     rng = np.random.default_rng(seed)
-    tok = llama_tokenizer(cfg.vocab) if cfg.arch == "llama" else qwen2_tokenizer(cfg.vocab)
+    tok = qwen2_tokenizer(cfg.vocab) if cfg.arch == "qwen2" else llama_tokenizer(cfg.vocab)
+    if cfg.arch == "gemma3":
+        tok["add_space_prefix"] = False
     assert len(tok["tokens"]) == cfg.vocab
     writer = GGUFWriter(path, cfg.arch)
     add_hparams(writer, cfg, quant)
-    add_tokenizer(writer, tok, ZEPHYR_TEMPLATE if template == "zephyr" else CHATML_TEMPLATE)
+    add_tokenizer(writer, tok, {"zephyr": ZEPHYR_TEMPLATE, "chatml": CHATML_TEMPLATE}.get(template))
     add_weights(writer, cfg, rng, quant)
     writer.write_header_to_file()
     writer.write_kv_data_to_file()
@@ -456,7 +476,7 @@ def write_model(path: str, cfg: Config, quant: str, seed: int, template: str) ->
 def check_roundtrip(path: str, cfg: Config) -> str:
     """Re-open `path` with GGUFReader and check counts; return a one-line summary."""
     reader = GGUFReader(path)
-    per_layer = 9 + (3 if cfg.arch == "qwen2" else 0)
+    per_layer = 9 + {"qwen2": 3, "gemma3": 4}.get(cfg.arch, 0)
     expected = 2 + cfg.layers * per_layer + (0 if cfg.tied else 1)
     if len(reader.tensors) != expected:
         raise SystemExit(f"round-trip: {len(reader.tensors)} tensors, expected {expected}")
@@ -470,7 +490,8 @@ def main(argv: list[str] | None = None) -> int:
     """Command-line entry point."""
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("out", help="output .gguf path")
-    ap.add_argument("--arch", choices=["llama", "qwen2"], default="llama")
+    ap.add_argument("--arch", choices=["llama", "qwen2", "gemma3"], default="llama",
+                    help="gemma3 implies --tied and writes no chat template")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--quant", choices=QUANT_TYPES + ["mix", "Q4_K_M"], default="F16",
                     help="type of the 2-D weight matrices (norms and biases stay F32)")
@@ -486,6 +507,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--eps", type=float, default=None,
                     help="RMSNorm epsilon (default 1e-5 for llama, 1e-6 for qwen2)")
     ap.add_argument("--tied", action="store_true", help="omit output.weight (tied to token_embd)")
+    ap.add_argument("--head-dim", type=int, default=0, help="gemma3: per-head dim (default hidden / heads)")
+    ap.add_argument("--sliding-window", type=int, default=4, help="gemma3: attention.sliding_window")
     ap.add_argument("--chat-template", choices=["zephyr", "chatml"], default=None,
                     help="default: zephyr for llama, chatml for qwen2")
     ap.add_argument("--tinyllama-shape", action="store_true",
@@ -500,8 +523,11 @@ def main(argv: list[str] | None = None) -> int:
                  eps=args.eps if args.eps is not None else (1e-5 if args.arch == "llama" else 1e-6))
     if args.tinyllama_shape:
         shape.update(TINYLLAMA_SHAPE)
-    cfg = Config(arch=args.arch, tied=args.tied, **shape)
-    template = args.chat_template or ("zephyr" if args.arch == "llama" else "chatml")
+    gemma = args.arch == "gemma3"
+    if gemma:
+        shape.update(head_dim_override=args.head_dim, sliding_window=args.sliding_window)
+    cfg = Config(arch=args.arch, tied=args.tied or gemma, **shape)
+    template = args.chat_template or {"llama": "zephyr", "qwen2": "chatml"}.get(args.arch)
     write_model(args.out, cfg, args.quant, args.seed, template)
     print(f"wrote {args.out}" if args.no_check else check_roundtrip(args.out, cfg))
     return 0
