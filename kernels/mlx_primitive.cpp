@@ -330,7 +330,7 @@ class GgufQMatmulMulti : public mx::Primitive {
   // [..., M, n] for SWIGLU.
   static std::vector<mx::Shape> shapes_for(const mx::Shape& x, const std::vector<int64_t>& ns, int epilogue) {
     std::vector<mx::Shape> out;
-    const size_t nout = epilogue == MLXK_EPILOGUE_SWIGLU ? 1 : ns.size();
+    const size_t nout = epilogue == MLXK_EPILOGUE_NONE ? ns.size() : 1;
     for (size_t i = 0; i < nout; ++i) {
       mx::Shape s = x;
       s.back() = (int32_t)ns[i];

@@ -127,6 +127,8 @@ void dequantize_row(int type, const uint8_t* row, int64_t k, float* out);
 void compute_rows(const Problem& p, int64_t n0, int64_t n1);
 // g[i] = silu(g[i]) * u[i] for i < len, silu(v) = v / (1 + exp(-v)) with std::exp.
 void swiglu(float* g, const float* u, int64_t len);
+// g[i] = gelu(g[i]) * u[i], gelu(v) = v / 2 * (1 + tanh(sqrt(2/pi) * (v + 0.044715 v^3))).
+void geglu(float* g, const float* u, int64_t len);
 }  // namespace scalar
 
 // ---- AVX2 path (quant_avx2.cpp); only meaningful on x86-64 with avx2+fma+f16c ----
@@ -141,6 +143,8 @@ int row_tile(int type, int64_t m);
 void compute_rows(const Problem& p, int64_t n0, int64_t n1);
 // scalar::swiglu with a vectorized exp (within ~2 ulp of std::exp; same inf/NaN behaviour).
 void swiglu(float* g, const float* u, int64_t len);
+// scalar::geglu, vectorized the same way.
+void geglu(float* g, const float* u, int64_t len);
 }  // namespace avx2
 
 // ---- multi-weight entry (qmatmul.cpp) ----

@@ -202,7 +202,7 @@ struct MultiJob {
 void multi_chunk(const MultiJob& j, const MultiPart& pt, int64_t r0, int64_t r1) {
   const Problem& p = pt.p;
   compute(j.path, p, r0, r1);
-  if (j.epilogue == MLXK_EPILOGUE_SWIGLU) {
+  if (j.epilogue != MLXK_EPILOGUE_NONE) {
     // The up rows of this chunk into a thread-local [m, r1 - r0] scratch, then the product in
     // place while both are in cache. The sub-problem starts at row r0 but keeps the end of
     // the weights (the GEMV prefetch bound) where the full problem has it.
@@ -215,12 +215,9 @@ void multi_chunk(const MultiJob& j, const MultiPart& pt, int64_t r0, int64_t r1)
     up.y = u;
     up.ldy = w;
     compute(j.path, up, 0, w);
-    for (int64_t m = 0; m < p.m; ++m) {
-      if (j.path == MLXK_PATH_AVX2)
-        avx2::swiglu(p.y + m * p.ldy + r0, u + m * w, w);
-      else
-        scalar::swiglu(p.y + m * p.ldy + r0, u + m * w, w);
-    }
+    const bool avx = j.path == MLXK_PATH_AVX2, silu = j.epilogue == MLXK_EPILOGUE_SWIGLU;
+    auto gate = silu ? (avx ? avx2::swiglu : scalar::swiglu) : (avx ? avx2::geglu : scalar::geglu);
+    for (int64_t m = 0; m < p.m; ++m) gate(p.y + m * p.ldy + r0, u + m * w, w);
   } else if (pt.bias) {
     for (int64_t m = 0; m < p.m; ++m) {
       float* y = p.y + m * p.ldy;
@@ -355,7 +352,7 @@ int validate_multi(const MultiWeight* ws, int count, int64_t k, int epilogue) {
     set_last_error("null pointer argument");
     return MLXK_ERR_BAD_ARG;
   }
-  if (epilogue != MLXK_EPILOGUE_NONE && epilogue != MLXK_EPILOGUE_SWIGLU) {
+  if (epilogue != MLXK_EPILOGUE_NONE && epilogue != MLXK_EPILOGUE_SWIGLU && epilogue != MLXK_EPILOGUE_GEGLU) {
     set_last_error("unknown epilogue " + std::to_string(epilogue));
     return MLXK_ERR_BAD_ARG;
   }
@@ -366,18 +363,18 @@ int validate_multi(const MultiWeight* ws, int count, int64_t k, int epilogue) {
       return rc;
     }
   }
-  if (epilogue == MLXK_EPILOGUE_SWIGLU) {
+  if (epilogue != MLXK_EPILOGUE_NONE) {
     if (count != 2) {
-      set_last_error("the SwiGLU epilogue takes exactly 2 weights (gate, up), got " + std::to_string(count));
+      set_last_error("the gated (SwiGLU/GEGLU) epilogue takes exactly 2 weights (gate, up), got " + std::to_string(count));
       return MLXK_ERR_BAD_ARG;
     }
     if (ws[0].n != ws[1].n) {
-      set_last_error("the SwiGLU epilogue needs gate and up of the same n (got " + std::to_string(ws[0].n) +
+      set_last_error("the gated (SwiGLU/GEGLU) epilogue needs gate and up of the same n (got " + std::to_string(ws[0].n) +
                      " and " + std::to_string(ws[1].n) + ")");
       return MLXK_ERR_BAD_SHAPE;
     }
     if (ws[0].bias || ws[1].bias) {
-      set_last_error("the SwiGLU epilogue takes no bias");
+      set_last_error("the gated (SwiGLU/GEGLU) epilogue takes no bias");
       return MLXK_ERR_BAD_ARG;
     }
   }
@@ -392,7 +389,7 @@ int qmatmul_multi_checked(const float* x, int64_t m, int64_t ldx, int64_t k, con
     set_last_error("bad shape: m=" + std::to_string(m));
     return MLXK_ERR_BAD_SHAPE;
   }
-  const bool swiglu = epilogue == MLXK_EPILOGUE_SWIGLU;
+  const bool swiglu = epilogue != MLXK_EPILOGUE_NONE;  // a gated pair, one output
   const int nparts = swiglu ? 1 : count;
   int64_t total_rows = 0;
   for (int i = 0; i < nparts; ++i) total_rows += ws[i].n;

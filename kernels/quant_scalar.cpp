@@ -216,5 +216,14 @@ void swiglu(float* g, const float* u, int64_t len) {
   for (int64_t i = 0; i < len; ++i) g[i] = g[i] / (1.0f + std::exp(-g[i])) * u[i];
 }
 
+void geglu(float* g, const float* u, int64_t len) {
+  // (1 + tanh(z)) / 2 = 1 / (1 + exp(-2z))
+  const float c2 = 2.0f * 0.7978845608028654f;
+  for (int64_t i = 0; i < len; ++i) {
+    const float v = g[i];
+    g[i] = v / (1.0f + std::exp(-c2 * (v + 0.044715f * v * v * v))) * u[i];
+  }
+}
+
 }  // namespace scalar
 }  // namespace mlxe

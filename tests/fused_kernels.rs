@@ -11,7 +11,7 @@
 
 mod common;
 
-use mlx_engine::mlx::kernels::{self, GgufWeightRef, KernelPath};
+use mlx_engine::mlx::kernels::{self, Gate, GgufWeightRef, KernelPath};
 use mlx_engine::mlx::{ops, transforms, Array, Dtype};
 use mlx_engine::quant::GgmlType;
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -190,11 +190,11 @@ fn fused_projections_equal_separate_matmuls() {
     }
 }
 
-/// SwiGLU vs MLX's silu(gate) * up, for several types (also gate and up of different
-/// activation formats), m in {1, 3, 17}, both paths, and activations scaled up so the gate
-/// spans a wide range (down to exp overflow).
+/// SwiGLU and GEGLU vs MLX's silu(gate) * up and tanh-form gelu(gate) * up, for several types
+/// (also gate and up of different activation formats), m in {1, 3, 17}, both paths, and
+/// activations scaled up so the gate spans a wide range (down to exp overflow).
 #[test]
-fn fused_swiglu_equals_silu_times_up() {
+fn fused_gated_products_equal_act_times_up() {
     if common::skip_requested() {
         return;
     }
@@ -222,13 +222,20 @@ fn fused_swiglu_equals_silu_times_up() {
         for path in PATHS {
             kernels::force_path(Some(path));
             for m in [1usize, 3, 17] {
-                for scale in [1.0f32, 30.0, 1000.0] {
+                for (scale, act) in [1.0f32, 30.0, 1000.0]
+                    .into_iter()
+                    .flat_map(|s| [(s, Gate::Silu), (s, Gate::GeluTanh)])
+                {
                     let x = x_array(m, k, 7 + m as u64, scale);
                     let g = kernels::gguf_matmul(&x, &gate.blocks, gate.ty, n, k).unwrap();
                     let u = kernels::gguf_matmul(&x, &up.blocks, up.ty, n, k).unwrap();
-                    let want = values(&ops::multiply(&ops::silu(&g).unwrap(), &u).unwrap());
+                    let g = match act {
+                        Gate::Silu => ops::silu(&g).unwrap(),
+                        Gate::GeluTanh => ops::gelu_tanh(&g).unwrap(),
+                    };
+                    let want = values(&ops::multiply(&g, &u).unwrap());
                     let got =
-                        kernels::gguf_swiglu(&x, None, gate.as_ref(), up.as_ref(), k).unwrap();
+                        kernels::gguf_gated(&x, None, gate.as_ref(), up.as_ref(), k, act).unwrap();
                     assert_eq!(got.shape(), vec![m as i32, n as i32]);
                     // A relative bound, with an absolute floor far below the values' scale
                     // for products of silu's tail (|g| large and negative).
@@ -238,7 +245,7 @@ fn fused_swiglu_equals_silu_times_up() {
                         &want,
                         1e-5,
                         1e-7 * top,
-                        &format!("{name} {path:?} m={m} scale={scale}"),
+                        &format!("{name} {path:?} m={m} scale={scale} {act:?}"),
                     );
                 }
             }

@@ -381,3 +381,20 @@ fn async_eval_then_read() {
     transforms::async_eval(&[&b]).unwrap();
     assert_eq!(b.to_vec::<f32>().unwrap(), vec![1.0, 4.0]);
 }
+
+#[test]
+fn gelu_tanh_matches_the_formula_in_f64() {
+    let xs = [-6.0f32, -2.0, -0.5, 0.0, 0.5, 1.0, 3.0, 10.0];
+    let want: Vec<f32> = xs
+        .iter()
+        .map(|&x| {
+            let x = x as f64;
+            let z = (2.0 / std::f64::consts::PI).sqrt() * (x + 0.044715 * x * x * x);
+            (0.5 * x * (1.0 + z.tanh())) as f32
+        })
+        .collect();
+    // e.g. gelu(1) = 0.841192, gelu(-2) = -0.045402 (tanh form)
+    assert!((want[5] - 0.841_192).abs() < 1e-6 && (want[1] + 0.045_402).abs() < 1e-6);
+    let got = ops::gelu_tanh(&arr(&xs, &[8])).unwrap();
+    assert_close(&got.to_vec::<f32>().unwrap(), &want, TOL);
+}

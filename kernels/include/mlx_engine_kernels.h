@@ -52,8 +52,10 @@ enum mlxk_status {
 /* What a fused multi-weight call (mlxk_gguf_qmatmul_multi) does after the matmuls. */
 enum mlxk_epilogue {
   MLXK_EPILOGUE_NONE = 0,  /* one output per weight: x . W_i^T (+ bias_i) */
-  MLXK_EPILOGUE_SWIGLU = 1 /* two weights (gate, up) of the same N, no bias, one output:
-                              silu(x . W_0^T) * (x . W_1^T), silu(g) = g / (1 + exp(-g)) */
+  MLXK_EPILOGUE_SWIGLU = 1, /* two weights (gate, up) of the same N, no bias, one output:
+                               silu(x . W_0^T) * (x . W_1^T), silu(g) = g / (1 + exp(-g)) */
+  MLXK_EPILOGUE_GEGLU = 2   /* as SWIGLU with GELU (tanh approximation) for silu:
+                               gelu(g) = g / 2 * (1 + tanh(sqrt(2/pi) * (g + 0.044715 g^3))) */
 };
 
 /* Most weights one fused call takes. */
@@ -144,6 +146,7 @@ int mlxk_gguf_qmatmul_add(mlx_array* res, const mlx_array x, const mlx_array w, 
  *     for i < count;
  *   epilogue MLXK_EPILOGUE_SWIGLU: count == 2, ns[0] == ns[1], no biases;
  *     res[0] = silu(x . ws[0]^T) * (x . ws[1]^T), [..., M, ns[0]] float32.
+ *   epilogue MLXK_EPILOGUE_GEGLU: as SWIGLU with gelu (tanh approximation) for silu.
  * The results are siblings: evaluating one computes all. Returns 0 on success, 1 on error
  * (message in mlxk_last_error(); nothing is written to res). Each res[i] follows mlx-c
  * conventions: create it with mlx_array_new() and free it with mlx_array_free(). */

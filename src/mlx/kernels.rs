@@ -6,7 +6,7 @@ use crate::error::{Error, Result};
 use crate::mlx::handler::{install_error_handler, null_array};
 use crate::mlx::handler::{try_array, try_arrays};
 use crate::mlx::stream::current_stream;
-use crate::mlx::Array;
+use crate::mlx::{ops, Array};
 use crate::quant::GgmlType;
 use std::ffi::{c_char, c_int, c_void, CStr};
 
@@ -385,9 +385,35 @@ extern "C" {
 /// Most weights one fused call ([`gguf_matmul_multi`]) takes.
 pub const MAX_FUSED_WEIGHTS: usize = 4;
 
-/// `MLXK_EPILOGUE_NONE` / `MLXK_EPILOGUE_SWIGLU` of the kernel header.
+/// `MLXK_EPILOGUE_NONE` of the kernel header (the gated ones are [`Gate::epilogue`]).
 const EPILOGUE_NONE: c_int = 0;
-const EPILOGUE_SWIGLU: c_int = 1;
+
+/// The activation of a gated feed-forward product act(x·Gᵀ) ⊙ (x·Uᵀ).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Gate {
+    /// SiLU: g / (1 + e^(−g)) (SwiGLU: Llama, Qwen).
+    Silu,
+    /// GELU, tanh approximation: g/2 · (1 + tanh(√(2/π)·(g + 0.044715·g³))) (GEGLU: Gemma).
+    GeluTanh,
+}
+
+impl Gate {
+    /// `MLXK_EPILOGUE_SWIGLU` / `MLXK_EPILOGUE_GEGLU` of the kernel header.
+    fn epilogue(self) -> c_int {
+        match self {
+            Gate::Silu => 1,
+            Gate::GeluTanh => 2,
+        }
+    }
+
+    /// The activation with MLX ops (the path without GGUF kernels).
+    pub fn apply(self, g: &Array) -> Result<Array> {
+        match self {
+            Gate::Silu => ops::silu(g),
+            Gate::GeluTanh => ops::gelu_tanh(g),
+        }
+    }
+}
 
 /// One weight of a fused projection: `n` rows of GGUF blocks of type `ty` held in `blocks`
 /// (uint8 `[n, row_bytes]`, as for [`gguf_matmul`]) and an optional bias of `n` elements
@@ -520,7 +546,19 @@ pub fn gguf_swiglu(
     up: GgufWeightRef,
     k: usize,
 ) -> Result<Array> {
-    let mut out = qmatmul_multi(x, norm, &[gate, up], k, EPILOGUE_SWIGLU, 1)?;
+    gguf_gated(x, norm, gate, up, k, Gate::Silu)
+}
+
+/// [`gguf_swiglu`] with the gate's activation chosen: act(x · Gateᵀ) ⊙ (x · Upᵀ).
+pub fn gguf_gated(
+    x: &Array,
+    norm: Option<RmsNormRef>,
+    gate: GgufWeightRef,
+    up: GgufWeightRef,
+    k: usize,
+    act: Gate,
+) -> Result<Array> {
+    let mut out = qmatmul_multi(x, norm, &[gate, up], k, act.epilogue(), 1)?;
     Ok(out.remove(0))
 }
 

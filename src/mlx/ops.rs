@@ -104,6 +104,16 @@ pub fn silu(x: &Array) -> Result<Array> {
     multiply(x, &sigmoid(x)?)
 }
 
+/// GELU, tanh approximation: x/2 · (1 + tanh(√(2/π) · (x + 0.044715·x³))).
+pub fn gelu_tanh(x: &Array) -> Result<Array> {
+    let c = Array::scalar((2.0f32 / std::f32::consts::PI).sqrt())?;
+    let x3 = multiply(&multiply(x, x)?, x)?;
+    let inner = add(x, &multiply(&x3, &Array::scalar(0.044715f32)?)?)?;
+    let t = tanh(&multiply(&inner, &c)?)?;
+    let half_x = multiply(x, &Array::scalar(0.5f32)?)?;
+    add(&half_x, &multiply(&half_x, &t)?)
+}
+
 /// Reshapes to `shape` (one entry may be -1).
 pub fn reshape(a: &Array, shape: &[i32]) -> Result<Array> {
     let s = current_stream();

@@ -3,7 +3,7 @@
 
 use crate::error::Result;
 use crate::mlx::fast;
-use crate::mlx::kernels::{self, BlockLayout, GgufWeightRef, RmsNormRef, MAX_FUSED_WEIGHTS};
+use crate::mlx::kernels::{self, BlockLayout, Gate, GgufWeightRef, RmsNormRef, MAX_FUSED_WEIGHTS};
 use crate::mlx::ops::{self, QuantSpec};
 use crate::mlx::Array;
 
@@ -107,16 +107,23 @@ pub fn forward_all(layers: &[&Linear], x: &Array, norm: Option<RmsNormRef>) -> R
     layers.iter().map(|l| l.forward(&x)).collect()
 }
 
-/// SwiGLU's gated product silu(x·Gᵀ) · (x·Uᵀ) for x [.., K] (or RMSNorm(x) with `norm`) →
-/// [.., F]: one fused kernel call when both are GGUF blocks without bias, else MLX ops.
-pub fn swiglu(gate: &Linear, up: &Linear, x: &Array, norm: Option<RmsNormRef>) -> Result<Array> {
+/// The gated product act(x·Gᵀ) · (x·Uᵀ) of SwiGLU (`Gate::Silu`) or GEGLU (`Gate::GeluTanh`)
+/// for x [.., K] (or RMSNorm(x) with `norm`) → [.., F]: one fused kernel call when both are
+/// GGUF blocks without bias, else MLX ops.
+pub fn gated(
+    act: Gate,
+    gate: &Linear,
+    up: &Linear,
+    x: &Array,
+    norm: Option<RmsNormRef>,
+) -> Result<Array> {
     if let Some((ops, k)) = gguf_operands(&[gate, up]) {
         if ops.iter().all(|w| w.bias.is_none()) {
-            return kernels::gguf_swiglu(x, norm, ops[0], ops[1], k);
+            return kernels::gguf_gated(x, norm, ops[0], ops[1], k, act);
         }
     }
     let x = normed(x, norm)?;
-    ops::multiply(&ops::silu(&gate.forward(&x)?)?, &up.forward(&x)?)
+    ops::multiply(&act.apply(&gate.forward(&x)?)?, &up.forward(&x)?)
 }
 
 /// x, or MLX's RMSNorm of x.

@@ -4,7 +4,7 @@
 use crate::error::{Error, Result};
 use crate::kv_cache::KvCache;
 use crate::mlx::fast::{self, AttentionMask};
-use crate::mlx::kernels::{self, AttentionParams, RmsNormRef};
+use crate::mlx::kernels::{self, AttentionParams, Gate, RmsNormRef};
 use crate::mlx::{ops, Array};
 use crate::model::config::ModelConfig;
 use crate::model::linear::{self, Linear};
@@ -307,26 +307,18 @@ impl Llama {
             weight: &block.ffn_norm,
             eps: self.config.rms_eps,
         };
+        let act = match block.gemma {
+            Some(_) => Gate::GeluTanh,
+            None => Gate::Silu,
+        };
+        let par = linear::gated(act, &block.w_gate, &block.w_up, x, Some(ffn_norm))?; // [B, L, F]
         let Some(g) = &block.gemma else {
-            let par = linear::swiglu(&block.w_gate, &block.w_up, x, Some(ffn_norm))?; // [B, L, F]
             return block.w_down.forward_add(&par, x); // x + down(par) [B, L, D]
         };
-        let gate_up = linear::forward_all(&[&block.w_gate, &block.w_up], x, Some(ffn_norm))?;
-        let par = ops::multiply(&gelu_tanh(&gate_up[0])?, &gate_up[1])?; // [B, L, F]
         let out = block.w_down.forward(&par)?; // [B, L, D]
         let out = fast::rms_norm(&out, &g.post_ffw_norm, self.config.rms_eps)?;
         ops::add(x, &out) // [B, L, D]
     }
-}
-
-/// GELU, tanh approximation: x/2 · (1 + tanh(√(2/π) · (x + 0.044715·x³))).
-fn gelu_tanh(x: &Array) -> Result<Array> {
-    let c = Array::scalar((2.0f32 / std::f32::consts::PI).sqrt())?;
-    let x3 = ops::multiply(&ops::multiply(x, x)?, x)?;
-    let inner = ops::add(x, &ops::multiply(&x3, &Array::scalar(0.044715f32)?)?)?;
-    let t = ops::tanh(&ops::multiply(&inner, &c)?)?;
-    let half_x = ops::multiply(x, &Array::scalar(0.5f32)?)?;
-    ops::add(&half_x, &ops::multiply(&half_x, &t)?)
 }
 
 /// Sliding-window attention of q [1, Hq, L, hd] (positions pos..pos+L) over keys, values
