@@ -49,6 +49,7 @@ struct Params {
   float scale, rope_base, rope_scale;
   bool traditional;
   int64_t window;  // keys a query sees, itself included; 0: all (causal)
+  float norm_eps;  // with q_norm / k_norm weights: RMSNorm of each head before RoPE
 };
 
 // ---- row primitives: portable versions, AVX2 versions selected at run time
@@ -152,6 +153,14 @@ void rope_tables(const Params& p, std::vector<float>& cs, std::vector<float>& sn
   }
 }
 
+// dst = RMSNorm(src) * w over one head vector of hd floats (Gemma's Q/K norm), in f64 sums.
+void head_norm(const float* src, const float* w, float eps, int hd, float* dst) {
+  double ss = 0.0;
+  for (int d = 0; d < hd; ++d) ss += (double)src[d] * src[d];
+  const float r = (float)(1.0 / std::sqrt(ss / hd + (double)eps));
+  for (int d = 0; d < hd; ++d) dst[d] = src[d] * r * w[d];
+}
+
 // dst = rope(src) for one head vector. Traditional: rotation pairs (2j, 2j+1); otherwise the
 // halves (j, j + hd/2).
 void rope_row(const float* src, float* dst, const float* c, const float* s, int hd, bool traditional) {
@@ -177,6 +186,7 @@ struct Job {
   float* out;  // [len, hq*hd]
   const float* cs;
   const float* sn;
+  const float* q_norm;  // [hd] or null
   int64_t nqb;
   int64_t items;
   std::atomic<int64_t> next{0};
@@ -190,9 +200,15 @@ void attend_rows(Job& j, int h, int64_t i0, int64_t i1, std::vector<float>& scor
   const float* kh = j.kc + (size_t)kvh * p.cap * hd;
   const float* vh = j.vc + (size_t)kvh * p.cap * hd;
   scores.resize((size_t)(p.pos + i1));
-  qr.resize((size_t)hd);
+  qr.resize((size_t)(2 * hd));
+  float* normed = qr.data() + hd;
   for (int64_t i = i0; i < i1; ++i) {
-    rope_row(j.q + i * j.ldq + (int64_t)h * hd, qr.data(), j.cs + i * half, j.sn + i * half, hd, p.traditional);
+    const float* qi = j.q + i * j.ldq + (int64_t)h * hd;
+    if (j.q_norm) {
+      head_norm(qi, j.q_norm, p.norm_eps, hd, normed);
+      qi = normed;
+    }
+    rope_row(qi, qr.data(), j.cs + i * half, j.sn + i * half, hd, p.traditional);
     const int64_t end = p.pos + i + 1;
     const int64_t t0 = p.window > 0 && end > p.window ? end - p.window : 0;
     const int64_t nk = end - t0;
@@ -231,15 +247,20 @@ void job_fn(void* ctx) {
 // Writes rope(k) and v of the new positions into the caches, then attends every query row.
 // q/k/v rows are at row strides ldq/ldk/ldv (floats); caches are [hkv, cap, hd] contiguous.
 void run(const Params& p, const float* q, int64_t ldq, const float* k, int64_t ldk, const float* v, int64_t ldv,
-         float* kc, float* vc, float* out) {
+         const float* q_norm, const float* k_norm, float* kc, float* vc, float* out) {
   std::vector<float> cs, sn;
   rope_tables(p, cs, sn);
   const int hd = p.hd, half = hd / 2;
+  std::vector<float> normed(k_norm ? (size_t)hd : 0);
   for (int64_t i = 0; i < p.len; ++i)
     for (int h = 0; h < p.hkv; ++h) {
       const size_t at = ((size_t)h * p.cap + (size_t)(p.pos + i)) * hd;
-      rope_row(k + i * ldk + (int64_t)h * hd, kc + at, cs.data() + i * half, sn.data() + i * half, hd,
-               p.traditional);
+      const float* ki = k + i * ldk + (int64_t)h * hd;
+      if (k_norm) {
+        head_norm(ki, k_norm, p.norm_eps, hd, normed.data());
+        ki = normed.data();
+      }
+      rope_row(ki, kc + at, cs.data() + i * half, sn.data() + i * half, hd, p.traditional);
       std::memcpy(vc + at, v + i * ldv + (int64_t)h * hd, sizeof(float) * (size_t)hd);
     }
   Job j;
@@ -252,6 +273,7 @@ void run(const Params& p, const float* q, int64_t ldq, const float* k, int64_t l
   j.out = out;
   j.cs = cs.data();
   j.sn = sn.data();
+  j.q_norm = q_norm;
   j.nqb = (p.len + kQueryBlock - 1) / kQueryBlock;
   j.items = j.nqb * p.hq;
   // Small problems (short decode contexts) are not worth waking a worker for.
@@ -347,6 +369,9 @@ class CachedAttention : public mx::Primitive {
       caches[c].shape = inputs[3 + c].shape();
       caches[c].strides = inputs[3 + c].strides();
     }
+    // Optional Q/K norm weights: inputs 5 and 6, f32 [hd] (checked contiguous when built).
+    const float* qn = inputs.size() > 5 ? inputs[5].data<float>() : nullptr;
+    const float* kn = inputs.size() > 6 ? inputs[6].data<float>() : nullptr;
     float* outp = out.data<float>();
     float* kcp = outputs[1].data<float>();
     float* vcp = outputs[2].data<float>();
@@ -359,7 +384,7 @@ class CachedAttention : public mx::Primitive {
         const float* qp = q.rows(qb, &ldq);
         const float* kp = k.rows(kb, &ldk);
         const float* vp = v.rows(vb, &ldv);
-        mlxe::attn::run(p, qp, ldq, kp, ldk, vp, ldv, kcp, vcp, outp);
+        mlxe::attn::run(p, qp, ldq, kp, ldk, vp, ldv, qn, kn, kcp, vcp, outp);
       } catch (const std::exception& e) {
         std::fprintf(stderr, "CachedAttention: %s\n", e.what());
       }
@@ -378,7 +403,7 @@ class CachedAttention : public mx::Primitive {
     const auto &a = p_, &b = o->p_;
     return a.hq == b.hq && a.hkv == b.hkv && a.hd == b.hd && a.pos == b.pos && a.len == b.len &&
            a.cap == b.cap && a.scale == b.scale && a.rope_base == b.rope_base && a.rope_scale == b.rope_scale &&
-           a.traditional == b.traditional && a.window == b.window;
+           a.traditional == b.traditional && a.window == b.window && a.norm_eps == b.norm_eps;
   }
 
   std::vector<mx::Shape> output_shapes(const std::vector<mx::array>& inputs) override {
@@ -396,6 +421,7 @@ extern "C" int mlxk_cached_attention(mlx_array* out, mlx_array* k_cache_out, mlx
                                      const mlx_array k_cache, const mlx_array v_cache, int n_heads,
                                      int n_kv_heads, int head_dim, int64_t pos, float scale, float rope_base,
                                      float rope_scale, int rope_traditional, int64_t window,
+                                     const mlx_array q_norm, const mlx_array k_norm, float norm_eps,
                                      const mlx_stream s) {
   namespace mx = mlx::core;
   try {
@@ -431,10 +457,22 @@ extern "C" int mlxk_cached_attention(mlx_array* out, mlx_array* k_cache_out, mlx
     if (pos < 0 || len < 1 || pos + len > cshape[2])
       throw std::invalid_argument("positions " + std::to_string(pos) + ".." + std::to_string(pos + len) +
                                   " do not fit a cache of capacity " + std::to_string(cshape[2]));
+    std::vector<mx::array> ins = {qa, ka, va, kc, vc};
+    if ((q_norm.ctx == nullptr) != (k_norm.ctx == nullptr))
+      throw std::invalid_argument("q_norm and k_norm come together");
+    if (q_norm.ctx) {
+      for (const mlx_array* w : {&q_norm, &k_norm}) {
+        const mx::array& wa = mlx_array_get_(*w);
+        if (wa.dtype() != mx::float32 || wa.size() != (size_t)head_dim)
+          throw std::invalid_argument("q_norm and k_norm must be float32 with head_dim elements");
+        // contiguous f32 for the raw pointer in eval_cpu
+        ins.push_back(wa.flags().row_contiguous ? wa : mx::contiguous(wa, false, st));
+      }
+    }
     mlxe::attn::Params p{n_heads, n_kv_heads, head_dim, pos, len, cshape[2], scale, rope_base,
-                         rope_scale, rope_traditional != 0, window};
+                         rope_scale, rope_traditional != 0, window, q_norm.ctx ? norm_eps : 0.0f};
     auto outs = mx::array::make_arrays({qa.shape(), cshape, cshape}, {mx::float32, mx::float32, mx::float32},
-                                       std::make_shared<mlx_engine::CachedAttention>(st, p), {qa, ka, va, kc, vc});
+                                       std::make_shared<mlx_engine::CachedAttention>(st, p), ins);
     mlx_array_set_(*out, outs[0]);
     mlx_array_set_(*k_cache_out, outs[1]);
     mlx_array_set_(*v_cache_out, outs[2]);

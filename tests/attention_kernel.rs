@@ -7,7 +7,7 @@
 //! < 100 differs by < 1e-5).
 
 use mlx_engine::mlx::fast::{self, AttentionMask};
-use mlx_engine::mlx::kernels::{self, AttentionParams, KernelPath};
+use mlx_engine::mlx::kernels::{self, AttentionParams, KernelPath, QkNorm};
 use mlx_engine::mlx::{ops, transforms, Array, Dtype};
 use std::sync::Mutex;
 
@@ -79,6 +79,12 @@ fn reference_step(
 /// Runs steps of `lens` new positions through the fused op and the MLX reference, comparing
 /// outputs and cache contents after each step.
 fn check_steps(p: AttentionParams, cap: usize, lens: &[usize], seed: u64) {
+    check_steps_normed(p, cap, lens, seed, false);
+}
+
+/// `check_steps`, with Gemma's Q/K norm when `qk_norm`: the op gets the raw q, k and the norm
+/// weights, the reference gets q and k normalised per head by MLX's `rms_norm`.
+fn check_steps_normed(p: AttentionParams, cap: usize, lens: &[usize], seed: u64, qk_norm: bool) {
     let (hq, hkv, hd) = (p.n_heads, p.n_kv_heads, p.head_dim);
     let cshape = [1, hkv as i32, cap as i32, hd as i32];
     let mut kc = ops::zeros(&cshape, Dtype::F32).unwrap();
@@ -101,8 +107,27 @@ fn check_steps(p: AttentionParams, cap: usize, lens: &[usize], seed: u64) {
             &[1, l as i32, (hkv * hd) as i32],
         );
 
-        let (out, kc2, vc2) = kernels::cached_attention(&q, &k, &v, &kc, &vc, pos, &p).unwrap();
+        let (qw, kw) = (
+            arr(&common::activations(1, hd, seed + 100), &[hd as i32]),
+            arr(&common::activations(1, hd, seed + 101), &[hd as i32]),
+        );
+        let norm = qk_norm.then_some(QkNorm {
+            q: &qw,
+            k: &kw,
+            eps: 1e-6,
+        });
+        let (out, kc2, vc2) =
+            kernels::cached_attention(&q, &k, &v, &kc, &vc, pos, &p, norm).unwrap();
         (kc, vc) = (kc2, vc2);
+        let normed = |t: &Array, h: usize, w: &Array| {
+            let t4 = ops::reshape(t, &[1, l as i32, h as i32, hd as i32]).unwrap();
+            let n = fast::rms_norm(&t4, w, 1e-6).unwrap();
+            ops::reshape(&n, &[1, l as i32, (h * hd) as i32]).unwrap()
+        };
+        let (q, k) = match norm {
+            Some(_) => (normed(&q, hq, &qw), normed(&k, hkv, &kw)),
+            None => (q, k),
+        };
 
         let heads = |t: &Array| {
             ops::transpose(
@@ -201,6 +226,8 @@ fn a_sliding_window_hides_keys_older_than_the_window() {
         let mut gemma = params(4, 1, 32, false);
         gemma.window = Some(5);
         check_steps(gemma, 40, &[7, 1, 3, 1, 20, 1], 4);
+        // With Gemma's per-head Q/K norm done inside the op.
+        check_steps_normed(gemma, 40, &[7, 1, 3, 1], 6, true);
         // A window wider than everything seen is plain causal attention.
         let mut wide = params(8, 2, 16, true);
         wide.window = Some(64);
@@ -222,7 +249,7 @@ fn a_cache_shared_with_a_slice_is_copied_not_overwritten() {
     let q = arr(&common::activations(1, 2 * 16, 8), &[1, 2, 16]);
     let k = arr(&common::activations(1, 2 * 8, 9), &[1, 2, 8]);
     let v = arr(&common::activations(1, 2 * 8, 10), &[1, 2, 8]);
-    let (out, kc2, _vc2) = kernels::cached_attention(&q, &k, &v, &kc, &vc, 4, &p).unwrap();
+    let (out, kc2, _vc2) = kernels::cached_attention(&q, &k, &v, &kc, &vc, 4, &p, None).unwrap();
     transforms::eval(&[&out, &kc2]).unwrap();
     assert_eq!(
         view.to_vec::<f32>().unwrap(),
@@ -251,10 +278,10 @@ fn bad_shapes_are_errors_and_the_next_op_works() {
         r.err().map(|e| e.to_string()).unwrap_or_default()
     };
     // Past the capacity.
-    let e = err(kernels::cached_attention(&q, &k, &v, &kc, &vc, 3, &p));
+    let e = err(kernels::cached_attention(&q, &k, &v, &kc, &vc, 3, &p, None));
     assert!(e.contains("capacity"), "{e}");
     // Wrong width of k.
-    let e = err(kernels::cached_attention(&q, &q, &v, &kc, &vc, 0, &p));
+    let e = err(kernels::cached_attention(&q, &q, &v, &kc, &vc, 0, &p, None));
     assert!(e.contains("k must be"), "{e}");
     // Heads that do not group.
     let e = err(kernels::cached_attention(
@@ -265,13 +292,34 @@ fn bad_shapes_are_errors_and_the_next_op_works() {
         &vc,
         0,
         &params(3, 2, 8, false),
+        None,
     ));
     assert!(e.contains("multiple"), "{e}");
+    // Norm weights of the wrong length.
+    let short = arr(&[1.0; 4], &[4]);
+    let norm = QkNorm {
+        q: &short,
+        k: &short,
+        eps: 1e-6,
+    };
+    let e = err(kernels::cached_attention(
+        &q,
+        &k,
+        &v,
+        &kc,
+        &vc,
+        0,
+        &p,
+        Some(norm),
+    ));
+    assert!(e.contains("head_dim elements"), "{e}");
     // Float16 inputs.
     let q16 = ops::astype(&q, Dtype::F16).unwrap();
-    let e = err(kernels::cached_attention(&q16, &k, &v, &kc, &vc, 0, &p));
+    let e = err(kernels::cached_attention(
+        &q16, &k, &v, &kc, &vc, 0, &p, None,
+    ));
     assert!(e.contains("float32"), "{e}");
-    let (out, _, _) = kernels::cached_attention(&q, &k, &v, &kc, &vc, 0, &p).unwrap();
+    let (out, _, _) = kernels::cached_attention(&q, &k, &v, &kc, &vc, 0, &p, None).unwrap();
     assert_eq!(out.shape(), vec![1, 2, 32]);
     assert!(out.to_vec::<f32>().unwrap().iter().all(|x| x.is_finite()));
 }

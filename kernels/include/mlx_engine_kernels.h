@@ -171,13 +171,16 @@ int mlxk_gguf_qmatmul_multi_norm(mlx_array* res, const mlx_array x, const mlx_ar
  * head h reads KV head h / (n_heads/n_kv_heads)). RoPE angle of position t, pair j:
  * t * rope_scale * rope_base^(-2j/head_dim); pairs are (2j, 2j+1) when rope_traditional, else
  * (j, j + head_dim/2).
+ * q_norm, k_norm: float32 [head_dim] weights (both, or both with .ctx == NULL for none): every
+ * head of q and k is RMS-normalised (eps norm_eps) and scaled by them before RoPE (Gemma 3).
  *   *out: [..., L, n_heads*head_dim]; *k_cache_out, *v_cache_out: the updated caches (sharing the
  *   input buffers when nothing else references them, else copies).
  * Returns 0 on success, 1 on error (message in mlxk_last_error()). */
 int mlxk_cached_attention(mlx_array* out, mlx_array* k_cache_out, mlx_array* v_cache_out, const mlx_array q,
                           const mlx_array k, const mlx_array v, const mlx_array k_cache, const mlx_array v_cache,
                           int n_heads, int n_kv_heads, int head_dim, int64_t pos, float scale, float rope_base,
-                          float rope_scale, int rope_traditional, int64_t window, const mlx_stream s);
+                          float rope_scale, int rope_traditional, int64_t window, const mlx_array q_norm,
+                          const mlx_array k_norm, float norm_eps, const mlx_stream s);
 #endif
 
 #ifdef __cplusplus

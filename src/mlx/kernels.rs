@@ -41,6 +41,9 @@ extern "C" {
         rope_scale: f32,
         rope_traditional: c_int,
         window: i64,
+        q_norm: mlx_sys::mlx_array,
+        k_norm: mlx_sys::mlx_array,
+        norm_eps: f32,
         s: mlx_sys::mlx_stream,
     ) -> c_int;
     fn mlxk_qmatmul_f32(
@@ -308,12 +311,26 @@ pub struct AttentionParams {
     pub window: Option<usize>,
 }
 
+/// Gemma's Q/K norm, done inside [`cached_attention`]: every head of q and k RMS-normalised
+/// over its `head_dim` features and scaled by `q` / `k` (float32 [head_dim]) before RoPE.
+#[derive(Clone, Copy, Debug)]
+pub struct QkNorm<'a> {
+    /// Weights of the query heads' norm.
+    pub q: &'a Array,
+    /// Weights of the key heads' norm.
+    pub k: &'a Array,
+    /// RMSNorm epsilon.
+    pub eps: f32,
+}
+
 /// Attention of one sequence over its KV cache, fused with RoPE and the cache write (our
 /// `CachedAttention` primitive; CPU streams). q [.., L, Hq·hd], k and v [.., L, Hkv·hd] are the
-/// new rows at positions `pos..pos+L`; `k_cache`, `v_cache` [1, Hkv, capacity, hd]. Returns the
+/// new rows at positions `pos..pos+L` (RMS-normalised per head first with `norm`); `k_cache`,
+/// `v_cache` [1, Hkv, capacity, hd]. Returns the
 /// attention output [.., L, Hq·hd] and the updated caches. The caches are updated in place when
 /// the caller holds no other reference to them: pass the only handles and keep the returned
 /// ones, as [`crate::kv_cache::KvCache`] does.
+#[allow(clippy::too_many_arguments)] // the primitive's inputs, one by one
 pub fn cached_attention(
     q: &Array,
     k: &Array,
@@ -322,8 +339,13 @@ pub fn cached_attention(
     v_cache: &Array,
     pos: usize,
     p: &AttentionParams,
+    norm: Option<QkNorm>,
 ) -> Result<(Array, Array, Array)> {
     let s = current_stream();
+    let (q_norm, k_norm, eps) = match norm {
+        Some(n) => (n.q.raw(), n.k.raw(), n.eps),
+        None => (null_array(), null_array(), 0.0),
+    };
     // SAFETY: valid handles and stream; the C entry validates shapes and dtypes and reports
     // failures through its status, with the message in `mlxk_last_error`.
     let out = try_arrays::<3>(|res| {
@@ -347,6 +369,9 @@ pub fn cached_attention(
                 p.rope_scale,
                 p.rope_traditional as c_int,
                 p.window.unwrap_or(0) as i64,
+                q_norm,
+                k_norm,
+                eps,
                 s,
             )
         }

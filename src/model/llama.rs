@@ -4,7 +4,7 @@
 use crate::error::{Error, Result};
 use crate::kv_cache::KvCache;
 use crate::mlx::fast::{self, AttentionMask};
-use crate::mlx::kernels::{self, AttentionParams, Gate, RmsNormRef};
+use crate::mlx::kernels::{self, AttentionParams, Gate, QkNorm, RmsNormRef};
 use crate::mlx::{ops, Array};
 use crate::model::config::ModelConfig;
 use crate::model::linear::{self, Linear};
@@ -169,13 +169,18 @@ impl Llama {
         let [mut q, mut k, v] = <[Array; 3]>::try_from(qkv)
             .map_err(|_| Error::InvalidArgument("expected three projections".into()))?;
         // q [B, L, Hq·hd], k and v [B, L, Hkv·hd]
-        if let Some(g) = &block.gemma {
-            q = self.head_norm(&q, &g.q_norm, self.config.n_heads)?; // [B, L, Hq·hd]
-            k = self.head_norm(&k, &g.k_norm, self.config.n_kv_heads)?; // [B, L, Hkv·hd]
-        }
+        let qk_norm = block.gemma.as_ref().map(|g| QkNorm {
+            q: &g.q_norm,
+            k: &g.k_norm,
+            eps: self.config.rms_eps,
+        });
         let kqv = if self.execution == Execution::CpuKernel {
-            self.attend_fused(layer, &q, &k, &v, caches)?
+            self.attend_fused(layer, &q, &k, &v, qk_norm, caches)?
         } else {
+            if let Some(n) = qk_norm {
+                q = self.head_norm(&q, n.q, self.config.n_heads)?; // [B, L, Hq·hd]
+                k = self.head_norm(&k, n.k, self.config.n_kv_heads)?; // [B, L, Hkv·hd]
+            }
             self.attend_mlx(layer, &q, &k, &v, caches)?
         }; // [B, L, Hq·hd]
         match &block.gemma {
@@ -196,14 +201,15 @@ impl Llama {
         ops::reshape(&y, &[b, l, heads as i32 * hd]) // [B, L, H·hd]
     }
 
-    /// Attention on CPU through our fused primitive (RoPE, cache write and attention in one
-    /// op per sequence): q [B, L, Hq·hd], k, v [B, L, Hkv·hd] → [B, L, Hq·hd].
+    /// Attention on CPU through our fused primitive (Q/K norm, RoPE, cache write and attention
+    /// in one op per sequence): q [B, L, Hq·hd], k, v [B, L, Hkv·hd] → [B, L, Hq·hd].
     fn attend_fused(
         &self,
         layer: usize,
         q: &Array,
         k: &Array,
         v: &Array,
+        norm: Option<QkNorm>,
         caches: &mut [&mut KvCache],
     ) -> Result<Array> {
         let c = &self.config;
@@ -236,7 +242,7 @@ impl Llama {
                 (one(q, s)?, one(k, s)?, one(v, s)?)
             };
             outputs.push(cache.update_with(layer, l, |kc, vc, pos| {
-                kernels::cached_attention(&qs, &ks, &vs, kc, vc, pos, &params)
+                kernels::cached_attention(&qs, &ks, &vs, kc, vc, pos, &params, norm)
             })?); // [1, L, Hq·hd]
         }
         match outputs.len() {

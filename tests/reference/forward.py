@@ -11,7 +11,11 @@ Supported architectures (``general.architecture``): ``llama``, ``qwen2`` and
 ``gemma3`` (RMS-normalised Q/K, norms after attention and MLP, GELU-tanh MLP,
 embedding scaled by sqrt(hidden), sliding-window attention with RoPE base
 10,000 in every layer but each sixth; GGUF norm weights already include
-Gemma's +1).
+Gemma's +1).  Gemma 3 follows llama.cpp's reading of the metadata: optional
+``gemma3.attention.sliding_window_pattern`` (a period, or one bool per
+layer), ``gemma3.rope.freq_base_swa`` (default 10,000), linear
+``gemma3.rope.scaling.factor`` (global layers only) and
+``gemma3.final_logit_softcapping``.
 
 Shape convention (checked at load time): GGUF records tensor dimensions
 fastest-varying first, so a linear layer ``y = W x`` with ``in`` inputs and
@@ -44,7 +48,8 @@ from gguf.quants import dequantize
 ROPE_STYLE = {"llama": "adjacent", "qwen2": "neox", "gemma3": "neox"}
 
 # Gemma 3: layer i attends over a sliding window unless (i + 1) % pattern == 0;
-# windowed layers rotate with their own RoPE base (llama.cpp fixes both).
+# windowed layers rotate with their own RoPE base (llama.cpp's defaults when
+# the file has no `sliding_window_pattern` / `rope.freq_base_swa` keys).
 GEMMA3_SLIDING_PATTERN = 6
 GEMMA3_LOCAL_ROPE_BASE = 10000.0
 
@@ -70,17 +75,22 @@ class HParams:
     ctx: int
     vocab: int
     sliding_window: int = 0  # 0: none
-    sliding_pattern: int = GEMMA3_SLIDING_PATTERN
+    swa_layers: tuple[bool, ...] = ()  # gemma3: whether layer i is windowed
+    rope_base_swa: float = GEMMA3_LOCAL_ROPE_BASE  # gemma3: RoPE base of windowed layers
+    rope_pos_scale: float = 1.0  # gemma3: position multiplier of global layers (1 / linear factor)
+    logit_softcap: float = 0.0  # gemma3: logits = cap * tanh(logits / cap) when > 0
 
     def window_of(self, layer: int) -> int:
         """Keys a query of `layer` sees (itself included), 0 for all."""
-        if self.sliding_window and (layer + 1) % self.sliding_pattern != 0:
+        if self.sliding_window and self.swa_layers[layer]:
             return self.sliding_window
         return 0
 
-    def rope_base_of(self, layer: int) -> float:
-        """RoPE base of `layer`: Gemma 3's windowed layers use their own."""
-        return GEMMA3_LOCAL_ROPE_BASE if self.window_of(layer) else self.rope_base
+    def rope_of(self, layer: int) -> tuple[float, float]:
+        """(RoPE base, position scale) of `layer`: Gemma 3's windowed layers use their own."""
+        if self.window_of(layer):
+            return self.rope_base_swa, 1.0
+        return self.rope_base, self.rope_pos_scale
 
 
 def field_value(reader: GGUFReader, key: str, default=_MISSING):
@@ -93,8 +103,33 @@ def field_value(reader: GGUFReader, key: str, default=_MISSING):
     return field.contents()
 
 
+def gemma3_swa_layers(pattern, n_layers: int) -> tuple[bool, ...]:
+    """Per-layer sliding flags from `sliding_window_pattern` (llama.cpp's rule).
+
+    A list is taken as one flag per layer; an integer period p makes layer i
+    windowed when i % p < p - 1 (every layer when p == 0).
+    """
+    if isinstance(pattern, list):
+        if len(pattern) != n_layers:
+            raise SystemExit(f"sliding_window_pattern has {len(pattern)} entries for {n_layers} layers")
+        return tuple(bool(flag) for flag in pattern)
+    period = int(pattern)
+    return tuple(period == 0 or i % period < period - 1 for i in range(n_layers))
+
+
+def gemma3_rope_pos_scale(key) -> float:
+    """Position multiplier of Gemma 3's global layers from the rope.scaling.* keys."""
+    kind = key("rope.scaling.type", "linear")
+    factor = float(key("rope.scaling.factor", key("rope.scale_linear", 0.0)))
+    if kind == "none" or factor in (0.0, 1.0):
+        return 1.0
+    if kind != "linear":
+        raise SystemExit(f"gemma3: rope scaling type {kind!r} is not supported (only linear)")
+    return 1.0 / factor
+
+
 def read_hparams(reader: GGUFReader) -> HParams:
-    """Collect the hyperparameters of a llama/qwen2 model from its metadata."""
+    """Collect the hyperparameters of a llama/qwen2/gemma3 model from its metadata."""
     arch = field_value(reader, "general.architecture")
     if arch not in ROPE_STYLE:
         raise SystemExit(f"unsupported architecture {arch!r} (expected one of {sorted(ROPE_STYLE)})")
@@ -105,10 +140,23 @@ def read_hparams(reader: GGUFReader) -> HParams:
     hidden = int(key("embedding_length"))
     n_heads = int(key("attention.head_count"))
     head_dim = int(key("attention.key_length", hidden // n_heads))
+    n_layers = int(key("block_count"))
+    gemma = {}
+    if arch == "gemma3":
+        if int(key("attention.value_length", head_dim)) != head_dim:
+            raise SystemExit("gemma3: attention.value_length != attention.key_length is not supported")
+        gemma = dict(
+            sliding_window=int(key("attention.sliding_window", 0)),
+            swa_layers=gemma3_swa_layers(key("attention.sliding_window_pattern", GEMMA3_SLIDING_PATTERN),
+                                         n_layers),
+            rope_base_swa=float(key("rope.freq_base_swa", GEMMA3_LOCAL_ROPE_BASE)),
+            rope_pos_scale=gemma3_rope_pos_scale(key),
+            logit_softcap=float(key("final_logit_softcapping", 0.0)),
+        )
     embd = tensor_by_name(reader, "token_embd.weight")
     return HParams(
         arch=arch,
-        n_layers=int(key("block_count")),
+        n_layers=n_layers,
         hidden=hidden,
         ffn=int(key("feed_forward_length")),
         n_heads=n_heads,
@@ -118,8 +166,7 @@ def read_hparams(reader: GGUFReader) -> HParams:
         eps=float(key("attention.layer_norm_rms_epsilon")),
         ctx=int(key("context_length")),
         vocab=int(embd.shape[1]),  # ne = [hidden, vocab]
-        sliding_window=int(key("attention.sliding_window", 0)) if arch == "gemma3" else 0,
-        sliding_pattern=int(key("attention.sliding_window_pattern", GEMMA3_SLIDING_PATTERN)),
+        **gemma,
     )
 
 
@@ -204,14 +251,19 @@ def rms_norm(x: np.ndarray, weight: np.ndarray, eps: float) -> np.ndarray:
     return x / np.sqrt(mean_sq + np.float32(eps)) * weight
 
 
-def rope_tables(n_pos: int, head_dim: int, base: float) -> tuple[np.ndarray, np.ndarray]:
+def rope_tables(n_pos: int, head_dim: int, base: float,
+                pos_scale: float = 1.0) -> tuple[np.ndarray, np.ndarray]:
     """cos/sin tables [n_pos, head_dim/2] for positions 0..n_pos-1, inv_freq_i = base^(-2i/head_dim).
 
     Angles are computed in float64 and rounded to float32 once, so the
     reference does not inherit float32 error in position * inv_freq.
+    `pos_scale` != 1 multiplies the positions (linear RoPE scaling).
     """
     inv_freq = base ** (-np.arange(0, head_dim, 2, dtype=np.float64) / head_dim)
-    angles = np.arange(n_pos, dtype=np.float64)[:, None] * inv_freq[None, :]
+    positions = np.arange(n_pos, dtype=np.float64)
+    if pos_scale != 1.0:
+        positions = positions * pos_scale
+    angles = positions[:, None] * inv_freq[None, :]
     return np.cos(angles).astype(np.float32), np.sin(angles).astype(np.float32)
 
 
@@ -315,11 +367,11 @@ def forward_gemma3(hp: HParams, tokens: list[int], weights: Weights, last_only: 
     ids = np.asarray(tokens, dtype=np.int64)
     x = weights.rows("token_embd.weight", ids, hp.hidden) * np.float32(np.sqrt(hp.hidden))  # [n, hidden]
     q_dim, kv_dim, hd = hp.n_heads * hp.head_dim, hp.n_kv_heads * hp.head_dim, hp.head_dim
-    tables = {base: rope_tables(n, hd, base) for base in {hp.rope_base_of(i) for i in range(hp.n_layers)}}
+    tables = {rope: rope_tables(n, hd, *rope) for rope in {hp.rope_of(i) for i in range(hp.n_layers)}}
 
     for layer in range(hp.n_layers):
         p = f"blk.{layer}"
-        cos, sin = tables[hp.rope_base_of(layer)]
+        cos, sin = tables[hp.rope_of(layer)]
         h = rms_norm(x, weights.get(f"{p}.attn_norm.weight", (hp.hidden,)), hp.eps)
         q = linear(weights, f"{p}.attn_q", h, q_dim, hp.hidden).reshape(n, hp.n_heads, hd)
         k = linear(weights, f"{p}.attn_k", h, kv_dim, hp.hidden).reshape(n, hp.n_kv_heads, hd)
@@ -342,7 +394,11 @@ def forward_gemma3(hp: HParams, tokens: list[int], weights: Weights, last_only: 
         x = x[-1:]
     x = rms_norm(x, weights.get("output_norm.weight", (hp.hidden,)), hp.eps)
     out_name = "output.weight" if weights.has("output.weight") else "token_embd.weight"
-    return weights.project_chunked(x, out_name, hp.vocab, hp.hidden)
+    logits = weights.project_chunked(x, out_name, hp.vocab, hp.hidden)  # [rows, vocab]
+    if hp.logit_softcap > 0:
+        cap = np.float32(hp.logit_softcap)
+        logits = cap * np.tanh(logits / cap)
+    return logits
 
 
 def gpt2_byte_decoder() -> dict[str, int]:
@@ -392,7 +448,7 @@ def parse_tokens(text: str) -> list[int]:
 def main(argv: list[str] | None = None) -> int:
     """Command-line entry point."""
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("model", help="path to a .gguf file (arch llama or qwen2)")
+    ap.add_argument("model", help="path to a .gguf file (arch llama, qwen2 or gemma3)")
     ap.add_argument("--tokens", required=True, type=parse_tokens, help="comma-separated token ids")
     ap.add_argument("--out", help="write logits here as raw little-endian float32 [rows, vocab]")
     ap.add_argument("--last-only", action="store_true", help="write only the last position's logits")
