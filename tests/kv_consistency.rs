@@ -29,21 +29,7 @@ fn prefill_then_decode_equals_longer_prefill_with_a_sliding_window() {
     if common::skip_requested() {
         return;
     }
-    let model = common::synthetic(
-        "gemma3-mix-window4",
-        &[
-            "--arch",
-            "gemma3",
-            "--quant",
-            "mix",
-            "--layers",
-            "6",
-            "--sliding-window",
-            "4",
-            "--seed",
-            "4",
-        ],
-    );
+    let model = common::synthetic_gemma3(); // a window of 4 keys in layers 0-4
     for (execution, tol) in [(Execution::CpuDense, 1e-3), (Execution::CpuKernel, 0.75)] {
         check_cache_paths(&model, execution, tol);
     }

@@ -246,23 +246,47 @@ fn synthetic_gemma3_with_a_sliding_window_matches_the_reference() {
     if common::skip_requested() {
         return;
     }
-    // Window 4 in layers 0-4, global layer 5: 12 tokens outgrow the window.
-    let model = common::synthetic(
-        "gemma3-mix-window4",
-        &[
-            "--arch",
-            "gemma3",
-            "--quant",
-            "mix",
-            "--layers",
-            "6",
-            "--sliding-window",
-            "4",
-            "--seed",
-            "4",
-        ],
+    let model = common::synthetic_gemma3(); // a window of 4 keys in layers 0-4
+    check_model(&model, &SYNTHETIC_TOKENS);
+}
+
+#[test]
+fn gemma3_sliding_pattern_and_local_rope_base_keys_are_honoured() {
+    if common::skip_requested() {
+        return;
+    }
+    // Layers 2 and 5 global (default: only 5); windowed layers rotate with base 1000, not 10000.
+    let model = common::synthetic_gemma3_variant(
+        "gemma3-mix-pattern3-swa1000",
+        &["--sliding-pattern", "3", "--rope-base-swa", "1000"],
     );
     check_model(&model, &SYNTHETIC_TOKENS);
+}
+
+#[test]
+fn gemma3_with_soft_capping_or_rope_scaling_is_refused() {
+    if common::skip_requested() {
+        return;
+    }
+    let cases = [
+        (
+            "gemma3-softcap30",
+            ["--logit-softcap", "30"],
+            "final_logit_softcapping",
+        ),
+        ("gemma3-ropescale8", ["--rope-scale", "8"], "RoPE scaling"),
+    ];
+    for (name, extra, problem) in cases {
+        let model = common::synthetic_gemma3_variant(name, &extra);
+        let err = match Engine::load(&model, &LoadOptions::default()) {
+            Ok(_) => panic!("{name}: a model with {problem} was loaded"),
+            Err(e) => e.to_string(),
+        };
+        assert!(
+            err.contains(problem) && err.contains(name),
+            "{name}: the error should name the file and {problem}: {err}"
+        );
+    }
 }
 
 #[test]

@@ -50,7 +50,8 @@ impl Arch {
     }
 }
 
-/// Gemma 3's sliding-window RoPE base (llama.cpp fixes it; GGUF files do not carry it).
+/// Gemma 3's sliding-window RoPE base where the file has no `rope.freq_base_swa` (llama.cpp's
+/// default).
 const GEMMA3_LOCAL_ROPE_BASE: f32 = 10_000.0;
 /// Gemma 3: every sixth layer attends globally, the others over a sliding window.
 const GEMMA3_SLIDING_PATTERN: usize = 6;
@@ -100,6 +101,31 @@ pub struct ModelConfig {
     pub sliding_window: Option<SlidingWindow>,
 }
 
+/// Refuses Gemma 3 metadata this engine does not implement (linear RoPE scaling of the global
+/// layers, final-logit soft-capping) rather than running such a model wrongly.
+fn reject_gemma3_extras(file: &GgufFile, key: &dyn Fn(&str) -> String) -> Result<()> {
+    let scaled = match file.get(&key("rope.scaling.type")) {
+        Some(kind) => kind.as_str() != Some("none"),
+        None => false,
+    } || ["rope.scaling.factor", "rope.scale_linear"]
+        .iter()
+        .any(|k| file.get(&key(k)).is_some_and(|v| v.as_f64() != Some(1.0)));
+    let unsupported = if scaled {
+        Some("RoPE scaling (rope.scaling.*)")
+    } else if file.get(&key("final_logit_softcapping")).is_some() {
+        Some("final_logit_softcapping")
+    } else {
+        None
+    };
+    match unsupported {
+        Some(what) => Err(Error::Unsupported(format!(
+            "{}: gemma3 with {what} is not implemented",
+            file.path().display()
+        ))),
+        None => Ok(()),
+    }
+}
+
 impl ModelConfig {
     /// Reads `{arch}.*` metadata; `vocab_size` from the embedding tensor.
     pub fn from_gguf(file: &GgufFile) -> Result<ModelConfig> {
@@ -145,15 +171,20 @@ impl ModelConfig {
             tied_embeddings: file.tensor("output.weight").is_none(),
             sliding_window: match (arch, file.get(&key("attention.sliding_window"))) {
                 (Arch::Gemma3, Some(_)) => {
+                    reject_gemma3_extras(file, &key)?;
                     let window = file.get_u64(&key("attention.sliding_window"))? as usize;
                     let pattern = match file.get(&key("attention.sliding_window_pattern")) {
                         Some(_) => file.get_u64(&key("attention.sliding_window_pattern"))? as usize,
                         None => GEMMA3_SLIDING_PATTERN,
                     };
+                    let rope_base = match file.get(&key("rope.freq_base_swa")) {
+                        Some(_) => file.get_f64(&key("rope.freq_base_swa"))? as f32,
+                        None => GEMMA3_LOCAL_ROPE_BASE,
+                    };
                     Some(SlidingWindow {
                         window,
                         pattern,
-                        rope_base: GEMMA3_LOCAL_ROPE_BASE,
+                        rope_base,
                     })
                 }
                 _ => None,

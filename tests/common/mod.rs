@@ -24,32 +24,45 @@ pub fn qwen_model() -> PathBuf {
     // Tests of one binary run on parallel threads: fetch once.
     static MODEL: OnceLock<PathBuf> = OnceLock::new();
     MODEL
-        .get_or_init(|| {
-            let opts = mlx_engine::fetch::FetchOptions::default();
-            match mlx_engine::fetch::resolve("qwen2.5-coder-0.5b", &opts) {
-                Ok(resolved) => resolved.path,
-                Err(e) => {
-                    panic!("the Qwen test model is unavailable ({e}); set {SKIP_VAR}=1 to skip")
-                }
-            }
-        })
+        .get_or_init(|| registry_model("qwen2.5-coder-0.5b"))
         .clone()
 }
 
-/// The Gemma 3 270M GGUF, fetched once like the Qwen model.
+/// The real Gemma 3 270M Q4_K_M model, fetched like [`qwen_model`].
 pub fn gemma_model() -> PathBuf {
     static MODEL: OnceLock<PathBuf> = OnceLock::new();
-    MODEL
-        .get_or_init(|| {
-            let opts = mlx_engine::fetch::FetchOptions::default();
-            match mlx_engine::fetch::resolve("gemma3-270m", &opts) {
-                Ok(resolved) => resolved.path,
-                Err(e) => {
-                    panic!("the Gemma test model is unavailable ({e}); set {SKIP_VAR}=1 to skip")
-                }
-            }
-        })
-        .clone()
+    MODEL.get_or_init(|| registry_model("gemma3-270m")).clone()
+}
+
+fn registry_model(name: &str) -> PathBuf {
+    let opts = mlx_engine::fetch::FetchOptions::default();
+    match mlx_engine::fetch::resolve(name, &opts) {
+        Ok(resolved) => resolved.path,
+        Err(e) => panic!("the test model {name} is unavailable ({e}); set {SKIP_VAR}=1 to skip"),
+    }
+}
+
+/// A synthetic Gemma 3 (6 layers: a sliding window of 4 keys in layers 0-4, layer 5 global).
+pub fn synthetic_gemma3() -> PathBuf {
+    synthetic_gemma3_variant("gemma3-mix-window4", &[])
+}
+
+/// [`synthetic_gemma3`] with `extra` arguments to make_synthetic.py, cached as `name`.
+pub fn synthetic_gemma3_variant(name: &str, extra: &[&str]) -> PathBuf {
+    let mut args = vec![
+        "--arch",
+        "gemma3",
+        "--quant",
+        "mix",
+        "--layers",
+        "6",
+        "--sliding-window",
+        "4",
+        "--seed",
+        "4",
+    ];
+    args.extend_from_slice(extra);
+    synthetic(name, &args)
 }
 
 /// The Python interpreter with numpy and gguf (installed from tests/reference/requirements.txt

@@ -102,6 +102,11 @@ class Config:
     tied: bool
     head_dim_override: int = 0  # gemma3: key_length independent of hidden / heads
     sliding_window: int = 0  # gemma3
+    # gemma3, optional keys (written only when set; llama.cpp's defaults otherwise):
+    sliding_pattern: int | None = None  # attention.sliding_window_pattern (default 6)
+    rope_base_swa: float | None = None  # rope.freq_base_swa (default 10000)
+    rope_scale: float | None = None  # rope.scaling.type linear + rope.scaling.factor
+    logit_softcap: float | None = None  # final_logit_softcapping
 
     @property
     def head_dim(self) -> int:
@@ -441,6 +446,15 @@ def add_hparams(writer: GGUFWriter, cfg: Config, quant: str) -> None:
         writer.add_uint32(f"{a}.attention.key_length", cfg.head_dim)
         writer.add_uint32(f"{a}.attention.value_length", cfg.head_dim)
         writer.add_uint32(f"{a}.attention.sliding_window", cfg.sliding_window)
+        if cfg.sliding_pattern is not None:
+            writer.add_uint32(f"{a}.attention.sliding_window_pattern", cfg.sliding_pattern)
+        if cfg.rope_base_swa is not None:
+            writer.add_float32(f"{a}.rope.freq_base_swa", cfg.rope_base_swa)
+        if cfg.rope_scale is not None:
+            writer.add_string(f"{a}.rope.scaling.type", "linear")
+            writer.add_float32(f"{a}.rope.scaling.factor", cfg.rope_scale)
+        if cfg.logit_softcap is not None:
+            writer.add_float32(f"{a}.final_logit_softcapping", cfg.logit_softcap)
 
 
 def validate(cfg: Config) -> None:
@@ -509,6 +523,14 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--tied", action="store_true", help="omit output.weight (tied to token_embd)")
     ap.add_argument("--head-dim", type=int, default=0, help="gemma3: per-head dim (default hidden / heads)")
     ap.add_argument("--sliding-window", type=int, default=4, help="gemma3: attention.sliding_window")
+    ap.add_argument("--sliding-pattern", type=int, default=None,
+                    help="gemma3: write attention.sliding_window_pattern (readers default to 6)")
+    ap.add_argument("--rope-base-swa", type=float, default=None,
+                    help="gemma3: write rope.freq_base_swa (readers default to 10000)")
+    ap.add_argument("--rope-scale", type=float, default=None,
+                    help="gemma3: write linear rope.scaling.factor (global layers divide positions by it)")
+    ap.add_argument("--logit-softcap", type=float, default=None,
+                    help="gemma3: write final_logit_softcapping")
     ap.add_argument("--chat-template", choices=["zephyr", "chatml"], default=None,
                     help="default: zephyr for llama, chatml for qwen2")
     ap.add_argument("--tinyllama-shape", action="store_true",
@@ -525,7 +547,12 @@ def main(argv: list[str] | None = None) -> int:
         shape.update(TINYLLAMA_SHAPE)
     gemma = args.arch == "gemma3"
     if gemma:
-        shape.update(head_dim_override=args.head_dim, sliding_window=args.sliding_window)
+        shape.update(head_dim_override=args.head_dim, sliding_window=args.sliding_window,
+                     sliding_pattern=args.sliding_pattern, rope_base_swa=args.rope_base_swa,
+                     rope_scale=args.rope_scale, logit_softcap=args.logit_softcap)
+    elif any(v is not None for v in (args.sliding_pattern, args.rope_base_swa, args.rope_scale,
+                                     args.logit_softcap)):
+        raise SystemExit("--sliding-pattern, --rope-base-swa, --rope-scale, --logit-softcap are gemma3 options")
     cfg = Config(arch=args.arch, tied=args.tied or gemma, **shape)
     template = args.chat_template or {"llama": "zephyr", "qwen2": "chatml"}.get(args.arch)
     write_model(args.out, cfg, args.quant, args.seed, template)
