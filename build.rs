@@ -9,6 +9,7 @@ use std::path::PathBuf;
 const KERNEL_SOURCES: &[&str] = &[
     "kernels/quant_scalar.cpp",
     "kernels/quant_avx2.cpp",
+    "kernels/quant_vnni.cpp",
     "kernels/repack.cpp",
     "kernels/threadpool.cpp",
     "kernels/qmatmul.cpp",

@@ -131,7 +131,7 @@ struct Ops {
 
 Ops ops_for_path() {
 #if MLXK_X86
-  if (mlxk_kernel_path() == MLXK_PATH_AVX2) return {dot_avx2, axpy_avx2, softmax_numer_avx2};
+  if (mlxk_kernel_path() != MLXK_PATH_SCALAR) return {dot_avx2, axpy_avx2, softmax_numer_avx2};
 #endif
   return {dot_scalar, axpy_scalar, softmax_numer_scalar};
 }

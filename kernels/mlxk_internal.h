@@ -147,6 +147,13 @@ void swiglu(float* g, const float* u, int64_t len);
 void geglu(float* g, const float* u, int64_t len);
 }  // namespace avx2
 
+// ---- the AVX2 path with AVX-512 VNNI dot products (quant_vnni.cpp): same results ----
+namespace vnni {
+// avx2 + fma + f16c + avx512f/bw/vl/vnni.
+bool cpu_supported();
+void compute_rows(const Problem& p, int64_t n0, int64_t n1);
+}  // namespace vnni
+
 // ---- multi-weight entry (qmatmul.cpp) ----
 // One weight of a fused call: `n` rows of GGUF blocks of `type` at `w`, optional f32 bias [n].
 struct MultiWeight {

@@ -27,9 +27,14 @@ std::atomic<int> g_forced{-2};  // -2: not initialized yet, -1: auto
 
 int default_path() {
   const char* v = std::getenv("MLX_ENGINE_KERNEL");
-  if (v && std::string(v) == "scalar") return MLXK_PATH_SCALAR;
-  return avx2::cpu_supported() ? MLXK_PATH_AVX2 : MLXK_PATH_SCALAR;
+  const std::string want = v ? v : "";
+  if (want == "scalar" || !avx2::cpu_supported()) return MLXK_PATH_SCALAR;
+  if (want == "avx2" || !vnni::cpu_supported()) return MLXK_PATH_AVX2;
+  return MLXK_PATH_AVX512_VNNI;
 }
+
+// Both SIMD paths share the activation formats, tiles and epilogues; only compute_rows differs.
+bool is_simd(int path) { return path == MLXK_PATH_AVX2 || path == MLXK_PATH_AVX512_VNNI; }
 
 int current_path() {
   int f = g_forced.load(std::memory_order_relaxed);
@@ -59,6 +64,15 @@ struct Scratch {
   }
 };
 
+void compute(int path, const Problem& p, int64_t n0, int64_t n1) {
+  if (path == MLXK_PATH_AVX512_VNNI)
+    vnni::compute_rows(p, n0, n1);
+  else if (path == MLXK_PATH_AVX2)
+    avx2::compute_rows(p, n0, n1);
+  else
+    scalar::compute_rows(p, n0, n1);
+}
+
 struct RowJob {
   const Problem* p;
   int path;
@@ -77,10 +91,7 @@ void row_job_fn(void* ctx) {
     const int64_t n0 = c * j->chunk;
     const int64_t n1 = n0 + j->chunk < p.n ? n0 + j->chunk : p.n;
     try {
-      if (j->path == MLXK_PATH_AVX2)
-        avx2::compute_rows(p, n0, n1);
-      else
-        scalar::compute_rows(p, n0, n1);
+      compute(j->path, p, n0, n1);
     } catch (...) {  // never let an exception escape a pool thread
       j->failed.store(true);
     }
@@ -126,12 +137,6 @@ int64_t chunk_rows(int64_t total_bytes, int64_t bytes_per_row, int64_t m, int nt
   return chunk;
 }
 
-void compute(int path, const Problem& p, int64_t n0, int64_t n1) {
-  if (path == MLXK_PATH_AVX2)
-    avx2::compute_rows(p, n0, n1);
-  else
-    scalar::compute_rows(p, n0, n1);
-}
 
 // The activations a weight type reads on the AVX2 path: 0 f32 (float weights), 1 int8 in
 // blocks of 32 (quant_q8_32: Q4_0..Q8_0), 2 int8 in blocks of 256 (quant_q8_256: K-quants).
@@ -215,7 +220,7 @@ void multi_chunk(const MultiJob& j, const MultiPart& pt, int64_t r0, int64_t r1)
     up.y = u;
     up.ldy = w;
     compute(j.path, up, 0, w);
-    const bool avx = j.path == MLXK_PATH_AVX2, silu = j.epilogue == MLXK_EPILOGUE_SWIGLU;
+    const bool avx = is_simd(j.path), silu = j.epilogue == MLXK_EPILOGUE_SWIGLU;
     auto gate = silu ? (avx ? avx2::swiglu : scalar::swiglu) : (avx ? avx2::geglu : scalar::geglu);
     for (int64_t m = 0; m < p.m; ++m) gate(p.y + m * p.ldy + r0, u + m * w, w);
   } else if (pt.bias) {
@@ -302,7 +307,7 @@ int qmatmul_checked(const void* w, int type, int64_t n, int64_t k, const float* 
   p.ldy = ldy;
 
   int64_t tile = 1;
-  if (path == MLXK_PATH_AVX2) {
+  if (is_simd(path)) {
     const size_t arb = avx2::act_row_bytes(type, k);
     if (arb) {
       thread_local Scratch scratch;
@@ -429,7 +434,7 @@ int qmatmul_multi_checked(const float* x, int64_t m, int64_t ldx, int64_t k, con
   }
 
   // Quantize the activations once per format the weights need (AVX2 path).
-  if (path == MLXK_PATH_AVX2) {
+  if (is_simd(path)) {
     thread_local Scratch scratch[2];
     ActFormat fmts[2];
     int nfmts = 0;
@@ -481,11 +486,11 @@ int qmatmul_multi_checked(const float* x, int64_t m, int64_t ldx, int64_t k, con
     pt.p = probs[i];
     pt.bias = ws[i].bias;
     int64_t bpr = (int64_t)probs[i].row_bytes;
-    int64_t tile = path == MLXK_PATH_AVX2 ? avx2::row_tile(ws[i].type, m) : 1;
+    int64_t tile = is_simd(path) ? avx2::row_tile(ws[i].type, m) : 1;
     if (swiglu) {
       pt.up = probs[1];
       bpr += (int64_t)probs[1].row_bytes;
-      if (path == MLXK_PATH_AVX2) tile = std::lcm(tile, (int64_t)avx2::row_tile(ws[1].type, m));
+      if (is_simd(path)) tile = std::lcm(tile, (int64_t)avx2::row_tile(ws[1].type, m));
     }
     pt.chunk = chunk_rows(total_bytes, bpr, m, nthreads, tile);
     pt.c0 = c0;
@@ -620,8 +625,9 @@ const char* mlxk_last_error(void) { return g_last_error.c_str(); }
 int mlxk_kernel_path(void) { return current_path(); }
 
 void mlxk_force_path(int path) {
+  if (path == MLXK_PATH_AVX512_VNNI && !vnni::cpu_supported()) path = MLXK_PATH_AVX2;
   if (path == MLXK_PATH_AVX2 && !avx2::cpu_supported()) path = MLXK_PATH_SCALAR;
-  if (path != MLXK_PATH_SCALAR && path != MLXK_PATH_AVX2) path = -1;
+  if (path != MLXK_PATH_SCALAR && !is_simd(path)) path = -1;
   g_forced.store(path);
 }
 

@@ -10,27 +10,45 @@
 //
 // Every function that uses AVX2 intrinsics carries the target attribute, so this file is
 // compiled without -mavx2 and the code is only entered after a runtime CPU check.
+//
+// quant_vnni.cpp compiles this file a second time, as namespace `vnni`, for CPUs with AVX-512
+// VNNI (+VL): there each maddubs + madd-by-ones pair becomes one vpdpbusd. Neither saturates
+// here (|w| <= 128 and |x| <= 127, so a pair sum stays below 2^15), so the two namespaces give
+// bit-identical results; the K-quant sub-block-scale madds are the same in both.
 #include <cstdlib>
 #include <new>
 
 #include "mlxk_internal.h"
+
+#if MLXK_VNNI
+#define MLXK_SIMD_NS vnni
+#define MLXK_SIMD_TARGET "avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512vnni"
+#else
+#define MLXK_SIMD_NS avx2
+#define MLXK_SIMD_TARGET "avx2,fma,f16c"
+#endif
 
 #if MLXK_X86
 #include <immintrin.h>
 
 #include "simd_exp.h"
 
-#define AVX2_FN __attribute__((target("avx2,fma,f16c")))
-#define AVX2_INL static inline __attribute__((always_inline, target("avx2,fma,f16c")))
+#define AVX2_FN __attribute__((target(MLXK_SIMD_TARGET)))
+#define AVX2_INL static inline __attribute__((always_inline, target(MLXK_SIMD_TARGET)))
 
 namespace mlxe {
-namespace avx2 {
+namespace MLXK_SIMD_NS {
 
 bool cpu_supported() {
   static const bool ok = [] {
     __builtin_cpu_init();
-    return __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma") &&
-           __builtin_cpu_supports("f16c");
+    bool has = __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma") &&
+               __builtin_cpu_supports("f16c");
+#if MLXK_VNNI
+    has = has && __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") &&
+          __builtin_cpu_supports("avx512vl") && __builtin_cpu_supports("avx512vnni");
+#endif
+    return has;
   }();
   return ok;
 }
@@ -47,6 +65,15 @@ bool is_kquant(int t) { return t == T_Q4_K || t == T_Q5_K || t == T_Q6_K; }
 bool is_float(int t) { return t == T_F32 || t == T_F16 || t == T_BF16; }
 
 // ------------------------------------------------------------------ helpers
+// Sums of four adjacent u8 x s8 products per 32-bit lane (no saturation for our operands).
+AVX2_INL __m256i dot_u8s8(__m256i u, __m256i s, __m256i ones) {
+#if MLXK_VNNI
+  (void)ones;
+  return _mm256_dpbusd_epi32(_mm256_setzero_si256(), u, s);
+#else
+  return _mm256_madd_epi16(_mm256_maddubs_epi16(u, s), ones);
+#endif
+}
 AVX2_INL float hsum_ps(__m256 v) {
   __m128 s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
   s = _mm_add_ps(s, _mm_movehl_ps(s, s));
@@ -253,12 +280,11 @@ AVX2_INL void b32_group(const uint8_t* w, size_t ws, int64_t g, int nv, const in
       const __m256i xv = valid ? _mm256_load_si256((const __m256i*)(xq[c] + 32 * (8 * g + b))) : _mm256_setzero_si256();
 #pragma GCC unroll 8
       for (int r = 0; r < R; ++r) {
-        __m256i p;
+        __m256i i;
         if constexpr (F::is_signed)
-          p = _mm256_maddubs_epi16(wu[r], _mm256_sign_epi8(xv, wv[r]));
+          i = dot_u8s8(wu[r], _mm256_sign_epi8(xv, wv[r]), ones);
         else
-          p = _mm256_maddubs_epi16(wv[r], xv);
-        const __m256i i = _mm256_madd_epi16(p, ones);
+          i = dot_u8s8(wv[r], xv, ones);
         // progressive hadd tree: h = hadd(i_even, i_odd); q[b/4] = hadd(h01, h23)
         if ((b & 1) == 0) {
           h[r][c] = i;
@@ -356,12 +382,11 @@ AVX2_INL void r8_pair(const uint8_t* const* gp, const __m256i* hb, int64_t blk0,
       const __m256i xv = _mm256_load_si256((const __m256i*)(xq[c] + 32 * (blk0 + b)));
 #pragma GCC unroll 8
       for (int r = 0; r < R; ++r) {
-        __m256i p;
+        __m256i i;
         if constexpr (F::is_signed)
-          p = _mm256_maddubs_epi16(wu[r], _mm256_sign_epi8(xv, wv[s][r]));
+          i = dot_u8s8(wu[r], _mm256_sign_epi8(xv, wv[s][r]), ones);
         else
-          p = _mm256_maddubs_epi16(wv[s][r], xv);
-        const __m256i i = _mm256_madd_epi16(p, ones);
+          i = dot_u8s8(wv[s][r], xv, ones);
         if (s == 0) {
           h[r][c] = i;
         } else {
@@ -547,12 +572,12 @@ AVX2_FN void b32_panel_kernel(const Panel& P, const uint8_t* const* xa, float* y
 #pragma GCC unroll 8
       for (int c = 0; c < C; ++c) {
         const __m256i xv = _mm256_load_si256((const __m256i*)(xq[c] + 32 * b));
-        __m256i p;
+        __m256i i;
         if constexpr (F::is_signed)
-          p = _mm256_maddubs_epi16(wu, _mm256_sign_epi8(xv, wv));
+          i = dot_u8s8(wu, _mm256_sign_epi8(xv, wv), ones);
         else
-          p = _mm256_maddubs_epi16(wv, xv);
-        const __m256 f = _mm256_cvtepi32_ps(_mm256_madd_epi16(p, ones));
+          i = dot_u8s8(wv, xv, ones);
+        const __m256 f = _mm256_cvtepi32_ps(i);
         acc[r][c] = _mm256_fmadd_ps(f, _mm256_mul_ps(dw, dx[c]), acc[r][c]);
       }
     }
@@ -1196,13 +1221,13 @@ AVX2_FN void geglu(float* g, const float* u, int64_t len) {
   if (i < len) scalar::geglu(g + i, u + i, len - i);
 }
 
-}  // namespace avx2
+}  // namespace MLXK_SIMD_NS
 }  // namespace mlxe
 
 #else  // not x86-64: the AVX2 path does not exist
 
 namespace mlxe {
-namespace avx2 {
+namespace MLXK_SIMD_NS {
 bool cpu_supported() { return false; }
 size_t act_row_bytes(int, int64_t) { return 0; }
 void quantize_act_row(int, const float*, int64_t, uint8_t*) {}
@@ -1210,7 +1235,7 @@ int row_tile(int, int64_t) { return 1; }
 void compute_rows(const Problem&, int64_t, int64_t) {}
 void swiglu(float* g, const float* u, int64_t len) { scalar::swiglu(g, u, len); }
 void geglu(float* g, const float* u, int64_t len) { scalar::geglu(g, u, len); }
-}  // namespace avx2
+}  // namespace MLXK_SIMD_NS
 }  // namespace mlxe
 
 #endif

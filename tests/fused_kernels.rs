@@ -38,7 +38,8 @@ impl Drop for Settings {
     }
 }
 
-const PATHS: [KernelPath; 2] = [KernelPath::Scalar, KernelPath::Avx2];
+/// Paths to check; one the CPU lacks falls back to the next best (checked twice, harmlessly).
+const PATHS: [KernelPath; 3] = [KernelPath::Scalar, KernelPath::Avx2, KernelPath::Avx512Vnni];
 
 /// One weight tensor of a synthetic model, as the MLX array of its blocks.
 struct Weight {

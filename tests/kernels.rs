@@ -130,8 +130,17 @@ fn every_type_and_path_matches_the_scalar_twin() {
         for m in [1usize, 3, 64, 130] {
             let x = common::activations(m, case.k, m as u64);
             let (want, mag) = reference(case, &x, m);
-            for (path, rel) in [(KernelPath::Scalar, 1e-5), (KernelPath::Avx2, 2e-2)] {
+            let mut avx2 = Vec::new(); // the AVX2 result per thread count
+            for (path, rel) in [
+                (KernelPath::Scalar, 1e-5),
+                (KernelPath::Avx2, 2e-2),
+                (KernelPath::Avx512Vnni, 2e-2),
+            ] {
                 kernels::force_path(Some(path));
+                if kernels::path() != path {
+                    eprintln!("{path:?}: this CPU lacks it; not checked here");
+                    continue;
+                }
                 for threads in [1, 2, 3] {
                     kernels::set_num_threads(threads);
                     let got =
@@ -142,6 +151,14 @@ fn every_type_and_path_matches_the_scalar_twin() {
                         got, got_packed,
                         "{quant} {path:?} m={m}: repacked layout gives the same bits"
                     );
+                    match path {
+                        KernelPath::Avx2 => avx2.push(got.clone()),
+                        KernelPath::Avx512Vnni => assert!(
+                            got == avx2[threads - 1],
+                            "{quant} m={m} threads={threads}: VNNI differs from AVX2"
+                        ),
+                        KernelPath::Scalar => {}
+                    }
                     check(
                         case,
                         &got,

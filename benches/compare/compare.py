@@ -4,7 +4,10 @@ count, alternating runs in one invocation (not part of CI).
 
 llama.cpp is measured with its own `llama-bench` (preferred: no Python in the loop), built from
 the llama.cpp sources vendored in the llama-cpp-python sdist (~8 min on 2 cores):
-    pip download --no-deps --no-binary :all: llama-cpp-python==0.3.36   # or fetch the sdist URL
+    curl -LO "$(curl -s https://pypi.org/simple/llama-cpp-python/ \
+        | grep -o 'https://[^"#]*llama_cpp_python-0.3.36.tar.gz' | head -1)"
+    # sha256 832db0699007f1be95a7e41ef12e88926b02ba836461e36a36372db2760c1a2e
+    # (`pip download --no-binary :all:` also works but builds the package's metadata first)
     tar xzf llama_cpp_python-0.3.36.tar.gz && cd llama_cpp_python-0.3.36/vendor/llama.cpp
     cmake -B build -DCMAKE_BUILD_TYPE=Release -DLLAMA_CURL=OFF -DLLAMA_BUILD_TESTS=OFF \
           -DLLAMA_BUILD_EXAMPLES=OFF -DLLAMA_BUILD_SERVER=OFF && cmake --build build --target llama-bench -j2

@@ -61,8 +61,14 @@ enum mlxk_epilogue {
 /* Most weights one fused call takes. */
 #define MLXK_MAX_MULTI_WEIGHTS 4
 
-/* Kernel paths. */
-enum mlxk_path { MLXK_PATH_AUTO = -1, MLXK_PATH_SCALAR = 0, MLXK_PATH_AVX2 = 1 };
+/* Kernel paths. MLXK_PATH_AVX512_VNNI is the AVX2 path with its int8 dot products on AVX-512
+ * VNNI (vpdpbusd on 256-bit registers): the same results, bit for bit. */
+enum mlxk_path {
+  MLXK_PATH_AUTO = -1,
+  MLXK_PATH_SCALAR = 0,
+  MLXK_PATH_AVX2 = 1,
+  MLXK_PATH_AVX512_VNNI = 2
+};
 
 /* y[m*y_row_stride + n] = sum_k x[m*x_row_stride + k] * W[n, k]  for m < M, n < N. */
 int mlxk_qmatmul_f32(const void* w, int ggml_type, int64_t n, int64_t k, const float* x, int64_t m,
@@ -89,12 +95,13 @@ int mlxk_block_size(int ggml_type);
 /* Message of the last error on the calling thread ("" if none). Valid until the next call. */
 const char* mlxk_last_error(void);
 
-/* The path used now: MLXK_PATH_SCALAR or MLXK_PATH_AVX2. */
+/* The path used now: MLXK_PATH_SCALAR, MLXK_PATH_AVX2 or MLXK_PATH_AVX512_VNNI. */
 int mlxk_kernel_path(void);
 
-/* Force a path (tests): MLXK_PATH_SCALAR, MLXK_PATH_AVX2 (ignored -> scalar if the CPU lacks
- * avx2/fma/f16c), or MLXK_PATH_AUTO to return to the default (env MLX_ENGINE_KERNEL=scalar|avx2,
- * else the best the CPU supports). Process-wide. */
+/* Force a path (tests): MLXK_PATH_SCALAR, MLXK_PATH_AVX2 (-> scalar if the CPU lacks
+ * avx2/fma/f16c), MLXK_PATH_AVX512_VNNI (-> AVX2 if it lacks avx512f/bw/vl/vnni), or
+ * MLXK_PATH_AUTO to return to the default (env MLX_ENGINE_KERNEL=scalar|avx2, else the best
+ * the CPU supports). Process-wide. */
 void mlxk_force_path(int path);
 
 /* Threads used by one matmul (the calling thread included). Default: hardware concurrency,

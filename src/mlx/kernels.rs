@@ -97,6 +97,9 @@ pub enum KernelPath {
     Scalar,
     /// AVX2 + FMA with int8 activations (x86-64, chosen at run time).
     Avx2,
+    /// The AVX2 path with its int8 dot products on AVX-512 VNNI (`vpdpbusd`, 256-bit): the
+    /// same results as [`KernelPath::Avx2`], bit for bit, in fewer instructions.
+    Avx512Vnni,
 }
 
 fn last_error() -> String {
@@ -668,17 +671,20 @@ pub fn path() -> KernelPath {
     // SAFETY: a pure query.
     match unsafe { mlxk_kernel_path() } {
         1 => KernelPath::Avx2,
+        2 => KernelPath::Avx512Vnni,
         _ => KernelPath::Scalar,
     }
 }
 
 /// Forces a path process-wide (`None`: back to the default: `MLX_ENGINE_KERNEL`, else the
-/// best the CPU supports). For tests and comparisons.
+/// best the CPU supports); a path the CPU lacks falls back to the next best. For tests and
+/// comparisons.
 pub fn force_path(path: Option<KernelPath>) {
     let raw = match path {
         None => -1,
         Some(KernelPath::Scalar) => 0,
         Some(KernelPath::Avx2) => 1,
+        Some(KernelPath::Avx512Vnni) => 2,
     };
     // SAFETY: sets a process-wide flag.
     unsafe { mlxk_force_path(raw) }
