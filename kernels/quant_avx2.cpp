@@ -12,9 +12,10 @@
 // compiled without -mavx2 and the code is only entered after a runtime CPU check.
 //
 // quant_vnni.cpp compiles this file a second time, as namespace `vnni`, for CPUs with AVX-512
-// VNNI (+VL): there each maddubs + madd-by-ones pair becomes one vpdpbusd. Neither saturates
-// here (|w| <= 128 and |x| <= 127, so a pair sum stays below 2^15), so the two namespaces give
-// bit-identical results; the K-quant sub-block-scale madds are the same in both.
+// VNNI (+VL): there each maddubs + madd-by-ones pair becomes one vpdpbusd (neither saturates
+// here: |w| <= 128 and |x| <= 127, so a pair sum stays below 2^15), and each K-quant madd by
+// the sub-block scale + add becomes one vpdpwssd, so the two namespaces give bit-identical
+// results.
 #include <cstdlib>
 #include <new>
 
@@ -65,6 +66,14 @@ bool is_kquant(int t) { return t == T_Q4_K || t == T_Q5_K || t == T_Q6_K; }
 bool is_float(int t) { return t == T_F32 || t == T_F16 || t == T_BF16; }
 
 // ------------------------------------------------------------------ helpers
+// acc + pairwise sums of the int16 products p * s (one vpdpwssd with VNNI; exact either way).
+AVX2_INL __m256i madd_add(__m256i acc, __m256i p, __m256i s) {
+#if MLXK_VNNI
+  return _mm256_dpwssd_epi32(acc, p, s);
+#else
+  return _mm256_add_epi32(acc, _mm256_madd_epi16(p, s));
+#endif
+}
 // Sums of four adjacent u8 x s8 products per 32-bit lane (no saturation for our operands).
 AVX2_INL __m256i dot_u8s8(__m256i u, __m256i s, __m256i ones) {
 #if MLXK_VNNI
@@ -477,7 +486,11 @@ AVX2_FN void tile_b32(const uint8_t* w, size_t ws, const uint8_t* const* xa, int
 // (bytes + f32 scales), then reused for every activation row. The microkernel needs 4-5 vector
 // ops per (weight block, activation block) pair.
 constexpr int PR = 4;  // weight rows per panel (= microkernel rows)
+#if MLXK_VNNI
+constexpr int PC = 4;  // activation rows per microkernel call (AVX-512VL: 32 ymm registers)
+#else
 constexpr int PC = 2;  // activation rows per microkernel call
+#endif
 
 struct Panel {
   uint8_t* q;  // [PR][k] decoded bytes (unsigned, or signed for Q8_0)
@@ -609,7 +622,12 @@ AVX2_FN void b32_panel_kernel(const Panel& P, const uint8_t* const* xa, float* y
 typedef void (*PanelFn)(const Panel&, const uint8_t* const*, float*, int64_t);
 typedef void (*DecodeFn)(const uint8_t*, size_t, int, const Panel&);
 
+#if MLXK_VNNI
+#define MLXK_PROW(T, R) \
+  {&b32_panel_kernel<T, R, 1>, &b32_panel_kernel<T, R, 2>, &b32_panel_kernel<T, R, 3>, &b32_panel_kernel<T, R, 4>}
+#else
 #define MLXK_PROW(T, R) {&b32_panel_kernel<T, R, 1>, &b32_panel_kernel<T, R, 2>}
+#endif
 #define MLXK_PTAB(T) {MLXK_PROW(T, 1), MLXK_PROW(T, 2), MLXK_PROW(T, 3), MLXK_PROW(T, 4)}
 struct PanelTable {
   DecodeFn decode;
@@ -746,7 +764,7 @@ AVX2_FN void tile_q45k(const uint8_t* w, size_t ws, const uint8_t* const* xa, in
         const __m256i xv = _mm256_load_si256((const __m256i*)(xq[c] + 256 * sb + 32 * j));
 #pragma GCC unroll 8
         for (int r = 0; r < R; ++r)
-          iacc[r][c] = _mm256_add_epi32(iacc[r][c], _mm256_madd_epi16(_mm256_maddubs_epi16(wv[r], xv), sv[r]));
+          iacc[r][c] = madd_add(iacc[r][c], _mm256_maddubs_epi16(wv[r], xv), sv[r]);
       }
     }
 #pragma GCC unroll 8
@@ -834,7 +852,7 @@ AVX2_FN void tile_q6k(const uint8_t* w, size_t ws, const uint8_t* const* xa, int
         const __m256i xv = _mm256_load_si256((const __m256i*)(xq[c] + 256 * sb + 32 * ch));
 #pragma GCC unroll 8
         for (int r = 0; r < R; ++r)
-          iacc[r][c] = _mm256_add_epi32(iacc[r][c], _mm256_madd_epi16(_mm256_maddubs_epi16(wv[r], xv), sv[r]));
+          iacc[r][c] = madd_add(iacc[r][c], _mm256_maddubs_epi16(wv[r], xv), sv[r]);
       }
     }
 #pragma GCC unroll 8
@@ -960,9 +978,8 @@ AVX2_FN void kq_panel_kernel(const KPanel& P, const uint8_t* const* xa, float* y
         const __m256i xv = _mm256_load_si256((const __m256i*)(xq[c] + 256 * sb + 32 * j));
 #pragma GCC unroll 8
         for (int r = 0; r < R; ++r)
-          iacc[r][c] = _mm256_add_epi32(
-              iacc[r][c], _mm256_madd_epi16(_mm256_maddubs_epi16(wq[r], xv),
-                                            _mm256_load_si256(P.sv + r * (k / 32) + 8 * sb + j)));
+          iacc[r][c] = madd_add(iacc[r][c], _mm256_maddubs_epi16(wq[r], xv),
+                                _mm256_load_si256(P.sv + r * (k / 32) + 8 * sb + j));
       }
     }
 #pragma GCC unroll 8
