@@ -137,7 +137,6 @@ int64_t chunk_rows(int64_t total_bytes, int64_t bytes_per_row, int64_t m, int nt
   return chunk;
 }
 
-
 // The activations a weight type reads on the AVX2 path: 0 f32 (float weights), 1 int8 in
 // blocks of 32 (quant_q8_32: Q4_0..Q8_0), 2 int8 in blocks of 256 (quant_q8_256: K-quants).
 int act_format(int type) {

@@ -306,6 +306,24 @@ impl GgufFile {
         self.get_as(key, "a number", MetaValue::as_f64)
     }
 
+    /// An optional non-negative integer: `default` when the key is absent, an error when it
+    /// holds something else.
+    pub fn get_u64_or(&self, key: &str, default: u64) -> Result<u64> {
+        match self.get(key) {
+            Some(_) => self.get_u64(key),
+            None => Ok(default),
+        }
+    }
+
+    /// An optional number, as f64: `default` when the key is absent, an error when it holds
+    /// something else.
+    pub fn get_f64_or(&self, key: &str, default: f64) -> Result<f64> {
+        match self.get(key) {
+            Some(_) => self.get_f64(key),
+            None => Ok(default),
+        }
+    }
+
     /// A string value.
     pub fn get_str(&self, key: &str) -> Result<&str> {
         self.get_as(key, "a string", MetaValue::as_str)

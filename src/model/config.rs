@@ -104,12 +104,12 @@ pub struct ModelConfig {
 /// Refuses Gemma 3 metadata this engine does not implement (linear RoPE scaling of the global
 /// layers, final-logit soft-capping) rather than running such a model wrongly.
 fn reject_gemma3_extras(file: &GgufFile, key: &dyn Fn(&str) -> String) -> Result<()> {
-    let scaled = match file.get(&key("rope.scaling.type")) {
-        Some(kind) => kind.as_str() != Some("none"),
-        None => false,
-    } || ["rope.scaling.factor", "rope.scale_linear"]
-        .iter()
-        .any(|k| file.get(&key(k)).is_some_and(|v| v.as_f64() != Some(1.0)));
+    let scaled = file
+        .get(&key("rope.scaling.type"))
+        .is_some_and(|kind| kind.as_str() != Some("none"))
+        || ["rope.scaling.factor", "rope.scale_linear"]
+            .iter()
+            .any(|k| file.get(&key(k)).is_some_and(|v| v.as_f64() != Some(1.0)));
     let unsupported = if scaled {
         Some("RoPE scaling (rope.scaling.*)")
     } else if file.get(&key("final_logit_softcapping")).is_some() {
@@ -154,18 +154,12 @@ impl ModelConfig {
             n_layers: file.get_u64(&key("block_count"))? as usize,
             hidden,
             n_heads,
-            n_kv_heads: match file.get(&key("attention.head_count_kv")) {
-                Some(_) => file.get_u64(&key("attention.head_count_kv"))? as usize,
-                None => n_heads,
-            },
+            n_kv_heads: file.get_u64_or(&key("attention.head_count_kv"), n_heads as u64)? as usize,
             head_dim,
             ffn_hidden: file.get_u64(&key("feed_forward_length"))? as usize,
             vocab_size,
             context_length: file.get_u64(&key("context_length"))? as usize,
-            rope_base: match file.get(&key("rope.freq_base")) {
-                Some(_) => file.get_f64(&key("rope.freq_base"))? as f32,
-                None => 10_000.0,
-            },
+            rope_base: file.get_f64_or(&key("rope.freq_base"), 10_000.0)? as f32,
             rope_traditional: arch == Arch::Llama,
             rms_eps: file.get_f64(&key("attention.layer_norm_rms_epsilon"))? as f32,
             tied_embeddings: file.tensor("output.weight").is_none(),
@@ -173,14 +167,13 @@ impl ModelConfig {
                 (Arch::Gemma3, Some(_)) => {
                     reject_gemma3_extras(file, &key)?;
                     let window = file.get_u64(&key("attention.sliding_window"))? as usize;
-                    let pattern = match file.get(&key("attention.sliding_window_pattern")) {
-                        Some(_) => file.get_u64(&key("attention.sliding_window_pattern"))? as usize,
-                        None => GEMMA3_SLIDING_PATTERN,
-                    };
-                    let rope_base = match file.get(&key("rope.freq_base_swa")) {
-                        Some(_) => file.get_f64(&key("rope.freq_base_swa"))? as f32,
-                        None => GEMMA3_LOCAL_ROPE_BASE,
-                    };
+                    let pattern = file.get_u64_or(
+                        &key("attention.sliding_window_pattern"),
+                        GEMMA3_SLIDING_PATTERN as u64,
+                    )? as usize;
+                    let rope_base = file
+                        .get_f64_or(&key("rope.freq_base_swa"), GEMMA3_LOCAL_ROPE_BASE as f64)?
+                        as f32;
                     Some(SlidingWindow {
                         window,
                         pattern,
