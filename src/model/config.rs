@@ -101,101 +101,274 @@ pub struct ModelConfig {
     pub sliding_window: Option<SlidingWindow>,
 }
 
-/// Refuses Gemma 3 metadata this engine does not implement (linear RoPE scaling of the global
-/// layers, final-logit soft-capping) rather than running such a model wrongly.
-fn reject_gemma3_extras(file: &GgufFile, key: &dyn Fn(&str) -> String) -> Result<()> {
-    let scaled = file
-        .get(&key("rope.scaling.type"))
-        .is_some_and(|kind| kind.as_str() != Some("none"))
-        || ["rope.scaling.factor", "rope.scale_linear"]
-            .iter()
-            .any(|k| file.get(&key(k)).is_some_and(|v| v.as_f64() != Some(1.0)));
-    let unsupported = if scaled {
-        Some("RoPE scaling (rope.scaling.*)")
-    } else if file.get(&key("final_logit_softcapping")).is_some() {
-        Some("final_logit_softcapping")
-    } else {
-        None
-    };
-    match unsupported {
-        Some(what) => Err(Error::Unsupported(format!(
-            "{}: gemma3 with {what} is not implemented",
-            file.path().display()
-        ))),
-        None => Ok(()),
+/// Upper bounds on model metadata, far above any released model (llama.cpp caps layers at 512),
+/// checked before anything is allocated from them so that a hostile file fails with the key named.
+pub mod limits {
+    /// Transformer blocks.
+    pub const LAYERS: usize = 512;
+    /// Query heads and key/value heads.
+    pub const HEADS: usize = 1024;
+    /// Features per head.
+    pub const HEAD_DIM: usize = 1024;
+    /// Residual stream width.
+    pub const HIDDEN: usize = 65_536;
+    /// MLP hidden width.
+    pub const FFN: usize = 1 << 20;
+    /// Vocabulary entries.
+    pub const VOCAB: usize = 1 << 22;
+    /// Positions of context.
+    pub const CONTEXT: usize = 1 << 24;
+}
+
+/// A [`ModelConfig`] field read from one metadata key, so that a check can name the key.
+#[derive(Clone, Copy, Debug)]
+enum Field {
+    Layers,
+    Hidden,
+    Heads,
+    KvHeads,
+    HeadDim,
+    Ffn,
+    Vocab,
+    Context,
+    RopeBase,
+    RmsEps,
+    Window,
+    Pattern,
+    RopeBaseSwa,
+}
+
+/// Where a config came from, which decides how its keys are named in errors.
+#[derive(Clone, Copy)]
+enum Source<'a> {
+    /// GGUF metadata of this architecture (`{arch}.block_count`, …).
+    Gguf(&'a str),
+    /// An HF `config.json`.
+    Hf,
+}
+
+impl Source<'_> {
+    /// The metadata key `field` is read from (for a GGUF vocabulary: the embedding tensor).
+    fn key(self, field: Field) -> String {
+        let (gguf, hf) = match field {
+            Field::Layers => ("block_count", "num_hidden_layers"),
+            Field::Hidden => ("embedding_length", "hidden_size"),
+            Field::Heads => ("attention.head_count", "num_attention_heads"),
+            Field::KvHeads => ("attention.head_count_kv", "num_key_value_heads"),
+            Field::HeadDim => ("attention.key_length", "head_dim"),
+            Field::Ffn => ("feed_forward_length", "intermediate_size"),
+            Field::Vocab => ("", "vocab_size"),
+            Field::Context => ("context_length", "max_position_embeddings"),
+            Field::RopeBase => ("rope.freq_base", "rope_theta"),
+            Field::RmsEps => ("attention.layer_norm_rms_epsilon", "rms_norm_eps"),
+            Field::Window => ("attention.sliding_window", "sliding_window"),
+            Field::Pattern => ("attention.sliding_window_pattern", "sliding_window_pattern"),
+            Field::RopeBaseSwa => ("rope.freq_base_swa", "rope_local_base_freq"),
+        };
+        match (self, field) {
+            (Source::Gguf(_), Field::Vocab) => "token_embd.weight".into(),
+            (Source::Gguf(arch), _) => format!("{arch}.{gguf}"),
+            (Source::Hf, _) => hf.into(),
+        }
+    }
+
+    /// `key 'name'`, or `tensor 'name'` for the one field read from a tensor's shape.
+    fn describe(self, field: Field) -> String {
+        match (self, field) {
+            (Source::Gguf(_), Field::Vocab) => format!("tensor '{}' rows", self.key(field)),
+            _ => format!("key '{}'", self.key(field)),
+        }
     }
 }
 
-impl ModelConfig {
-    /// Reads `{arch}.*` metadata; `vocab_size` from the embedding tensor.
-    pub fn from_gguf(file: &GgufFile) -> Result<ModelConfig> {
-        let arch = Arch::from_name(file.architecture()?)?;
-        let key = |k: &str| format!("{}.{k}", arch.gguf_name());
-        let n_heads = file.get_u64(&key("attention.head_count"))? as usize;
-        let hidden = file.get_u64(&key("embedding_length"))? as usize;
-        if n_heads == 0 || !hidden.is_multiple_of(n_heads) {
-            return Err(Error::format(
-                file.path(),
-                format!("embedding_length {hidden} is not a multiple of head_count {n_heads}"),
+/// Refuses RoPE variants this engine does not implement (any `rope.scaling.*` other than none,
+/// `rope_freqs.weight` factors, rotation of part of each head) rather than running with plain
+/// RoPE and producing wrong logits.
+fn reject_gguf_rope_variants(file: &GgufFile, arch: &str, head_dim: usize) -> Result<()> {
+    let refuse = |what: String| {
+        Err(Error::Unsupported(format!(
+            "{}: {what} is not implemented",
+            file.path().display()
+        )))
+    };
+    let key = |k: &str| format!("{arch}.{k}");
+    if let Some(kind) = file.get(&key("rope.scaling.type")) {
+        if kind.as_str() != Some("none") {
+            let shown = kind
+                .as_str()
+                .map_or(format!("a {}", kind.type_name()), |s| format!("\"{s}\""));
+            return refuse(format!(
+                "key '{}' = {shown}: RoPE scaling",
+                key("rope.scaling.type")
             ));
         }
+    }
+    for k in ["rope.scaling.factor", "rope.scale_linear"] {
+        if let Some(v) = file.get(&key(k)) {
+            // llama.cpp reads a factor of 0 as "no scaling", like 1.
+            if !matches!(v.as_f64(), Some(f) if f == 0.0 || f == 1.0) {
+                let shown = v
+                    .as_f64()
+                    .map_or(format!("a {}", v.type_name()), |f| f.to_string());
+                return refuse(format!("key '{}' = {shown}: RoPE scaling", key(k)));
+            }
+        }
+    }
+    if file.tensor("rope_freqs.weight").is_some() {
+        return refuse(
+            "tensor 'rope_freqs.weight' (per-dimension RoPE factors, llama3 scaling)".into(),
+        );
+    }
+    let rotated = file.get_u64_or(&key("rope.dimension_count"), head_dim as u64)?;
+    if rotated != head_dim as u64 {
+        return refuse(format!(
+            "key '{}' = {rotated} with head dimension {head_dim}: RoPE over part of each head",
+            key("rope.dimension_count")
+        ));
+    }
+    if let Some(v) = file.get(&key("attention.value_length")) {
+        if v.as_u64() != Some(head_dim as u64) {
+            let shown = v
+                .as_u64()
+                .map_or(format!("a {}", v.type_name()), |n| n.to_string());
+            return refuse(format!(
+                "key '{}' = {shown}, unlike the key length {head_dim}: value heads of another width",
+                key("attention.value_length")
+            ));
+        }
+    }
+    if file.get(&key("final_logit_softcapping")).is_some() {
+        return refuse(format!("key '{}'", key("final_logit_softcapping")));
+    }
+    if file.get(&key("attn_logit_softcapping")).is_some() {
+        return refuse(format!("key '{}'", key("attn_logit_softcapping")));
+    }
+    Ok(())
+}
+
+/// The same refusals for an HF `config.json`: `rope_scaling` other than null or the default
+/// type, and `partial_rotary_factor` other than 1.
+fn reject_hf_rope_variants(path: &Path, json: &serde_json::Value) -> Result<()> {
+    let refuse = |what: String| {
+        Err(Error::Unsupported(format!(
+            "{}: {what} is not implemented",
+            path.display()
+        )))
+    };
+    match json.get("rope_scaling") {
+        None | Some(serde_json::Value::Null) => {}
+        Some(scaling) => {
+            let kind = scaling
+                .get("rope_type")
+                .or_else(|| scaling.get("type"))
+                .and_then(|v| v.as_str());
+            if kind != Some("default") {
+                return refuse(format!("key 'rope_scaling' = {scaling}: RoPE scaling"));
+            }
+        }
+    }
+    if let Some(f) = json.get("partial_rotary_factor") {
+        if f.as_f64() != Some(1.0) {
+            return refuse(format!(
+                "key 'partial_rotary_factor' = {f}: RoPE over part of each head"
+            ));
+        }
+    }
+    for k in ["final_logit_softcapping", "attn_logit_softcapping"] {
+        if json.get(k).is_some_and(|v| !v.is_null()) {
+            return refuse(format!("key '{k}'"));
+        }
+    }
+    Ok(())
+}
+
+impl ModelConfig {
+    /// Reads `{arch}.*` metadata; `vocab_size` from the embedding tensor. Refuses what the
+    /// forward pass does not implement and metadata outside [`limits`].
+    pub fn from_gguf(file: &GgufFile) -> Result<ModelConfig> {
+        let arch = Arch::from_name(file.architecture()?)?;
+        let name = arch.gguf_name();
+        let key = |k: &str| format!("{name}.{k}");
+        let source = Source::Gguf(name);
+        let int = |field: Field| -> Result<usize> {
+            let k = source.key(field);
+            usize::try_from(file.get_u64(&k)?)
+                .map_err(|_| Error::format(file.path(), format!("key '{k}' does not fit in usize")))
+        };
+        let n_heads = int(Field::Heads)?;
+        let hidden = int(Field::Hidden)?;
         let head_dim = match file.get(&key("attention.key_length")) {
-            Some(v) => v.as_u64().ok_or_else(|| {
-                Error::format(file.path(), "attention.key_length is not an integer")
-            })? as usize,
-            None => hidden / n_heads,
+            Some(_) => int(Field::HeadDim)?,
+            None if n_heads > 0 && !hidden.is_multiple_of(n_heads) => {
+                return Err(Error::format(
+                    file.path(),
+                    format!(
+                        "key '{}' = {hidden} is not a multiple of key '{}' = {n_heads}",
+                        key("embedding_length"),
+                        key("attention.head_count")
+                    ),
+                ))
+            }
+            None => hidden / n_heads.max(1),
         };
         let embd = file
             .tensor("token_embd.weight")
             .ok_or_else(|| Error::format(file.path(), "tensor 'token_embd.weight' is missing"))?;
         let vocab_size = embd.dims.get(1).copied().unwrap_or(0) as usize;
+        let sliding_window = match (arch, file.get(&key("attention.sliding_window"))) {
+            (Arch::Gemma3, Some(_)) => Some(SlidingWindow {
+                window: int(Field::Window)?,
+                pattern: file.get_u64_or(
+                    &key("attention.sliding_window_pattern"),
+                    GEMMA3_SLIDING_PATTERN as u64,
+                )? as usize,
+                rope_base: file
+                    .get_f64_or(&key("rope.freq_base_swa"), GEMMA3_LOCAL_ROPE_BASE as f64)?
+                    as f32,
+            }),
+            _ => None,
+        };
         let config = ModelConfig {
             arch,
-            n_layers: file.get_u64(&key("block_count"))? as usize,
+            n_layers: int(Field::Layers)?,
             hidden,
             n_heads,
             n_kv_heads: file.get_u64_or(&key("attention.head_count_kv"), n_heads as u64)? as usize,
             head_dim,
-            ffn_hidden: file.get_u64(&key("feed_forward_length"))? as usize,
+            ffn_hidden: int(Field::Ffn)?,
             vocab_size,
-            context_length: file.get_u64(&key("context_length"))? as usize,
+            context_length: int(Field::Context)?,
             rope_base: file.get_f64_or(&key("rope.freq_base"), 10_000.0)? as f32,
             rope_traditional: arch == Arch::Llama,
             rms_eps: file.get_f64(&key("attention.layer_norm_rms_epsilon"))? as f32,
             tied_embeddings: file.tensor("output.weight").is_none(),
-            sliding_window: match (arch, file.get(&key("attention.sliding_window"))) {
-                (Arch::Gemma3, Some(_)) => {
-                    reject_gemma3_extras(file, &key)?;
-                    let window = file.get_u64(&key("attention.sliding_window"))? as usize;
-                    let pattern = file.get_u64_or(
-                        &key("attention.sliding_window_pattern"),
-                        GEMMA3_SLIDING_PATTERN as u64,
-                    )? as usize;
-                    let rope_base = file
-                        .get_f64_or(&key("rope.freq_base_swa"), GEMMA3_LOCAL_ROPE_BASE as f64)?
-                        as f32;
-                    Some(SlidingWindow {
-                        window,
-                        pattern,
-                        rope_base,
-                    })
-                }
-                _ => None,
-            },
+            sliding_window,
         };
-        config.validate(file.path())?;
+        config.validate(file.path(), source)?;
+        reject_gguf_rope_variants(file, name, head_dim)?;
         Ok(config)
     }
 
-    /// Reads an HF `config.json` (`model_type`, `hidden_size`, …).
+    /// Reads an HF `config.json` (`model_type`, `hidden_size`, …), with the same refusals and
+    /// limits as [`ModelConfig::from_gguf`].
     pub fn from_hf_json(path: &Path, json: &serde_json::Value) -> Result<ModelConfig> {
-        let get = |k: &str| -> Result<u64> {
-            json.get(k).and_then(|v| v.as_u64()).ok_or_else(|| {
+        let get = |k: &str| -> Result<usize> {
+            let v = json.get(k).and_then(|v| v.as_u64()).ok_or_else(|| {
                 Error::format(
                     path,
                     format!("config key '{k}' is missing or not an integer"),
                 )
-            })
+            })?;
+            usize::try_from(v)
+                .map_err(|_| Error::format(path, format!("key '{k}' does not fit in usize")))
+        };
+        let float = |k: &str, default: f64| -> Result<f32> {
+            match json.get(k) {
+                None | Some(serde_json::Value::Null) => Ok(default as f32),
+                Some(v) => v.as_f64().map(|f| f as f32).ok_or_else(|| {
+                    Error::format(path, format!("config key '{k}' is not a number"))
+                }),
+            }
         };
         let arch = Arch::from_name(
             json.get("model_type")
@@ -209,34 +382,35 @@ impl ModelConfig {
                 path.display()
             )));
         }
-        let hidden = get("hidden_size")? as usize;
-        let n_heads = get("num_attention_heads")? as usize;
+        reject_hf_rope_variants(path, json)?;
+        let hidden = get("hidden_size")?;
+        let n_heads = get("num_attention_heads")?;
         let config = ModelConfig {
             arch,
-            n_layers: get("num_hidden_layers")? as usize,
+            n_layers: get("num_hidden_layers")?,
             hidden,
             n_heads,
-            n_kv_heads: get("num_key_value_heads").unwrap_or(n_heads as u64) as usize,
-            head_dim: get("head_dim").unwrap_or((hidden / n_heads.max(1)) as u64) as usize,
-            ffn_hidden: get("intermediate_size")? as usize,
-            vocab_size: get("vocab_size")? as usize,
-            context_length: get("max_position_embeddings")? as usize,
-            rope_base: json
-                .get("rope_theta")
-                .and_then(|v| v.as_f64())
-                .unwrap_or(10_000.0) as f32,
+            n_kv_heads: match json.get("num_key_value_heads") {
+                Some(_) => get("num_key_value_heads")?,
+                None => n_heads,
+            },
+            head_dim: match json.get("head_dim") {
+                Some(_) => get("head_dim")?,
+                None => hidden / n_heads.max(1),
+            },
+            ffn_hidden: get("intermediate_size")?,
+            vocab_size: get("vocab_size")?,
+            context_length: get("max_position_embeddings")?,
+            rope_base: float("rope_theta", 10_000.0)?,
             rope_traditional: false,
-            rms_eps: json
-                .get("rms_norm_eps")
-                .and_then(|v| v.as_f64())
-                .unwrap_or(1e-5) as f32,
+            rms_eps: float("rms_norm_eps", 1e-5)?,
             tied_embeddings: json
                 .get("tie_word_embeddings")
                 .and_then(|v| v.as_bool())
                 .unwrap_or(false),
             sliding_window: None,
         };
-        config.validate(path)?;
+        config.validate(path, Source::Hf)?;
         Ok(config)
     }
 
@@ -281,27 +455,70 @@ impl ModelConfig {
         self.arch.is_gemma().then(|| (self.hidden as f32).sqrt())
     }
 
-    fn validate(&self, path: &Path) -> Result<()> {
-        let bad = |m: String| Err(Error::format(path, m));
-        if self.n_layers == 0 || self.hidden == 0 || self.vocab_size == 0 || self.ffn_hidden == 0 {
-            return bad(format!("degenerate model shape {self:?}"));
-        }
-        if self.n_kv_heads == 0 || !self.n_heads.is_multiple_of(self.n_kv_heads) {
-            return bad(format!(
-                "head_count {} is not a multiple of head_count_kv {}",
-                self.n_heads, self.n_kv_heads
-            ));
-        }
-        if let Some(sw) = self.sliding_window {
-            if sw.window == 0 || sw.pattern == 0 {
-                return bad(format!("degenerate sliding window {sw:?}"));
+    /// Checks every field against [`limits`] and the relations between them (heads divide the
+    /// width, KV heads divide the heads, even head dimension, finite positive constants),
+    /// naming the key of the first field that fails.
+    fn validate(&self, path: &Path, source: Source) -> Result<()> {
+        let bad = |field: Field, problem: String| {
+            Err(Error::format(
+                path,
+                format!("{} {problem}", source.describe(field)),
+            ))
+        };
+        let sizes = [
+            (Field::Layers, self.n_layers, limits::LAYERS),
+            (Field::Hidden, self.hidden, limits::HIDDEN),
+            (Field::Heads, self.n_heads, limits::HEADS),
+            (Field::KvHeads, self.n_kv_heads, limits::HEADS),
+            (Field::HeadDim, self.head_dim, limits::HEAD_DIM),
+            (Field::Ffn, self.ffn_hidden, limits::FFN),
+            (Field::Vocab, self.vocab_size, limits::VOCAB),
+            (Field::Context, self.context_length, limits::CONTEXT),
+        ];
+        for (field, value, max) in sizes {
+            if value == 0 || value > max {
+                return bad(field, format!("= {value}, outside 1..={max}"));
             }
         }
+        if !self.n_heads.is_multiple_of(self.n_kv_heads) {
+            return bad(
+                Field::Heads,
+                format!(
+                    "= {} is not a multiple of {} = {}",
+                    self.n_heads,
+                    source.describe(Field::KvHeads),
+                    self.n_kv_heads
+                ),
+            );
+        }
         if !self.head_dim.is_multiple_of(2) {
-            return bad(format!(
-                "head dimension {} is odd; RoPE needs pairs",
-                self.head_dim
-            ));
+            return bad(
+                Field::HeadDim,
+                format!("= {} is odd; RoPE rotates pairs", self.head_dim),
+            );
+        }
+        let positive = |field: Field, v: f32| -> Result<()> {
+            match v.is_finite() && v > 0.0 {
+                true => Ok(()),
+                false => bad(field, format!("= {v}, expected a finite positive number")),
+            }
+        };
+        positive(Field::RopeBase, self.rope_base)?;
+        positive(Field::RmsEps, self.rms_eps)?;
+        if let Some(sw) = self.sliding_window {
+            if sw.window == 0 || sw.window > limits::CONTEXT {
+                return bad(
+                    Field::Window,
+                    format!("= {}, outside 1..={}", sw.window, limits::CONTEXT),
+                );
+            }
+            if sw.pattern == 0 || sw.pattern > limits::LAYERS {
+                return bad(
+                    Field::Pattern,
+                    format!("= {}, outside 1..={}", sw.pattern, limits::LAYERS),
+                );
+            }
+            positive(Field::RopeBaseSwa, sw.rope_base)?;
         }
         Ok(())
     }

@@ -7,7 +7,9 @@ use crate::loader::safetensors::{SafeTensor, SafetensorsModel};
 use crate::mlx::ops::{self, QuantSpec};
 use crate::mlx::{Array, Dtype};
 use crate::model::linear::{Linear, LinearWeight};
-use crate::model::weights::{Embedding, Execution, WeightSource};
+use crate::model::weights::{unused_tensors_error, Embedding, Execution, WeightSource};
+use std::cell::RefCell;
+use std::collections::BTreeSet;
 
 /// The HF name of a GGUF tensor name (`blk.3.attn_q.weight` → `model.layers.3.self_attn.q_proj.weight`).
 pub fn hf_name(gguf: &str) -> String {
@@ -45,19 +47,26 @@ pub fn hf_name(gguf: &str) -> String {
 pub struct HfWeights {
     model: SafetensorsModel,
     exec: Execution,
+    used: RefCell<BTreeSet<String>>,
 }
 
 impl HfWeights {
     /// Wraps an opened checkpoint.
     pub fn new(model: SafetensorsModel, exec: Execution) -> HfWeights {
-        HfWeights { model, exec }
+        HfWeights {
+            model,
+            exec,
+            used: RefCell::default(),
+        }
     }
 
     fn tensor(&self, gguf: &str) -> Result<SafeTensor<'_>> {
         let name = hf_name(gguf);
-        self.model
-            .tensor(&name)
-            .ok_or_else(|| Error::format(self.model.dir(), format!("tensor '{name}' is missing")))
+        let tensor = self.model.tensor(&name).ok_or_else(|| {
+            Error::format(self.model.dir(), format!("tensor '{name}' is missing"))
+        })?;
+        self.used.borrow_mut().insert(name);
+        Ok(tensor)
     }
 
     /// A float tensor as float32 with row-major shape `expected`.
@@ -145,6 +154,17 @@ impl WeightSource for HfWeights {
 
     fn has(&self, name: &str) -> bool {
         self.model.tensor(&hf_name(name)).is_some()
+    }
+
+    fn check_all_used(&self) -> Result<()> {
+        let used = self.used.borrow();
+        // Derivable leftovers HF itself ignores: RoPE inverse frequencies, and an LM head
+        // stored beside a tied embedding.
+        let unused: Vec<&str> = (self.model.names())
+            .filter(|n| !used.contains(*n) && !n.ends_with("rotary_emb.inv_freq"))
+            .filter(|n| !(*n == "lm_head.weight" && used.contains("model.embed_tokens.weight")))
+            .collect();
+        unused_tensors_error(self.model.dir(), &unused)
     }
 
     fn vector(&self, name: &str, len: usize) -> Result<Array> {

@@ -93,14 +93,16 @@ impl Llama {
         } else {
             "output.weight"
         };
-        Ok(Llama {
+        let model = Llama {
             embed: w.embedding("token_embd.weight", c.vocab_size, d)?,
             blocks,
             output_norm: w.vector("output_norm.weight", d)?,
             output: w.linear(output_name, c.vocab_size, d, None)?,
             execution: w.execution(),
             config,
-        })
+        };
+        w.check_all_used()?;
+        Ok(model)
     }
 
     /// Runs B sequences of L new tokens each (`tokens` is [B, L] row-major), sequence b at

@@ -6,6 +6,8 @@ use crate::loader::gguf::{GgufFile, TensorInfo};
 use crate::mlx::{Array, Device, Dtype};
 use crate::model::linear::{Linear, LinearWeight};
 use crate::quant::{self, GgmlType};
+use std::cell::RefCell;
+use std::collections::BTreeSet;
 use std::sync::Arc;
 
 /// How projections execute, chosen once at load.
@@ -90,18 +92,45 @@ pub trait WeightSource {
     fn has(&self, name: &str) -> bool;
     /// How the layers this source builds are executed.
     fn execution(&self) -> Execution;
+    /// Fails, naming them, when tensors of the source were never asked for: a tensor the
+    /// model does not know about may change what the model computes (llama.cpp refuses such
+    /// files too).
+    fn check_all_used(&self) -> Result<()>;
+}
+
+/// The error for tensors a model left unread, listing the first few.
+pub(crate) fn unused_tensors_error(path: &std::path::Path, unused: &[&str]) -> Result<()> {
+    if unused.is_empty() {
+        return Ok(());
+    }
+    let shown: Vec<String> = unused.iter().take(8).map(|n| format!("'{n}'")).collect();
+    let more = match unused.len() {
+        n if n > 8 => format!(" and {} more", n - 8),
+        _ => String::new(),
+    };
+    Err(Error::Unsupported(format!(
+        "{}: {} tensor(s) the model does not use: {}{more}",
+        path.display(),
+        unused.len(),
+        shown.join(", ")
+    )))
 }
 
 /// Loads tensors of one GGUF file for one [`Execution`].
 pub struct GgufWeights {
     file: Arc<GgufFile>,
     exec: Execution,
+    used: RefCell<BTreeSet<String>>,
 }
 
 impl GgufWeights {
     /// Wraps an opened file.
     pub fn new(file: Arc<GgufFile>, exec: Execution) -> GgufWeights {
-        GgufWeights { file, exec }
+        GgufWeights {
+            file,
+            exec,
+            used: RefCell::default(),
+        }
     }
 
     /// The tensor `name`, checked to have row-major shape `expected` ([rows, cols] or [len]).
@@ -109,6 +138,7 @@ impl GgufWeights {
         let info = self.file.tensor(name).ok_or_else(|| {
             Error::format(self.file.path(), format!("tensor '{name}' is missing"))
         })?;
+        self.used.borrow_mut().insert(name.to_string());
         let found: Vec<i64> = info.shape_rowmajor();
         let want: Vec<i64> = expected.iter().map(|&d| d as i64).collect();
         if found != want {
@@ -145,6 +175,15 @@ impl WeightSource for GgufWeights {
 
     fn has(&self, name: &str) -> bool {
         self.file.tensor(name).is_some()
+    }
+
+    fn check_all_used(&self) -> Result<()> {
+        let used = self.used.borrow();
+        let unused: Vec<&str> = (self.file.tensors().iter())
+            .map(|t| t.name.as_str())
+            .filter(|n| !used.contains(*n))
+            .collect();
+        unused_tensors_error(self.file.path(), &unused)
     }
 
     fn vector(&self, name: &str, len: usize) -> Result<Array> {

@@ -31,7 +31,7 @@ import sys
 from dataclasses import dataclass
 
 import numpy as np
-from gguf import GGML_QUANT_SIZES, GGMLQuantizationType, GGUFReader, GGUFWriter, LlamaFileType
+from gguf import GGML_QUANT_SIZES, GGMLQuantizationType, GGUFReader, GGUFValueType, GGUFWriter, LlamaFileType
 from gguf.quants import quantize
 
 Q = GGMLQuantizationType
@@ -469,8 +469,27 @@ def validate(cfg: Config) -> None:
         raise SystemExit("sizes must be positive")
 
 
-def write_model(path: str, cfg: Config, quant: str, seed: int, template: str) -> None:
-    """Build and write the whole GGUF file."""
+KV_TYPES = {
+    "u32": (GGUFValueType.UINT32, int), "u64": (GGUFValueType.UINT64, int),
+    "i32": (GGUFValueType.INT32, int), "f32": (GGUFValueType.FLOAT32, float),
+    "f64": (GGUFValueType.FLOAT64, float), "str": (GGUFValueType.STRING, str),
+}
+
+
+def parse_kv(spec: str) -> tuple[str, object, GGUFValueType]:
+    """`KEY=TYPE:VALUE` (TYPE one of KV_TYPES) as a metadata entry."""
+    key, _, typed = spec.partition("=")
+    kind, _, value = typed.partition(":")
+    if not key or kind not in KV_TYPES:
+        raise SystemExit(f"--kv {spec!r}: expected KEY=TYPE:VALUE with TYPE in {sorted(KV_TYPES)}")
+    vtype, convert = KV_TYPES[kind]
+    return key, convert(value), vtype
+
+
+def write_model(path: str, cfg: Config, quant: str, seed: int, template: str,
+                kvs: list[str] = (), extra_tensors: list[str] = ()) -> None:
+    """Build and write the whole GGUF file; `kvs` (KEY=TYPE:VALUE) add or overwrite metadata
+    after the usual keys, `extra_tensors` (NAME:LEN) add F32 vectors the model does not use."""
     validate(cfg)
     rng = np.random.default_rng(seed)
     tok = qwen2_tokenizer(cfg.vocab) if cfg.arch == "qwen2" else llama_tokenizer(cfg.vocab)
@@ -481,6 +500,11 @@ def write_model(path: str, cfg: Config, quant: str, seed: int, template: str) ->
     add_hparams(writer, cfg, quant)
     add_tokenizer(writer, tok, {"zephyr": ZEPHYR_TEMPLATE, "chatml": CHATML_TEMPLATE}.get(template))
     add_weights(writer, cfg, rng, quant)
+    for spec in kvs:
+        writer.add_key_value(*parse_kv(spec))
+    for spec in extra_tensors:
+        name, _, length = spec.partition(":")
+        writer.add_tensor(name, np.ones(int(length), dtype=np.float32))
     writer.write_header_to_file()
     writer.write_kv_data_to_file()
     writer.write_tensors_to_file()
@@ -536,6 +560,10 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--tinyllama-shape", action="store_true",
                     help="22 layers, hidden 2048, 32/4 heads, ffn 5632, vocab 32000, ctx 2048")
     ap.add_argument("--no-check", action="store_true", help="skip re-reading the written file")
+    ap.add_argument("--kv", action="append", default=[], metavar="KEY=TYPE:VALUE",
+                    help="add or overwrite a metadata key (TYPE: u32 u64 i32 f32 f64 str); repeatable")
+    ap.add_argument("--extra-tensor", action="append", default=[], metavar="NAME:LEN",
+                    help="add an F32 vector the model does not read; repeatable")
     args = ap.parse_args(argv)
 
     shape = dict(layers=args.layers, hidden=args.hidden, heads=args.heads, kv_heads=args.kv_heads,
@@ -555,8 +583,9 @@ def main(argv: list[str] | None = None) -> int:
         raise SystemExit("--sliding-pattern, --rope-base-swa, --rope-scale, --logit-softcap are gemma3 options")
     cfg = Config(arch=args.arch, tied=args.tied or gemma, **shape)
     template = args.chat_template or {"llama": "zephyr", "qwen2": "chatml"}.get(args.arch)
-    write_model(args.out, cfg, args.quant, args.seed, template)
-    print(f"wrote {args.out}" if args.no_check else check_roundtrip(args.out, cfg))
+    write_model(args.out, cfg, args.quant, args.seed, template, args.kv, args.extra_tensor)
+    check = args.no_check or args.kv or args.extra_tensor
+    print(f"wrote {args.out}" if check else check_roundtrip(args.out, cfg))
     return 0
 
 
