@@ -195,12 +195,7 @@ impl Engine {
         if tokens.is_empty() {
             return Err(Error::InvalidArgument("empty prompt".into()));
         }
-        if cache.len() + tokens.len() > cache.limit() {
-            return Err(Error::ContextFull {
-                needed: cache.len() + tokens.len(),
-                limit: cache.limit(),
-            });
-        }
+        cache.check_room(tokens.len())?;
         let mut last = None;
         for piece in tokens.chunks(chunk.max(1)) {
             let logits = self.model.forward(piece, &mut [&mut *cache], true)?; // [1, 1, V]

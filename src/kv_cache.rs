@@ -66,15 +66,15 @@ impl KvCache {
         Ok(())
     }
 
+    /// Fails with `ContextFull` unless `new` more positions fit within the limit.
+    pub fn check_room(&self, new: usize) -> Result<()> {
+        check_fits(self.len.saturating_add(new), self.limit)
+    }
+
     /// Checks that `new` more positions fit, growing the allocation if needed.
     pub fn reserve(&mut self, new: usize) -> Result<()> {
+        self.check_room(new)?;
         let needed = self.len + new;
-        if needed > self.limit {
-            return Err(Error::ContextFull {
-                needed,
-                limit: self.limit,
-            });
-        }
         if needed <= self.capacity {
             return Ok(());
         }
@@ -298,4 +298,13 @@ fn write_window(
     let view = ops::slice(&updated, &[0; 4], stop, &[1; 4])?;
     *slot = Some(updated);
     Ok(view)
+}
+
+/// Fails with `ContextFull` when a sequence of `needed` positions exceeds `limit`: the one
+/// context check of the crate.
+pub fn check_fits(needed: usize, limit: usize) -> Result<()> {
+    match needed > limit {
+        true => Err(Error::ContextFull { needed, limit }),
+        false => Ok(()),
+    }
 }

@@ -247,7 +247,7 @@ impl Backend {
         }
         let (device, chunk, engine) = (self.device, self.prefill_chunk, &self.engine);
         let cache = self.seqs.get_mut(seq.0)?;
-        check_room(cache, tokens.len())?;
+        cache.check_room(tokens.len())?;
         let start = cache.len();
         let result = with_device(device, || {
             prefill_chunks(engine, cache, tokens, chunk, want_all_logits)
@@ -268,7 +268,7 @@ impl Backend {
         let (device, engine) = (self.device, &self.engine);
         let mut caches = self.seqs.many_mut(&ids)?;
         for cache in caches.iter() {
-            check_room(cache, 1)?;
+            cache.check_room(1)?;
         }
         let starts: Vec<usize> = caches.iter().map(|c| c.len()).collect();
         let result = with_device(device, || decode_batch(engine, &tokens, &mut caches));
@@ -361,26 +361,8 @@ impl Backend {
                 self.kv_shape()
             )));
         }
-        if snap.len > self.context_length() {
-            return Err(Error::ContextFull {
-                needed: snap.len,
-                limit: self.context_length(),
-            });
-        }
-        Ok(())
+        crate::kv_cache::check_fits(snap.len, self.context_length())
     }
-}
-
-/// Fails with `ContextFull` unless `new` positions fit in `cache`.
-fn check_room(cache: &KvCache, new: usize) -> Result<()> {
-    let needed = cache.len() + new;
-    if needed > cache.limit() {
-        return Err(Error::ContextFull {
-            needed,
-            limit: cache.limit(),
-        });
-    }
-    Ok(())
 }
 
 /// On error, truncates each cache back to its length before the call.

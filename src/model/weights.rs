@@ -64,19 +64,32 @@ impl Embedding {
 
 fn lookup_mapped(file: &GgufFile, info: &TensorInfo, dim: usize, tokens: &[u32]) -> Result<Array> {
     let vocab = info.n_rows() as usize;
-    let bytes = file.tensor_bytes(info);
-    let row_bytes = bytes.len() / vocab.max(1);
-    let mut out = vec![0f32; tokens.len() * dim];
-    for (row, &t) in out.chunks_exact_mut(dim).zip(tokens) {
-        if t as usize >= vocab {
-            return Err(Error::InvalidArgument(format!(
-                "token id {t} is outside the vocabulary of {vocab}"
-            )));
-        }
-        let start = t as usize * row_bytes;
-        quant::dequantize_row(info.ggml_type, &bytes[start..start + row_bytes], row)?;
+    if let Some(&t) = tokens.iter().find(|&&t| t as usize >= vocab) {
+        return Err(Error::InvalidArgument(format!(
+            "token id {t} is outside the vocabulary of {vocab}"
+        )));
     }
+    let mut out = vec![0f32; tokens.len() * dim];
+    let rows = tokens.iter().map(|&t| t as usize);
+    dequantize_rows(info, file.tensor_bytes(info), rows, &mut out)?;
     Array::from_slice(&out, &[tokens.len() as i32, dim as i32])
+}
+
+/// Dequantizes the rows `rows` of a GGUF tensor (`bytes`, as described by `info`) into
+/// consecutive rows of `out` (the scalar reference decoders).
+fn dequantize_rows(
+    info: &TensorInfo,
+    bytes: &[u8],
+    rows: impl Iterator<Item = usize>,
+    out: &mut [f32],
+) -> Result<()> {
+    let cols = info.row_len() as usize;
+    let row_bytes = bytes.len() / (info.n_rows() as usize).max(1);
+    for (r, dst) in rows.zip(out.chunks_exact_mut(cols)) {
+        let src = &bytes[r * row_bytes..(r + 1) * row_bytes];
+        quant::dequantize_row(info.ggml_type, src, dst)?;
+    }
+    Ok(())
 }
 
 /// Where a model's tensors come from. Names are GGUF's (`blk.N.attn_q.weight`); a source with
@@ -153,17 +166,8 @@ impl GgufWeights {
     /// Dequantizes a whole tensor to float32 (the scalar reference path).
     fn dequantize(&self, info: &TensorInfo) -> Result<Vec<f32>> {
         let rows = info.n_rows() as usize;
-        let cols = info.row_len() as usize;
-        let bytes = self.file.tensor_bytes(info);
-        let row_bytes = bytes.len() / rows.max(1);
-        let mut out = vec![0f32; rows * cols];
-        for (r, dst) in out.chunks_exact_mut(cols).enumerate() {
-            quant::dequantize_row(
-                info.ggml_type,
-                &bytes[r * row_bytes..(r + 1) * row_bytes],
-                dst,
-            )?;
-        }
+        let mut out = vec![0f32; rows * info.row_len() as usize];
+        dequantize_rows(info, self.file.tensor_bytes(info), 0..rows, &mut out)?;
         Ok(out)
     }
 }
