@@ -2,7 +2,8 @@
 // in a uint8 MLX array [N, row_bytes]. CPU only; runs the kernels of qmatmul.cpp inside MLX's
 // CPU command encoder so it composes with lazy evaluation and mlx::core::compile.
 // "GgufQMatmulMulti": up to 4 such projections of one x in one kernel call (one output each,
-// with optional biases), or gate/up with the SwiGLU product (one output).
+// with optional biases), or gate/up with the SwiGLU or GEGLU product (one output), optionally
+// after an RMSNorm prologue.
 #include <sys/mman.h>
 
 #include <array>

@@ -1,6 +1,6 @@
 """Check our dequantization against the gguf Python package (independent reference).
 
-Usage: python3 gguf_check.py DIR   (DIR written by `build/test --dump DIR`)
+Usage: python3 gguf_check.py DIR   (DIR written by `$(OUT)/test --dump DIR`, see the Makefile; OUT defaults to /tmp/mlxe-kernels-dev)
 """
 import sys
 

@@ -1,7 +1,9 @@
 //! [`MappedFile`]: a read-only, private memory map of a whole model file.
 //!
-//! Weights are used in place from the map (zero-copy MLX arrays keep an `Arc<MappedFile>`
-//! alive as their owner), so loading a model costs page faults, not copies.
+//! Small tensors (norms, biases) and the token embedding are read in place from the map
+//! (zero-copy MLX arrays keep an `Arc<MappedFile>` alive as their owner); projection weights
+//! are copied once into the kernels' weight arena or converted, after which their pages are
+//! released ([`MappedFile::release`]).
 
 use crate::error::{Error, Result};
 use memmap2::{Mmap, MmapOptions, UncheckedAdvice};
