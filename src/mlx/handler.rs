@@ -51,32 +51,25 @@ pub(crate) fn check(status: c_int) -> Result<()> {
 /// Runs an mlx-c op that writes an array into `res`, returning it as an owned [`Array`]
 /// (freed again on failure).
 pub(crate) fn try_array(op: impl FnOnce(*mut mlx_sys::mlx_array) -> c_int) -> Result<Array> {
-    install_error_handler();
-    // SAFETY: `mlx_array_new` returns an empty handle that we own.
-    let mut res = unsafe { mlx_sys::mlx_array_new() };
-    let status = op(&mut res);
-    if let Err(err) = check(status) {
-        // SAFETY: `res` is a handle we own and no longer use.
-        unsafe { mlx_sys::mlx_array_free(res) };
-        return Err(err);
-    }
-    // SAFETY: on success `res` holds a valid array whose ownership passes to the wrapper.
-    Ok(unsafe { Array::from_raw(res) })
+    let [array] = try_arrays_with(|[res]: &mut [mlx_sys::mlx_array; 1]| op(res), check)?;
+    Ok(array)
 }
 
 /// Runs an op that writes `N` arrays into the handles it is given (a multi-output primitive),
-/// returning them as owned [`Array`]s (all freed again on failure).
-pub(crate) fn try_arrays<const N: usize>(
+/// returning them as owned [`Array`]s (all freed again on failure); `check_status` turns the
+/// op's status into a `Result` ([`check`] for mlx-c; our kernels report their own way).
+pub(crate) fn try_arrays_with<const N: usize>(
     op: impl FnOnce(&mut [mlx_sys::mlx_array; N]) -> c_int,
+    check_status: impl FnOnce(c_int) -> Result<()>,
 ) -> Result<[Array; N]> {
     install_error_handler();
     // SAFETY: `mlx_array_new` returns empty handles that we own.
     let mut res: [mlx_sys::mlx_array; N] =
         std::array::from_fn(|_| unsafe { mlx_sys::mlx_array_new() });
     let status = op(&mut res);
-    if let Err(err) = check(status) {
+    if let Err(err) = check_status(status) {
         for handle in res {
-            // SAFETY: handles we own and no longer use.
+            // SAFETY: handles we own and no longer use (freeing an empty handle is a no-op).
             unsafe { mlx_sys::mlx_array_free(handle) };
         }
         return Err(err);
