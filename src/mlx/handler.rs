@@ -3,6 +3,11 @@
 //! mlx-c's default handler prints and calls `exit(-1)`. We install ours before the first call:
 //! it stores the message in a thread-local (mlx-c calls the handler synchronously on the thread
 //! that made the failing call) and the status check turns it into `Error::Mlx`.
+//!
+//! A Rust function that MLX calls back (the body of a compiled function) can only hand mlx-c a
+//! status, and mlx-c replaces a failing status by a message of its own. Such a function keeps
+//! its error here ([`keep_callback_error`]) and the call that ran it returns that error
+//! ([`check_callback_call`]).
 
 use crate::error::{Error, Result};
 use crate::mlx::Array;
@@ -12,6 +17,7 @@ use std::sync::Once;
 
 thread_local! {
     static LAST_ERROR: RefCell<Option<String>> = const { RefCell::new(None) };
+    static CALLBACK_ERROR: RefCell<Option<Error>> = const { RefCell::new(None) };
 }
 
 static INSTALL: Once = Once::new();
@@ -46,6 +52,24 @@ pub(crate) fn check(status: c_int) -> Result<()> {
         .with(|slot| slot.borrow_mut().take())
         .unwrap_or_else(|| format!("mlx-c call failed with status {status}"));
     Err(Error::Mlx { message })
+}
+
+/// Keeps the error of a Rust function that MLX called back on this thread, for the
+/// [`check_callback_call`] of the mlx-c call that ran it (a later error replaces it).
+pub(crate) fn keep_callback_error(err: Error) {
+    CALLBACK_ERROR.with(|slot| *slot.borrow_mut() = Some(err));
+}
+
+/// Forgets a kept callback error (before an mlx-c call that may run a callback).
+pub(crate) fn clear_callback_error() {
+    CALLBACK_ERROR.with(|slot| slot.borrow_mut().take());
+}
+
+/// [`check`] for an mlx-c call that runs Rust callbacks: on failure, the error a callback kept
+/// (the real problem) rather than mlx-c's "returned a non-zero value", else MLX's message.
+pub(crate) fn check_callback_call(status: c_int) -> Result<()> {
+    let kept = CALLBACK_ERROR.with(|slot| slot.borrow_mut().take());
+    check(status).map_err(|mlx| kept.unwrap_or(mlx))
 }
 
 /// Runs an mlx-c op that writes an array into `res`, returning it as an owned [`Array`]
