@@ -26,6 +26,10 @@ pub enum Error {
         expected: String,
         found: Vec<i64>,
     },
+    /// One of our C++ kernels (`kernels/`) refused a call: `op` is the Rust entry that made
+    /// it, `message` the kernel's own description of the problem.
+    #[error("kernel {op}: {message}")]
+    Kernel { op: String, message: String },
     /// A format, type or architecture we recognise but do not support.
     #[error("unsupported: {0}")]
     Unsupported(String),

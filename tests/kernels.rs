@@ -14,6 +14,7 @@ mod common;
 use mlx_engine::mlx::kernels::{self, KernelPath};
 use mlx_engine::mlx::{ops, Array, Dtype};
 use mlx_engine::quant::{self, GgmlType};
+use mlx_engine::Error;
 
 struct Case {
     ty: GgmlType,
@@ -255,7 +256,11 @@ fn the_mlx_primitive_handles_layouts_dtypes_and_errors() {
     // Wrong inner dimension: an error naming the problem, and the next call still works.
     let bad = Array::from_slice(&vec![0f32; 2 * (k - 32)], &[2, (k - 32) as i32]).unwrap();
     let err = kernels::gguf_matmul(&bad, &blocks, case.ty, n, k).and_then(|y| y.eval().map(|_| y));
-    assert!(err.is_err(), "mismatched K must be an error");
+    let text = err.expect_err("mismatched K must be an error").to_string();
+    assert!(
+        text.starts_with("kernel gguf_matmul: ") && text.contains(&format!("K = {k}")),
+        "{text}"
+    );
     let y = kernels::gguf_matmul(&plain, &blocks, case.ty, n, k).unwrap();
     check(
         &case,
@@ -264,6 +269,32 @@ fn the_mlx_primitive_handles_layouts_dtypes_and_errors() {
         &mag,
         2e-2,
         "after an error",
+    );
+}
+
+/// A call the kernels refuse is `Error::Kernel` naming the Rust entry and carrying the
+/// kernel's message; sizes that do not match are refused before the call.
+#[test]
+fn kernel_refusals_name_the_entry_and_the_problem() {
+    let e = kernels::row_bytes(GgmlType::Q4_0, 33).unwrap_err();
+    assert_eq!(
+        e.to_string(),
+        "kernel row_bytes: k=33 is not a multiple of the Q4_0 block size 32"
+    );
+    assert!(!kernels::supports(GgmlType::Q2_K));
+    match kernels::qmatmul_host(&[0; 84], GgmlType::Q2_K, 1, 256, &[0.0; 256], 1) {
+        Err(Error::Kernel { op, message }) => {
+            assert_eq!(op, "row_bytes");
+            assert!(message.contains("unsupported ggml type id 10"), "{message}");
+        }
+        other => panic!("Q2_K must be refused by the kernel, got {other:?}"),
+    }
+    let e = kernels::load_blocks(&[0; 17], GgmlType::Q4_0, 1, 32).unwrap_err();
+    assert!(
+        matches!(e, Error::InvalidArgument(_))
+            && e.to_string()
+                .contains("load_blocks: 17 bytes for 1 rows of 32 Q4_0"),
+        "{e}"
     );
 }
 

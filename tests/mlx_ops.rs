@@ -365,13 +365,62 @@ fn compiled_function_equals_eager() {
         .map(|v| (v / (1.0 + (-v).exp()) + 1.0) as f32)
         .collect();
     assert_close(&got, &want, 1e-6);
-    // A failing body is an error, not an abort.
-    let bad = transforms::compile(
+}
+
+/// An op failing while MLX traces a compiled function: the caller gets MLX's message for that
+/// op (not mlx-c's "mlx_closure returned a non-zero value"), and the function still works for
+/// inputs the op accepts.
+#[test]
+fn compiled_function_reports_the_failing_op() {
+    let matmul = transforms::compile(
         Box::new(|xs: &[Array]| Ok(vec![ops::matmul(&xs[0], &xs[0])?])),
         false,
     )
     .unwrap();
-    assert!(bad.call(&[&arr(&[1.0; 6], &[2, 3])]).is_err());
+    let err = matmul
+        .call(&[&arr(&[1.0; 6], &[2, 3])])
+        .expect_err("[2, 3] · [2, 3] must fail");
+    let text = err.to_string();
+    assert!(
+        matches!(err, mlx_engine::Error::Mlx { .. }) && text.contains("matmul"),
+        "{text}"
+    );
+    assert!(!text.contains("non-zero"), "{text}");
+    let square = matmul
+        .call(&[&arr(&[1.0, 2.0, 3.0, 4.0], &[2, 2])])
+        .unwrap();
+    assert_eq!(
+        square[0].to_vec::<f32>().unwrap(),
+        vec![7.0, 10.0, 15.0, 22.0]
+    );
+}
+
+/// An `Err` returned by the Rust body of a compiled function reaches the caller unchanged, and
+/// a panic in the body is an `Err` carrying the panic's message, not an abort.
+#[test]
+fn compiled_function_returns_the_body_error() {
+    let refuse = transforms::compile(
+        Box::new(|xs: &[Array]| {
+            Err(mlx_engine::Error::InvalidArgument(format!(
+                "refused {} inputs",
+                xs.len()
+            )))
+        }),
+        false,
+    )
+    .unwrap();
+    let x = arr(&[1.0], &[1]);
+    match refuse.call(&[&x, &x]) {
+        Err(mlx_engine::Error::InvalidArgument(m)) => assert_eq!(m, "refused 2 inputs"),
+        other => panic!("expected the body's error, got {other:?}"),
+    }
+    let panics = transforms::compile(
+        Box::new(|_: &[Array]| -> mlx_engine::Result<Vec<Array>> { panic!("body gave up") }),
+        false,
+    )
+    .unwrap();
+    let text = panics.call(&[&x]).expect_err("a panic").to_string();
+    assert!(text.contains("panicked: body gave up"), "{text}");
 }
 
 #[test]

@@ -1,7 +1,10 @@
 //! Evaluation, compilation and memory statistics.
 
-use crate::error::Result;
-use crate::mlx::handler::{check, install_error_handler, try_array};
+use crate::error::{Error, Result};
+use crate::mlx::handler::{
+    check, check_callback_call, clear_callback_error, install_error_handler, keep_callback_error,
+    try_array,
+};
 use crate::mlx::Array;
 use std::ffi::{c_int, c_void};
 use std::panic::{catch_unwind, AssertUnwindSafe};
@@ -60,22 +63,38 @@ unsafe extern "C" fn call_closure(
     // `drop_closure` runs.
     let f = unsafe { &*(payload as *const Box<ArrayFn>) };
     // No panic may unwind into C++.
-    let result = catch_unwind(AssertUnwindSafe(|| -> Result<Vec<Array>> {
+    let result = catch_unwind(AssertUnwindSafe(|| -> Result<()> {
         // SAFETY: `input` is valid for this call; each get returns a handle we own.
         let n = unsafe { mlx_sys::mlx_vector_array_size(input) };
         let args = (0..n)
             .map(|i| try_array(|res| unsafe { mlx_sys::mlx_vector_array_get(res, input, i) }))
             .collect::<Result<Vec<_>>>()?;
-        f(&args)
-    }));
+        let outputs = f(&args)?;
+        let refs: Vec<&Array> = outputs.iter().collect();
+        let vec = VectorArray::new(&refs);
+        // SAFETY: `out` points to a vector handle owned by mlx-c; set shares ours into it.
+        check(unsafe { mlx_sys::mlx_vector_array_set(out, vec.0) })
+    }))
+    .unwrap_or_else(|panic| Err(panic_error(panic.as_ref())));
     match result {
-        Ok(Ok(outputs)) => {
-            let refs: Vec<&Array> = outputs.iter().collect();
-            let vec = VectorArray::new(&refs);
-            // SAFETY: `out` points to a vector handle owned by mlx-c; set shares ours into it.
-            unsafe { mlx_sys::mlx_vector_array_set(out, vec.0) }
+        Ok(()) => 0,
+        Err(err) => {
+            // mlx-c turns the status into an exception of its own; `Compiled::call` returns this.
+            keep_callback_error(err);
+            1
         }
-        _ => 1,
+    }
+}
+
+/// The error for a compiled function that panicked, with the panic's message.
+fn panic_error(panic: &(dyn std::any::Any + Send)) -> Error {
+    let what = panic
+        .downcast_ref::<&str>()
+        .copied()
+        .or_else(|| panic.downcast_ref::<String>().map(String::as_str))
+        .unwrap_or("no message");
+    Error::Mlx {
+        message: format!("compiled function panicked: {what}"),
     }
 }
 
@@ -115,12 +134,16 @@ pub fn compile(f: Box<ArrayFn>, shapeless: bool) -> Result<Compiled> {
 }
 
 impl Compiled {
-    /// Calls the compiled function (lazily: outputs are unevaluated graph nodes).
+    /// Calls the compiled function (lazily: outputs are unevaluated graph nodes). An error of
+    /// the function's body (while MLX traces it) is returned as the body raised it.
     pub fn call(&self, inputs: &[&Array]) -> Result<Vec<Array>> {
+        install_error_handler();
         let input = VectorArray::new(inputs);
         // SAFETY: valid closure and vector handles; the result vector is ours.
         let mut out = VectorArray(unsafe { mlx_sys::mlx_vector_array_new() });
-        check(unsafe { mlx_sys::mlx_closure_apply(&mut out.0, self.raw, input.0) })?;
+        clear_callback_error();
+        // SAFETY: as above; the closure runs `call_closure` on this thread while tracing.
+        check_callback_call(unsafe { mlx_sys::mlx_closure_apply(&mut out.0, self.raw, input.0) })?;
         out.to_arrays()
     }
 }

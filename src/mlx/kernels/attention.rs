@@ -1,0 +1,95 @@
+//! Attention of one sequence over its KV cache, fused with RoPE, the cache write and Gemma's
+//! Q/K norm (our `CachedAttention` primitive, `kernels/attention.cpp`).
+
+use super::ffi::{self, mlxk_cached_attention};
+use crate::error::Result;
+use crate::mlx::handler::null_array;
+use crate::mlx::stream::current_stream;
+use crate::mlx::Array;
+use std::ffi::c_int;
+
+/// Shapes and RoPE constants of [`cached_attention`].
+#[derive(Clone, Copy, Debug)]
+pub struct AttentionParams {
+    /// Query heads.
+    pub n_heads: usize,
+    /// Key/value heads (divides `n_heads`).
+    pub n_kv_heads: usize,
+    /// Elements per head (even).
+    pub head_dim: usize,
+    /// Softmax scale, usually 1/√head_dim.
+    pub scale: f32,
+    /// RoPE base θ.
+    pub rope_base: f32,
+    /// Position multiplier of the RoPE angle (1.0 = plain RoPE).
+    pub rope_scale: f32,
+    /// RoPE rotates adjacent pairs (2j, 2j+1) when true, halves (j, j+hd/2) when false.
+    pub rope_traditional: bool,
+    /// Sliding-window attention: a query sees only the last `window` keys, itself included.
+    pub window: Option<usize>,
+}
+
+/// Gemma's Q/K norm, done inside [`cached_attention`]: every head of q and k RMS-normalised
+/// over its `head_dim` features and scaled by `q` / `k` (float32 [head_dim]) before RoPE.
+#[derive(Clone, Copy, Debug)]
+pub struct QkNorm<'a> {
+    /// Weights of the query heads' norm.
+    pub q: &'a Array,
+    /// Weights of the key heads' norm.
+    pub k: &'a Array,
+    /// RMSNorm epsilon.
+    pub eps: f32,
+}
+
+/// Attention of one sequence over its KV cache, fused with RoPE and the cache write (our
+/// `CachedAttention` primitive; CPU streams). q [.., L, Hq·hd], k and v [.., L, Hkv·hd] are the
+/// new rows at positions `pos..pos+L` (RMS-normalised per head first with `norm`); `k_cache`,
+/// `v_cache` [1, Hkv, capacity, hd]. Returns the
+/// attention output [.., L, Hq·hd] and the updated caches. The caches are updated in place when
+/// the caller holds no other reference to them: pass the only handles and keep the returned
+/// ones, as [`crate::kv_cache::KvCache`] does.
+#[allow(clippy::too_many_arguments)] // the primitive's inputs, one by one
+pub fn cached_attention(
+    q: &Array,
+    k: &Array,
+    v: &Array,
+    k_cache: &Array,
+    v_cache: &Array,
+    pos: usize,
+    p: &AttentionParams,
+    norm: Option<QkNorm>,
+) -> Result<(Array, Array, Array)> {
+    let s = current_stream();
+    let (q_norm, k_norm, eps) = match norm {
+        Some(n) => (n.q.raw(), n.k.raw(), n.eps),
+        None => (null_array(), null_array(), 0.0),
+    };
+    // SAFETY: valid handles and stream; the C entry validates shapes and dtypes and reports
+    // failures through its status, with the message in `mlxk_last_error`.
+    let [out, kc, vc] = ffi::kernel_arrays("cached_attention", |[out, kc, vc]| unsafe {
+        mlxk_cached_attention(
+            out,
+            kc,
+            vc,
+            q.raw(),
+            k.raw(),
+            v.raw(),
+            k_cache.raw(),
+            v_cache.raw(),
+            p.n_heads as c_int,
+            p.n_kv_heads as c_int,
+            p.head_dim as c_int,
+            pos as i64,
+            p.scale,
+            p.rope_base,
+            p.rope_scale,
+            p.rope_traditional as c_int,
+            p.window.unwrap_or(0) as i64,
+            q_norm,
+            k_norm,
+            eps,
+            s,
+        )
+    })?;
+    Ok((out, kc, vc))
+}

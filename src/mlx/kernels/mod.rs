@@ -1,0 +1,29 @@
+//! Our C++ kernels (`kernels/`) as MLX custom primitives (lazy, ordered on the CPU stream,
+//! composable with `compile`): the quantized matmul over GGUF blocks read in place, fused
+//! projections, the cached attention; plus weight loading into the kernels' arena, their
+//! process-wide settings, and the raw host entry points the tests use to check each path
+//! against the Rust scalar twin. Every kernel status goes through `ffi::check`, so a failure is
+//! [`crate::Error::Kernel`] with the kernel's own message.
+
+mod attention;
+mod ffi;
+mod fused;
+mod host;
+mod layout;
+mod matmul;
+mod settings;
+mod weights;
+
+// The block types the kernels read: the one import from `crate::quant` (submodules use
+// `super::GgmlType`).
+use crate::quant::GgmlType;
+
+pub use attention::{cached_attention, AttentionParams, QkNorm};
+pub use fused::{
+    gguf_gated, gguf_matmul_multi, gguf_swiglu, Gate, GgufWeightRef, RmsNormRef, MAX_FUSED_WEIGHTS,
+};
+pub use host::{dequantize_host, qmatmul_host, repack_host};
+pub use layout::{row_bytes, supports, BlockLayout};
+pub use matmul::{gguf_matmul, gguf_matmul_add};
+pub use settings::{force_path, num_threads, path, set_num_threads, KernelPath};
+pub use weights::{load_blocks, weight_bytes};
