@@ -27,16 +27,17 @@ const TEMPLATE: &str = "chat";
 
 /// The work one render may do, in minijinja fuel: one per instruction executed plus one per
 /// 64 bytes of data created or processed (output, strings, list slots), so it bounds both time
-/// and allocation (about 64 × this many bytes, 128 MB).
+/// and allocation (about 64 × this many bytes, 64 MB).
 ///
 /// Measured with the Qwen 2.5 (with tools), Llama 3, Gemma, ChatML and Zephyr templates:
 /// 200 messages of 200 bytes take 6,800–9,400 fuel (about 47 per message); 200 messages of
 /// 20 KB (a 4 MB prompt) 190,000–320,000 (about 80 per KB); 20,000 messages of 200 bytes
 /// (4.6 MB) 680,000–930,000. A prompt at [`MAX_OUTPUT_BYTES`] therefore needs at most about
-/// 460,000 (4× headroom in the worst shape, 200× for a 200-message conversation). A template
-/// that burns it all stops after ~0.1–0.3 s here (nested loops, string doubling), ~1 s for
-/// the slowest case found (`str.replace` doubling a string).
-pub const MAX_FUEL: u64 = 2_000_000;
+/// 230,000 (4× headroom in that worst shape, 100× for a 200-message conversation). A template
+/// that burns it all stops after 0.1–0.4 s on the 2-core test host (nested loops, string
+/// doubling by `~`, `+` or `join`), ~0.9 s for the slowest case found (`str.replace` doubling
+/// a string).
+pub const MAX_FUEL: u64 = 1_000_000;
 
 /// minijinja's recursion limit: each `for`/`if` level costs 1, a macro call about 6–8, an
 /// include 10 (minijinja's default and cap is 500). 200 allows 30 nested macro calls, far
@@ -45,10 +46,11 @@ pub const MAX_FUEL: u64 = 2_000_000;
 /// on 2 MiB threads.
 pub const MAX_RECURSION: usize = 200;
 
-/// The longest rendered prompt, in bytes: 2 MiB, about 500k tokens, 4× the largest context
-/// window of the models we run (128k tokens). Output is written through a writer that fails
-/// once it passes this, so a template that emits a huge text never holds more.
-pub const MAX_OUTPUT_BYTES: usize = 2 << 20;
+/// The longest rendered prompt, in bytes: 1 MiB, about 250k tokens, twice the largest context
+/// window of the models we run (128k tokens, 0.4–0.6 MB of text). Output is written through a
+/// writer that fails once it passes this, so a template that emits a huge text never holds
+/// more.
+pub const MAX_OUTPUT_BYTES: usize = 1 << 20;
 
 /// The deepest value `tojson` writes; it recurses once per level.
 const MAX_JSON_DEPTH: usize = 128;
@@ -244,19 +246,32 @@ fn template_err(e: minijinja::Error) -> Error {
     Error::Template(format!("{}{detail}{line}", e.kind()))
 }
 
-/// A render error as ours, naming the limit when one was passed.
+/// A render error as ours, naming the limit when one was passed (here or in an error it wraps,
+/// as an `include` does).
 fn render_err(e: minijinja::Error) -> Error {
+    let mut cause: Option<&(dyn std::error::Error + 'static)> = Some(&e);
+    while let Some(err) = cause {
+        if let Some(limit) = err.downcast_ref().and_then(limit_passed) {
+            return limit;
+        }
+        cause = err.source();
+    }
+    template_err(e)
+}
+
+/// The error naming the limit that `e` reports passing, if it is one.
+fn limit_passed(e: &minijinja::Error) -> Option<Error> {
     match e.kind() {
-        ErrorKind::OutOfFuel => Error::Template(format!(
+        ErrorKind::OutOfFuel => Some(Error::Template(format!(
             "the template exceeds its work limit of {MAX_FUEL} fuel \
              (instructions plus data created / 64 bytes)"
-        )),
+        ))),
         ErrorKind::InvalidOperation if e.detail() == Some("recursion limit exceeded") => {
-            Error::Template(format!(
+            Some(Error::Template(format!(
                 "the template exceeds the recursion limit of {MAX_RECURSION}"
-            ))
+            )))
         }
-        _ => template_err(e),
+        _ => None,
     }
 }
 
@@ -642,7 +657,7 @@ mod tests {
             let (text, fuel) = t.render_context(Value::from(ctx)).unwrap();
             assert!(text.len() > 200 * 200, "{name}: {}", text.len());
             // Measured 6,800-9,400.
-            assert!(fuel > 1_000 && fuel < MAX_FUEL / 100, "{name}: {fuel}");
+            assert!(fuel > 1_000 && fuel < MAX_FUEL / 50, "{name}: {fuel}");
         }
     }
 
