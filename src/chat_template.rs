@@ -5,20 +5,55 @@
 //! context `messages`, `add_generation_prompt`, `bos_token`, `eos_token`, and the functions
 //! real templates call: `raise_exception`, `strftime_now`, a Python-style `tojson`, and Python
 //! string and dict methods (`.strip()`, `.startswith()`, `.split()`, `.items()` …).
+//!
+//! Templates come from model files and are untrusted, so every render runs under three limits
+//! ([`MAX_FUEL`], [`MAX_RECURSION`], [`MAX_OUTPUT_BYTES`]); a template that passes one fails
+//! with [`Error::Template`] naming it, in bounded time and memory.
 #![forbid(unsafe_code)]
 
 use std::collections::BTreeMap;
+use std::io;
 use std::sync::Arc;
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use minijinja::syntax::SyntaxConfig;
 use minijinja::value::{Enumerator, Kwargs, Object, ObjectRepr, ValueKind};
-use minijinja::{Environment, ErrorKind, Value};
+use minijinja::{Environment, ErrorKind, State, Value};
 
 use crate::{Error, Result};
 
 /// The name the template is stored under in its environment.
 const TEMPLATE: &str = "chat";
+
+/// The work one render may do, in minijinja fuel: one per instruction executed plus one per
+/// 64 bytes of data created or processed (output, strings, list slots), so it bounds both time
+/// and allocation (about 64 × this many bytes, 64 MB).
+///
+/// Measured with the Qwen 2.5 (with tools), Llama 3, Gemma, ChatML and Zephyr templates:
+/// 200 messages of 200 bytes take 6,800–9,400 fuel (about 47 per message); 200 messages of
+/// 20 KB (a 4 MB prompt) 190,000–320,000 (about 80 per KB); 20,000 messages of 200 bytes
+/// (4.6 MB) 680,000–930,000. A prompt at [`MAX_OUTPUT_BYTES`] therefore needs at most about
+/// 230,000 (4× headroom in that worst shape, 100× for a 200-message conversation). A template
+/// that burns it all stops after 0.1–0.4 s on the 2-core test host (nested loops, string
+/// doubling by `~`, `+` or `join`), ~0.9 s for the slowest case found (`str.replace` doubling
+/// a string).
+pub const MAX_FUEL: u64 = 1_000_000;
+
+/// minijinja's recursion limit: each `for`/`if` level costs 1, a macro call about 6–8, an
+/// include 10 (minijinja's default and cap is 500). 200 allows 30 nested macro calls, far
+/// more than real templates use (they nest a few `for`/`if` levels and seldom call macros),
+/// and hits the limit on less than 256 KiB of stack (500 needs up to 512 KiB), so it is safe
+/// on 2 MiB threads.
+pub const MAX_RECURSION: usize = 200;
+
+/// The longest rendered prompt, in bytes: 1 MiB, about 250k tokens, twice the largest context
+/// window of the models we run (128k tokens, 0.4–0.6 MB of text). Output is written through a
+/// writer that fails once it passes this, so a template that emits a huge text never holds
+/// more.
+pub const MAX_OUTPUT_BYTES: usize = 1 << 20;
+
+/// The deepest value `tojson` writes; it recurses once per level.
+const MAX_JSON_DEPTH: usize = 128;
 
 /// Gemma's turn format, for Gemma GGUF files that ship no template: `<start_of_turn>user` /
 /// `<start_of_turn>model` turns closed by `<end_of_turn>`, a system message folded into the
@@ -110,7 +145,9 @@ impl ChatTemplate {
     pub fn new(source: &str, bos: &str, eos: &str) -> Result<ChatTemplate> {
         let mut env = Environment::new();
         env.set_syntax(syntax()?);
-        env.set_unknown_method_callback(minijinja_contrib::pycompat::unknown_method_callback);
+        env.set_fuel(Some(MAX_FUEL));
+        env.set_recursion_limit(MAX_RECURSION);
+        env.set_unknown_method_callback(python_method);
         env.add_function("raise_exception", raise_exception);
         env.add_function("strftime_now", strftime_now);
         env.add_filter("tojson", tojson);
@@ -125,19 +162,71 @@ impl ChatTemplate {
 
     /// Renders a conversation; with `add_generation_prompt` the text ends where the assistant's
     /// reply begins. A template error (including `raise_exception`) is an `Err`.
+    /// A template that exceeds [`MAX_FUEL`], [`MAX_RECURSION`] or [`MAX_OUTPUT_BYTES`] is an `Err`
+    /// naming the limit.
     pub fn render(&self, messages: &[ChatMessage], add_generation_prompt: bool) -> Result<String> {
+        let ctx = self.context(messages, add_generation_prompt);
+        self.render_context(Value::from(ctx)).map(|(text, _)| text)
+    }
+
+    /// The variables a template sees.
+    fn context(
+        &self,
+        messages: &[ChatMessage],
+        add_generation_prompt: bool,
+    ) -> BTreeMap<&'static str, Value> {
         let messages: Vec<Value> = messages
             .iter()
             .map(|m| Value::from_object(m.clone()))
             .collect();
-        let ctx = BTreeMap::from([
+        BTreeMap::from([
             ("messages", Value::from(messages)),
             ("add_generation_prompt", Value::from(add_generation_prompt)),
             ("bos_token", Value::from(self.bos.as_str())),
             ("eos_token", Value::from(self.eos.as_str())),
-        ]);
+        ])
+    }
+
+    /// Renders with any context under the limits; returns the text and the fuel it used.
+    fn render_context(&self, ctx: Value) -> Result<(String, u64)> {
         let template = self.env.get_template(TEMPLATE).map_err(template_err)?;
-        template.render(Value::from(ctx)).map_err(template_err)
+        let mut out = BoundedWriter::default();
+        let rendered = template.render_captured_to(ctx, &mut out);
+        if out.overflowed {
+            return Err(Error::Template(format!(
+                "the rendered prompt exceeds the limit of {MAX_OUTPUT_BYTES} bytes"
+            )));
+        }
+        let fuel = rendered
+            .map_err(render_err)?
+            .state()
+            .fuel_levels()
+            .map_or(0, |(used, _)| used);
+        let text = String::from_utf8(out.buf)
+            .map_err(|_| Error::Template("the rendered prompt is not UTF-8".to_string()))?;
+        Ok((text, fuel))
+    }
+}
+
+/// The render output: collects up to [`MAX_OUTPUT_BYTES`] and fails the write that would pass it.
+#[derive(Default)]
+struct BoundedWriter {
+    buf: Vec<u8>,
+    overflowed: bool,
+}
+
+impl io::Write for BoundedWriter {
+    fn write(&mut self, data: &[u8]) -> io::Result<usize> {
+        if self.buf.len().saturating_add(data.len()) > MAX_OUTPUT_BYTES {
+            self.overflowed = true;
+            return Err(io::Error::other("output limit reached"));
+        }
+        self.buf.extend_from_slice(data);
+        Ok(data.len())
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        Ok(())
     }
 }
 
@@ -155,6 +244,96 @@ fn template_err(e: minijinja::Error) -> Error {
     let line = e.line().map(|l| format!(" (line {l})")).unwrap_or_default();
     let detail = e.detail().map(|d| format!(": {d}")).unwrap_or_default();
     Error::Template(format!("{}{detail}{line}", e.kind()))
+}
+
+/// A render error as ours, naming the limit when one was passed (here or in an error it wraps,
+/// as an `include` does).
+fn render_err(e: minijinja::Error) -> Error {
+    let mut cause: Option<&(dyn std::error::Error + 'static)> = Some(&e);
+    while let Some(err) = cause {
+        if let Some(limit) = err.downcast_ref().and_then(limit_passed) {
+            return limit;
+        }
+        cause = err.source();
+    }
+    template_err(e)
+}
+
+/// The error naming the limit that `e` reports passing, if it is one.
+fn limit_passed(e: &minijinja::Error) -> Option<Error> {
+    match e.kind() {
+        ErrorKind::OutOfFuel => Some(Error::Template(format!(
+            "the template exceeds its work limit of {MAX_FUEL} fuel \
+             (instructions plus data created / 64 bytes)"
+        ))),
+        ErrorKind::InvalidOperation if e.detail() == Some("recursion limit exceeded") => {
+            Some(Error::Template(format!(
+                "the template exceeds the recursion limit of {MAX_RECURSION}"
+            )))
+        }
+        _ => None,
+    }
+}
+
+/// Python methods on values (minijinja-contrib's `pycompat`), with `str.format` first charged
+/// for the text it may create: pycompat formats without checking widths against the fuel, so
+/// `'{:>999999999}'.format(x)` would allocate a gigabyte.
+fn python_method(
+    state: &mut State,
+    value: &Value,
+    method: &str,
+    args: &[Value],
+) -> std::result::Result<Value, minijinja::Error> {
+    if let (Some(format), "format") = (value.as_str(), method) {
+        charge_str_format(state, format, args)?;
+    }
+    minijinja_contrib::pycompat::unknown_method_callback(state, value, method, args)
+}
+
+/// Charges fuel for an upper bound of what `format.format(*args)` creates: the format string,
+/// every number inside a `{…}` field (widths and precisions are among them) and, per field,
+/// the longest argument. Fails past [`MAX_OUTPUT_BYTES`].
+fn charge_str_format(
+    state: &State,
+    format: &str,
+    args: &[Value],
+) -> std::result::Result<(), minijinja::Error> {
+    let mut fields = 0usize;
+    let mut numbers = 0usize;
+    let mut rest = format;
+    while let Some(open) = rest.find('{') {
+        rest = &rest[open + 1..];
+        if let Some(after) = rest.strip_prefix('{') {
+            rest = after;
+            continue;
+        }
+        let close = rest.find('}').unwrap_or(rest.len());
+        fields += 1;
+        for digits in rest[..close].split(|c: char| !c.is_ascii_digit()) {
+            let n =
+                digits
+                    .parse::<usize>()
+                    .unwrap_or(if digits.is_empty() { 0 } else { usize::MAX });
+            numbers = numbers.saturating_add(n);
+        }
+        rest = &rest[close..];
+    }
+    let longest_arg = args
+        .iter()
+        .map(|a| a.as_str().map_or_else(|| a.to_string().len(), str::len))
+        .max()
+        .unwrap_or(0);
+    let bound = format
+        .len()
+        .saturating_add(numbers)
+        .saturating_add(fields.saturating_mul(longest_arg));
+    if bound > MAX_OUTPUT_BYTES {
+        return Err(minijinja::Error::new(
+            ErrorKind::InvalidOperation,
+            format!("str.format may create {bound} bytes, over the limit of {MAX_OUTPUT_BYTES}"),
+        ));
+    }
+    state.consume_fuel((bound / 64) as u64)
 }
 
 /// `raise_exception(message)`: templates call it to reject a conversation.
@@ -263,7 +442,9 @@ fn days_from_civil(year: u64, month: u64, day: u64) -> u64 {
 }
 
 /// `tojson` as transformers defines it, Python's `json.dumps(value, ensure_ascii=False)`:
-/// `", "` and `": "` separators, no HTML escaping; with `indent`, one item per line.
+/// `", "` and `": "` separators, no HTML escaping; with `indent`, one item per line. The text
+/// is bounded by [`MAX_OUTPUT_BYTES`] and the nesting by [`MAX_JSON_DEPTH`] (an indent of 10⁹
+/// or a value nested 10⁵ deep is an error, not a huge allocation or a stack overflow).
 fn tojson(
     value: &Value,
     indent: Option<usize>,
@@ -281,6 +462,28 @@ fn tojson(
     Ok(out)
 }
 
+/// The error of a `tojson` that passes one of its limits.
+fn json_limit(what: String) -> minijinja::Error {
+    minijinja::Error::new(ErrorKind::InvalidOperation, format!("tojson: {what}"))
+}
+
+/// Appends a newline and the indent of nesting `depth`, within [`MAX_OUTPUT_BYTES`].
+fn push_indent(
+    out: &mut String,
+    indent: usize,
+    depth: usize,
+) -> std::result::Result<(), minijinja::Error> {
+    let width = indent.saturating_mul(depth);
+    if out.len().saturating_add(width) >= MAX_OUTPUT_BYTES {
+        return Err(json_limit(format!(
+            "the text exceeds the limit of {MAX_OUTPUT_BYTES} bytes"
+        )));
+    }
+    out.push('\n');
+    out.extend(std::iter::repeat_n(' ', width));
+    Ok(())
+}
+
 /// Appends the JSON text of `value` at nesting `depth`.
 fn write_json(
     value: &Value,
@@ -288,6 +491,16 @@ fn write_json(
     depth: usize,
     out: &mut String,
 ) -> std::result::Result<(), minijinja::Error> {
+    if depth > MAX_JSON_DEPTH {
+        return Err(json_limit(format!(
+            "the value is nested deeper than {MAX_JSON_DEPTH} levels"
+        )));
+    }
+    if out.len() > MAX_OUTPUT_BYTES {
+        return Err(json_limit(format!(
+            "the text exceeds the limit of {MAX_OUTPUT_BYTES} bytes"
+        )));
+    }
     match value.kind() {
         ValueKind::Undefined | ValueKind::None => out.push_str("null"),
         ValueKind::Bool => out.push_str(if value.is_true() { "true" } else { "false" }),
@@ -323,8 +536,7 @@ fn write_json_items(
             (_, None) => ", ",
         });
         if let Some(n) = indent {
-            out.push('\n');
-            out.push_str(&" ".repeat(n * (depth + 1)));
+            push_indent(out, n, depth + 1)?;
         }
         if map {
             out.push_str(&json_string(&item.to_string()));
@@ -335,8 +547,7 @@ fn write_json_items(
         }
     }
     if let (Some(n), false) = (indent, items.is_empty()) {
-        out.push('\n');
-        out.push_str(&" ".repeat(n * depth));
+        push_indent(out, n, depth)?;
     }
     out.push(close);
     Ok(())
@@ -384,6 +595,87 @@ mod tests {
             t.render(&messages[1..2], false).unwrap(),
             "<bos><start_of_turn>user\nHi<end_of_turn>\n"
         );
+    }
+
+    /// The real templates of `tests/data` and Gemma's, by name.
+    fn real_templates() -> [(&'static str, &'static str); 5] {
+        [
+            (
+                "qwen2.5",
+                include_str!("../tests/data/qwen2.5_chat_template.jinja"),
+            ),
+            (
+                "llama3",
+                include_str!("../tests/data/llama3_chat_template.jinja"),
+            ),
+            (
+                "chatml",
+                include_str!("../tests/data/chatml_chat_template.jinja"),
+            ),
+            (
+                "zephyr",
+                include_str!("../tests/data/zephyr_chat_template.jinja"),
+            ),
+            ("gemma", GEMMA_TEMPLATE),
+        ]
+    }
+
+    /// A system message, then `n` user/assistant turns of `len` bytes.
+    fn conversation(n: usize, len: usize) -> Vec<ChatMessage> {
+        let text = "word ".repeat(len / 5);
+        let turns = (0..n).map(|i| match i % 2 {
+            0 => ChatMessage::user(text.as_str()),
+            _ => ChatMessage::assistant(text.as_str()),
+        });
+        std::iter::once(ChatMessage::system("You are helpful."))
+            .chain(turns)
+            .collect()
+    }
+
+    /// One function in the OpenAI tool format, as Qwen's template lists them.
+    fn weather_tool() -> Value {
+        let city = Value::from_iter([("type", "string"), ("description", "City name")]);
+        let parameters = Value::from_iter([
+            ("type", Value::from("object")),
+            ("properties", Value::from_iter([("city", city)])),
+            ("required", Value::from(vec!["city"])),
+        ]);
+        let function = Value::from_iter([
+            ("name", Value::from("get_weather")),
+            ("description", Value::from("Get the weather")),
+            ("parameters", parameters),
+        ]);
+        Value::from_iter([("type", Value::from("function")), ("function", function)])
+    }
+
+    #[test]
+    fn real_templates_use_a_small_part_of_the_fuel() {
+        for (name, source) in real_templates() {
+            let t = ChatTemplate::new(source, "<s>", "</s>").unwrap();
+            let mut ctx = t.context(&conversation(200, 200), true);
+            ctx.insert("tools", Value::from(vec![weather_tool()]));
+            let (text, fuel) = t.render_context(Value::from(ctx)).unwrap();
+            assert!(text.len() > 200 * 200, "{name}: {}", text.len());
+            // Measured 6,800-9,400.
+            assert!(fuel > 1_000 && fuel < MAX_FUEL / 50, "{name}: {fuel}");
+        }
+    }
+
+    #[test]
+    fn a_prompt_near_the_output_limit_fits_in_the_fuel() {
+        // The costliest shape measured: many short messages (~47 fuel each).
+        let messages = conversation(MAX_OUTPUT_BYTES * 9 / 10 / 230, 200);
+        for (name, source) in real_templates() {
+            let t = ChatTemplate::new(source, "<s>", "</s>").unwrap();
+            let ctx = t.context(&messages, true);
+            let (text, fuel) = t.render_context(Value::from(ctx)).unwrap();
+            assert!(
+                text.len() > MAX_OUTPUT_BYTES * 3 / 4,
+                "{name}: {}",
+                text.len()
+            );
+            assert!(fuel < MAX_FUEL / 3, "{name}: {fuel}");
+        }
     }
 
     #[test]
