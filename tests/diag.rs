@@ -181,7 +181,7 @@ fn npz_member(path: &Path, name: &str) -> Vec<f32> {
 fn check_dense(model: &Path, per_layer: &[&str], extra_globals: &[&str]) {
     let run = engine_dump(model, Execution::CpuDense, &TOKENS);
     let ours = &run.dump;
-    let theirs = scratch(&format!("{}.reference.npz", file_name(&ours)));
+    let theirs = scratch(&format!("{}.reference.npz", file_name(ours)));
     reference_dump(model, &TOKENS, &theirs);
 
     let (code, summary) = diff(ours, &theirs, DENSE_TOL);

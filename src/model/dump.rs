@@ -219,7 +219,7 @@ fn npy_header(shape: &[usize]) -> Vec<u8> {
     };
     let mut dict = format!("{{'descr': '<f4', 'fortran_order': False, 'shape': {tuple}, }}");
     const PREFIX: usize = 10; // magic (6), version (2), header length (2)
-    while (PREFIX + dict.len() + 1) % 64 != 0 {
+    while !(PREFIX + dict.len() + 1).is_multiple_of(64) {
         dict.push(' ');
     }
     dict.push('\n');
