@@ -100,11 +100,25 @@ impl Linear {
 /// kernel call (norm, one activation quantization, one pass of the thread pool) when all are
 /// GGUF blocks, else MLX's `rms_norm` and the layers one by one.
 pub fn forward_all(layers: &[&Linear], x: &Array, norm: Option<RmsNormRef>) -> Result<Vec<Array>> {
+    Ok(forward_all_normed(layers, x, norm)?.1)
+}
+
+/// [`forward_all`], also giving RMSNorm(x) when it is an array of its own: `None` without
+/// `norm` or when the norm runs inside the fused kernel op (for the per-layer dump).
+pub fn forward_all_normed(
+    layers: &[&Linear],
+    x: &Array,
+    norm: Option<RmsNormRef>,
+) -> Result<(Option<Array>, Vec<Array>)> {
     if let Some((operands, k)) = gguf_operands(layers) {
-        return kernels::gguf_matmul_multi(x, norm, &operands, k);
+        return Ok((None, kernels::gguf_matmul_multi(x, norm, &operands, k)?));
     }
-    let x = normed(x, norm)?;
-    layers.iter().map(|l| l.forward(&x)).collect()
+    let n = normed(x, norm)?;
+    let outputs = layers
+        .iter()
+        .map(|l| l.forward(&n))
+        .collect::<Result<_>>()?;
+    Ok((norm.map(|_| n), outputs))
 }
 
 /// The gated product act(x·Gᵀ) · (x·Uᵀ) of SwiGLU (`Gate::Silu`) or GEGLU (`Gate::GeluTanh`)
@@ -117,13 +131,25 @@ pub fn gated(
     x: &Array,
     norm: Option<RmsNormRef>,
 ) -> Result<Array> {
+    Ok(gated_normed(act, gate, up, x, norm)?.1)
+}
+
+/// [`gated`], also giving RMSNorm(x) when it is an array of its own (as [`forward_all_normed`]).
+pub fn gated_normed(
+    act: Gate,
+    gate: &Linear,
+    up: &Linear,
+    x: &Array,
+    norm: Option<RmsNormRef>,
+) -> Result<(Option<Array>, Array)> {
     if let Some((ops, k)) = gguf_operands(&[gate, up]) {
         if ops.iter().all(|w| w.bias.is_none()) {
-            return kernels::gguf_gated(x, norm, ops[0], ops[1], k, act);
+            return Ok((None, kernels::gguf_gated(x, norm, ops[0], ops[1], k, act)?));
         }
     }
-    let x = normed(x, norm)?;
-    ops::multiply(&act.apply(&gate.forward(&x)?)?, &up.forward(&x)?)
+    let n = normed(x, norm)?;
+    let product = ops::multiply(&act.apply(&gate.forward(&n)?)?, &up.forward(&n)?)?;
+    Ok((norm.map(|_| n), product))
 }
 
 /// x, or MLX's RMSNorm of x.

@@ -1,5 +1,15 @@
 //! The Llama-family transformer (Llama 1/2/3, TinyLlama, Qwen2, Gemma 3): weights, then the
-//! forward pass. Names of intermediates follow llama.cpp (`attn_norm`, `ffn_inp`, `l_out`, …).
+//! forward pass. Names of intermediates follow llama.cpp (`attn_norm`, `ffn_inp`, `l_out`, …),
+//! in the dump (`MLX_ENGINE_DUMP`, see [`crate::model::dump`]) and in `tracing` spans.
+//!
+//! Spans (level `trace`, each with the layer index as field `il`): `block` around a layer and,
+//! inside it, one per step, named for the intermediate the step is about: `attn_norm` (the
+//! norm and the Q/K/V projections, one fused op on the kernel path), `kqv_out` (Q/K norm, RoPE,
+//! cache write, attention), `ffn_inp` (output projection and skip connection), `ffn_norm` (the
+//! norm and the gate/up product) and `l_out` (down projection and skip connection); outside
+//! the blocks `inp_embd`, `result_norm` and `result_output`. MLX is lazy, so a span times the
+//! building of its step's graph (and the host-side embedding lookup), not the kernels, which
+//! run when the caller evaluates the logits.
 
 use crate::error::{Error, Result};
 use crate::kv_cache::KvCache;
@@ -7,6 +17,7 @@ use crate::mlx::fast::{self, AttentionMask};
 use crate::mlx::kernels::{self, AttentionParams, Gate, QkNorm, RmsNormRef};
 use crate::mlx::{ops, Array};
 use crate::model::config::ModelConfig;
+use crate::model::dump::Taps;
 use crate::model::linear::{self, Linear};
 use crate::model::weights::{Embedding, Execution, WeightSource};
 
@@ -127,15 +138,22 @@ impl Llama {
         for cache in caches.iter_mut() {
             cache.reserve(l)?;
         }
+        let mut taps = Taps::for_next_forward();
+        let span = tracing::trace_span!("inp_embd").entered();
         let mut x = self.embed.lookup(tokens)?; // [B·L, D]
+        taps.put("inp_embd", None, &x);
         if let Some(scale) = c.embedding_scale() {
             x = ops::multiply(&x, &Array::scalar(scale)?)?; // [B·L, D]
+            taps.put("inp_scaled", None, &x);
         }
         let mut x = ops::reshape(&x, &[b as i32, l as i32, c.hidden as i32])?; // [B, L, D]
-        for (i, block) in self.blocks.iter().enumerate() {
-            let _span = tracing::trace_span!("block", i).entered();
-            let ffn_inp = self.attention(block, i, &x, caches)?; // x + attn(attn_norm(x)) [B, L, D]
-            x = self.mlp(block, &ffn_inp)?; // l_out = ffn_inp + mlp(ffn_norm(ffn_inp)) [B, L, D]
+        drop(span);
+        for (il, block) in self.blocks.iter().enumerate() {
+            let _span = tracing::trace_span!("block", il).entered();
+            let ffn_inp = self.attention(block, il, &x, caches, &mut taps)?; // x + attn(attn_norm(x)) [B, L, D]
+            taps.put("ffn_inp", Some(il), &ffn_inp);
+            x = self.mlp(block, il, &ffn_inp, &mut taps)?; // ffn_inp + mlp(ffn_norm(ffn_inp)) [B, L, D]
+            taps.put("l_out", Some(il), &x);
         }
         for cache in caches.iter_mut() {
             cache.advance(l);
@@ -148,8 +166,18 @@ impl Llama {
                 &[1; 3],
             )?; // [B, 1, D]
         }
-        let result_norm = fast::rms_norm(&x, &self.output_norm, c.rms_eps)?; // [B, L', D]
-        self.output.forward(&result_norm) // [B, L', V]
+        let result_norm = {
+            let _span = tracing::trace_span!("result_norm").entered();
+            fast::rms_norm(&x, &self.output_norm, c.rms_eps)? // [B, L', D]
+        };
+        taps.put("result_norm", None, &result_norm);
+        let logits = {
+            let _span = tracing::trace_span!("result_output").entered();
+            self.output.forward(&result_norm)? // [B, L', V]
+        };
+        taps.put("result_output", None, &logits);
+        taps.finish()?;
+        Ok(logits)
     }
 
     /// The attention half of a block with its skip connection: x + attn(RMSNorm(x)) for
@@ -162,15 +190,26 @@ impl Llama {
         layer: usize,
         x: &Array,
         caches: &mut [&mut KvCache],
+        taps: &mut Taps,
     ) -> Result<Array> {
+        let span = tracing::trace_span!("attn_norm", il = layer).entered();
         let attn_norm = RmsNormRef {
             weight: &block.attn_norm,
             eps: self.config.rms_eps,
         };
-        let qkv = linear::forward_all(&[&block.wq, &block.wk, &block.wv], x, Some(attn_norm))?;
+        let (normed, qkv) =
+            linear::forward_all_normed(&[&block.wq, &block.wk, &block.wv], x, Some(attn_norm))?;
         let [mut q, mut k, v] = <[Array; 3]>::try_from(qkv)
             .map_err(|_| Error::InvalidArgument("expected three projections".into()))?;
         // q [B, L, Hq·hd], k and v [B, L, Hkv·hd]
+        if let Some(n) = &normed {
+            taps.put("attn_norm", Some(layer), n); // [B, L, D]
+        }
+        taps.put("Qcur", Some(layer), &q);
+        taps.put("Kcur", Some(layer), &k);
+        taps.put("Vcur", Some(layer), &v);
+        drop(span);
+        let span = tracing::trace_span!("kqv_out", il = layer).entered();
         let qk_norm = block.gemma.as_ref().map(|g| QkNorm {
             q: &g.q_norm,
             k: &g.k_norm,
@@ -185,10 +224,14 @@ impl Llama {
             }
             self.attend_mlx(layer, &q, &k, &v, caches)?
         }; // [B, L, Hq·hd]
+        taps.put("kqv_out", Some(layer), &kqv);
+        drop(span);
+        let _span = tracing::trace_span!("ffn_inp", il = layer).entered();
         match &block.gemma {
             Some(g) => {
                 let out = block.wo.forward(&kqv)?; // [B, L, D]
                 let out = fast::rms_norm(&out, &g.post_attn_norm, self.config.rms_eps)?;
+                taps.put("attn_post_norm", Some(layer), &out);
                 ops::add(x, &out) // [B, L, D]
             }
             None => block.wo.forward_add(&kqv, x), // x + wo(kqv) [B, L, D]
@@ -310,21 +353,30 @@ impl Llama {
     /// The feed-forward half of a block with its skip connection: x + down(silu(gate(n)) ·
     /// up(n)) with n = RMSNorm(x), x [B, L, D] → [B, L, D]. Gemma: GELU (tanh) instead of
     /// SiLU, and the output normed before the add.
-    fn mlp(&self, block: &Block, x: &Array) -> Result<Array> {
+    fn mlp(&self, block: &Block, layer: usize, x: &Array, taps: &mut Taps) -> Result<Array> {
+        let span = tracing::trace_span!("ffn_norm", il = layer).entered();
         let ffn_norm = RmsNormRef {
             weight: &block.ffn_norm,
             eps: self.config.rms_eps,
         };
-        let act = match block.gemma {
-            Some(_) => Gate::GeluTanh,
-            None => Gate::Silu,
+        let (act, act_name) = match block.gemma {
+            Some(_) => (Gate::GeluTanh, "ffn_geglu"),
+            None => (Gate::Silu, "ffn_swiglu"),
         };
-        let par = linear::gated(act, &block.w_gate, &block.w_up, x, Some(ffn_norm))?; // [B, L, F]
+        let (normed, par) =
+            linear::gated_normed(act, &block.w_gate, &block.w_up, x, Some(ffn_norm))?; // [B, L, F]
+        if let Some(n) = &normed {
+            taps.put("ffn_norm", Some(layer), n); // [B, L, D]
+        }
+        taps.put(act_name, Some(layer), &par);
+        drop(span);
+        let _span = tracing::trace_span!("l_out", il = layer).entered();
         let Some(g) = &block.gemma else {
             return block.w_down.forward_add(&par, x); // x + down(par) [B, L, D]
         };
         let out = block.w_down.forward(&par)?; // [B, L, D]
         let out = fast::rms_norm(&out, &g.post_ffw_norm, self.config.rms_eps)?;
+        taps.put("ffn_post_norm", Some(layer), &out);
         ops::add(x, &out) // [B, L, D]
     }
 }

@@ -1,6 +1,7 @@
 //! Models: configuration, weights and forward passes. One file per architecture family.
 
 pub mod config;
+pub mod dump;
 pub mod hf_weights;
 pub mod linear;
 pub mod llama;

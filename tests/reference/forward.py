@@ -5,7 +5,9 @@ The script reads a GGUF file with ``gguf.GGUFReader``, dequantizes the weights
 to float32 with ``gguf.quants.dequantize`` and runs a plain, teacher-forced
 transformer forward pass over a whole token sequence at once (causal mask).
 It writes the logits of every position (or only the last one) as raw
-little-endian float32, row-major ``[rows, vocab]``.
+little-endian float32, row-major ``[rows, vocab]``, and with ``--dump`` the
+per-layer intermediates as a NumPy ``.npz`` under llama.cpp's names, the same
+names and layout as the engine's ``MLX_ENGINE_DUMP`` (see ``diff_dump.py``).
 
 Supported architectures (``general.architecture``): ``llama``, ``qwen2`` and
 ``gemma3`` (RMS-normalised Q/K, norms after attention and MLP, GELU-tanh MLP,
@@ -27,6 +29,7 @@ Usage::
 
     python3 forward.py MODEL.gguf --tokens 785,6722,315 --out OUT.bin [--last-only]
     python3 forward.py MODEL.gguf --tokens 785,6722,315,9625,374 --greedy 8
+    python3 forward.py MODEL.gguf --tokens 785,6722,315 --dump REF.npz
 """
 
 from __future__ import annotations
@@ -245,6 +248,33 @@ class Weights:
         return out
 
 
+class Taps:
+    """Intermediates of one forward pass under llama.cpp's names (``NAME-LAYER`` per block).
+
+    Each is stored as float32 ``[rows, features]`` (rows = positions), the layout of the
+    engine's dump; a disabled instance records nothing.
+    """
+
+    def __init__(self, enabled: bool):
+        """Record when `enabled`, else ignore every `put`."""
+        self.tensors: dict[str, np.ndarray] | None = {} if enabled else None
+
+    def put(self, name: str, value: np.ndarray, layer: int | None = None) -> None:
+        """Record `value` [rows, ...] as `name` (or `name-layer`), flattened to two dimensions."""
+        if self.tensors is None:
+            return
+        key = name if layer is None else f"{name}-{layer}"
+        self.tensors[key] = np.ascontiguousarray(value.reshape(value.shape[0], -1), dtype="<f4")
+
+    def save(self, path: str) -> None:
+        """Write the recorded tensors, in recording order, as an uncompressed ``.npz``."""
+        with open(path, "wb") as f:
+            np.savez(f, **(self.tensors or {}))
+
+
+NO_TAPS = Taps(False)
+
+
 def rms_norm(x: np.ndarray, weight: np.ndarray, eps: float) -> np.ndarray:
     """RMSNorm over the last axis: x / sqrt(mean(x^2) + eps) * weight."""
     mean_sq = np.mean(x * x, axis=-1, keepdims=True)
@@ -324,13 +354,18 @@ def gelu_tanh(x: np.ndarray) -> np.ndarray:
     return np.float32(0.5) * x * (np.float32(1.0) + np.tanh(c * (x + np.float32(0.044715) * x * x * x)))
 
 
-def forward(hp: HParams, tokens: list[int], weights: Weights, last_only: bool = False) -> np.ndarray:
-    """Teacher-forced float32 forward; returns logits [n_tokens, vocab] (or [1, vocab])."""
+def forward(hp: HParams, tokens: list[int], weights: Weights, last_only: bool = False,
+            taps: Taps = NO_TAPS) -> np.ndarray:
+    """Teacher-forced float32 forward; returns logits [n_tokens, vocab] (or [1, vocab]).
+
+    `taps` records the intermediates (inp_embd, attn_norm-L, Qcur-L, ..., result_output).
+    """
     if hp.arch == "gemma3":
-        return forward_gemma3(hp, tokens, weights, last_only)
+        return forward_gemma3(hp, tokens, weights, last_only, taps)
     n = len(tokens)
     ids = np.asarray(tokens, dtype=np.int64)
     x = weights.rows("token_embd.weight", ids, hp.hidden)  # [n, hidden]
+    taps.put("inp_embd", x)
     q_dim, kv_dim, hd = hp.n_heads * hp.head_dim, hp.n_kv_heads * hp.head_dim, hp.head_dim
     has_bias = hp.arch == "qwen2"
     cos, sin = rope_tables(n, hd, hp.rope_base)
@@ -339,33 +374,49 @@ def forward(hp: HParams, tokens: list[int], weights: Weights, last_only: bool = 
     for layer in range(hp.n_layers):
         p = f"blk.{layer}"
         h = rms_norm(x, weights.get(f"{p}.attn_norm.weight", (hp.hidden,)), hp.eps)
+        taps.put("attn_norm", h, layer)
         q = linear(weights, f"{p}.attn_q", h, q_dim, hp.hidden, has_bias)
         k = linear(weights, f"{p}.attn_k", h, kv_dim, hp.hidden, has_bias)
         v = linear(weights, f"{p}.attn_v", h, kv_dim, hp.hidden, has_bias)
+        taps.put("Qcur", q, layer)
+        taps.put("Kcur", k, layer)
+        taps.put("Vcur", v, layer)
         q = apply_rope(q.reshape(n, hp.n_heads, hd).transpose(1, 0, 2), cos, sin, style)
         k = apply_rope(k.reshape(n, hp.n_kv_heads, hd).transpose(1, 0, 2), cos, sin, style)
         v = v.reshape(n, hp.n_kv_heads, hd).transpose(1, 0, 2)
         attn = causal_attention(q, k, v)
+        taps.put("kqv_out", attn, layer)
         x = x + linear(weights, f"{p}.attn_output", attn, hp.hidden, q_dim)
+        taps.put("ffn_inp", x, layer)
 
         h = rms_norm(x, weights.get(f"{p}.ffn_norm.weight", (hp.hidden,)), hp.eps)
+        taps.put("ffn_norm", h, layer)
         gate = linear(weights, f"{p}.ffn_gate", h, hp.ffn, hp.hidden)
         up = linear(weights, f"{p}.ffn_up", h, hp.ffn, hp.hidden)
         act = gate / (np.float32(1.0) + np.exp(-gate)) * up  # silu(gate) * up
+        taps.put("ffn_swiglu", act, layer)
         x = x + linear(weights, f"{p}.ffn_down", act, hp.hidden, hp.ffn)
+        taps.put("l_out", x, layer)
 
     if last_only:
         x = x[-1:]
     x = rms_norm(x, weights.get("output_norm.weight", (hp.hidden,)), hp.eps)
+    taps.put("result_norm", x)
     out_name = "output.weight" if weights.has("output.weight") else "token_embd.weight"
-    return weights.project_chunked(x, out_name, hp.vocab, hp.hidden)
+    logits = weights.project_chunked(x, out_name, hp.vocab, hp.hidden)
+    taps.put("result_output", logits)
+    return logits
 
 
-def forward_gemma3(hp: HParams, tokens: list[int], weights: Weights, last_only: bool) -> np.ndarray:
+def forward_gemma3(hp: HParams, tokens: list[int], weights: Weights, last_only: bool,
+                   taps: Taps = NO_TAPS) -> np.ndarray:
     """Gemma 3's forward (llama.cpp's graph): logits [n_tokens, vocab] (or [1, vocab])."""
     n = len(tokens)
     ids = np.asarray(tokens, dtype=np.int64)
-    x = weights.rows("token_embd.weight", ids, hp.hidden) * np.float32(np.sqrt(hp.hidden))  # [n, hidden]
+    x = weights.rows("token_embd.weight", ids, hp.hidden)  # [n, hidden]
+    taps.put("inp_embd", x)
+    x = x * np.float32(np.sqrt(hp.hidden))
+    taps.put("inp_scaled", x)
     q_dim, kv_dim, hd = hp.n_heads * hp.head_dim, hp.n_kv_heads * hp.head_dim, hp.head_dim
     tables = {rope: rope_tables(n, hd, *rope) for rope in {hp.rope_of(i) for i in range(hp.n_layers)}}
 
@@ -373,31 +424,47 @@ def forward_gemma3(hp: HParams, tokens: list[int], weights: Weights, last_only: 
         p = f"blk.{layer}"
         cos, sin = tables[hp.rope_of(layer)]
         h = rms_norm(x, weights.get(f"{p}.attn_norm.weight", (hp.hidden,)), hp.eps)
+        taps.put("attn_norm", h, layer)
         q = linear(weights, f"{p}.attn_q", h, q_dim, hp.hidden).reshape(n, hp.n_heads, hd)
         k = linear(weights, f"{p}.attn_k", h, kv_dim, hp.hidden).reshape(n, hp.n_kv_heads, hd)
         v = linear(weights, f"{p}.attn_v", h, kv_dim, hp.hidden).reshape(n, hp.n_kv_heads, hd)
+        taps.put("Qcur", q, layer)
+        taps.put("Kcur", k, layer)
+        taps.put("Vcur", v, layer)
         q = rms_norm(q, weights.get(f"{p}.attn_q_norm.weight", (hd,)), hp.eps)  # per head
         k = rms_norm(k, weights.get(f"{p}.attn_k_norm.weight", (hd,)), hp.eps)
         q = apply_rope(q.transpose(1, 0, 2), cos, sin, "neox")  # [n_heads, n, hd]
         k = apply_rope(k.transpose(1, 0, 2), cos, sin, "neox")
         attn = causal_attention(q, k, v.transpose(1, 0, 2), hp.window_of(layer))  # [n, q_dim]
+        taps.put("kqv_out", attn, layer)
         out = linear(weights, f"{p}.attn_output", attn, hp.hidden, q_dim)
-        x = x + rms_norm(out, weights.get(f"{p}.post_attention_norm.weight", (hp.hidden,)), hp.eps)
+        out = rms_norm(out, weights.get(f"{p}.post_attention_norm.weight", (hp.hidden,)), hp.eps)
+        taps.put("attn_post_norm", out, layer)
+        x = x + out
+        taps.put("ffn_inp", x, layer)
 
         h = rms_norm(x, weights.get(f"{p}.ffn_norm.weight", (hp.hidden,)), hp.eps)
+        taps.put("ffn_norm", h, layer)
         gate = linear(weights, f"{p}.ffn_gate", h, hp.ffn, hp.hidden)
         up = linear(weights, f"{p}.ffn_up", h, hp.ffn, hp.hidden)
-        out = linear(weights, f"{p}.ffn_down", gelu_tanh(gate) * up, hp.hidden, hp.ffn)
-        x = x + rms_norm(out, weights.get(f"{p}.post_ffw_norm.weight", (hp.hidden,)), hp.eps)
+        act = gelu_tanh(gate) * up
+        taps.put("ffn_geglu", act, layer)
+        out = linear(weights, f"{p}.ffn_down", act, hp.hidden, hp.ffn)
+        out = rms_norm(out, weights.get(f"{p}.post_ffw_norm.weight", (hp.hidden,)), hp.eps)
+        taps.put("ffn_post_norm", out, layer)
+        x = x + out
+        taps.put("l_out", x, layer)
 
     if last_only:
         x = x[-1:]
     x = rms_norm(x, weights.get("output_norm.weight", (hp.hidden,)), hp.eps)
+    taps.put("result_norm", x)
     out_name = "output.weight" if weights.has("output.weight") else "token_embd.weight"
     logits = weights.project_chunked(x, out_name, hp.vocab, hp.hidden)  # [rows, vocab]
     if hp.logit_softcap > 0:
         cap = np.float32(hp.logit_softcap)
         logits = cap * np.tanh(logits / cap)
+    taps.put("result_output", logits)
     return logits
 
 
@@ -452,6 +519,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--tokens", required=True, type=parse_tokens, help="comma-separated token ids")
     ap.add_argument("--out", help="write logits here as raw little-endian float32 [rows, vocab]")
     ap.add_argument("--last-only", action="store_true", help="write only the last position's logits")
+    ap.add_argument("--dump", metavar="PATH",
+                    help="write the per-layer intermediates of the forward over --tokens to PATH (.npz)")
     ap.add_argument("--greedy", type=int, default=0, metavar="N",
                     help="also decode N tokens greedily (full re-run per step) and print their ids")
     args = ap.parse_args(argv)
@@ -469,7 +538,10 @@ def main(argv: list[str] | None = None) -> int:
 
     # Greedy decoding re-runs the forward every step, so keep dequantized weights.
     weights = Weights(reader, keep=args.greedy > 0)
-    logits = forward(hp, tokens, weights, last_only=args.last_only)
+    taps = Taps(args.dump is not None)
+    logits = forward(hp, tokens, weights, last_only=args.last_only, taps=taps)
+    if args.dump:
+        taps.save(args.dump)
     if args.out:
         np.ascontiguousarray(logits, dtype="<f4").tofile(args.out)
     summary = {
