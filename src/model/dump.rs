@@ -3,8 +3,10 @@
 //!
 //! Switch: `MLX_ENGINE_DUMP=DIR`, read once per process (at the first forward call). Every
 //! forward call n (counted from 0 in the process) is then written to `DIR/forward-NNNN.npz`
-//! (`DIR` is created if missing). With the variable unset or empty nothing is recorded and the
-//! graph is the same as without this module.
+//! (`DIR` is created if missing) for the first `MLX_ENGINE_DUMP_CALLS` calls (default
+//! [`DEFAULT_DUMP_CALLS`]; each holds the logits, so a long generation would otherwise fill the
+//! disk). With the variable unset or empty nothing is recorded and the graph is the same as
+//! without this module.
 //!
 //! Format: a NumPy `.npz` archive (zip, stored, no compression) of `.npy` v1.0 members, one per
 //! tensor, float32 little-endian, C order, in the order the forward pass produced them. Every
@@ -41,10 +43,15 @@ use std::sync::OnceLock;
 /// The environment variable that turns dumping on: the directory the dumps go to.
 pub const DUMP_VAR: &str = "MLX_ENGINE_DUMP";
 
-/// The dump directory and the number of forward calls seen, when the switch is on.
+/// How many forward calls are dumped unless `MLX_ENGINE_DUMP_CALLS` says otherwise.
+pub const DEFAULT_DUMP_CALLS: usize = 8;
+
+/// The dump directory, the number of forward calls seen and how many to dump, when the switch
+/// is on.
 struct Switch {
     dir: PathBuf,
     calls: AtomicUsize,
+    max_calls: usize,
 }
 
 /// The switch as read from the environment on first use (never re-read).
@@ -53,9 +60,14 @@ fn switch() -> Option<&'static Switch> {
     SWITCH
         .get_or_init(|| {
             let dir = std::env::var_os(DUMP_VAR).filter(|v| !v.is_empty())?;
+            let max_calls = std::env::var("MLX_ENGINE_DUMP_CALLS")
+                .ok()
+                .and_then(|v| v.parse().ok())
+                .unwrap_or(DEFAULT_DUMP_CALLS);
             Some(Switch {
                 dir: PathBuf::from(dir),
                 calls: AtomicUsize::new(0),
+                max_calls,
             })
         })
         .as_ref()
@@ -84,10 +96,10 @@ impl Taps {
     /// directory when the switch is on, else off.
     pub fn for_next_forward() -> Taps {
         match switch() {
-            Some(s) => {
-                let n = s.calls.fetch_add(1, Ordering::Relaxed);
-                Taps::to_file(s.dir.join(format!("forward-{n:04}.npz")))
-            }
+            Some(s) => match s.calls.fetch_add(1, Ordering::Relaxed) {
+                n if n < s.max_calls => Taps::to_file(s.dir.join(format!("forward-{n:04}.npz"))),
+                _ => Taps::off(),
+            },
             None => Taps::off(),
         }
     }
