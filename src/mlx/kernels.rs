@@ -3,11 +3,11 @@
 //! the raw entry points the tests use to check each path against the Rust scalar twin.
 
 use crate::error::{Error, Result};
+use crate::ggml_type::GgmlType;
 use crate::mlx::handler::{install_error_handler, null_array};
 use crate::mlx::handler::{try_array, try_arrays};
 use crate::mlx::stream::current_stream;
 use crate::mlx::{ops, Array};
-use crate::quant::GgmlType;
 use std::ffi::{c_char, c_int, c_void, CStr};
 
 extern "C" {
