@@ -6,6 +6,7 @@ mod array;
 mod dtype;
 pub mod fast;
 mod handler;
+pub mod kernel_types;
 pub mod kernels;
 pub mod ops;
 mod stream;
