@@ -6,10 +6,11 @@
 //! `cargo bench --bench qmatmul`.
 
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
+use mlx_engine::ggml_type::GgmlType;
 use mlx_engine::mlx::kernels;
 use mlx_engine::mlx::ops::{self, QuantSpec};
 use mlx_engine::mlx::{Array, Dtype};
-use mlx_engine::quant::{self, GgmlType};
+use mlx_engine::quant;
 
 /// Random valid blocks of `ty` for an [n, k] weight: random bytes with every block's f16
 /// scale fields set to small positive values.

@@ -5,6 +5,8 @@
 #include <cstdint>
 #include <cstring>
 
+#include "mlx_engine_kernels.h"
+
 // MLXK_NO_SIMD: build only the scalar path (also used to compile-test non-x86 builds).
 #if (defined(__x86_64__) || defined(_M_X64)) && !defined(MLXK_NO_SIMD)
 #define MLXK_X86 1
@@ -14,26 +16,27 @@
 
 namespace mlxe {
 
-// ggml type ids (the subset we support).
+// ggml type ids (the subset we support): the public header's MLXK_TYPE_* under short names,
+// so the ids are written once (tests/ggml_type_table.rs checks them against the Rust table).
 enum GgmlType : int {
-  T_F32 = 0,
-  T_F16 = 1,
-  T_Q4_0 = 2,
-  T_Q4_1 = 3,
-  T_Q5_0 = 6,
-  T_Q5_1 = 7,
-  T_Q8_0 = 8,
-  T_Q4_K = 12,
-  T_Q5_K = 13,
-  T_Q6_K = 14,
-  T_BF16 = 30,
+  T_F32 = MLXK_TYPE_F32,
+  T_F16 = MLXK_TYPE_F16,
+  T_Q4_0 = MLXK_TYPE_Q4_0,
+  T_Q4_1 = MLXK_TYPE_Q4_1,
+  T_Q5_0 = MLXK_TYPE_Q5_0,
+  T_Q5_1 = MLXK_TYPE_Q5_1,
+  T_Q8_0 = MLXK_TYPE_Q8_0,
+  T_Q4_K = MLXK_TYPE_Q4_K,
+  T_Q5_K = MLXK_TYPE_Q5_K,
+  T_Q6_K = MLXK_TYPE_Q6_K,
+  T_BF16 = MLXK_TYPE_BF16,
   // Load-time repacked layouts (repack.cpp): the ggml type id | kRepackedFlag.
-  T_Q5_0_R8 = T_Q5_0 | 0x100,
-  T_Q8_0_R8 = T_Q8_0 | 0x100,
+  T_Q5_0_R8 = MLXK_TYPE_Q5_0 | MLXK_TYPE_REPACKED,
+  T_Q8_0_R8 = MLXK_TYPE_Q8_0 | MLXK_TYPE_REPACKED,
 };
 
 // Or'ed into a ggml type id for rows rewritten by repack_row (MLXK_TYPE_REPACKED).
-constexpr int kRepackedFlag = 0x100;
+constexpr int kRepackedFlag = MLXK_TYPE_REPACKED;
 constexpr bool is_repacked(int type) { return (type & kRepackedFlag) != 0; }
 // The ggml type a (possibly repacked) type id stores.
 constexpr int base_type(int type) { return type & ~kRepackedFlag; }

@@ -2,7 +2,8 @@
 //!
 //! Layers, each using only those above it: [`mlx`] (the safe wrapper over mlx-c, the one place
 //! with `unsafe` besides the memory map and the C ABI), the loaders, the quant formats, the
-//! model, the engine and its user surfaces. See `docs/ARCHITECTURE.md`.
+//! model, the engine and its user surfaces. The ggml type table ([`ggml_type`]) is a leaf that
+//! the loaders, the kernels wrapper and the quant formats share. See `docs/ARCHITECTURE.md`.
 #![deny(unsafe_code)]
 
 pub mod backend;
@@ -13,6 +14,7 @@ pub mod error;
 pub mod fetch;
 #[allow(unsafe_code)]
 pub mod ffi;
+pub mod ggml_type;
 pub mod kv_cache;
 pub mod loader;
 #[allow(unsafe_code)]

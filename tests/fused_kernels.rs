@@ -11,9 +11,9 @@
 
 mod common;
 
+use mlx_engine::ggml_type::GgmlType;
 use mlx_engine::mlx::kernels::{self, Gate, GgufWeightRef, KernelPath};
 use mlx_engine::mlx::{ops, transforms, Array, Dtype};
-use mlx_engine::quant::GgmlType;
 use std::sync::{Arc, Mutex, MutexGuard};
 
 static SETTINGS: Mutex<()> = Mutex::new(());

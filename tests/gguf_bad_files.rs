@@ -4,8 +4,8 @@
 
 mod common;
 
+use mlx_engine::ggml_type::GgmlType;
 use mlx_engine::loader::{GgufFile, MetaValue};
-use mlx_engine::quant::GgmlType;
 use std::path::PathBuf;
 
 /// GGUF metadata value type ids.

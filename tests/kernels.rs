@@ -11,9 +11,10 @@
 
 mod common;
 
+use mlx_engine::ggml_type::GgmlType;
 use mlx_engine::mlx::kernels::{self, KernelPath};
 use mlx_engine::mlx::{ops, Array, Dtype};
-use mlx_engine::quant::{self, GgmlType};
+use mlx_engine::quant;
 use mlx_engine::Error;
 
 struct Case {

@@ -26,7 +26,7 @@ fn assert_close(got: &[f32], want: &[f32], tol: f32) {
 fn construction_shape_dtype_and_readback() {
     let a = arr(&[1.0, 2.0, 3.0, 4.0, 5.0, 6.0], &[2, 3]);
     assert_eq!(a.shape(), vec![2, 3]);
-    assert_eq!(a.dtype(), Dtype::F32);
+    assert_eq!(a.dtype().unwrap(), Dtype::F32);
     assert_eq!(a.size(), 6);
     assert_eq!(
         a.to_vec::<f32>().unwrap(),
@@ -188,7 +188,7 @@ fn softmax_argmax_sort() {
 fn astype_half_types() {
     let x = arr(&[1.5, -2.25, 65504.0], &[3]);
     let h = ops::astype(&x, Dtype::F16).unwrap();
-    assert_eq!(h.dtype(), Dtype::F16);
+    assert_eq!(h.dtype().unwrap(), Dtype::F16);
     let hv = h.to_vec::<half::f16>().unwrap();
     assert_eq!(
         hv.iter().map(|v| v.to_f32()).collect::<Vec<_>>(),

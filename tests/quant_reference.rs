@@ -10,13 +10,12 @@
 
 mod common;
 
+use mlx_engine::ggml_type::GgmlType;
 use mlx_engine::loader::GgufFile;
 use mlx_engine::mlx::ops::{self, QuantSpec};
 use mlx_engine::mlx::Array;
 use mlx_engine::quant::affine::{is_exact, pack_codes, unpack_codes, REQUANT_MAX_ERROR_FRACTION};
-use mlx_engine::quant::{
-    dequantize_affine, dequantize_row, to_mlx_affine, AffineWeights, GgmlType,
-};
+use mlx_engine::quant::{dequantize_affine, dequantize_row, to_mlx_affine, AffineWeights};
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 use std::time::Instant;

@@ -74,6 +74,14 @@ int main(int argc, char** argv) {
     CHECK(mlxk_repack_rows(w, MLXK_TYPE_Q8_0, 1, 32, w + 10, &pt) == MLXK_ERR_BAD_ARG, "overlap refused");
   }
 
+  // this harness's copy of the block sizes against the kernels' (tests/ggml_type_table.rs
+  // checks the kernels' against the Rust table)
+  for (auto& t : kTypes) {
+    int64_t rb = 0;
+    CHECK(mlxk_block_size(t.id) == t.block && mlxk_row_bytes(t.id, t.block, &rb) == 0 && rb == t.bytes,
+          "type table %s: block %d bytes %lld", t.name, mlxk_block_size(t.id), (long long)rb);
+  }
+
   const int Ms[] = {1, 3, 64, 130};
   for (auto& t : kTypes) {
     Err err;

@@ -11,8 +11,8 @@
 //! without overlapping another tensor. `tests/gguf_bad_files.rs` has a bad file for each check.
 
 use crate::error::{Error, Result};
+use crate::ggml_type::GgmlType;
 use crate::loader::mmap::MappedFile;
-use crate::quant::GgmlType;
 use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;

@@ -178,10 +178,11 @@ impl Array {
         unsafe { mlx_sys::mlx_array_size(self.raw) }
     }
 
-    /// The element type.
-    pub fn dtype(&self) -> Dtype {
-        // SAFETY: `self.raw` is a valid handle; every dtype MLX creates is one we know.
-        Dtype::from_raw(unsafe { mlx_sys::mlx_array_dtype(self.raw) }).unwrap_or(Dtype::U8)
+    /// The element type, or `Unsupported` naming the raw value for a dtype this crate does not
+    /// know (one a newer MLX added), rather than a wrong guess.
+    pub fn dtype(&self) -> Result<Dtype> {
+        // SAFETY: `self.raw` is a valid handle.
+        Dtype::from_raw(unsafe { mlx_sys::mlx_array_dtype(self.raw) })
     }
 
     /// Evaluates this array (and the graph behind it).
@@ -193,11 +194,11 @@ impl Array {
 
     /// Evaluates and copies the elements out in row-major order. `T` must match the dtype.
     pub fn to_vec<T: Element>(&self) -> Result<Vec<T>> {
-        if T::DTYPE != self.dtype() {
+        let dtype = self.dtype()?;
+        if T::DTYPE != dtype {
             return Err(Error::InvalidArgument(format!(
-                "to_vec::<{:?}> on an array of {:?}",
-                T::DTYPE,
-                self.dtype()
+                "to_vec::<{:?}> on an array of {dtype:?}",
+                T::DTYPE
             )));
         }
         let stream = current_stream();
@@ -260,6 +261,9 @@ impl Drop for Array {
 
 impl std::fmt::Debug for Array {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "Array({:?}, {:?})", self.shape(), self.dtype())
+        match self.dtype() {
+            Ok(dtype) => write!(f, "Array({:?}, {dtype:?})", self.shape()),
+            Err(e) => write!(f, "Array({:?}, {e})", self.shape()),
+        }
     }
 }

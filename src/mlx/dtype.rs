@@ -61,7 +61,11 @@ impl Dtype {
             MLX_FLOAT64 => Dtype::F64,
             MLX_BFLOAT16 => Dtype::BF16,
             MLX_COMPLEX64 => Dtype::C64,
-            other => return Err(Error::Unsupported(format!("mlx dtype {other}"))),
+            other => {
+                return Err(Error::Unsupported(format!(
+                    "mlx dtype {other} (an mlx_dtype value mlx-engine does not know)"
+                )))
+            }
         })
     }
 
@@ -78,5 +82,26 @@ impl Dtype {
     /// True for the floating-point types.
     pub fn is_float(self) -> bool {
         matches!(self, Dtype::F16 | Dtype::F32 | Dtype::F64 | Dtype::BF16)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::Dtype;
+
+    /// Every dtype round-trips through its mlx-c value, and a value past the known ones is an
+    /// error naming it, not some other dtype.
+    #[test]
+    fn raw_values_round_trip_and_unknown_ones_fail() {
+        use Dtype::*;
+        let all = [
+            Bool, U8, U16, U32, U64, I8, I16, I32, I64, F16, F32, F64, BF16, C64,
+        ];
+        for dtype in all {
+            assert_eq!(Dtype::from_raw(dtype.to_raw()).unwrap(), dtype);
+        }
+        let unknown = all.iter().map(|d| d.to_raw()).max().unwrap() + 1;
+        let err = Dtype::from_raw(unknown).unwrap_err().to_string();
+        assert!(err.contains(&format!("mlx dtype {unknown}")), "{err}");
     }
 }

@@ -148,7 +148,7 @@ impl Taps {
         }
         let mut npz = NpzWriter::create(&r.path)?;
         for (name, a) in &r.tensors {
-            let a = match a.dtype() {
+            let a = match a.dtype()? {
                 Dtype::F32 => a.clone(),
                 _ => ops::astype(a, Dtype::F32)?,
             };

@@ -2,10 +2,11 @@
 //! each tensor's shape and type against what the architecture expects at the load site.
 
 use crate::error::{Error, Result};
+use crate::ggml_type::GgmlType;
 use crate::loader::gguf::{GgufFile, TensorInfo};
 use crate::mlx::{Array, Device, Dtype};
 use crate::model::linear::{Linear, LinearWeight};
-use crate::quant::{self, GgmlType};
+use crate::quant;
 use std::cell::RefCell;
 use std::collections::BTreeSet;
 use std::sync::Arc;

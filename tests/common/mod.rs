@@ -179,7 +179,7 @@ pub fn activations(m: usize, k: usize, seed: u64) -> Vec<f32> {
 pub fn synthetic_tensor(
     quant: &str,
     tensor: &str,
-) -> (mlx_engine::quant::GgmlType, Vec<u8>, usize, usize) {
+) -> (mlx_engine::ggml_type::GgmlType, Vec<u8>, usize, usize) {
     let file = mlx_engine::loader::gguf::GgufFile::open(&synthetic(
         &format!("llama-{quant}"),
         &["--arch", "llama", "--quant", quant, "--seed", "1"],

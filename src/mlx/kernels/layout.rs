@@ -18,7 +18,7 @@ pub struct BlockLayout {
 }
 
 /// The kernel's flag for a repacked layout (`MLXK_TYPE_REPACKED`).
-const REPACKED_FLAG: c_int = 0x100;
+const REPACKED_FLAG: c_int = super::types::REPACKED_FLAG as c_int;
 
 impl BlockLayout {
     /// The kernel's type id.

@@ -12,11 +12,12 @@ mod host;
 mod layout;
 mod matmul;
 mod settings;
+pub mod types;
 mod weights;
 
 // The block types the kernels read: the one import from `crate::quant` (submodules use
 // `super::GgmlType`).
-use crate::quant::GgmlType;
+use crate::ggml_type::GgmlType;
 
 pub use attention::{cached_attention, AttentionParams, QkNorm};
 pub use fused::{

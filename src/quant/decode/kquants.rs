@@ -15,16 +15,12 @@
 //! Element order inside the packed bytes: for 2-bit fields, byte `l` of each 32-byte run holds
 //! four elements 32 apart (shift 0, 2, 4, 6); for nibbles, byte `l` of each 32-byte run holds
 //! two elements 32 apart; for the one-bit masks, bit `b` of byte `l` belongs to element
-//! `32·b + l`. The index arithmetic in each `codes_*` function spells this out per element.
+//! `32·b + l`. The index arithmetic in each `code_*` function spells this out per element.
 //!
-//! MLX affine mapping ([`super::affine`]): Q4_K and Q5_K sub-blocks are exactly MLX groups of
-//! 32 (scale d·sc, bias −dmin·m; both products exact in f32). Q3_K is also exact, as 8-bit
-//! groups: sc·q is an integer in [−124, 128], so a group of two sub-blocks fits 253 codes of
-//! step d. Q2_K and Q6_K sub-blocks of 16 do not fit MLX groups; they are re-quantized to 8
-//! bits (see [`super::affine::requantize_group_8bit`]).
+//! The scale and code extractors are shared with the conversion to MLX's affine layout
+//! (`quant::affine::from_kquants`).
 
-use super::affine::{requantize_group_8bit, AffineOut, GROUP};
-use super::f16_at;
+use crate::quant::block::f16_at;
 
 /// Elements per K-quant super-block.
 pub const QK_K: usize = 256;
@@ -49,7 +45,7 @@ fn mask_bit(mask: &[u8], e: usize) -> u8 {
 /// The 6-bit (scale, min) pair of sub-block `j` (0..8) in Q4_K/Q5_K's 12 packed bytes:
 /// the first four pairs are the low 6 bits of bytes 0..4 / 4..8; the last four take a nibble
 /// from bytes 8..12 and their top two bits from the top of bytes 0..4 / 4..8.
-fn scale_min_k4(s: &[u8], j: usize) -> (u8, u8) {
+pub(crate) fn scale_min_k4(s: &[u8], j: usize) -> (u8, u8) {
     if j < 4 {
         (s[j] & 63, s[j + 4] & 63)
     } else {
@@ -61,7 +57,7 @@ fn scale_min_k4(s: &[u8], j: usize) -> (u8, u8) {
 
 /// The signed 6-bit scale of sub-block `i` (0..16) in Q3_K's 12 packed bytes: low nibble from
 /// bytes 0..8 (low nibbles first, then high), top two bits from bytes 8..12, minus 32.
-fn scale_q3_k(s: &[u8], i: usize) -> i8 {
+pub(crate) fn scale_q3_k(s: &[u8], i: usize) -> i8 {
     let low = if i < 8 { s[i] & 0x0F } else { s[i - 8] >> 4 };
     let high = (s[8 + i % 4] >> (2 * (i / 4))) & 3;
     (low | (high << 4)) as i8 - 32
@@ -81,7 +77,7 @@ pub fn dequantize_q2_k(block: &[u8], out: &mut [f32]) {
 }
 
 /// The signed Q3_K integer of element `e`: low 2 bits minus 4 where the `hmask` bit is clear.
-fn code_q3_k(hmask: &[u8], qs: &[u8], e: usize) -> i8 {
+pub(crate) fn code_q3_k(hmask: &[u8], qs: &[u8], e: usize) -> i8 {
     two_bits(qs, e) as i8 - 4 * (1 - mask_bit(hmask, e) as i8)
 }
 
@@ -98,7 +94,7 @@ pub fn dequantize_q3_k(block: &[u8], out: &mut [f32]) {
 }
 
 /// The unsigned 4- or 5-bit code of element `e` of a Q4_K (`qh` = None) or Q5_K block.
-fn code_k4(qs: &[u8], qh: Option<&[u8]>, e: usize) -> u8 {
+pub(crate) fn code_k4(qs: &[u8], qh: Option<&[u8]>, e: usize) -> u8 {
     nibble(qs, e) | qh.map_or(0, |qh| mask_bit(qh, e) << 4)
 }
 
@@ -144,64 +140,4 @@ pub fn dequantize_q6_k(block: &[u8], out: &mut [f32]) {
             *o = dl * f32::from(code_q6_k(ql, qh, 16 * sub + i));
         }
     }
-}
-
-/// Q4_K/Q5_K → eight MLX groups of 32: codes as stored, scale d·sc, bias −dmin·m. Exact.
-fn affine_k4(block: &[u8], qh: Option<&[u8]>, qs: &[u8], g: AffineOut<'_>) {
-    let (d, dmin) = (f16_at(block, 0), f16_at(block, 2));
-    for (e, code) in g.q.iter_mut().enumerate().take(QK_K) {
-        *code = code_k4(qs, qh, e);
-    }
-    for j in 0..QK_K / GROUP {
-        let (sc, m) = scale_min_k4(&block[4..16], j);
-        g.scales[j] = d * f32::from(sc);
-        g.biases[j] = -(dmin * f32::from(m));
-    }
-}
-
-/// Q4_K → MLX 4-bit groups of 32 (exact).
-pub(crate) fn affine_q4_k(block: &[u8], out: AffineOut<'_>) {
-    affine_k4(block, None, &block[16..144], out);
-}
-
-/// Q5_K → MLX 5-bit groups of 32 (exact).
-pub(crate) fn affine_q5_k(block: &[u8], out: AffineOut<'_>) {
-    affine_k4(block, Some(&block[16..48]), &block[48..176], out);
-}
-
-/// Q3_K → MLX 8-bit groups of 32 (exact): n = sc·q is an integer in [−124, 128], so with
-/// lo = the group's smallest n, code = n − lo ≤ 252, scale = d, bias = d·lo.
-pub(crate) fn affine_q3_k(block: &[u8], g: AffineOut<'_>) {
-    let (hmask, qs, scales) = (&block[0..32], &block[32..96], &block[96..108]);
-    let d = f16_at(block, 108);
-    let n = |e: usize| i32::from(scale_q3_k(scales, e / 16)) * i32::from(code_q3_k(hmask, qs, e));
-    for j in 0..QK_K / GROUP {
-        let group = j * GROUP..(j + 1) * GROUP;
-        let lo = group.clone().map(n).min().unwrap_or(0);
-        for e in group {
-            g.q[e] = (n(e) - lo) as u8;
-        }
-        g.scales[j] = d;
-        g.biases[j] = d * lo as f32;
-    }
-}
-
-/// A sub-16 format (Q2_K, Q6_K) → MLX 8-bit groups of 32 by re-quantizing the exact values.
-fn affine_requantized(block: &[u8], dequantize: fn(&[u8], &mut [f32]), g: AffineOut<'_>) {
-    let mut values = [0f32; QK_K];
-    dequantize(block, &mut values);
-    for (j, chunk) in values.chunks_exact(GROUP).enumerate() {
-        let q = &mut g.q[j * GROUP..(j + 1) * GROUP];
-        (g.scales[j], g.biases[j]) = requantize_group_8bit(chunk, q);
-    }
-}
-
-/// Q2_K → MLX 8-bit groups of 32, re-quantized (not exact).
-pub(crate) fn affine_q2_k(block: &[u8], out: AffineOut<'_>) {
-    affine_requantized(block, dequantize_q2_k, out);
-}
-
-/// Q6_K → MLX 8-bit groups of 32, re-quantized (not exact).
-pub(crate) fn affine_q6_k(block: &[u8], out: AffineOut<'_>) {
-    affine_requantized(block, dequantize_q6_k, out);
 }

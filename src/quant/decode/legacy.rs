@@ -10,18 +10,16 @@
 //! Nibble order: byte `j` of `qs` holds element `j` in its low nibble and element `j + 16` in
 //! its high nibble; bit `i` of `qh` is the fifth bit of element `i`.
 //!
-//! Each format maps exactly onto one MLX affine group of 32 (`w = scale·q + bias`): every
-//! product `d·q` is exact in f32 (an 11-bit f16 significand times an integer below 2⁸), so the
-//! affine form reproduces the reference value exactly (see `affine` on signed zeros).
+//! The code extractors ([`codes_4bit`], [`codes_5bit`]) are shared with the conversion to
+//! MLX's affine layout (`quant::affine::from_legacy`).
 
-use super::affine::AffineOut;
-use super::f16_at;
+use crate::quant::block::f16_at;
 
-/// Elements per legacy block, and so per MLX group.
+/// Elements per legacy block.
 const QK: usize = 32;
 
 /// The 4-bit codes of a Q4 block's 16 `qs` bytes.
-fn codes_4bit(qs: &[u8], q: &mut [u8]) {
+pub(crate) fn codes_4bit(qs: &[u8], q: &mut [u8]) {
     let (qs, q) = (&qs[..QK / 2], &mut q[..QK]); // fixes the lengths for the optimizer
     for j in 0..QK / 2 {
         q[j] = qs[j] & 0x0F;
@@ -30,7 +28,7 @@ fn codes_4bit(qs: &[u8], q: &mut [u8]) {
 }
 
 /// The 5-bit codes of a Q5 block: 4-bit `qs` nibbles plus one high bit each from `qh`.
-fn codes_5bit(qh: &[u8], qs: &[u8], q: &mut [u8]) {
+pub(crate) fn codes_5bit(qh: &[u8], qs: &[u8], q: &mut [u8]) {
     let high = u32::from_le_bytes([qh[0], qh[1], qh[2], qh[3]]);
     codes_4bit(qs, q);
     for (i, code) in q[..QK].iter_mut().enumerate() {
@@ -84,39 +82,4 @@ pub fn dequantize_q8_0(block: &[u8], out: &mut [f32]) {
     for (o, &c) in out.iter_mut().zip(&block[2..34]) {
         *o = f32::from(c as i8) * d;
     }
-}
-
-/// Q4_0 → MLX 4-bit group: codes as stored, scale d, bias −8·d.
-pub(crate) fn affine_q4_0(block: &[u8], g: AffineOut<'_>) {
-    let d = f16_at(block, 0);
-    codes_4bit(&block[2..18], g.q);
-    (g.scales[0], g.biases[0]) = (d, -8.0 * d);
-}
-
-/// Q4_1 → MLX 4-bit group: codes as stored, scale d, bias m.
-pub(crate) fn affine_q4_1(block: &[u8], g: AffineOut<'_>) {
-    codes_4bit(&block[4..20], g.q);
-    (g.scales[0], g.biases[0]) = (f16_at(block, 0), f16_at(block, 2));
-}
-
-/// Q5_0 → MLX 5-bit group: codes as stored, scale d, bias −16·d.
-pub(crate) fn affine_q5_0(block: &[u8], g: AffineOut<'_>) {
-    let d = f16_at(block, 0);
-    codes_5bit(&block[2..6], &block[6..22], g.q);
-    (g.scales[0], g.biases[0]) = (d, -16.0 * d);
-}
-
-/// Q5_1 → MLX 5-bit group: codes as stored, scale d, bias m.
-pub(crate) fn affine_q5_1(block: &[u8], g: AffineOut<'_>) {
-    codes_5bit(&block[4..8], &block[8..24], g.q);
-    (g.scales[0], g.biases[0]) = (f16_at(block, 0), f16_at(block, 2));
-}
-
-/// Q8_0 → MLX 8-bit group: code = q + 128 (unsigned), scale d, bias −128·d.
-pub(crate) fn affine_q8_0(block: &[u8], g: AffineOut<'_>) {
-    let d = f16_at(block, 0);
-    for (code, &byte) in g.q.iter_mut().zip(&block[2..34]) {
-        *code = byte ^ 0x80; // (byte as i8) + 128, as an unsigned byte
-    }
-    (g.scales[0], g.biases[0]) = (d, -128.0 * d);
 }
