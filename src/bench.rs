@@ -1,5 +1,6 @@
 //! `mlx-engine bench`: prompt-processing (`pp N`) and generation (`tg N`) speed, reported like
 //! llama-bench (tokens/s, mean ± sample standard deviation over repetitions).
+#![forbid(unsafe_code)]
 
 use crate::engine::{Engine, LoadOptions};
 use crate::error::{Error, Result};

@@ -1,4 +1,5 @@
 //! The engine: a loaded model plus prefill, decode and greedy generation.
+#![forbid(unsafe_code)]
 
 use crate::error::{Error, Result};
 use crate::kv_cache::KvCache;

@@ -1,5 +1,6 @@
 //! The crate's one error type. Variants carry what a user needs to fix the problem: the file,
 //! the tensor or key, the expected and the found value.
+#![forbid(unsafe_code)]
 
 use std::path::PathBuf;
 

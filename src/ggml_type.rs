@@ -4,6 +4,7 @@
 //! the quant formats, so none of them reaches into another for the type table. The kernels'
 //! C++ copy of the ids and sizes (`kernels/include/mlx_engine_kernels.h`, `type_info` in
 //! `kernels/quant_scalar.cpp`) is checked against this table by `tests/ggml_type_table.rs`.
+#![forbid(unsafe_code)]
 
 /// Declares [`GgmlType`] from one table row per type: variant, ggml id, name, elements per
 /// block, bytes per block. Ids and sizes are `gguf.GGMLQuantizationType` and

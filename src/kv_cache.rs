@@ -2,6 +2,7 @@
 //! head_dim], so the cache reads as [layers, kv_heads, seq, head_dim]. Capacity grows in steps of
 //! [`KvCache::STEP`] positions; new entries are written in place with `slice_update`, never by
 //! concatenating per token.
+#![forbid(unsafe_code)]
 
 use crate::error::{Error, Result};
 use crate::mlx::{ops, Array, Dtype};

@@ -3,6 +3,7 @@
 //! A card lists its sources in the order [`crate::fetch`] tries them: the Hugging Face hub
 //! first, then mirrors. Every source of one card yields the same model, so a file obtained
 //! from any of them serves the card.
+#![forbid(unsafe_code)]
 
 /// The model used when the user names none.
 pub const DEFAULT_MODEL: &str = "qwen2.5-coder-0.5b";

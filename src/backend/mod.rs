@@ -5,6 +5,7 @@
 //! Thread-safety: a [`Backend`] is `Send` (it may move to another thread) but not `Sync`
 //! (MLX graphs must not be built or evaluated from two threads at once). Every method runs on
 //! the backend's device whatever the calling thread's default device is.
+#![forbid(unsafe_code)]
 
 mod slots;
 pub mod snapshot;

@@ -13,6 +13,7 @@
 //!
 //! Environment variables are read once, by [`FetchOptions::from_env`]; everything below takes
 //! its settings from [`FetchOptions`], so callers (and tests) can point it anywhere.
+#![forbid(unsafe_code)]
 
 mod hf;
 mod progress;

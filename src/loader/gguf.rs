@@ -9,6 +9,7 @@
 //! alignment must be a power of two, and each tensor must have 1–4 dimensions (all ≥ 1), a
 //! known ggml type, rows that are whole blocks, an aligned offset, and its bytes inside the file
 //! without overlapping another tensor. `tests/gguf_bad_files.rs` has a bad file for each check.
+#![forbid(unsafe_code)]
 
 use crate::error::{Error, Result};
 use crate::ggml_type::GgmlType;

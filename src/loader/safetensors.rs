@@ -6,6 +6,7 @@
 //! header. Every entry is validated before the map is sliced: a known dtype, a non-negative
 //! shape whose byte size (overflow-checked) equals `end − begin`, bytes inside the file, and no
 //! two tensors sharing bytes. Tensor names must be unique across shards.
+#![forbid(unsafe_code)]
 
 use crate::error::{Error, Result};
 use crate::loader::mmap::MappedFile;

@@ -1,4 +1,5 @@
 //! Models: configuration, weights and forward passes. One file per architecture family.
+#![forbid(unsafe_code)]
 
 pub mod config;
 pub mod dump;

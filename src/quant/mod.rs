@@ -6,6 +6,7 @@
 //! whole-block checks); nothing in [`decode`] knows about MLX. The type table itself
 //! ([`GgmlType`]) lives in [`crate::ggml_type`], a leaf shared with the loader and the kernels
 //! wrapper; it is re-exported here for callers that only deal in quant formats.
+#![forbid(unsafe_code)]
 
 pub mod affine;
 mod block;
