@@ -15,7 +15,7 @@ mod settings;
 pub mod types;
 mod weights;
 
-// The block types the kernels read: the one import from `crate::quant` (submodules use
+// The block types the kernels read, from the leaf `crate::ggml_type` (submodules use
 // `super::GgmlType`).
 use crate::ggml_type::GgmlType;
 
