@@ -34,37 +34,43 @@ struct Server {
     _stdin: ChildStdin,
 }
 
-/// Starts the server once. It runs under `sh`, which kills it as soon as our end of its stdin
-/// closes (when this test process exits, however it exits).
+/// Starts the shared server once.
 fn server() -> &'static Server {
     static SERVER: OnceLock<Server> = OnceLock::new();
     SERVER.get_or_init(|| {
-        common::qwen_model(); // fetched into the cache the server resolves its name from
-        let log = common::repo_root().join("target/server-test.log");
-        let _ = std::fs::remove_file(&log);
-        let script = r#"bin="$1"; log="$2"; shift 2
+        let ctx = CTX.to_string();
+        let args = ["--parallel", "4", "--ctx-size", &ctx, "--max-queue", "8"];
+        spawn_server("shared", &args)
+    })
+}
+
+/// Starts a server with `args` (and the test key) and waits until it is healthy. It runs under
+/// `sh`, which kills it as soon as our end of its stdin closes (when this test process exits,
+/// however it exits).
+fn spawn_server(name: &str, args: &[&str]) -> Server {
+    common::qwen_model(); // fetched into the cache the server resolves its name from
+    let log = common::repo_root().join(format!("target/server-test-{name}.log"));
+    let _ = std::fs::remove_file(&log);
+    let script = r#"bin="$1"; log="$2"; shift 2
 "$bin" "$@" 2>"$log" & pid=$!
 read _ignored
-kill $pid; wait $pid"#;
-        let mut child = Command::new("sh")
-            .args(["-c", script, "sh", env!("CARGO_BIN_EXE_mlx-engine")])
-            .arg(&log)
-            .args(["serve", "--port", "0", "--parallel", "4", "--api-key", KEY])
-            .args(["--ctx-size", &CTX.to_string(), "--max-queue", "8"])
-            .arg("--model")
-            .arg(MODEL)
-            .stdin(Stdio::piped())
-            .spawn()
-            .expect("spawn mlx-engine serve");
-        let stdin = child.stdin.take().unwrap();
-        let base = wait_for_address(&log, &mut child);
-        wait_for_health(&base);
-        Server {
-            base,
-            _child: child,
-            _stdin: stdin,
-        }
-    })
+kill $pid; wait $pid 2>/dev/null"#;
+    let mut child = Command::new("sh")
+        .args(["-c", script, "sh", env!("CARGO_BIN_EXE_mlx-engine")])
+        .arg(&log)
+        .args(["serve", "--port", "0", "--api-key", KEY, "--model", MODEL])
+        .args(args)
+        .stdin(Stdio::piped())
+        .spawn()
+        .expect("spawn mlx-engine serve");
+    let stdin = child.stdin.take().unwrap();
+    let base = wait_for_address(&log, &mut child);
+    wait_for_health(&base);
+    Server {
+        base,
+        _child: child,
+        _stdin: stdin,
+    }
 }
 
 /// Reads the bound address from the server's log ("listening on http://ADDR").
@@ -113,6 +119,7 @@ fn agent() -> ureq::Agent {
         .into()
 }
 
+/// A request to the server at `base` with an optional key: (status, JSON body).
 fn request_at(
     base: &str,
     method: &str,
@@ -626,38 +633,86 @@ fn four_concurrent_streams_each_equal_the_request_run_alone() {
     }
 }
 
+/// Opens a streamed completion of `max_tokens` over raw TCP and returns the connection once
+/// two chunks have arrived (the sequence is then decoding).
+fn open_stream(base: &str, max_tokens: usize) -> TcpStream {
+    let address = base.trim_start_matches("http://");
+    // Counting goes on for a long time at temperature 0.
+    let body = json!({"prompt": "1, 2, 3, 4, 5,", "max_tokens": max_tokens, "stream": true,
+                      "temperature": 0})
+    .to_string();
+    let mut tcp = TcpStream::connect(address).unwrap();
+    tcp.set_read_timeout(Some(Duration::from_secs(60))).unwrap();
+    let head = format!(
+        "POST /v1/completions HTTP/1.1\r\nHost: {address}\r\nAuthorization: Bearer {KEY}\r\n\
+         Content-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
+        body.len()
+    );
+    tcp.write_all(head.as_bytes()).unwrap();
+    let mut seen = Vec::new();
+    let mut buf = [0u8; 512];
+    while seen.windows(5).filter(|w| w == b"data:").count() < 2 {
+        let n = tcp.read(&mut buf).unwrap();
+        assert!(
+            n > 0,
+            "the stream closed early: {}",
+            String::from_utf8_lossy(&seen)
+        );
+        seen.extend_from_slice(&buf[..n]);
+    }
+    assert!(
+        seen.starts_with(b"HTTP/1.1 200"),
+        "{}",
+        String::from_utf8_lossy(&seen)
+    );
+    tcp
+}
+
+#[test]
+fn a_full_queue_answers_503_and_a_disconnected_stream_frees_its_slot() {
+    // One slot and a queue of one: a long stream holds the slot, a second request waits.
+    let args = ["--parallel", "1", "--max-queue", "1", "--ctx-size", "4096"];
+    let server = spawn_server("queue", &args);
+    let long = open_stream(&server.base, 4000);
+    let base = server.base.clone();
+    let waiting = std::thread::spawn(move || {
+        let body = json!({"prompt": "1, 2, 3,", "max_tokens": 2, "temperature": 0});
+        let started = Instant::now();
+        let reply = request_at(
+            &base,
+            "POST",
+            "/v1/completions",
+            &body.to_string(),
+            Some(KEY),
+        );
+        (reply.unwrap(), started.elapsed())
+    });
+    std::thread::sleep(Duration::from_secs(1)); // the waiting request is queued first
+    let body = json!({"prompt": "1, 2, 3,", "max_tokens": 2}).to_string();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let (status, value) = loop {
+        let reply = request_at(&server.base, "POST", "/v1/completions", &body, Some(KEY));
+        let (status, value) = reply.unwrap();
+        if status == 503 || Instant::now() > deadline {
+            break (status, value);
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    assert_eq!(status, 503, "{value}");
+    assert!(value["error"]["message"].as_str().unwrap().contains("busy"));
+    // 4000 tokens would take minutes: the waiting request ends soon only if dropping the
+    // stream frees its slot.
+    drop(long);
+    let ((status, value), waited) = waiting.join().unwrap();
+    assert_eq!(status, 200, "{value}");
+    assert!(waited < Duration::from_secs(60), "waited {waited:?}");
+}
+
 #[test]
 fn a_client_disconnecting_mid_stream_leaves_the_server_serving() {
     let _turn = turn();
-    let address = server().base.trim_start_matches("http://").to_string();
     for _ in 0..3 {
-        let body =
-            json!({"prompt": "Once upon a time", "max_tokens": 200, "stream": true}).to_string();
-        let mut tcp = TcpStream::connect(&address).unwrap();
-        tcp.set_read_timeout(Some(Duration::from_secs(60))).unwrap();
-        let head = format!(
-            "POST /v1/completions HTTP/1.1\r\nHost: {address}\r\nAuthorization: Bearer {KEY}\r\n\
-             Content-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
-            body.len()
-        );
-        tcp.write_all(head.as_bytes()).unwrap();
-        let mut seen = Vec::new();
-        let mut buf = [0u8; 512];
-        while seen.windows(5).filter(|w| w == b"data:").count() < 2 {
-            let n = tcp.read(&mut buf).unwrap();
-            assert!(
-                n > 0,
-                "the stream closed early: {}",
-                String::from_utf8_lossy(&seen)
-            );
-            seen.extend_from_slice(&buf[..n]);
-        }
-        assert!(
-            seen.starts_with(b"HTTP/1.1 200"),
-            "{}",
-            String::from_utf8_lossy(&seen)
-        );
-        drop(tcp);
+        drop(open_stream(&server().base, 200));
     }
     let started = Instant::now();
     for _ in 0..3 {
