@@ -167,6 +167,14 @@ fn post_ok(path: &str, body: &Value) -> Value {
 
 /// A streamed request: every `data:` chunk before `[DONE]` (which must come last).
 fn stream(path: &str, body: &Value) -> Vec<Value> {
+    stream_timed(path, body)
+        .into_iter()
+        .map(|(_, c)| c)
+        .collect()
+}
+
+/// [`stream`], with the time each chunk arrived.
+fn stream_timed(path: &str, body: &Value) -> Vec<(Instant, Value)> {
     let mut response = agent()
         .post(&format!("{}{path}", server().base))
         .header("Authorization", &format!("Bearer {KEY}"))
@@ -188,7 +196,7 @@ fn stream(path: &str, body: &Value) -> Vec<Value> {
         if data == "[DONE]" {
             return chunks;
         }
-        chunks.push(serde_json::from_str(data).unwrap());
+        chunks.push((Instant::now(), serde_json::from_str(data).unwrap()));
     }
     panic!("the stream ended without [DONE] after {chunks:?}");
 }
@@ -614,23 +622,32 @@ fn four_concurrent_streams_each_equal_the_request_run_alone() {
         .iter()
         .map(|p| message_text(&post_ok("/v1/chat/completions", &chat_body(p, 20))))
         .collect();
-    let together: Vec<String> = std::thread::scope(|scope| {
+    let together: Vec<(String, Instant, Instant)> = std::thread::scope(|scope| {
         let handles: Vec<_> = prompts
             .iter()
             .map(|p| {
                 scope.spawn(move || {
                     let mut body = chat_body(p, 20);
                     body["stream"] = json!(true);
-                    let chunks = stream("/v1/chat/completions", &body);
-                    streamed_chat_text(&chunks).0
+                    let timed = stream_timed("/v1/chat/completions", &body);
+                    let chunks: Vec<Value> = timed.iter().map(|(_, c)| c.clone()).collect();
+                    let (first, last) = (timed[1].0, timed[timed.len() - 1].0);
+                    (streamed_chat_text(&chunks).0, first, last)
                 })
             })
             .collect();
         handles.into_iter().map(|h| h.join().unwrap()).collect()
     });
-    for (i, text) in together.iter().enumerate() {
+    for (i, (text, _, _)) in together.iter().enumerate() {
         assert_eq!(*text, alone[i], "stream {i} ({})", prompts[i]);
     }
+    // They progressed together: every stream had its first token before any stream ended.
+    let latest_first = together.iter().map(|t| t.1).max().unwrap();
+    let earliest_last = together.iter().map(|t| t.2).min().unwrap();
+    assert!(
+        latest_first < earliest_last,
+        "the streams ran one after another"
+    );
 }
 
 /// Opens a streamed completion of `max_tokens` over raw TCP and returns the connection once
