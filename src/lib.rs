@@ -23,6 +23,7 @@ pub mod model;
 pub mod quant;
 pub mod registry;
 pub mod sampler;
+pub mod server;
 pub mod tokenizer;
 
 pub use error::{Error, Result};

@@ -1,4 +1,5 @@
-//! The `mlx-engine` command: generate text with a model, list and fetch models, benchmark.
+//! The `mlx-engine` command: generate text with a model, list and fetch models, benchmark,
+//! serve an OpenAI-compatible API.
 
 use anyhow::{Context, Result};
 use clap::{Args, Parser, Subcommand};
@@ -40,6 +41,8 @@ enum Command {
     },
     /// Measure prompt processing and generation speed (like llama-bench).
     Bench(mlx_engine::bench::BenchArgs),
+    /// Serve the model over an OpenAI-compatible HTTP API (chat, completions, streaming).
+    Serve(mlx_engine::server::ServeArgs),
 }
 
 #[derive(Args)]
@@ -102,6 +105,7 @@ fn main() {
         Some(Command::Models) => list_models(),
         Some(Command::Pull { name }) => pull(name),
         Some(Command::Bench(args)) => mlx_engine::bench::run(args).map_err(Into::into),
+        Some(Command::Serve(args)) => mlx_engine::server::serve(args).map_err(Into::into),
         None => run(&cli.run),
     };
     if let Err(err) = result {

@@ -1,0 +1,628 @@
+//! The OpenAI request and response shapes: reading a JSON body field by field (so every error
+//! names its field), and building responses, stream chunks and errors.
+
+use crate::chat_template::ChatMessage;
+use crate::sampler::SamplerParams;
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use serde_json::{json, Map, Value};
+
+/// An error answered in OpenAI's shape: `{"error": {"message", "type", "param", "code"}}`.
+#[derive(Debug, Clone)]
+pub struct ApiError {
+    /// The HTTP status.
+    pub status: StatusCode,
+    /// What went wrong, for a person.
+    pub message: String,
+    /// The request field at fault, if one is.
+    pub param: Option<String>,
+}
+
+impl ApiError {
+    /// A 400 about `param`.
+    pub fn invalid(param: &str, message: impl Into<String>) -> ApiError {
+        ApiError {
+            status: StatusCode::BAD_REQUEST,
+            message: format!("{param}: {}", message.into()),
+            param: Some(param.to_string()),
+        }
+    }
+
+    /// An error with this status and no particular field.
+    pub fn new(status: StatusCode, message: impl Into<String>) -> ApiError {
+        ApiError {
+            status,
+            message: message.into(),
+            param: None,
+        }
+    }
+
+    /// OpenAI's `type` for the status.
+    fn kind(&self) -> &'static str {
+        match self.status.as_u16() {
+            401 => "authentication_error",
+            404 => "not_found_error",
+            429 | 503 => "server_overloaded",
+            400..=499 => "invalid_request_error",
+            _ => "server_error",
+        }
+    }
+
+    /// The JSON body.
+    pub fn body(&self) -> Value {
+        json!({"error": {
+            "message": self.message,
+            "type": self.kind(),
+            "param": self.param,
+            "code": self.status.as_u16(),
+        }})
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        (self.status, axum::Json(self.body())).into_response()
+    }
+}
+
+/// What to run the model on.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Prompt {
+    /// A conversation, rendered with the chat template.
+    Messages(Vec<ChatMessage>),
+    /// Text, tokenized with the model's special tokens.
+    Text(String),
+    /// Token ids, used as they are.
+    Tokens(Vec<u32>),
+}
+
+/// A parsed generation request (chat or completion).
+#[derive(Debug, Clone)]
+pub struct GenerationRequest {
+    /// The `model` field, if given.
+    pub model: Option<String>,
+    /// The input.
+    pub prompt: Prompt,
+    /// Sampler settings.
+    pub sampling: SamplerParams,
+    /// `max_completion_tokens` or `max_tokens`; `None` runs to the context limit.
+    pub max_tokens: Option<usize>,
+    /// Stop strings.
+    pub stop: Vec<String>,
+    /// Answer with server-sent events.
+    pub stream: bool,
+    /// Send a usage chunk at the end of a stream.
+    pub include_usage: bool,
+}
+
+/// Most stop strings one request may give.
+pub const MAX_STOP_STRINGS: usize = 16;
+
+/// Fields we know but cannot honour yet: refused when set to anything but their neutral value.
+const UNSUPPORTED: &[&str] = &[
+    "logprobs",
+    "top_logprobs",
+    "logit_bias",
+    "tools",
+    "tool_choice",
+    "functions",
+    "function_call",
+    "echo",
+    "suffix",
+    "best_of",
+    "response_format",
+];
+
+/// Parses a JSON body into an object.
+pub fn parse_object(body: &[u8]) -> Result<Map<String, Value>, ApiError> {
+    let value: Value = serde_json::from_slice(body)
+        .map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, format!("malformed JSON: {e}")))?;
+    match value {
+        Value::Object(map) => Ok(map),
+        _ => Err(ApiError::new(
+            StatusCode::BAD_REQUEST,
+            "the request body must be a JSON object",
+        )),
+    }
+}
+
+/// Reads a `/v1/chat/completions` body.
+pub fn chat_request(obj: &Map<String, Value>) -> Result<GenerationRequest, ApiError> {
+    let messages = match obj.get("messages") {
+        Some(Value::Array(items)) if !items.is_empty() => items
+            .iter()
+            .enumerate()
+            .map(|(i, m)| message(i, m))
+            .collect::<Result<Vec<_>, _>>()?,
+        Some(Value::Array(_)) => return Err(ApiError::invalid("messages", "must not be empty")),
+        Some(_) => return Err(ApiError::invalid("messages", "must be an array")),
+        None => return Err(ApiError::invalid("messages", "is required")),
+    };
+    generation_request(obj, Prompt::Messages(messages))
+}
+
+/// Reads a `/v1/completions` body.
+pub fn completion_request(obj: &Map<String, Value>) -> Result<GenerationRequest, ApiError> {
+    let prompt = match obj.get("prompt") {
+        None | Some(Value::Null) => return Err(ApiError::invalid("prompt", "is required")),
+        Some(value) => prompt(value)?,
+    };
+    generation_request(obj, prompt)
+}
+
+/// The fields chat and completions share.
+fn generation_request(
+    obj: &Map<String, Value>,
+    prompt: Prompt,
+) -> Result<GenerationRequest, ApiError> {
+    refuse_unsupported(obj)?;
+    if let Some(n) = opt_int(obj, "n")? {
+        if n != 1 {
+            return Err(ApiError::invalid("n", "only n = 1 is supported"));
+        }
+    }
+    let max_tokens = match opt_int(obj, "max_completion_tokens")? {
+        Some(n) => Some(("max_completion_tokens", n)),
+        None => opt_int(obj, "max_tokens")?.map(|n| ("max_tokens", n)),
+    };
+    if let Some((name, n)) = max_tokens {
+        if n < 1 {
+            return Err(ApiError::invalid(
+                name,
+                format!("must be at least 1, got {n}"),
+            ));
+        }
+    }
+    Ok(GenerationRequest {
+        model: opt_string(obj, "model")?,
+        prompt,
+        sampling: sampling(obj)?,
+        max_tokens: max_tokens.map(|(_, n)| usize::try_from(n).unwrap_or(usize::MAX)),
+        stop: stop_strings(obj)?,
+        stream: opt_bool(obj, "stream")?.unwrap_or(false),
+        include_usage: include_usage(obj)?,
+    })
+}
+
+/// The sampler settings a request asks for; OpenAI's defaults (temperature 1, no truncation).
+fn sampling(obj: &Map<String, Value>) -> Result<SamplerParams, ApiError> {
+    let neutral = SamplerParams {
+        temperature: 1.0,
+        ..SamplerParams::greedy()
+    };
+    let top_k = match opt_int(obj, "top_k")? {
+        Some(k) if k < 0 => return Err(ApiError::invalid("top_k", "must be >= 0 (0: off)")),
+        Some(k) => usize::try_from(k).unwrap_or(usize::MAX),
+        None => 0,
+    };
+    let seed = opt_int(obj, "seed")?.map(|s| s as u64);
+    Ok(SamplerParams {
+        temperature: ranged(obj, "temperature", 0.0..=2.0)?.unwrap_or(neutral.temperature),
+        top_p: match ranged(obj, "top_p", 0.0..=1.0)? {
+            Some(p) if p <= 0.0 => return Err(ApiError::invalid("top_p", "must be in (0, 1]")),
+            Some(p) => p,
+            None => 1.0,
+        },
+        min_p: ranged(obj, "min_p", 0.0..=1.0)?.unwrap_or(neutral.min_p),
+        top_k,
+        presence_penalty: ranged(obj, "presence_penalty", -2.0..=2.0)?.unwrap_or(0.0),
+        frequency_penalty: ranged(obj, "frequency_penalty", -2.0..=2.0)?.unwrap_or(0.0),
+        repetition_penalty: match ranged(obj, "repetition_penalty", 0.0..=10.0)? {
+            Some(p) if p <= 0.0 => {
+                return Err(ApiError::invalid("repetition_penalty", "must be > 0"))
+            }
+            Some(p) => p,
+            None => 1.0,
+        },
+        seed,
+        ..neutral
+    })
+}
+
+/// `stream_options.include_usage`.
+fn include_usage(obj: &Map<String, Value>) -> Result<bool, ApiError> {
+    match obj.get("stream_options") {
+        None | Some(Value::Null) => Ok(false),
+        Some(Value::Object(options)) => match options.get("include_usage") {
+            None | Some(Value::Null) => Ok(false),
+            Some(Value::Bool(b)) => Ok(*b),
+            Some(_) => Err(ApiError::invalid(
+                "stream_options.include_usage",
+                "must be a boolean",
+            )),
+        },
+        Some(_) => Err(ApiError::invalid("stream_options", "must be an object")),
+    }
+}
+
+/// Refuses a field we cannot honour unless it holds its neutral value.
+fn refuse_unsupported(obj: &Map<String, Value>) -> Result<(), ApiError> {
+    for &name in UNSUPPORTED {
+        let neutral = match obj.get(name) {
+            None | Some(Value::Null) | Some(Value::Bool(false)) => true,
+            Some(Value::Object(m)) => m.is_empty() || m.get("type") == Some(&json!("text")),
+            Some(Value::Array(a)) => a.is_empty(),
+            Some(Value::String(s)) => s.is_empty() || (name == "tool_choice" && s == "none"),
+            Some(Value::Number(n)) => name == "best_of" && n.as_u64() == Some(1),
+            Some(Value::Bool(true)) => false,
+        };
+        if !neutral {
+            return Err(ApiError::invalid(name, "is not supported by this server"));
+        }
+    }
+    Ok(())
+}
+
+/// `stop`: a string or an array of non-empty strings.
+fn stop_strings(obj: &Map<String, Value>) -> Result<Vec<String>, ApiError> {
+    let stops = match obj.get("stop") {
+        None | Some(Value::Null) => vec![],
+        Some(Value::String(s)) => vec![s.clone()],
+        Some(Value::Array(items)) => items
+            .iter()
+            .map(|v| v.as_str().map(str::to_string))
+            .collect::<Option<Vec<_>>>()
+            .ok_or_else(|| ApiError::invalid("stop", "must be a string or an array of strings"))?,
+        Some(_) => {
+            return Err(ApiError::invalid(
+                "stop",
+                "must be a string or an array of strings",
+            ))
+        }
+    };
+    if stops.len() > MAX_STOP_STRINGS {
+        return Err(ApiError::invalid(
+            "stop",
+            format!("at most {MAX_STOP_STRINGS} stop strings"),
+        ));
+    }
+    if stops.iter().any(String::is_empty) {
+        return Err(ApiError::invalid("stop", "stop strings must not be empty"));
+    }
+    Ok(stops)
+}
+
+/// One chat message: a role and a string or text parts.
+fn message(i: usize, value: &Value) -> Result<ChatMessage, ApiError> {
+    let at = format!("messages[{i}]");
+    let obj = value
+        .as_object()
+        .ok_or_else(|| ApiError::invalid(&at, "must be an object"))?;
+    let role = match obj.get("role") {
+        Some(Value::String(r)) if ["system", "developer", "user", "assistant"].contains(&&**r) => {
+            if r == "developer" {
+                "system".to_string()
+            } else {
+                r.clone()
+            }
+        }
+        Some(Value::String(r)) => {
+            return Err(ApiError::invalid(
+                &format!("{at}.role"),
+                format!("unsupported role '{r}' (system, developer, user or assistant)"),
+            ))
+        }
+        _ => return Err(ApiError::invalid(&format!("{at}.role"), "must be a string")),
+    };
+    let content = match obj.get("content") {
+        Some(Value::String(s)) => s.clone(),
+        None | Some(Value::Null) if role == "assistant" => String::new(),
+        Some(Value::Array(parts)) => text_parts(&at, parts)?,
+        _ => {
+            return Err(ApiError::invalid(
+                &format!("{at}.content"),
+                "must be a string or an array of text parts",
+            ))
+        }
+    };
+    Ok(ChatMessage::new(role, content))
+}
+
+/// The text of `[{"type": "text", "text": …}, …]`, concatenated.
+fn text_parts(at: &str, parts: &[Value]) -> Result<String, ApiError> {
+    let mut text = String::new();
+    for (j, part) in parts.iter().enumerate() {
+        let field = format!("{at}.content[{j}]");
+        let kind = part.get("type").and_then(Value::as_str);
+        match (kind, part.get("text").and_then(Value::as_str)) {
+            (Some("text"), Some(t)) => text.push_str(t),
+            (Some("text"), None) => {
+                return Err(ApiError::invalid(
+                    &field,
+                    "a text part needs a string 'text'",
+                ))
+            }
+            _ => return Err(ApiError::invalid(&field, "only text parts are supported")),
+        }
+    }
+    Ok(text)
+}
+
+/// `prompt`: a string, token ids, or a one-element array of either.
+fn prompt(value: &Value) -> Result<Prompt, ApiError> {
+    let bad = || {
+        ApiError::invalid(
+            "prompt",
+            "must be a string, an array of token ids, or an array holding one of those",
+        )
+    };
+    match value {
+        Value::String(s) => Ok(Prompt::Text(s.clone())),
+        Value::Array(items) if !items.is_empty() && items.iter().all(Value::is_number) => items
+            .iter()
+            .map(|v| v.as_u64().and_then(|t| u32::try_from(t).ok()))
+            .collect::<Option<Vec<u32>>>()
+            .map(Prompt::Tokens)
+            .ok_or_else(|| ApiError::invalid("prompt", "token ids must be non-negative integers")),
+        Value::Array(items) if items.len() == 1 => match &items[0] {
+            Value::Array(_) | Value::String(_) => prompt(&items[0]),
+            _ => Err(bad()),
+        },
+        Value::Array(items) if items.len() > 1 => Err(ApiError::invalid(
+            "prompt",
+            "only one prompt per request is supported",
+        )),
+        _ => Err(bad()),
+    }
+}
+
+/// An optional string field.
+fn opt_string(obj: &Map<String, Value>, name: &str) -> Result<Option<String>, ApiError> {
+    match obj.get(name) {
+        None | Some(Value::Null) => Ok(None),
+        Some(Value::String(s)) => Ok(Some(s.clone())),
+        Some(_) => Err(ApiError::invalid(name, "must be a string")),
+    }
+}
+
+/// An optional boolean field.
+fn opt_bool(obj: &Map<String, Value>, name: &str) -> Result<Option<bool>, ApiError> {
+    match obj.get(name) {
+        None | Some(Value::Null) => Ok(None),
+        Some(Value::Bool(b)) => Ok(Some(*b)),
+        Some(_) => Err(ApiError::invalid(name, "must be a boolean")),
+    }
+}
+
+/// An optional integer field (a float with no fraction counts).
+fn opt_int(obj: &Map<String, Value>, name: &str) -> Result<Option<i64>, ApiError> {
+    match obj.get(name) {
+        None | Some(Value::Null) => Ok(None),
+        Some(Value::Number(n)) => n
+            .as_i64()
+            .or_else(|| n.as_u64().map(|u| u as i64))
+            .or_else(|| n.as_f64().filter(|f| f.fract() == 0.0).map(|f| f as i64))
+            .map(Some)
+            .ok_or_else(|| ApiError::invalid(name, "must be an integer")),
+        Some(_) => Err(ApiError::invalid(name, "must be an integer")),
+    }
+}
+
+/// An optional number field within `range`.
+fn ranged(
+    obj: &Map<String, Value>,
+    name: &str,
+    range: std::ops::RangeInclusive<f64>,
+) -> Result<Option<f32>, ApiError> {
+    match obj.get(name) {
+        None | Some(Value::Null) => Ok(None),
+        Some(Value::Number(n)) => match n.as_f64() {
+            Some(x) if range.contains(&x) => Ok(Some(x as f32)),
+            _ => Err(ApiError::invalid(
+                name,
+                format!(
+                    "must be between {} and {}, got {n}",
+                    range.start(),
+                    range.end()
+                ),
+            )),
+        },
+        Some(_) => Err(ApiError::invalid(name, "must be a number")),
+    }
+}
+
+/// Token counts of a finished request.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Usage {
+    /// Prompt tokens read.
+    pub prompt_tokens: usize,
+    /// Tokens generated.
+    pub completion_tokens: usize,
+}
+
+impl Usage {
+    /// OpenAI's `usage` object.
+    pub fn to_json(self) -> Value {
+        json!({
+            "prompt_tokens": self.prompt_tokens,
+            "completion_tokens": self.completion_tokens,
+            "total_tokens": self.prompt_tokens + self.completion_tokens,
+            "prompt_tokens_details": {"cached_tokens": 0},
+        })
+    }
+}
+
+/// Which endpoint a response belongs to (they differ in `object` and in choice shape).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Endpoint {
+    /// `/v1/chat/completions`.
+    Chat,
+    /// `/v1/completions`.
+    Completions,
+}
+
+/// The identity every response and chunk of one request shares.
+#[derive(Debug, Clone)]
+pub struct ResponseHead {
+    /// `chatcmpl-…` or `cmpl-…`.
+    pub id: String,
+    /// Unix seconds.
+    pub created: u64,
+    /// The served model's name.
+    pub model: String,
+    /// Chat or completions.
+    pub endpoint: Endpoint,
+}
+
+impl ResponseHead {
+    /// A complete (non-streamed) response.
+    pub fn response(&self, text: &str, finish: &str, usage: Usage) -> Value {
+        let choice = match self.endpoint {
+            Endpoint::Chat => json!({
+                "index": 0,
+                "message": {"role": "assistant", "content": text},
+                "logprobs": null,
+                "finish_reason": finish,
+            }),
+            Endpoint::Completions => json!({
+                "index": 0, "text": text, "logprobs": null, "finish_reason": finish,
+            }),
+        };
+        let object = match self.endpoint {
+            Endpoint::Chat => "chat.completion",
+            Endpoint::Completions => "text_completion",
+        };
+        self.envelope(object, vec![choice], Some(usage.to_json()))
+    }
+
+    /// A stream chunk carrying `text` (and the role, on the first chat chunk), or the finish
+    /// reason.
+    pub fn chunk(&self, text: Option<&str>, role: bool, finish: Option<&str>) -> Value {
+        let choice = match self.endpoint {
+            Endpoint::Chat => {
+                let mut delta = Map::new();
+                if role {
+                    delta.insert("role".into(), json!("assistant"));
+                }
+                if let Some(t) = text {
+                    delta.insert("content".into(), json!(t));
+                }
+                json!({"index": 0, "delta": delta, "logprobs": null, "finish_reason": finish})
+            }
+            Endpoint::Completions => json!({
+                "index": 0, "text": text.unwrap_or(""), "logprobs": null, "finish_reason": finish,
+            }),
+        };
+        self.envelope(self.chunk_object(), vec![choice], None)
+    }
+
+    /// The final usage chunk of a stream (`choices: []`).
+    pub fn usage_chunk(&self, usage: Usage) -> Value {
+        self.envelope(self.chunk_object(), vec![], Some(usage.to_json()))
+    }
+
+    fn chunk_object(&self) -> &'static str {
+        match self.endpoint {
+            Endpoint::Chat => "chat.completion.chunk",
+            Endpoint::Completions => "text_completion",
+        }
+    }
+
+    fn envelope(&self, object: &str, choices: Vec<Value>, usage: Option<Value>) -> Value {
+        let mut v = json!({
+            "id": self.id,
+            "object": object,
+            "created": self.created,
+            "model": self.model,
+            "system_fingerprint": null,
+            "choices": choices,
+        });
+        if let Some(u) = usage {
+            v["usage"] = u;
+        }
+        v
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn chat(body: Value) -> Result<GenerationRequest, ApiError> {
+        chat_request(body.as_object().unwrap())
+    }
+
+    fn param_of(body: Value) -> String {
+        chat(body).unwrap_err().param.unwrap()
+    }
+
+    #[test]
+    fn out_of_range_and_wrongly_typed_fields_are_named() {
+        let msgs = json!([{"role": "user", "content": "hi"}]);
+        assert_eq!(param_of(json!({"messages": msgs, "top_p": 2})), "top_p");
+        assert_eq!(param_of(json!({"messages": msgs, "top_p": 0})), "top_p");
+        assert_eq!(
+            param_of(json!({"messages": msgs, "max_tokens": 0})),
+            "max_tokens"
+        );
+        assert_eq!(
+            param_of(json!({"messages": msgs, "max_tokens": -3})),
+            "max_tokens"
+        );
+        assert_eq!(
+            param_of(json!({"messages": msgs, "temperature": "hot"})),
+            "temperature"
+        );
+        assert_eq!(param_of(json!({"messages": msgs, "stop": [1]})), "stop");
+        assert_eq!(param_of(json!({"messages": msgs, "n": 2})), "n");
+        assert_eq!(
+            param_of(json!({"messages": msgs, "logit_bias": {"1": 5}})),
+            "logit_bias"
+        );
+        assert_eq!(
+            param_of(json!({"messages": msgs, "logprobs": true})),
+            "logprobs"
+        );
+        assert_eq!(param_of(json!({"messages": []})), "messages");
+        assert_eq!(
+            param_of(json!({"messages": [{"role": "user"}]})),
+            "messages[0].content"
+        );
+        assert_eq!(
+            param_of(json!({"messages": [{"role": "user", "content": [{"type": "image_url"}]}]})),
+            "messages[0].content[0]"
+        );
+    }
+
+    #[test]
+    fn fields_map_onto_the_sampler_and_unknown_ones_are_ignored() {
+        let r = chat(json!({
+            "messages": [{"role": "system", "content": "s"},
+                         {"role": "user", "content": [{"type": "text", "text": "a"},
+                                                       {"type": "text", "text": "b"}]}],
+            "temperature": 0.5, "top_p": 0.9, "top_k": 7, "min_p": 0.1, "seed": 3,
+            "presence_penalty": 0.5, "frequency_penalty": -0.5, "repetition_penalty": 1.1,
+            "max_completion_tokens": 9, "max_tokens": 100, "stop": "x", "stream": true,
+            "stream_options": {"include_usage": true}, "n": 1, "logprobs": false,
+            "whatever": {"nested": 1},
+        }))
+        .unwrap();
+        let s = &r.sampling;
+        assert_eq!(
+            (s.temperature, s.top_p, s.top_k, s.min_p),
+            (0.5, 0.9, 7, 0.1)
+        );
+        assert_eq!((s.presence_penalty, s.frequency_penalty), (0.5, -0.5));
+        assert_eq!((s.repetition_penalty, s.seed), (1.1, Some(3)));
+        assert_eq!(r.max_tokens, Some(9));
+        assert_eq!(r.stop, ["x"]);
+        assert!(r.stream && r.include_usage);
+        assert_eq!(
+            r.prompt,
+            Prompt::Messages(vec![ChatMessage::system("s"), ChatMessage::user("ab")])
+        );
+    }
+
+    #[test]
+    fn completion_prompts_take_text_or_token_ids() {
+        let p = |v: Value| completion_request(json!({ "prompt": v }).as_object().unwrap());
+        assert_eq!(p(json!("hi")).unwrap().prompt, Prompt::Text("hi".into()));
+        assert_eq!(p(json!([1, 2])).unwrap().prompt, Prompt::Tokens(vec![1, 2]));
+        assert_eq!(p(json!(["hi"])).unwrap().prompt, Prompt::Text("hi".into()));
+        assert_eq!(p(json!([[5]])).unwrap().prompt, Prompt::Tokens(vec![5]));
+        assert!(p(json!([-1])).is_err());
+        assert!(p(json!(["a", "b"])).is_err());
+        assert!(p(json!(7)).is_err());
+        assert!(p(json!([])).is_err());
+    }
+}

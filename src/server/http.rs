@@ -1,0 +1,464 @@
+//! The HTTP surface: routes, the API key, body limits, and turning requests into engine jobs
+//! and engine events into OpenAI responses or server-sent events. Nothing here touches MLX:
+//! tokenizing and template rendering are pure Rust, and generation goes to the engine thread.
+
+use super::api::{self, ApiError, Endpoint, GenerationRequest, Prompt, ResponseHead, Usage};
+use super::scheduler::{Event, Job, ModelInfo};
+use axum::body::Bytes;
+use axum::extract::rejection::BytesRejection;
+use axum::extract::{DefaultBodyLimit, Request, State};
+use axum::http::{header, HeaderMap, StatusCode};
+use axum::middleware::{self, Next};
+use axum::response::sse::{Event as SseEvent, KeepAlive, Sse};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use futures_util::stream::{self, Stream, StreamExt};
+use serde_json::{json, Value};
+use std::convert::Infallible;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::mpsc::{SyncSender, TrySendError};
+use std::sync::{Arc, OnceLock};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use tokio::sync::mpsc::{unbounded_channel, UnboundedReceiver};
+use tower_http::limit::RequestBodyLimitLayer;
+use tower_http::timeout::TimeoutLayer;
+
+/// What every handler shares.
+pub struct AppState {
+    /// The name `/v1/models` lists and responses carry.
+    pub model_name: String,
+    /// Other names a request's `model` may use (the spec given on the command line).
+    pub aliases: Vec<String>,
+    /// Set by the engine thread once the model is loaded.
+    pub info: Arc<OnceLock<ModelInfo>>,
+    /// The bounded queue to the engine thread.
+    pub jobs: SyncSender<Job>,
+    /// The queue's capacity (for the "queue full" message).
+    pub max_queue: usize,
+    /// Required `Authorization: Bearer` key, if set.
+    pub api_key: Option<String>,
+}
+
+/// Limits on requests.
+#[derive(Clone, Copy, Debug)]
+pub struct Limits {
+    /// Largest request body in bytes (413 beyond).
+    pub body_bytes: usize,
+    /// Longest time to produce a response's head (a non-streamed reply in full).
+    pub request_timeout: Duration,
+}
+
+/// The application: every route, the API key check and the limits.
+pub fn router(state: Arc<AppState>, limits: Limits) -> Router {
+    let api = Router::new()
+        .route("/v1/chat/completions", post(chat))
+        .route("/v1/completions", post(completions))
+        .route("/v1/models", get(models))
+        .route("/tokenize", post(tokenize))
+        .route("/detokenize", post(detokenize))
+        .route_layer(middleware::from_fn_with_state(state.clone(), require_key));
+    Router::new()
+        .route("/health", get(health))
+        .merge(api)
+        .fallback(unknown_route)
+        .layer(middleware::map_response(openai_error_shape))
+        .layer(DefaultBodyLimit::disable())
+        .layer(RequestBodyLimitLayer::new(limits.body_bytes))
+        .layer(TimeoutLayer::with_status_code(
+            StatusCode::REQUEST_TIMEOUT,
+            limits.request_timeout,
+        ))
+        .with_state(state)
+}
+
+/// 503 while the model loads, 200 after.
+async fn health(State(s): State<Arc<AppState>>) -> Response {
+    match s.info.get() {
+        Some(_) => (StatusCode::OK, Json(json!({"status": "ok"}))).into_response(),
+        None => (
+            StatusCode::SERVICE_UNAVAILABLE,
+            Json(json!({"status": "loading model"})),
+        )
+            .into_response(),
+    }
+}
+
+/// The one model served.
+async fn models(State(s): State<Arc<AppState>>) -> Json<Value> {
+    Json(json!({
+        "object": "list",
+        "data": [{"id": s.model_name, "object": "model", "created": unix_now(),
+                  "owned_by": "mlx-engine"}],
+    }))
+}
+
+async fn chat(
+    State(s): State<Arc<AppState>>,
+    body: Result<Bytes, BytesRejection>,
+) -> Result<Response, ApiError> {
+    let request = api::chat_request(&api::parse_object(&body_of(body)?)?)?;
+    generate(&s, request, Endpoint::Chat).await
+}
+
+async fn completions(
+    State(s): State<Arc<AppState>>,
+    body: Result<Bytes, BytesRejection>,
+) -> Result<Response, ApiError> {
+    let request = api::completion_request(&api::parse_object(&body_of(body)?)?)?;
+    generate(&s, request, Endpoint::Completions).await
+}
+
+/// `{"content": text, "add_special": bool}` → `{"tokens": [ids]}`.
+async fn tokenize(
+    State(s): State<Arc<AppState>>,
+    body: Result<Bytes, BytesRejection>,
+) -> Result<Json<Value>, ApiError> {
+    let obj = api::parse_object(&body_of(body)?)?;
+    let info = s.ready()?;
+    let content = match obj.get("content") {
+        Some(Value::String(c)) => c,
+        _ => return Err(ApiError::invalid("content", "must be a string")),
+    };
+    let add_special = match obj.get("add_special") {
+        None | Some(Value::Null) => false,
+        Some(Value::Bool(b)) => *b,
+        Some(_) => return Err(ApiError::invalid("add_special", "must be a boolean")),
+    };
+    let tokens = info
+        .tokenizer
+        .encode(content, add_special)
+        .map_err(|e| ApiError::invalid("content", e.to_string()))?;
+    Ok(Json(json!({ "tokens": tokens })))
+}
+
+/// `{"tokens": [ids]}` → `{"content": text}`.
+async fn detokenize(
+    State(s): State<Arc<AppState>>,
+    body: Result<Bytes, BytesRejection>,
+) -> Result<Json<Value>, ApiError> {
+    let obj = api::parse_object(&body_of(body)?)?;
+    let info = s.ready()?;
+    let tokens = token_ids(&obj, "tokens", info.tokenizer.vocab_size())?;
+    let content = info
+        .tokenizer
+        .decode(&tokens, false)
+        .map_err(|e| ApiError::invalid("tokens", e.to_string()))?;
+    Ok(Json(json!({ "content": content })))
+}
+
+/// An array of ids below `vocab`.
+fn token_ids(
+    obj: &serde_json::Map<String, Value>,
+    name: &str,
+    vocab: usize,
+) -> Result<Vec<u32>, ApiError> {
+    let Some(Value::Array(items)) = obj.get(name) else {
+        return Err(ApiError::invalid(name, "must be an array of token ids"));
+    };
+    items
+        .iter()
+        .map(|v| {
+            v.as_u64()
+                .filter(|&t| t < vocab as u64)
+                .map(|t| t as u32)
+                .ok_or_else(|| {
+                    ApiError::invalid(name, format!("token ids must be integers in [0, {vocab})"))
+                })
+        })
+        .collect()
+}
+
+/// 404 for every path we do not serve.
+async fn unknown_route(request: Request) -> ApiError {
+    ApiError::new(
+        StatusCode::NOT_FOUND,
+        format!(
+            "unknown route: {} {}",
+            request.method(),
+            request.uri().path()
+        ),
+    )
+}
+
+/// 401 unless the request carries the configured key as `Authorization: Bearer KEY`.
+async fn require_key(
+    State(s): State<Arc<AppState>>,
+    headers: HeaderMap,
+    request: Request,
+    next: Next,
+) -> Response {
+    let Some(key) = &s.api_key else {
+        return next.run(request).await;
+    };
+    let given = headers
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "));
+    match given {
+        Some(g) if g == key => next.run(request).await,
+        Some(_) => ApiError::new(StatusCode::UNAUTHORIZED, "invalid API key").into_response(),
+        None => ApiError::new(
+            StatusCode::UNAUTHORIZED,
+            "missing API key: send 'Authorization: Bearer KEY'",
+        )
+        .into_response(),
+    }
+}
+
+/// Rewrites error responses that are not JSON (from the body limit, the timeout, a method not
+/// allowed) into OpenAI's error shape, so clients always get one.
+async fn openai_error_shape(response: Response) -> Response {
+    let status = response.status();
+    let is_json = response
+        .headers()
+        .get(header::CONTENT_TYPE)
+        .is_some_and(|v| v.as_bytes().starts_with(b"application/json"));
+    if !(status.is_client_error() || status.is_server_error()) || is_json {
+        return response;
+    }
+    let message = match status {
+        StatusCode::PAYLOAD_TOO_LARGE => "request body too large".to_string(),
+        StatusCode::REQUEST_TIMEOUT => "request timed out".to_string(),
+        StatusCode::METHOD_NOT_ALLOWED => "method not allowed on this route".to_string(),
+        other => other.canonical_reason().unwrap_or("error").to_lowercase(),
+    };
+    ApiError::new(status, message).into_response()
+}
+
+/// The request body, or its rejection (too large, unreadable) as an API error.
+fn body_of(body: Result<Bytes, BytesRejection>) -> Result<Bytes, ApiError> {
+    body.map_err(|r| ApiError::new(r.status(), r.body_text()))
+}
+
+impl AppState {
+    /// The loaded model, or 503 while it loads.
+    fn ready(&self) -> Result<&ModelInfo, ApiError> {
+        self.info.get().ok_or_else(|| {
+            ApiError::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "the model is still loading",
+            )
+        })
+    }
+
+    /// 404 unless `model` (when given) names the served model.
+    fn check_model(&self, model: Option<&str>) -> Result<(), ApiError> {
+        match model {
+            Some(m) if m != self.model_name && !self.aliases.iter().any(|a| a == m) => {
+                Err(ApiError {
+                    status: StatusCode::NOT_FOUND,
+                    message: format!(
+                        "model '{m}' not found; this server serves '{}'",
+                        self.model_name
+                    ),
+                    param: Some("model".into()),
+                })
+            }
+            _ => Ok(()),
+        }
+    }
+}
+
+/// Tokenizes a request, queues it for the engine, and answers in full or as a stream.
+async fn generate(
+    s: &AppState,
+    request: GenerationRequest,
+    endpoint: Endpoint,
+) -> Result<Response, ApiError> {
+    s.check_model(request.model.as_deref())?;
+    let info = s.ready()?;
+    let prompt = prompt_tokens(info, &request.prompt)?;
+    let (events, receiver) = unbounded_channel();
+    let job = Job {
+        prompt,
+        sampling: request.sampling,
+        max_tokens: request.max_tokens.unwrap_or(info.n_ctx),
+        stop: request.stop,
+        events,
+    };
+    match s.jobs.try_send(job) {
+        Ok(()) => {}
+        Err(TrySendError::Full(_)) => {
+            return Err(ApiError::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                format!(
+                    "the server is busy: {} requests already wait; retry later",
+                    s.max_queue
+                ),
+            ))
+        }
+        Err(TrySendError::Disconnected(_)) => {
+            return Err(ApiError::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "the engine has stopped",
+            ))
+        }
+    }
+    let head = ResponseHead {
+        id: response_id(endpoint),
+        created: unix_now(),
+        model: s.model_name.clone(),
+        endpoint,
+    };
+    match request.stream {
+        true => Ok(stream_response(head, receiver, request.include_usage).into_response()),
+        false => collect(head, receiver).await,
+    }
+}
+
+/// The prompt's token ids, checked against the vocabulary and the context.
+fn prompt_tokens(info: &ModelInfo, prompt: &Prompt) -> Result<Vec<u32>, ApiError> {
+    let tokenizer = &info.tokenizer;
+    let (tokens, param) = match prompt {
+        Prompt::Messages(messages) => {
+            let template = info.template.as_ref().ok_or_else(|| {
+                ApiError::invalid(
+                    "messages",
+                    "the model has no chat template; use /v1/completions",
+                )
+            })?;
+            let text = template
+                .render(messages, true)
+                .map_err(|e| ApiError::invalid("messages", e.to_string()))?;
+            // The rendered template already holds its special tokens.
+            let ids = tokenizer.encode(&text, false);
+            (
+                ids.map_err(|e| ApiError::invalid("messages", e.to_string()))?,
+                "messages",
+            )
+        }
+        Prompt::Text(text) => {
+            let ids = tokenizer.encode(text, true);
+            (
+                ids.map_err(|e| ApiError::invalid("prompt", e.to_string()))?,
+                "prompt",
+            )
+        }
+        Prompt::Tokens(ids) => {
+            let vocab = tokenizer.vocab_size();
+            if let Some(bad) = ids.iter().find(|&&t| t as usize >= vocab) {
+                return Err(ApiError::invalid(
+                    "prompt",
+                    format!("token id {bad} is outside the vocabulary (size {vocab})"),
+                ));
+            }
+            (ids.clone(), "prompt")
+        }
+    };
+    if tokens.is_empty() {
+        return Err(ApiError::invalid(param, "the prompt has no tokens"));
+    }
+    if tokens.len() >= info.n_ctx {
+        return Err(ApiError::invalid(
+            param,
+            format!(
+                "the prompt is too long: n_prompt_tokens = {} but the context holds n_ctx = {} \
+                 positions (one more is needed to generate)",
+                tokens.len(),
+                info.n_ctx
+            ),
+        ));
+    }
+    Ok(tokens)
+}
+
+/// Waits for the whole generation and answers with one JSON body.
+async fn collect(
+    head: ResponseHead,
+    mut receiver: UnboundedReceiver<Event>,
+) -> Result<Response, ApiError> {
+    let mut text = String::new();
+    while let Some(event) = receiver.recv().await {
+        match event {
+            Event::Text(piece) => text.push_str(&piece),
+            Event::Done {
+                finish,
+                prompt_tokens,
+                completion_tokens,
+            } => {
+                let usage = Usage {
+                    prompt_tokens,
+                    completion_tokens,
+                };
+                return Ok(Json(head.response(&text, finish.as_str(), usage)).into_response());
+            }
+            Event::Failed(message) => return Err(engine_error(message)),
+        }
+    }
+    Err(engine_error("the engine dropped the request".into()))
+}
+
+/// A failure inside the engine: a 500 (the request itself was valid).
+fn engine_error(message: String) -> ApiError {
+    ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, message)
+}
+
+/// Server-sent events: a role chunk (chat), content chunks, a finish chunk, a usage chunk when
+/// asked, then `[DONE]`. Dropping the stream (client gone) drops the receiver, which cancels
+/// the job at the engine's next step.
+fn stream_response(
+    head: ResponseHead,
+    receiver: UnboundedReceiver<Event>,
+    include_usage: bool,
+) -> Sse<impl Stream<Item = Result<SseEvent, Infallible>>> {
+    let first = match head.endpoint {
+        Endpoint::Chat => vec![data(&head.chunk(None, true, None))],
+        Endpoint::Completions => vec![],
+    };
+    let state = Some((head, receiver));
+    let rest = stream::unfold(state, move |state| async move {
+        let (head, mut receiver) = state?;
+        let events = match receiver.recv().await {
+            Some(Event::Text(piece)) => vec![data(&head.chunk(Some(&piece), false, None))],
+            Some(Event::Done {
+                finish,
+                prompt_tokens,
+                completion_tokens,
+            }) => {
+                let mut out = vec![data(&head.chunk(None, false, Some(finish.as_str())))];
+                if include_usage {
+                    let usage = Usage {
+                        prompt_tokens,
+                        completion_tokens,
+                    };
+                    out.push(data(&head.usage_chunk(usage)));
+                }
+                out.push(Ok(SseEvent::default().data("[DONE]")));
+                return Some((out, None));
+            }
+            Some(Event::Failed(message)) => {
+                return Some((vec![data(&engine_error(message).body())], None))
+            }
+            None => return None,
+        };
+        Some((events, Some((head, receiver))))
+    });
+    let events = stream::iter(first)
+        .chain(rest.flat_map(stream::iter))
+        .boxed();
+    Sse::new(events).keep_alive(KeepAlive::default())
+}
+
+/// One `data:` event holding `value`.
+fn data(value: &Value) -> Result<SseEvent, Infallible> {
+    Ok(SseEvent::default().data(value.to_string()))
+}
+
+/// Seconds since the Unix epoch.
+fn unix_now() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs())
+}
+
+/// A response id unique within this process: `chatcmpl-…` or `cmpl-…`.
+fn response_id(endpoint: Endpoint) -> String {
+    static NEXT: AtomicU64 = AtomicU64::new(1);
+    let n = NEXT.fetch_add(1, Ordering::Relaxed);
+    let prefix = match endpoint {
+        Endpoint::Chat => "chatcmpl",
+        Endpoint::Completions => "cmpl",
+    };
+    format!("{prefix}-{:x}{n:06x}", unix_now())
+}

@@ -1,0 +1,158 @@
+//! `mlx-engine serve`: an OpenAI-compatible HTTP server.
+//!
+//! Three parts: [`http`] (routes, auth, limits, SSE; never touches MLX), [`api`] (the OpenAI
+//! request and response shapes) and [`scheduler`] (the engine thread that owns the
+//! [`Backend`](crate::backend::Backend) and batches every active sequence into one decode per
+//! step). They talk through a bounded job queue and one event channel per request.
+#![forbid(unsafe_code)]
+
+pub mod api;
+pub mod http;
+pub mod scheduler;
+pub mod stop;
+
+use crate::fetch::{self, FetchOptions};
+use crate::{Error, Result};
+use scheduler::{EngineConfig, ModelInfo};
+use std::path::{Path, PathBuf};
+use std::sync::{mpsc, Arc, OnceLock};
+use std::time::Duration;
+
+/// The `serve` subcommand's options.
+#[derive(clap::Args, Debug, Clone)]
+pub struct ServeArgs {
+    /// Model: a registry name or a path to a GGUF file.
+    #[arg(long, short = 'm', default_value = crate::registry::DEFAULT_MODEL)]
+    pub model: String,
+    /// Address to listen on.
+    #[arg(long, default_value = "127.0.0.1")]
+    pub host: String,
+    /// Port to listen on (0 picks a free one; the address is printed).
+    #[arg(long, default_value_t = 8080)]
+    pub port: u16,
+    /// Most sequences generated together (continuous batching).
+    #[arg(long, default_value_t = 4)]
+    pub parallel: usize,
+    /// Positions per sequence (default: the model's context length).
+    #[arg(long)]
+    pub ctx_size: Option<usize>,
+    /// Requests that may wait for a free sequence; more are answered 503.
+    #[arg(long, default_value_t = 64)]
+    pub max_queue: usize,
+    /// Require `Authorization: Bearer KEY` on every API route.
+    #[arg(long)]
+    pub api_key: Option<String>,
+    /// Threads for the CPU kernels (default: all cores).
+    #[arg(long, short = 't')]
+    pub threads: Option<usize>,
+    /// Largest request body, in bytes.
+    #[arg(long, default_value_t = 4 << 20)]
+    pub max_body_bytes: usize,
+    /// Seconds a request may take to produce its response head (a whole non-streamed reply).
+    #[arg(long, default_value_t = 600)]
+    pub timeout: u64,
+}
+
+/// Runs the server until Ctrl-C (then finishes the requests in flight and returns) or until the
+/// model fails to load (then returns that error). `/health` answers 503 while the model loads.
+pub fn serve(args: &ServeArgs) -> Result<()> {
+    if args.parallel == 0 || args.max_queue == 0 {
+        return Err(Error::InvalidArgument(
+            "--parallel and --max-queue must be at least 1".into(),
+        ));
+    }
+    if let Some(threads) = args.threads {
+        crate::mlx::kernels::set_num_threads(threads);
+    }
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .map_err(|e| Error::io("tokio runtime", e))?;
+    runtime.block_on(run(args))
+}
+
+/// Binds, starts the engine thread and serves.
+async fn run(args: &ServeArgs) -> Result<()> {
+    let address = format!("{}:{}", args.host, args.port);
+    let listener = tokio::net::TcpListener::bind(&address)
+        .await
+        .map_err(|e| Error::io(&address, e))?;
+    let bound = listener.local_addr().map_err(|e| Error::io(&address, e))?;
+    eprintln!("mlx-engine serve: listening on http://{bound}");
+
+    let (jobs, queue) = mpsc::sync_channel(args.max_queue);
+    let info = Arc::new(OnceLock::new());
+    let (ended, engine_ended) = tokio::sync::oneshot::channel::<()>();
+    let engine = spawn_engine(args, queue, Arc::clone(&info), ended)?;
+
+    let state = Arc::new(http::AppState {
+        model_name: served_name(&args.model),
+        aliases: vec![args.model.clone()],
+        info,
+        jobs,
+        max_queue: args.max_queue,
+        api_key: args.api_key.clone(),
+    });
+    let limits = http::Limits {
+        body_bytes: args.max_body_bytes,
+        request_timeout: Duration::from_secs(args.timeout),
+    };
+    let app = http::router(state, limits);
+    let shutdown = async {
+        tokio::select! {
+            _ = tokio::signal::ctrl_c() => eprintln!("mlx-engine serve: shutting down"),
+            _ = engine_ended => {}
+        }
+    };
+    axum::serve(listener, app)
+        .with_graceful_shutdown(shutdown)
+        .await
+        .map_err(|e| Error::io(&address, e))?;
+    // The router (and with it the job queue's sender) is gone: the engine thread finishes.
+    engine
+        .join()
+        .map_err(|_| Error::InvalidArgument("the engine thread panicked".into()))?
+}
+
+/// Starts the engine thread: it resolves and loads the model, publishes its [`ModelInfo`],
+/// then serves the queue; `ended` fires when it stops (a load failure included).
+fn spawn_engine(
+    args: &ServeArgs,
+    queue: mpsc::Receiver<scheduler::Job>,
+    info: Arc<OnceLock<ModelInfo>>,
+    ended: tokio::sync::oneshot::Sender<()>,
+) -> Result<std::thread::JoinHandle<Result<()>>> {
+    let spec = args.model.clone();
+    let (parallel, ctx_size) = (args.parallel, args.ctx_size);
+    std::thread::Builder::new()
+        .name("mlx-engine".into())
+        .spawn(move || {
+            let result = (|| {
+                let resolved = fetch::resolve(&spec, &FetchOptions::default())?;
+                tracing::info!("model {} from {}", resolved.path.display(), resolved.source);
+                let config = EngineConfig {
+                    model: resolved.path,
+                    parallel,
+                    ctx_size,
+                    prefill_chunk: 256,
+                };
+                scheduler::run(&config, queue, |model| {
+                    let _ = info.set(model);
+                    eprintln!("mlx-engine serve: model loaded");
+                })
+            })();
+            let _ = ended.send(());
+            result
+        })
+        .map_err(|e| Error::io("engine thread", e))
+}
+
+/// The model's name in responses: the registry name, or a file's name without its directory.
+fn served_name(spec: &str) -> String {
+    let path = PathBuf::from(spec);
+    match path.file_name().and_then(|n| n.to_str()) {
+        Some(name) if Path::new(spec).exists() => name.to_string(),
+        _ => spec.to_string(),
+    }
+}

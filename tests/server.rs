@@ -1,0 +1,834 @@
+//! `mlx-engine serve` end to end: the real binary on a loopback port with the real Qwen model,
+//! driven by plain HTTP (bad input, exact usage, streamed = unstreamed, seeds, stop strings,
+//! concurrent streams, a client that disconnects) and by the official `openai` Python client
+//! (`tests/reference/openai_client.py`).
+//!
+//! One server serves every test. Tests take [`turn`] so that only one talks to it at a time
+//! (the concurrency test makes its own parallel requests): a greedy reply is then compared with
+//! another greedy reply computed under the same batching.
+
+mod common;
+
+use mlx_engine::chat_template::{ChatMessage, ChatTemplate};
+use mlx_engine::loader::gguf::GgufFile;
+use mlx_engine::tokenizer::Tokenizer;
+use serde_json::{json, Value};
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::TcpStream;
+use std::path::PathBuf;
+use std::process::{Child, ChildStdin, Command, Stdio};
+use std::sync::{Mutex, MutexGuard, OnceLock};
+use std::time::{Duration, Instant};
+
+/// The API key the test server requires.
+const KEY: &str = "test-key";
+/// Positions per sequence: small, so an over-long prompt is cheap to build.
+const CTX: usize = 256;
+/// The served model's name (the registry name given to --model).
+const MODEL: &str = "qwen2.5-coder-0.5b";
+
+/// The shared server: its base URL, and the shell that kills it when this process exits.
+struct Server {
+    base: String,
+    _child: Child,
+    _stdin: ChildStdin,
+}
+
+/// Starts the shared server once.
+fn server() -> &'static Server {
+    static SERVER: OnceLock<Server> = OnceLock::new();
+    SERVER.get_or_init(|| {
+        let ctx = CTX.to_string();
+        let args = ["--parallel", "4", "--ctx-size", &ctx, "--max-queue", "8"];
+        spawn_server("shared", &args)
+    })
+}
+
+/// Starts a server with `args` (and the test key) and waits until it is healthy. It runs under
+/// `sh`, which kills it as soon as our end of its stdin closes (when this test process exits,
+/// however it exits).
+fn spawn_server(name: &str, args: &[&str]) -> Server {
+    common::qwen_model(); // fetched into the cache the server resolves its name from
+    let log = common::repo_root().join(format!("target/server-test-{name}.log"));
+    let _ = std::fs::remove_file(&log);
+    let script = r#"bin="$1"; log="$2"; shift 2
+"$bin" "$@" 2>"$log" & pid=$!
+read _ignored
+kill $pid; wait $pid 2>/dev/null"#;
+    let mut child = Command::new("sh")
+        .args(["-c", script, "sh", env!("CARGO_BIN_EXE_mlx-engine")])
+        .arg(&log)
+        .args(["serve", "--port", "0", "--api-key", KEY, "--model", MODEL])
+        .args(args)
+        .stdin(Stdio::piped())
+        .spawn()
+        .expect("spawn mlx-engine serve");
+    let stdin = child.stdin.take().unwrap();
+    let base = wait_for_address(&log, &mut child);
+    wait_for_health(&base);
+    Server {
+        base,
+        _child: child,
+        _stdin: stdin,
+    }
+}
+
+/// Reads the bound address from the server's log ("listening on http://ADDR").
+fn wait_for_address(log: &PathBuf, child: &mut Child) -> String {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while Instant::now() < deadline {
+        let text = std::fs::read_to_string(log).unwrap_or_default();
+        if let Some(rest) = text.split("listening on ").nth(1) {
+            return rest.lines().next().unwrap().trim().to_string();
+        }
+        if let Ok(Some(status)) = child.try_wait() {
+            panic!("the server exited ({status}):\n{text}");
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    panic!("the server did not report its address");
+}
+
+/// Waits until `/health` answers 200 (it answers 503 while the model loads).
+fn wait_for_health(base: &str) {
+    let deadline = Instant::now() + Duration::from_secs(300);
+    while Instant::now() < deadline {
+        if let Ok((status, _)) = request_at(base, "GET", "/health", "", None) {
+            assert!(status == 200 || status == 503, "health answered {status}");
+            if status == 200 {
+                return;
+            }
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    panic!("the server did not become healthy");
+}
+
+/// One test at a time talks to the server.
+fn turn() -> MutexGuard<'static, ()> {
+    static TURN: Mutex<()> = Mutex::new(());
+    TURN.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+/// An HTTP agent that returns 4xx/5xx responses instead of errors.
+fn agent() -> ureq::Agent {
+    ureq::Agent::config_builder()
+        .http_status_as_error(false)
+        .timeout_global(Some(Duration::from_secs(120)))
+        .build()
+        .into()
+}
+
+/// A request to the server at `base` with an optional key: (status, JSON body).
+fn request_at(
+    base: &str,
+    method: &str,
+    path: &str,
+    body: &str,
+    key: Option<&str>,
+) -> Result<(u16, Value), ureq::Error> {
+    let url = format!("{base}{path}");
+    let agent = agent();
+    let mut response = match method {
+        "GET" => {
+            let mut r = agent.get(&url);
+            if let Some(k) = key {
+                r = r.header("Authorization", &format!("Bearer {k}"));
+            }
+            r.call()?
+        }
+        _ => {
+            let mut r = agent.post(&url).header("Content-Type", "application/json");
+            if let Some(k) = key {
+                r = r.header("Authorization", &format!("Bearer {k}"));
+            }
+            r.send(body)?
+        }
+    };
+    let status = response.status().as_u16();
+    let text = response.body_mut().read_to_string()?;
+    let value = serde_json::from_str(&text).unwrap_or_else(|e| {
+        panic!("{method} {path} answered {status} with non-JSON ({e}): {text}")
+    });
+    Ok((status, value))
+}
+
+/// A request with the right key: (status, JSON body).
+fn call(method: &str, path: &str, body: &str) -> (u16, Value) {
+    request_at(&server().base, method, path, body, Some(KEY)).expect("request")
+}
+
+/// A successful POST's JSON body.
+fn post_ok(path: &str, body: &Value) -> Value {
+    let (status, value) = call("POST", path, &body.to_string());
+    assert_eq!(status, 200, "{path} {body}: {value}");
+    value
+}
+
+/// A streamed request: every `data:` chunk before `[DONE]` (which must come last).
+fn stream(path: &str, body: &Value) -> Vec<Value> {
+    stream_timed(path, body)
+        .into_iter()
+        .map(|(_, c)| c)
+        .collect()
+}
+
+/// [`stream`], with the time each chunk arrived.
+fn stream_timed(path: &str, body: &Value) -> Vec<(Instant, Value)> {
+    let mut response = agent()
+        .post(&format!("{}{path}", server().base))
+        .header("Authorization", &format!("Bearer {KEY}"))
+        .send(body.to_string())
+        .expect("stream request");
+    assert_eq!(response.status().as_u16(), 200);
+    let content_type = response.headers()["content-type"].to_str().unwrap();
+    assert!(
+        content_type.starts_with("text/event-stream"),
+        "{content_type}"
+    );
+    let reader = BufReader::new(response.body_mut().as_reader());
+    let mut chunks = vec![];
+    for line in reader.lines() {
+        let line = line.unwrap();
+        let Some(data) = line.strip_prefix("data: ") else {
+            continue;
+        };
+        if data == "[DONE]" {
+            return chunks;
+        }
+        chunks.push((Instant::now(), serde_json::from_str(data).unwrap()));
+    }
+    panic!("the stream ended without [DONE] after {chunks:?}");
+}
+
+/// The text of streamed chat chunks, checking their shape on the way.
+fn streamed_chat_text(chunks: &[Value]) -> (String, String) {
+    assert_eq!(chunks[0]["choices"][0]["delta"]["role"], "assistant");
+    let mut text = String::new();
+    let mut finish = None;
+    for c in chunks {
+        assert_eq!(c["object"], "chat.completion.chunk");
+        assert_eq!(c["id"], chunks[0]["id"]);
+        assert_eq!(c["model"], MODEL);
+        if let Some(choice) = c["choices"].get(0) {
+            if let Some(t) = choice["delta"]["content"].as_str() {
+                text.push_str(t);
+            }
+            if let Some(f) = choice["finish_reason"].as_str() {
+                assert!(finish.is_none(), "two finish chunks");
+                finish = Some(f.to_string());
+            }
+        }
+    }
+    (text, finish.expect("a chunk with finish_reason"))
+}
+
+fn chat_body(user: &str, max_tokens: usize) -> Value {
+    json!({
+        "model": MODEL,
+        "messages": [{"role": "system", "content": "You are terse."},
+                     {"role": "user", "content": user}],
+        "max_tokens": max_tokens,
+        "temperature": 0,
+    })
+}
+
+fn message_text(reply: &Value) -> String {
+    reply["choices"][0]["message"]["content"]
+        .as_str()
+        .unwrap()
+        .to_string()
+}
+
+/// Our tokenizer and chat template, read from the GGUF independently of the server.
+fn tokenizer_and_template() -> (Tokenizer, ChatTemplate) {
+    let file = GgufFile::open(&common::qwen_model()).unwrap();
+    let tokenizer = Tokenizer::from_gguf(&file).unwrap();
+    let source = file
+        .get("tokenizer.chat_template")
+        .and_then(|v| v.as_str())
+        .unwrap()
+        .to_string();
+    let piece = |id: Option<u32>| {
+        id.and_then(|i| tokenizer.id_to_token(i))
+            .unwrap_or("")
+            .to_string()
+    };
+    let template =
+        ChatTemplate::new(&source, &piece(tokenizer.bos()), &piece(tokenizer.eos())).unwrap();
+    (tokenizer, template)
+}
+
+/// A small request that must succeed: the server still serves after whatever came before.
+fn assert_still_serving() {
+    let reply = post_ok(
+        "/v1/completions",
+        &json!({"prompt": "1, 2, 3,", "max_tokens": 2, "temperature": 0}),
+    );
+    assert_eq!(reply["usage"]["completion_tokens"], 2);
+}
+
+#[test]
+fn bad_requests_get_a_4xx_naming_the_problem_and_the_server_keeps_serving() {
+    let _turn = turn();
+    let chat = |extra: Value| {
+        let mut body = chat_body("hi", 4);
+        for (k, v) in extra.as_object().unwrap() {
+            body[k] = v.clone();
+        }
+        body.to_string()
+    };
+    let long_prompt = "word ".repeat(CTX * 2);
+    let cases: Vec<(&str, &str, String, u16, &str)> = vec![
+        (
+            "malformed JSON",
+            "/v1/chat/completions",
+            "{\"messages\": [".into(),
+            400,
+            "malformed JSON",
+        ),
+        (
+            "not an object",
+            "/v1/chat/completions",
+            "[1, 2]".into(),
+            400,
+            "JSON object",
+        ),
+        (
+            "wrong type",
+            "/v1/chat/completions",
+            chat(json!({"temperature": "hot"})),
+            400,
+            "temperature",
+        ),
+        (
+            "wrong type",
+            "/v1/chat/completions",
+            chat(json!({"stream": "yes"})),
+            400,
+            "stream",
+        ),
+        (
+            "empty messages",
+            "/v1/chat/completions",
+            json!({"messages": []}).to_string(),
+            400,
+            "messages",
+        ),
+        (
+            "no content",
+            "/v1/chat/completions",
+            json!({"messages": [{"role": "user"}]}).to_string(),
+            400,
+            "messages[0].content",
+        ),
+        (
+            "max_tokens 0",
+            "/v1/chat/completions",
+            chat(json!({"max_tokens": 0})),
+            400,
+            "max_tokens",
+        ),
+        (
+            "max_tokens < 0",
+            "/v1/chat/completions",
+            chat(json!({"max_tokens": -5})),
+            400,
+            "max_tokens",
+        ),
+        (
+            "top_p 2",
+            "/v1/chat/completions",
+            chat(json!({"top_p": 2})),
+            400,
+            "top_p",
+        ),
+        (
+            "temperature 3",
+            "/v1/chat/completions",
+            chat(json!({"temperature": 3})),
+            400,
+            "temperature",
+        ),
+        (
+            "n 2",
+            "/v1/chat/completions",
+            chat(json!({"n": 2})),
+            400,
+            "n",
+        ),
+        (
+            "logprobs",
+            "/v1/chat/completions",
+            chat(json!({"logprobs": true})),
+            400,
+            "logprobs",
+        ),
+        (
+            "logit_bias",
+            "/v1/chat/completions",
+            chat(json!({"logit_bias": {"15": 3}})),
+            400,
+            "logit_bias",
+        ),
+        (
+            "empty stop",
+            "/v1/chat/completions",
+            chat(json!({"stop": [""]})),
+            400,
+            "stop",
+        ),
+        (
+            "unknown model",
+            "/v1/chat/completions",
+            chat(json!({"model": "gpt-9"})),
+            404,
+            "gpt-9",
+        ),
+        (
+            "over the context",
+            "/v1/completions",
+            json!({"prompt": long_prompt}).to_string(),
+            400,
+            "n_ctx = 256",
+        ),
+        (
+            "token id outside the vocabulary",
+            "/v1/completions",
+            json!({"prompt": [1, 999999]}).to_string(),
+            400,
+            "vocabulary",
+        ),
+        (
+            "bad prompt",
+            "/v1/completions",
+            json!({"prompt": {"a": 1}}).to_string(),
+            400,
+            "prompt",
+        ),
+        (
+            "unknown route",
+            "/v1/nothing",
+            "{}".into(),
+            404,
+            "unknown route",
+        ),
+    ];
+    for (what, path, body, want, needle) in cases {
+        let (status, value) = call("POST", path, &body);
+        assert_eq!(status, want, "{what}: {value}");
+        let message = value["error"]["message"]
+            .as_str()
+            .unwrap_or_else(|| panic!("{what}: {value}"));
+        assert!(
+            message.contains(needle),
+            "{what}: '{message}' lacks '{needle}'"
+        );
+        assert!(value["error"]["type"].is_string(), "{what}: {value}");
+        assert_still_serving();
+    }
+    let over = call(
+        "POST",
+        "/v1/completions",
+        &json!({"prompt": "word ".repeat(CTX * 2)}).to_string(),
+    )
+    .1;
+    assert!(
+        over["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("n_prompt_tokens = "),
+        "{over}"
+    );
+
+    let base = &server().base;
+    for key in [Some("wrong-key"), None] {
+        let (status, value) =
+            request_at(base, "POST", "/v1/chat/completions", &chat(json!({})), key).unwrap();
+        assert_eq!(status, 401, "{value}");
+        assert_eq!(value["error"]["type"], "authentication_error");
+        assert_still_serving();
+    }
+    let (status, _) = request_at(base, "GET", "/health", "", None).unwrap();
+    assert_eq!(status, 200, "/health needs no key");
+    let (status, value) = request_at(base, "GET", "/v1/chat/completions", "", Some(KEY)).unwrap();
+    assert_eq!(status, 405, "{value}");
+    assert!(value["error"]["message"].is_string());
+
+    assert_eq!(post_body_of_size(10 << 20), 413);
+    assert_still_serving();
+}
+
+/// Sends a POST announcing a `size`-byte body and returns the status line's code (the server
+/// must answer from the announced length, without reading 10 MB).
+fn post_body_of_size(size: usize) -> u16 {
+    let address = server().base.trim_start_matches("http://");
+    let mut tcp = TcpStream::connect(address).unwrap();
+    tcp.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
+    let head = format!(
+        "POST /v1/chat/completions HTTP/1.1\r\nHost: {address}\r\nAuthorization: Bearer {KEY}\r\n\
+         Content-Type: application/json\r\nContent-Length: {size}\r\n\r\n"
+    );
+    tcp.write_all(head.as_bytes()).unwrap();
+    let _ = tcp.write_all(&vec![b' '; 64 << 10]);
+    let mut reply = String::new();
+    let _ = BufReader::new(&tcp).read_line(&mut reply);
+    reply.split(' ').nth(1).unwrap().parse().unwrap()
+}
+
+#[test]
+fn streamed_text_equals_unstreamed_text_and_usage_is_exact() {
+    let _turn = turn();
+    let body = chat_body("Write a haiku about rust.", 24);
+    let reply = post_ok("/v1/chat/completions", &body);
+    assert_eq!(reply["object"], "chat.completion");
+    assert_eq!(reply["model"], MODEL);
+    assert!(reply["id"].as_str().unwrap().starts_with("chatcmpl-"));
+    let text = message_text(&reply);
+    let finish = reply["choices"][0]["finish_reason"].as_str().unwrap();
+    assert!(["stop", "length"].contains(&finish));
+
+    let (tokenizer, template) = tokenizer_and_template();
+    let rendered = template
+        .render(
+            &[
+                ChatMessage::system("You are terse."),
+                ChatMessage::user("Write a haiku about rust."),
+            ],
+            true,
+        )
+        .unwrap();
+    let prompt_tokens = tokenizer.encode(&rendered, false).unwrap().len();
+    let usage = &reply["usage"];
+    assert_eq!(usage["prompt_tokens"], prompt_tokens);
+    let completion = usage["completion_tokens"].as_u64().unwrap();
+    assert_eq!(usage["total_tokens"], prompt_tokens as u64 + completion);
+    match finish {
+        "length" => assert_eq!(completion, 24),
+        _ => assert!(completion <= 24),
+    }
+    // Re-encoding the reply gives its token count (an end token, when it stopped, adds one).
+    let reencoded = tokenizer.encode(&text, false).unwrap().len() as u64;
+    let end = u64::from(finish == "stop");
+    assert!(
+        reencoded.abs_diff(completion - end) <= 2,
+        "{reencoded} vs {completion}"
+    );
+
+    let mut streaming = body.clone();
+    streaming["stream"] = json!(true);
+    streaming["stream_options"] = json!({"include_usage": true});
+    let chunks = stream("/v1/chat/completions", &streaming);
+    let (streamed, streamed_finish) = streamed_chat_text(&chunks);
+    assert_eq!(streamed, text);
+    assert_eq!(streamed_finish, finish);
+    let last = chunks.last().unwrap();
+    assert_eq!(last["choices"], json!([]));
+    assert_eq!(&last["usage"], usage);
+
+    let prompt = "def fibonacci(n):";
+    let completion_body = json!({"prompt": prompt, "max_tokens": 16, "temperature": 0});
+    let reply = post_ok("/v1/completions", &completion_body);
+    assert_eq!(reply["object"], "text_completion");
+    let mut streaming = completion_body.clone();
+    streaming["stream"] = json!(true);
+    let chunks = stream("/v1/completions", &streaming);
+    let streamed: String = chunks
+        .iter()
+        .filter_map(|c| c["choices"][0]["text"].as_str())
+        .collect();
+    assert_eq!(streamed, reply["choices"][0]["text"].as_str().unwrap());
+    assert_eq!(
+        reply["usage"]["prompt_tokens"],
+        tokenizer.encode(prompt, true).unwrap().len()
+    );
+    // Token ids as the prompt give the same reply as the text they encode.
+    let ids = tokenizer.encode(prompt, true).unwrap();
+    let by_ids = post_ok(
+        "/v1/completions",
+        &json!({"prompt": ids, "max_tokens": 16, "temperature": 0}),
+    );
+    assert_eq!(by_ids["choices"][0]["text"], reply["choices"][0]["text"]);
+}
+
+#[test]
+fn the_same_seed_gives_the_same_text() {
+    let _turn = turn();
+    let body = |seed: u64| {
+        let mut b = chat_body("Name a color.", 16);
+        b["temperature"] = json!(1.0);
+        b["top_k"] = json!(40);
+        b["seed"] = json!(seed);
+        b
+    };
+    let a = message_text(&post_ok("/v1/chat/completions", &body(11)));
+    let b = message_text(&post_ok("/v1/chat/completions", &body(11)));
+    assert_eq!(a, b);
+    let others: Vec<String> = (12..16)
+        .map(|s| message_text(&post_ok("/v1/chat/completions", &body(s))))
+        .collect();
+    assert!(
+        others.iter().any(|o| *o != a),
+        "five seeds, one text: {a:?}"
+    );
+}
+
+#[test]
+fn stop_strings_end_the_text_before_them_streamed_or_not() {
+    let _turn = turn();
+    let body = json!({"prompt": "for i in range(10):\n", "max_tokens": 24, "temperature": 0});
+    let full = post_ok("/v1/completions", &body)["choices"][0]["text"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let stop: String = full
+        .chars()
+        .skip(full.chars().count() / 2)
+        .take(3)
+        .collect();
+    assert!(!stop.is_empty(), "{full:?}");
+    let expected = &full[..full.find(&stop).unwrap()];
+    let mut stopped = body.clone();
+    stopped["stop"] = json!(["NEVER-IN-THE-TEXT", stop]);
+    let reply = post_ok("/v1/completions", &stopped);
+    assert_eq!(
+        reply["choices"][0]["text"], expected,
+        "stop {stop:?} in {full:?}"
+    );
+    assert_eq!(reply["choices"][0]["finish_reason"], "stop");
+    stopped["stream"] = json!(true);
+    let chunks = stream("/v1/completions", &stopped);
+    let streamed: String = chunks
+        .iter()
+        .filter_map(|c| c["choices"][0]["text"].as_str())
+        .collect();
+    assert_eq!(streamed, expected);
+    let finish = chunks
+        .iter()
+        .find_map(|c| c["choices"][0]["finish_reason"].as_str());
+    assert_eq!(finish, Some("stop"));
+}
+
+#[test]
+fn four_concurrent_streams_each_equal_the_request_run_alone() {
+    let _turn = turn();
+    let prompts = [
+        "Count to five.",
+        "Name three fruits.",
+        "What is Rust?",
+        "Say hello in French.",
+    ];
+    let alone: Vec<String> = prompts
+        .iter()
+        .map(|p| message_text(&post_ok("/v1/chat/completions", &chat_body(p, 20))))
+        .collect();
+    let together: Vec<(String, Instant, Instant)> = std::thread::scope(|scope| {
+        let handles: Vec<_> = prompts
+            .iter()
+            .map(|p| {
+                scope.spawn(move || {
+                    let mut body = chat_body(p, 20);
+                    body["stream"] = json!(true);
+                    let timed = stream_timed("/v1/chat/completions", &body);
+                    let chunks: Vec<Value> = timed.iter().map(|(_, c)| c.clone()).collect();
+                    let (first, last) = (timed[1].0, timed[timed.len() - 1].0);
+                    (streamed_chat_text(&chunks).0, first, last)
+                })
+            })
+            .collect();
+        handles.into_iter().map(|h| h.join().unwrap()).collect()
+    });
+    for (i, (text, _, _)) in together.iter().enumerate() {
+        assert_eq!(*text, alone[i], "stream {i} ({})", prompts[i]);
+    }
+    // They progressed together: every stream had its first token before any stream ended.
+    let latest_first = together.iter().map(|t| t.1).max().unwrap();
+    let earliest_last = together.iter().map(|t| t.2).min().unwrap();
+    assert!(
+        latest_first < earliest_last,
+        "the streams ran one after another"
+    );
+}
+
+/// Opens a streamed completion of `max_tokens` over raw TCP and returns the connection once
+/// two chunks have arrived (the sequence is then decoding).
+fn open_stream(base: &str, max_tokens: usize) -> TcpStream {
+    let address = base.trim_start_matches("http://");
+    // Counting goes on for a long time at temperature 0.
+    let body = json!({"prompt": "1, 2, 3, 4, 5,", "max_tokens": max_tokens, "stream": true,
+                      "temperature": 0})
+    .to_string();
+    let mut tcp = TcpStream::connect(address).unwrap();
+    tcp.set_read_timeout(Some(Duration::from_secs(60))).unwrap();
+    let head = format!(
+        "POST /v1/completions HTTP/1.1\r\nHost: {address}\r\nAuthorization: Bearer {KEY}\r\n\
+         Content-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
+        body.len()
+    );
+    tcp.write_all(head.as_bytes()).unwrap();
+    let mut seen = Vec::new();
+    let mut buf = [0u8; 512];
+    while seen.windows(5).filter(|w| w == b"data:").count() < 2 {
+        let n = tcp.read(&mut buf).unwrap();
+        assert!(
+            n > 0,
+            "the stream closed early: {}",
+            String::from_utf8_lossy(&seen)
+        );
+        seen.extend_from_slice(&buf[..n]);
+    }
+    assert!(
+        seen.starts_with(b"HTTP/1.1 200"),
+        "{}",
+        String::from_utf8_lossy(&seen)
+    );
+    tcp
+}
+
+#[test]
+fn a_full_queue_answers_503_and_a_client_that_leaves_frees_its_slot() {
+    // One slot and a queue of one: a long stream holds the slot, a second request waits.
+    let args = ["--parallel", "1", "--max-queue", "1", "--ctx-size", "4096"];
+    let server = spawn_server("queue", &args);
+    let long = open_stream(&server.base, 4000);
+    let base = server.base.clone();
+    let waiting = std::thread::spawn(move || {
+        let body = json!({"prompt": "1, 2, 3,", "max_tokens": 2, "temperature": 0});
+        let started = Instant::now();
+        let reply = request_at(
+            &base,
+            "POST",
+            "/v1/completions",
+            &body.to_string(),
+            Some(KEY),
+        );
+        (reply.unwrap(), started.elapsed())
+    });
+    std::thread::sleep(Duration::from_secs(1)); // the waiting request is queued first
+    let body = json!({"prompt": "1, 2, 3,", "max_tokens": 2}).to_string();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let (status, value) = loop {
+        let reply = request_at(&server.base, "POST", "/v1/completions", &body, Some(KEY));
+        let (status, value) = reply.unwrap();
+        if status == 503 || Instant::now() > deadline {
+            break (status, value);
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    assert_eq!(status, 503, "{value}");
+    assert!(value["error"]["message"].as_str().unwrap().contains("busy"));
+    // 4000 tokens would take minutes: the waiting request ends soon only if dropping the
+    // stream frees its slot.
+    drop(long);
+    let ((status, value), waited) = waiting.join().unwrap();
+    assert_eq!(status, 200, "{value}");
+    assert!(waited < Duration::from_secs(30), "waited {waited:?}");
+
+    // A client that gives up on a non-streamed request frees the slot too.
+    let impatient: ureq::Agent = ureq::Agent::config_builder()
+        .timeout_global(Some(Duration::from_secs(2)))
+        .build()
+        .into();
+    let long = json!({"prompt": "1, 2, 3, 4, 5,", "max_tokens": 4000, "temperature": 0});
+    let gave_up = impatient
+        .post(&format!("{}/v1/completions", server.base))
+        .header("Authorization", &format!("Bearer {KEY}"))
+        .send(long.to_string());
+    assert!(gave_up.is_err(), "4000 tokens in 2 s?");
+    let started = Instant::now();
+    let body = json!({"prompt": "1, 2, 3,", "max_tokens": 2, "temperature": 0}).to_string();
+    let (status, value) =
+        request_at(&server.base, "POST", "/v1/completions", &body, Some(KEY)).unwrap();
+    assert_eq!(status, 200, "{value}");
+    assert!(
+        started.elapsed() < Duration::from_secs(20),
+        "{:?}",
+        started.elapsed()
+    );
+}
+
+#[test]
+fn a_client_disconnecting_mid_stream_leaves_the_server_serving() {
+    let _turn = turn();
+    for _ in 0..3 {
+        drop(open_stream(&server().base, 200));
+    }
+    let started = Instant::now();
+    for _ in 0..3 {
+        assert_still_serving();
+    }
+    assert!(started.elapsed() < Duration::from_secs(60));
+}
+
+#[test]
+fn models_health_tokenize_and_detokenize() {
+    let _turn = turn();
+    let (status, models) = call("GET", "/v1/models", "");
+    assert_eq!(status, 200);
+    assert_eq!(models["object"], "list");
+    assert_eq!(models["data"][0]["id"], MODEL);
+    let (tokenizer, _) = tokenizer_and_template();
+    let text = "fn main() { println!(\"héllo\"); }";
+    let tokens = post_ok("/tokenize", &json!({"content": text}))["tokens"].clone();
+    assert_eq!(tokens, json!(tokenizer.encode(text, false).unwrap()));
+    let back = post_ok("/detokenize", &json!({"tokens": tokens}));
+    assert_eq!(back["content"], text);
+    let (status, value) = call("POST", "/detokenize", &json!({"tokens": [-1]}).to_string());
+    assert_eq!(status, 400, "{value}");
+    assert_eq!(value["error"]["param"], "tokens");
+}
+
+#[test]
+fn the_openai_python_client_talks_to_the_server() {
+    let _turn = turn();
+    let server = server();
+    let script = common::repo_root().join("tests/reference/openai_client.py");
+    let out = openai_python()
+        .arg(&script)
+        .args([&format!("{}/v1", server.base), KEY, MODEL])
+        .output()
+        .expect("python3 runs");
+    assert!(
+        out.status.success(),
+        "{} failed:\n{}\n{}",
+        script.display(),
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(String::from_utf8_lossy(&out.stdout).contains("openai client: all checks passed"));
+}
+
+/// Python with the pinned `openai` package (tests/reference/requirements-server.txt, installed
+/// into target/pydeps-server on first use, like `common::python`).
+fn openai_python() -> Command {
+    let root = common::repo_root();
+    let deps = root.join("target/pydeps-server");
+    let stamp = deps.join(".installed");
+    let requirements = root.join("tests/reference/requirements-server.txt");
+    let wanted = std::fs::read_to_string(&requirements).unwrap();
+    if std::fs::read_to_string(&stamp).ok().as_deref() != Some(wanted.as_str()) {
+        let status = Command::new("python3")
+            .args([
+                "-m",
+                "pip",
+                "install",
+                "--quiet",
+                "--disable-pip-version-check",
+                "--target",
+            ])
+            .arg(&deps)
+            .arg("-r")
+            .arg(&requirements)
+            .status()
+            .expect("python3 is needed for the openai client test");
+        assert!(
+            status.success(),
+            "pip install of {} failed",
+            requirements.display()
+        );
+        std::fs::write(&stamp, &wanted).unwrap();
+    }
+    let mut cmd = Command::new("python3");
+    cmd.env("PYTHONPATH", &deps);
+    cmd
+}
