@@ -14,24 +14,14 @@ use std::path::{Path, PathBuf};
 /// A small llama (1 layer, width 64, 2 heads of 32, 1 KV head) with `extra` arguments to
 /// make_synthetic.py, cached as target/synthetic/meta-NAME.gguf.
 fn llama_with(name: &str, extra: &[&str]) -> PathBuf {
-    let mut args = vec![
-        "--arch",
-        "llama",
-        "--layers",
-        "1",
-        "--hidden",
-        "64",
-        "--heads",
-        "2",
-        "--kv-heads",
-        "1",
-        "--ffn",
-        "128",
-        "--vocab",
-        "512",
-        "--ctx",
-        "256",
-    ];
+    model_with("llama", name, extra)
+}
+
+/// [`llama_with`] for another architecture (`--arch ARCH`).
+fn model_with(arch: &str, name: &str, extra: &[&str]) -> PathBuf {
+    let shape = "--layers 1 --hidden 64 --heads 2 --kv-heads 1 --ffn 128 --vocab 512 --ctx 256";
+    let mut args = vec!["--arch", arch];
+    args.extend(shape.split(' '));
     args.extend_from_slice(extra);
     common::synthetic(&format!("meta-{name}"), &args)
 }
@@ -248,24 +238,10 @@ fn unimplemented_rope_variants_are_refused_for_every_architecture() {
     );
     assert_refused(&value, &["llama.attention.value_length", "not implemented"]);
 
-    let yarn = common::synthetic(
-        "meta-qwen2-yarn",
-        &[
-            "--arch",
-            "qwen2",
-            "--layers",
-            "1",
-            "--hidden",
-            "64",
-            "--heads",
-            "2",
-            "--kv-heads",
-            "1",
-            "--ffn",
-            "128",
-            "--kv",
-            "qwen2.rope.scaling.type=str:yarn",
-        ],
+    let yarn = model_with(
+        "qwen2",
+        "qwen2-yarn",
+        &["--kv", "qwen2.rope.scaling.type=str:yarn"],
     );
     assert_refused(
         &yarn,

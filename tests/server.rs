@@ -798,37 +798,7 @@ fn the_openai_python_client_talks_to_the_server() {
     assert!(String::from_utf8_lossy(&out.stdout).contains("openai client: all checks passed"));
 }
 
-/// Python with the pinned `openai` package (tests/reference/requirements-server.txt, installed
-/// into target/pydeps-server on first use, like `common::python`).
+/// Python with the pinned `openai` package (tests/reference/requirements-server.txt).
 fn openai_python() -> Command {
-    let root = common::repo_root();
-    let deps = root.join("target/pydeps-server");
-    let stamp = deps.join(".installed");
-    let requirements = root.join("tests/reference/requirements-server.txt");
-    let wanted = std::fs::read_to_string(&requirements).unwrap();
-    if std::fs::read_to_string(&stamp).ok().as_deref() != Some(wanted.as_str()) {
-        let status = Command::new("python3")
-            .args([
-                "-m",
-                "pip",
-                "install",
-                "--quiet",
-                "--disable-pip-version-check",
-                "--target",
-            ])
-            .arg(&deps)
-            .arg("-r")
-            .arg(&requirements)
-            .status()
-            .expect("python3 is needed for the openai client test");
-        assert!(
-            status.success(),
-            "pip install of {} failed",
-            requirements.display()
-        );
-        std::fs::write(&stamp, &wanted).unwrap();
-    }
-    let mut cmd = Command::new("python3");
-    cmd.env("PYTHONPATH", &deps);
-    cmd
+    common::python_with("requirements-server.txt", "pydeps-server")
 }

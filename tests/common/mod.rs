@@ -68,11 +68,17 @@ pub fn synthetic_gemma3_variant(name: &str, extra: &[&str]) -> PathBuf {
 /// The Python interpreter with numpy and gguf (installed from tests/reference/requirements.txt
 /// into target/pydeps on first use).
 pub fn python() -> Command {
+    python_with("requirements.txt", "pydeps")
+}
+
+/// The Python interpreter with the pinned packages of `tests/reference/REQUIREMENTS`, installed
+/// with pip into `target/DIR` on first use (again whenever the requirements file changes).
+pub fn python_with(requirements: &str, dir: &str) -> Command {
     static INSTALL: Mutex<()> = Mutex::new(());
     let _guard = INSTALL.lock().unwrap_or_else(|e| e.into_inner());
-    let deps = repo_root().join("target/pydeps");
+    let deps = repo_root().join("target").join(dir);
     let stamp = deps.join(".installed");
-    let requirements = repo_root().join("tests/reference/requirements.txt");
+    let requirements = repo_root().join("tests/reference").join(requirements);
     let wanted = std::fs::read_to_string(&requirements).unwrap_or_default();
     if std::fs::read_to_string(&stamp).ok().as_deref() != Some(wanted.as_str()) {
         let status = Command::new("python3")
@@ -86,12 +92,13 @@ pub fn python() -> Command {
             ])
             .arg(&deps)
             .arg("-r")
-            .arg(repo_root().join("tests/reference/requirements.txt"))
+            .arg(&requirements)
             .status()
             .expect("python3 is needed for the reference tests");
         assert!(
             status.success(),
-            "pip install of tests/reference/requirements.txt failed; set {SKIP_VAR}=1 to skip"
+            "pip install of {} failed; set {SKIP_VAR}=1 to skip",
+            requirements.display()
         );
         std::fs::write(&stamp, &wanted).unwrap();
     }
