@@ -404,6 +404,9 @@ fn build_mlx_c(mlx_c: &Path, mlx_cmake_dir: &Path, cmake: &Path, compat: &Path) 
     );
     // The cmake crate picks its executable from this variable of our own process.
     env::set_var("CMAKE", cmake);
+    if let Ok(out_dir) = env::var("OUT_DIR") {
+        drop_stale_cmake_cache(&PathBuf::from(out_dir).join("build"));
+    }
     let dst = cmake::Config::new(mlx_c)
         .define("MLX_C_USE_SYSTEM_MLX", "ON")
         .define("MLX_DIR", mlx_cmake_dir)
@@ -418,6 +421,22 @@ fn build_mlx_c(mlx_c: &Path, mlx_cmake_dir: &Path, cmake: &Path, compat: &Path) 
         .build_target("mlxc")
         .build();
     dst.join("build")
+}
+
+/// Removes a CMake cache written for another build directory (a `target/` copied or moved
+/// from elsewhere), which CMake refuses to reuse; the next configure starts afresh.
+fn drop_stale_cmake_cache(build_dir: &Path) {
+    let cache = build_dir.join("CMakeCache.txt");
+    let Ok(text) = fs::read_to_string(&cache) else {
+        return;
+    };
+    let recorded = text
+        .lines()
+        .find_map(|line| line.strip_prefix("CMAKE_CACHEFILE_DIR:INTERNAL="));
+    if recorded.is_some_and(|dir| Path::new(dir) != build_dir) {
+        let _ = fs::remove_file(&cache);
+        let _ = fs::remove_dir_all(build_dir.join("CMakeFiles"));
+    }
 }
 
 /// libclang for bindgen: `LIBCLANG_PATH`, a system one, else the PyPI wheel (which needs GCC's
