@@ -1,8 +1,8 @@
 //! Where a decode step's time goes: graph construction (Rust + mlx-c calls) versus evaluation,
 //! and the logits read-back. `cargo run --release --example profile_decode -- MODEL.gguf [steps]`.
 
-use mlx_engine::engine::{Engine, LoadOptions};
-use mlx_engine::mlx::ops;
+use mlx_engine::engine::{Engine, LoadOptions, LogitRows};
+use mlx_engine::mlx::{ops, Array};
 use std::time::{Duration, Instant};
 
 fn main() -> anyhow::Result<()> {
@@ -13,7 +13,9 @@ fn main() -> anyhow::Result<()> {
     let steps: usize = args.get(2).map(|s| s.parse()).transpose()?.unwrap_or(32);
     let engine = Engine::load(std::path::Path::new(path), &LoadOptions::default())?;
     let mut cache = engine.new_cache();
-    let mut logits = engine.prefill(&[785, 6722, 315, 9625, 374], &mut cache, 512)?;
+    let prompt = [785, 6722, 315, 9625, 374];
+    let prefilled = engine.prefill(&prompt, &mut cache, 512, LogitRows::Last)?;
+    let mut logits = Array::from_slice(&prefilled.data, &[prefilled.vocab as i32])?; // [V]
     let (mut build, mut eval, mut read) = (Duration::ZERO, Duration::ZERO, Duration::ZERO);
     let total = Instant::now();
     for _ in 0..steps {

@@ -2,10 +2,10 @@
 //! llama-bench (tokens/s, mean ± sample standard deviation over repetitions).
 #![forbid(unsafe_code)]
 
-use crate::engine::{Engine, LoadOptions};
+use crate::engine::{Engine, LoadOptions, LogitRows};
 use crate::error::{Error, Result};
 use crate::fetch::{self, FetchOptions};
-use crate::mlx::{ops, transforms};
+use crate::mlx::{ops, transforms, Array};
 use std::time::Instant;
 
 /// Arguments of `mlx-engine bench`.
@@ -80,7 +80,7 @@ pub fn measure_prompt(engine: &Engine, n: usize) -> Result<f64> {
     let tokens = bench_tokens(n, engine.config().vocab_size);
     let mut cache = engine.new_cache();
     let start = Instant::now();
-    engine.prefill(&tokens, &mut cache, 512)?;
+    engine.prefill(&tokens, &mut cache, 512, LogitRows::Last)?;
     Ok(n as f64 / start.elapsed().as_secs_f64())
 }
 
@@ -90,7 +90,8 @@ pub fn measure_generation(engine: &Engine, context: usize, n: usize) -> Result<f
     let vocab = engine.config().vocab_size;
     let mut cache = engine.new_cache();
     let prompt = bench_tokens(context.max(1), vocab);
-    let mut logits = engine.prefill(&prompt, &mut cache, 512)?;
+    let prefilled = engine.prefill(&prompt, &mut cache, 512, LogitRows::Last)?;
+    let mut logits = Array::from_slice(&prefilled.data, &[vocab as i32])?; // [V]
     let start = Instant::now();
     for _ in 0..n {
         let next = ops::argmax(&logits, -1, false)?;

@@ -190,23 +190,56 @@ impl Engine {
         KvCache::new(c.n_layers, c.n_kv_heads, c.head_dim, self.context)
     }
 
-    /// Runs a prompt through the model in chunks of `chunk` positions and returns the logits of
-    /// its last position, [V] (evaluated).
-    pub fn prefill(&self, tokens: &[u32], cache: &mut KvCache, chunk: usize) -> Result<Array> {
+    /// Appends `tokens` to `cache`, `chunk` positions per forward pass (bounding peak memory on
+    /// long prompts), and returns the logits of the last position or of every new one. The
+    /// crate's one prefill path: [`Engine::generate`], the backend and the server all come
+    /// here. On error the cache is rolled back to its length before the call.
+    pub fn prefill(
+        &self,
+        tokens: &[u32],
+        cache: &mut KvCache,
+        chunk: usize,
+        rows: LogitRows,
+    ) -> Result<Logits> {
         if tokens.is_empty() {
-            return Err(Error::InvalidArgument("empty prompt".into()));
+            return Err(Error::InvalidArgument(
+                "prefill of an empty token list".into(),
+            ));
         }
         cache.check_room(tokens.len())?;
-        let mut last = None;
-        for piece in tokens.chunks(chunk.max(1)) {
-            let logits = self.model.forward(piece, &mut [&mut *cache], true)?; // [1, 1, V]
-            let mut outputs = cache.arrays();
-            outputs.push(&logits);
-            crate::mlx::transforms::eval(&outputs)?;
-            last = Some(logits);
+        let start = cache.len();
+        let result = self.prefill_chunks(tokens, cache, chunk.max(1), rows);
+        if result.is_err() && cache.len() > start {
+            cache.truncate(start)?;
         }
-        let logits = last.ok_or_else(|| Error::InvalidArgument("empty prompt".into()))?;
-        ops::reshape(&logits, &[-1])
+        result
+    }
+
+    /// The chunk loop of [`Engine::prefill`]; each chunk is evaluated with the cache before the
+    /// next is built.
+    fn prefill_chunks(
+        &self,
+        tokens: &[u32],
+        cache: &mut KvCache,
+        chunk: usize,
+        rows: LogitRows,
+    ) -> Result<Logits> {
+        let vocab = self.config().vocab_size;
+        let all = rows == LogitRows::All;
+        let mut data = Vec::with_capacity(if all { tokens.len() * vocab } else { vocab });
+        for piece in tokens.chunks(chunk) {
+            let logits = self.model.forward(piece, &mut [&mut *cache], !all)?; // [1, L or 1, V]
+            let values = evaluate_with_cache(&logits, &[&*cache])?;
+            if !all {
+                data.clear();
+            }
+            data.extend(values);
+        }
+        Ok(Logits {
+            rows: data.len() / vocab,
+            vocab,
+            data,
+        })
     }
 
     /// One decode step for B sequences: `tokens[b]` is appended to `caches[b]`, each sequence
@@ -249,8 +282,8 @@ impl Engine {
         let mut cache = self.new_cache();
         let start = Instant::now();
         let mut logits = self
-            .prefill(prompt, &mut cache, options.prefill_chunk)?
-            .to_vec::<f32>()?;
+            .prefill(prompt, &mut cache, options.prefill_chunk, LogitRows::Last)?
+            .data;
         stats.prompt_time = start.elapsed();
         let start = Instant::now();
         let mut history = prompt.to_vec();
@@ -291,6 +324,47 @@ impl Engine {
             .generate(prompt, &mut sampler, &options, stop, |_| true)?
             .0)
     }
+}
+
+/// Which positions' logits [`Engine::prefill`] returns.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum LogitRows {
+    /// Only the last position's (the distribution of the next token).
+    Last,
+    /// Every new position's, in token order (scoring a draft, teacher forcing).
+    All,
+}
+
+/// Logits of one or more positions, row-major [rows, vocab], on the host.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Logits {
+    /// Positions (1 unless all rows were asked for).
+    pub rows: usize,
+    /// Entries per row.
+    pub vocab: usize,
+    /// `rows × vocab` floats.
+    pub data: Vec<f32>,
+}
+
+impl Logits {
+    /// Row `i`, or `None` past the last row.
+    pub fn row(&self, i: usize) -> Option<&[f32]> {
+        self.data.get(i * self.vocab..(i + 1) * self.vocab)
+    }
+
+    /// The last row (the distribution of the next token); `None` when there are no rows.
+    pub fn last(&self) -> Option<&[f32]> {
+        self.row(self.rows.checked_sub(1)?)
+    }
+}
+
+/// Evaluates `logits` together with the caches they were computed into (so no cache is left
+/// holding an unevaluated graph) and copies the logits out.
+pub fn evaluate_with_cache(logits: &Array, caches: &[&KvCache]) -> Result<Vec<f32>> {
+    let mut outputs: Vec<&Array> = caches.iter().flat_map(|c| c.arrays()).collect();
+    outputs.push(logits);
+    crate::mlx::transforms::eval(&outputs)?;
+    logits.to_vec::<f32>()
 }
 
 /// Options of [`Engine::generate`].

@@ -50,6 +50,12 @@ impl KvCache {
         self.limit
     }
 
+    /// Bytes the cache's arrays hold: K and V of every layer at the allocated capacity (f32).
+    pub fn bytes(&self) -> usize {
+        let per_array = self.kv_heads * self.capacity * self.head_dim * std::mem::size_of::<f32>();
+        self.arrays().len() * per_array
+    }
+
     /// Forgets every position (keeps the allocation).
     pub fn reset(&mut self) {
         self.len = 0;

@@ -9,7 +9,7 @@
 
 mod common;
 
-use mlx_engine::engine::{Engine, LoadOptions};
+use mlx_engine::engine::{Engine, LoadOptions, LogitRows};
 use mlx_engine::model::Execution;
 
 #[test]
@@ -46,7 +46,9 @@ fn check_cache_paths(model: &std::path::Path, execution: Execution, tol: f32) {
     let vocab = engine.config().vocab_size;
 
     let mut cache = engine.new_cache();
-    engine.prefill(&prompt[..6], &mut cache, 512).unwrap();
+    engine
+        .prefill(&prompt[..6], &mut cache, 512, LogitRows::Last)
+        .unwrap();
     let decoded = engine
         .decode(&prompt[6..], &mut [&mut cache])
         .unwrap()
@@ -55,20 +57,18 @@ fn check_cache_paths(model: &std::path::Path, execution: Execution, tol: f32) {
 
     let mut full_cache = engine.new_cache();
     let full = engine
-        .prefill(&prompt, &mut full_cache, 512)
+        .prefill(&prompt, &mut full_cache, 512, LogitRows::Last)
         .unwrap()
-        .to_vec::<f32>()
-        .unwrap();
+        .data;
     assert_eq!(decoded.len(), vocab);
     let d = common::max_diff(&decoded, &full);
     assert!(d < tol, "{execution:?} decode vs prefill: max |Δlogit| {d}");
 
     let mut chunked_cache = engine.new_cache();
     let chunked = engine
-        .prefill(&prompt, &mut chunked_cache, 3)
+        .prefill(&prompt, &mut chunked_cache, 3, LogitRows::Last)
         .unwrap()
-        .to_vec::<f32>()
-        .unwrap();
+        .data;
     let d = common::max_diff(&chunked, &full);
     assert!(d < tol, "chunked vs one-shot prefill: max |Δlogit| {d}");
 
@@ -78,16 +78,22 @@ fn check_cache_paths(model: &std::path::Path, execution: Execution, tol: f32) {
 
     // Two sequences at different positions decoded in one forward pass equal each alone.
     let mut short = engine.new_cache();
-    engine.prefill(&prompt[..3], &mut short, 512).unwrap();
+    engine
+        .prefill(&prompt[..3], &mut short, 512, LogitRows::Last)
+        .unwrap();
     let mut long = engine.new_cache();
-    engine.prefill(&prompt[..6], &mut long, 512).unwrap();
+    engine
+        .prefill(&prompt[..6], &mut long, 512, LogitRows::Last)
+        .unwrap();
     let both = engine
         .decode(&[prompt[3], prompt[6]], &mut [&mut short, &mut long])
         .unwrap()
         .to_vec::<f32>()
         .unwrap();
     let mut short_alone = engine.new_cache();
-    engine.prefill(&prompt[..3], &mut short_alone, 512).unwrap();
+    engine
+        .prefill(&prompt[..3], &mut short_alone, 512, LogitRows::Last)
+        .unwrap();
     let alone = engine
         .decode(&[prompt[3]], &mut [&mut short_alone])
         .unwrap()

@@ -10,10 +10,11 @@
 mod slots;
 pub mod snapshot;
 
-use crate::engine::{Engine, LoadOptions};
+pub use crate::engine::Logits;
+use crate::engine::{evaluate_with_cache, Engine, LoadOptions, LogitRows};
 use crate::error::{Error, Result};
 use crate::kv_cache::KvCache;
-use crate::mlx::{transforms, with_device, Array, Device};
+use crate::mlx::{transforms, with_device, Device};
 use crate::model::{Execution, ModelConfig};
 use crate::sampler::Sampler;
 pub use crate::sampler::{Sampled, SamplerParams};
@@ -97,29 +98,6 @@ pub struct SeqId(pub u64);
 /// A sampler owned by a backend. Ids are never reused within a backend.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub struct SamplerId(pub u64);
-
-/// Logits of one or more positions, row-major [rows, vocab].
-#[derive(Clone, Debug, PartialEq)]
-pub struct Logits {
-    /// Positions (1 unless all rows were asked for).
-    pub rows: usize,
-    /// Entries per row.
-    pub vocab: usize,
-    /// `rows × vocab` floats.
-    pub data: Vec<f32>,
-}
-
-impl Logits {
-    /// Row `i`, or `None` past the last row.
-    pub fn row(&self, i: usize) -> Option<&[f32]> {
-        self.data.get(i * self.vocab..(i + 1) * self.vocab)
-    }
-
-    /// The last row (the distribution of the next token); `None` when there are no rows.
-    pub fn last(&self) -> Option<&[f32]> {
-        self.row(self.rows.checked_sub(1)?)
-    }
-}
 
 /// A loaded model serving sequences. `Send`, not `Sync`: see the module docs.
 pub struct Backend {
@@ -238,22 +216,22 @@ impl Backend {
     }
 
     /// Appends `tokens` to a sequence and returns the logits of its last position, or of every
-    /// new position when `want_all_logits` (rows in token order). On error the sequence is
-    /// left as it was.
+    /// new position when `want_all_logits` (rows in token order), through [`Engine::prefill`]
+    /// in chunks of the backend's `prefill_chunk`. On error the sequence is left as it was.
     pub fn prefill(&mut self, seq: SeqId, tokens: &[u32], want_all_logits: bool) -> Result<Logits> {
-        if tokens.is_empty() {
-            return Err(Error::InvalidArgument(
-                "prefill of an empty token list".into(),
-            ));
-        }
+        let rows = match want_all_logits {
+            true => LogitRows::All,
+            false => LogitRows::Last,
+        };
         let (device, chunk, engine) = (self.device, self.prefill_chunk, &self.engine);
         let cache = self.seqs.get_mut(seq.0)?;
-        cache.check_room(tokens.len())?;
-        let start = cache.len();
-        let result = with_device(device, || {
-            prefill_chunks(engine, cache, tokens, chunk, want_all_logits)
-        });
-        rollback_on_error(result, &mut [cache], &[start])
+        with_device(device, || engine.prefill(tokens, cache, chunk, rows))
+    }
+
+    /// Bytes of KV memory a sequence holds (its allocated capacity, not only its filled
+    /// positions).
+    pub fn seq_bytes(&self, seq: SeqId) -> Result<usize> {
+        Ok(self.seqs.get(seq.0)?.bytes())
     }
 
     /// One decode step for a batch: each `(seq, token)` appends `token` to `seq` at that
@@ -382,31 +360,6 @@ fn rollback_on_error<T>(
     result
 }
 
-/// Runs `tokens` through the model in chunks; keeps every row or only the last.
-fn prefill_chunks(
-    engine: &Engine,
-    cache: &mut KvCache,
-    tokens: &[u32],
-    chunk: usize,
-    all: bool,
-) -> Result<Logits> {
-    let vocab = engine.config().vocab_size;
-    let mut data = Vec::with_capacity(if all { tokens.len() * vocab } else { vocab });
-    for piece in tokens.chunks(chunk) {
-        let logits = engine.model.forward(piece, &mut [&mut *cache], !all)?; // [1, L or 1, V]
-        let rows = evaluate_with_cache(&logits, &[&*cache])?;
-        if !all {
-            data.clear();
-        }
-        data.extend(rows);
-    }
-    Ok(Logits {
-        rows: data.len() / vocab,
-        vocab,
-        data,
-    })
-}
-
 /// One batched decode step; returns one logits row per sequence.
 fn decode_batch(
     engine: &Engine,
@@ -418,13 +371,4 @@ fn decode_batch(
     let views: Vec<&KvCache> = caches.iter().map(|c| &**c).collect();
     let data = evaluate_with_cache(&logits, &views)?;
     Ok(data.chunks_exact(vocab).map(<[f32]>::to_vec).collect())
-}
-
-/// Evaluates `logits` together with the caches they were computed into (so no cache is left
-/// holding an unevaluated graph) and copies the logits out.
-fn evaluate_with_cache(logits: &Array, caches: &[&KvCache]) -> Result<Vec<f32>> {
-    let mut outputs: Vec<&Array> = caches.iter().flat_map(|c| c.arrays()).collect();
-    outputs.push(logits);
-    transforms::eval(&outputs)?;
-    logits.to_vec::<f32>()
 }

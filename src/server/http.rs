@@ -3,10 +3,11 @@
 //! tokenizing and template rendering are pure Rust, and generation goes to the engine thread.
 
 use super::api::{self, ApiError, Endpoint, GenerationRequest, Prompt, ResponseHead, Usage};
+use super::metrics::{self, Metrics};
 use super::scheduler::{Event, Job, ModelInfo};
 use axum::body::Bytes;
 use axum::extract::rejection::BytesRejection;
-use axum::extract::{DefaultBodyLimit, Request, State};
+use axum::extract::{DefaultBodyLimit, MatchedPath, Request, State};
 use axum::http::{header, HeaderMap, StatusCode};
 use axum::middleware::{self, Next};
 use axum::response::sse::{Event as SseEvent, KeepAlive, Sse};
@@ -19,7 +20,7 @@ use std::convert::Infallible;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::mpsc::{SyncSender, TrySendError};
 use std::sync::{Arc, OnceLock};
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use tokio::sync::mpsc::{unbounded_channel, UnboundedReceiver};
 use tower_http::limit::RequestBodyLimitLayer;
 use tower_http::timeout::TimeoutLayer;
@@ -38,6 +39,8 @@ pub struct AppState {
     pub max_queue: usize,
     /// Required `Authorization: Bearer` key, if set.
     pub api_key: Option<String>,
+    /// The metrics `/metrics` exports (shared with the engine thread).
+    pub metrics: Arc<Metrics>,
 }
 
 /// Limits on requests.
@@ -57,6 +60,7 @@ pub fn router(state: Arc<AppState>, limits: Limits) -> Router {
         .route("/v1/models", get(models))
         .route("/tokenize", post(tokenize))
         .route("/detokenize", post(detokenize))
+        .route("/metrics", get(metrics_text))
         .route_layer(middleware::from_fn_with_state(state.clone(), require_key));
     Router::new()
         .route("/health", get(health))
@@ -69,7 +73,27 @@ pub fn router(state: Arc<AppState>, limits: Limits) -> Router {
             StatusCode::REQUEST_TIMEOUT,
             limits.request_timeout,
         ))
+        .layer(middleware::from_fn_with_state(state.clone(), count_request))
         .with_state(state)
+}
+
+/// Counts every answered request by route and status (the outermost layer, so limits and
+/// timeouts are counted with the status they produced).
+async fn count_request(State(s): State<Arc<AppState>>, request: Request, next: Next) -> Response {
+    let endpoint = request
+        .extensions()
+        .get::<MatchedPath>()
+        .map_or("unmatched".to_string(), |p| p.as_str().to_string());
+    let response = next.run(request).await;
+    s.metrics
+        .count_request(&endpoint, response.status().as_u16());
+    response
+}
+
+/// The metrics in OpenMetrics text.
+async fn metrics_text(State(s): State<Arc<AppState>>) -> Response {
+    let headers = [(header::CONTENT_TYPE, metrics::CONTENT_TYPE)];
+    (StatusCode::OK, headers, s.metrics.encode()).into_response()
 }
 
 /// 503 while the model loads, 200 after.
@@ -276,8 +300,15 @@ async fn generate(
         max_tokens: request.max_tokens.unwrap_or(info.n_ctx),
         stop: request.stop,
         events,
+        received: Instant::now(),
     };
-    match s.jobs.try_send(job) {
+    // Counted before sending: the engine thread may take the job at once.
+    s.metrics.queue_depth.inc();
+    let sent = s.jobs.try_send(job);
+    if sent.is_err() {
+        s.metrics.queue_depth.dec();
+    }
+    match sent {
         Ok(()) => {}
         Err(TrySendError::Full(_)) => {
             return Err(ApiError::new(
@@ -376,14 +407,17 @@ async fn collect(
                 finish,
                 prompt_tokens,
                 completion_tokens,
+                cached_tokens,
             } => {
                 let usage = Usage {
                     prompt_tokens,
                     completion_tokens,
+                    cached_tokens,
                 };
                 return Ok(Json(head.response(&text, finish.as_str(), usage)).into_response());
             }
             Event::Failed(message) => return Err(engine_error(message)),
+            Event::Unavailable(message) => return Err(unavailable(message)),
         }
     }
     Err(engine_error("the engine dropped the request".into()))
@@ -392,6 +426,11 @@ async fn collect(
 /// A failure inside the engine: a 500 (the request itself was valid).
 fn engine_error(message: String) -> ApiError {
     ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, message)
+}
+
+/// A request the engine did not start (it is shutting down): a 503.
+fn unavailable(message: String) -> ApiError {
+    ApiError::new(StatusCode::SERVICE_UNAVAILABLE, message)
 }
 
 /// Server-sent events: a role chunk (chat), content chunks, a finish chunk, a usage chunk when
@@ -415,12 +454,14 @@ fn stream_response(
                 finish,
                 prompt_tokens,
                 completion_tokens,
+                cached_tokens,
             }) => {
                 let mut out = vec![data(&head.chunk(None, false, Some(finish.as_str())))];
                 if include_usage {
                     let usage = Usage {
                         prompt_tokens,
                         completion_tokens,
+                        cached_tokens,
                     };
                     out.push(data(&head.usage_chunk(usage)));
                 }
@@ -429,6 +470,9 @@ fn stream_response(
             }
             Some(Event::Failed(message)) => {
                 return Some((vec![data(&engine_error(message).body())], None))
+            }
+            Some(Event::Unavailable(message)) => {
+                return Some((vec![data(&unavailable(message).body())], None))
             }
             None => return None,
         };

@@ -3,20 +3,28 @@
 //! Three parts: [`http`] (routes, auth, limits, SSE; never touches MLX), [`api`] (the OpenAI
 //! request and response shapes) and [`scheduler`] (the engine thread that owns the
 //! [`Backend`](crate::backend::Backend) and batches every active sequence into one decode per
-//! step). They talk through a bounded job queue and one event channel per request.
+//! step, with a [`prefix_cache`]). They talk through a bounded job queue and one event channel
+//! per request, and share the [`metrics`] and a stop flag set by SIGINT/SIGTERM.
 #![forbid(unsafe_code)]
 
 pub mod api;
 pub mod http;
+pub mod metrics;
+pub mod prefix_cache;
 pub mod scheduler;
 pub mod stop;
 
 use crate::fetch::{self, FetchOptions};
 use crate::{Error, Result};
-use scheduler::{EngineConfig, ModelInfo};
+use scheduler::{EngineConfig, ModelInfo, Shared};
 use std::path::{Path, PathBuf};
+use std::sync::atomic::Ordering;
 use std::sync::{mpsc, Arc, OnceLock};
 use std::time::Duration;
+
+/// How long, after SIGINT/SIGTERM, the server waits for connections to finish before it exits
+/// anyway (a client that stops reading its stream cannot hold it up).
+const SHUTDOWN_GRACE: Duration = Duration::from_secs(10);
 
 /// The `serve` subcommand's options.
 #[derive(clap::Args, Debug, Clone)]
@@ -51,10 +59,15 @@ pub struct ServeArgs {
     /// Seconds a request may take to produce its response head (a whole non-streamed reply).
     #[arg(long, default_value_t = 600)]
     pub timeout: u64,
+    /// Bytes of KV the prefix cache keeps from finished requests (least recently used
+    /// evicted first); 0 disables it.
+    #[arg(long, default_value_t = 1 << 30)]
+    pub prefix_cache_bytes: usize,
 }
 
-/// Runs the server until Ctrl-C (then finishes the requests in flight and returns) or until the
-/// model fails to load (then returns that error). `/health` answers 503 while the model loads.
+/// Runs the server until SIGINT or SIGTERM (then stops accepting, ends the generations in
+/// flight with a final chunk and returns `Ok`) or until the model fails to load (then returns
+/// that error). `/health` answers 503 while the model loads.
 pub fn serve(args: &ServeArgs) -> Result<()> {
     if args.parallel == 0 || args.max_queue == 0 {
         return Err(Error::InvalidArgument(
@@ -84,7 +97,8 @@ async fn run(args: &ServeArgs) -> Result<()> {
     let (jobs, queue) = mpsc::sync_channel(args.max_queue);
     let info = Arc::new(OnceLock::new());
     let (ended, engine_ended) = tokio::sync::oneshot::channel::<()>();
-    let engine = spawn_engine(args, queue, Arc::clone(&info), ended)?;
+    let shared = Shared::default();
+    let engine = spawn_engine(args, queue, Arc::clone(&info), shared.clone(), ended)?;
 
     let state = Arc::new(http::AppState {
         model_name: served_name(&args.model),
@@ -93,26 +107,54 @@ async fn run(args: &ServeArgs) -> Result<()> {
         jobs,
         max_queue: args.max_queue,
         api_key: args.api_key.clone(),
+        metrics: Arc::clone(&shared.metrics),
     });
     let limits = http::Limits {
         body_bytes: args.max_body_bytes,
         request_timeout: Duration::from_secs(args.timeout),
     };
     let app = http::router(state, limits);
-    let shutdown = async {
-        tokio::select! {
-            _ = tokio::signal::ctrl_c() => eprintln!("mlx-engine serve: shutting down"),
-            _ = engine_ended => {}
+    let stopped = Arc::new(tokio::sync::Notify::new());
+    let shutdown = {
+        let (stopping, stopped) = (Arc::clone(&shared.stopping), Arc::clone(&stopped));
+        async move {
+            tokio::select! {
+                _ = stop_signal() => eprintln!("mlx-engine serve: shutting down"),
+                _ = engine_ended => {}
+            }
+            stopping.store(true, Ordering::Relaxed);
+            stopped.notify_one();
         }
     };
-    axum::serve(listener, app)
-        .with_graceful_shutdown(shutdown)
-        .await
-        .map_err(|e| Error::io(&address, e))?;
+    let server = axum::serve(listener, app).with_graceful_shutdown(shutdown);
+    let grace = async {
+        stopped.notified().await;
+        tokio::time::sleep(SHUTDOWN_GRACE).await;
+    };
+    tokio::select! {
+        served = server => served.map_err(|e| Error::io(&address, e))?,
+        _ = grace => eprintln!("mlx-engine serve: connections still open after {SHUTDOWN_GRACE:?}; exiting"),
+    }
     // The router (and with it the job queue's sender) is gone: the engine thread finishes.
     engine
         .join()
         .map_err(|_| Error::InvalidArgument("the engine thread panicked".into()))?
+}
+
+/// Resolves on SIGINT (Ctrl-C) or, on Unix, SIGTERM.
+async fn stop_signal() {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{signal, SignalKind};
+        if let Ok(mut term) = signal(SignalKind::terminate()) {
+            tokio::select! {
+                _ = tokio::signal::ctrl_c() => {}
+                _ = term.recv() => {}
+            }
+            return;
+        }
+    }
+    let _ = tokio::signal::ctrl_c().await;
 }
 
 /// Starts the engine thread: it resolves and loads the model, publishes its [`ModelInfo`],
@@ -121,10 +163,12 @@ fn spawn_engine(
     args: &ServeArgs,
     queue: mpsc::Receiver<scheduler::Job>,
     info: Arc<OnceLock<ModelInfo>>,
+    shared: Shared,
     ended: tokio::sync::oneshot::Sender<()>,
 ) -> Result<std::thread::JoinHandle<Result<()>>> {
     let spec = args.model.clone();
     let (parallel, ctx_size) = (args.parallel, args.ctx_size);
+    let prefix_cache_bytes = args.prefix_cache_bytes;
     std::thread::Builder::new()
         .name("mlx-engine".into())
         .spawn(move || {
@@ -136,8 +180,9 @@ fn spawn_engine(
                     parallel,
                     ctx_size,
                     prefill_chunk: 256,
+                    prefix_cache_bytes,
                 };
-                scheduler::run(&config, queue, |model| {
+                scheduler::run(&config, queue, shared, |model| {
                     let _ = info.set(model);
                     eprintln!("mlx-engine serve: model loaded");
                 })

@@ -1,16 +1,26 @@
 //! The engine thread: it owns the [`Backend`] (MLX is never touched from an HTTP handler) and
 //! runs continuous batching. Each step frees the sequences whose client went away, prefills
 //! one chunk of every prompt still being read, then advances every decoding sequence by one
-//! token in a single batched decode. Requests join at the next step, finished ones leave.
+//! token in a single batched decode. Requests join at the next step, finished ones leave, and
+//! their KV goes to the [`PrefixCache`], from which a new request copies its longest cached
+//! prefix instead of computing it again.
 
+use super::metrics::Metrics;
+use super::prefix_cache::PrefixCache;
 use super::stop::StopFilter;
 use crate::backend::{Backend, BackendOptions, ModelSpec, SamplerId, SamplerParams, SeqId};
 use crate::chat_template::ChatTemplate;
 use crate::tokenizer::{StreamDecoder, Tokenizer};
 use crate::{Error, Result};
 use std::path::PathBuf;
-use std::sync::mpsc::{Receiver, TryRecvError};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::mpsc::{Receiver, RecvTimeoutError, TryRecvError};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
 use tokio::sync::mpsc::UnboundedSender;
+
+/// How often an idle engine thread looks at the stop flag.
+const IDLE_POLL: Duration = Duration::from_millis(100);
 
 /// What the model offers the HTTP side once it is loaded (all pure Rust, no MLX).
 pub struct ModelInfo {
@@ -33,6 +43,18 @@ pub struct EngineConfig {
     pub ctx_size: Option<usize>,
     /// Prompt positions prefilled per sequence and step.
     pub prefill_chunk: usize,
+    /// Bound on the KV bytes the prefix cache keeps (0 disables it).
+    pub prefix_cache_bytes: usize,
+}
+
+/// What the engine thread shares with the HTTP side.
+#[derive(Clone, Default)]
+pub struct Shared {
+    /// The server's metrics.
+    pub metrics: Arc<Metrics>,
+    /// Set on SIGINT/SIGTERM: running generations end at the next step (finish reason
+    /// `length`) and queued requests are refused.
+    pub stopping: Arc<AtomicBool>,
 }
 
 /// One generation request, already tokenized and validated.
@@ -47,6 +69,8 @@ pub struct Job {
     pub stop: Vec<String>,
     /// Where the output goes; the job is cancelled when the receiver is dropped.
     pub events: UnboundedSender<Event>,
+    /// When the request arrived (for the time to first token).
+    pub received: Instant,
 }
 
 /// Why a generation ended.
@@ -82,9 +106,13 @@ pub enum Event {
         prompt_tokens: usize,
         /// Tokens generated (an end-of-generation token included).
         completion_tokens: usize,
+        /// Prompt positions taken from the prefix cache.
+        cached_tokens: usize,
     },
     /// The engine failed on this job (not the client's fault).
     Failed(String),
+    /// The server is shutting down and did not start this job.
+    Unavailable(String),
 }
 
 /// Loads the model, reports it through `on_ready`, then serves `jobs` until every sender is
@@ -92,6 +120,7 @@ pub enum Event {
 pub fn run(
     config: &EngineConfig,
     jobs: Receiver<Job>,
+    shared: Shared,
     on_ready: impl FnOnce(ModelInfo),
 ) -> Result<()> {
     let options = BackendOptions {
@@ -116,8 +145,12 @@ pub fn run(
         active: Vec::new(),
         parallel: config.parallel.max(1),
         chunk: config.prefill_chunk.max(1),
+        cache: PrefixCache::new(config.prefix_cache_bytes),
+        shared,
     };
     scheduler.serve(&jobs);
+    let cached = scheduler.cache.drain();
+    scheduler.free_all(cached);
     Ok(())
 }
 
@@ -140,13 +173,19 @@ struct Active {
     history: Vec<u32>,
     /// Prompt tokens already in the KV.
     prefilled: usize,
+    /// Prompt tokens copied from the prefix cache.
+    cached: usize,
     /// Tokens generated so far.
     generated: usize,
     /// A sampled token the next decode step appends.
     next: Option<u32>,
+    /// When the last token was sampled (for the inter-token latency).
+    last_token: Option<Instant>,
     decoder: StreamDecoder,
     stops: StopFilter,
     finished: bool,
+    /// The engine failed on it: its KV is not kept.
+    failed: bool,
 }
 
 struct Scheduler {
@@ -155,6 +194,8 @@ struct Scheduler {
     active: Vec<Active>,
     parallel: usize,
     chunk: usize,
+    cache: PrefixCache<SeqId>,
+    shared: Shared,
 }
 
 impl Scheduler {
@@ -169,49 +210,105 @@ impl Scheduler {
         }
     }
 
-    /// Takes queued jobs while there are free slots (blocking when idle); false once the
-    /// channel is closed and nothing is running.
+    /// Takes queued jobs while there are free slots (waiting when idle); false once the job
+    /// channel is closed, or the server is stopping, and nothing is running. While stopping,
+    /// queued jobs are refused.
     fn admit(&mut self, jobs: &Receiver<Job>) -> bool {
-        while self.active.len() < self.parallel {
-            let job = match self.active.is_empty() {
-                true => match jobs.recv() {
-                    Ok(job) => job,
-                    Err(_) => return false,
-                },
-                false => match jobs.try_recv() {
-                    Ok(job) => job,
-                    Err(TryRecvError::Empty | TryRecvError::Disconnected) => return true,
-                },
-            };
-            if job.events.is_closed() {
-                continue;
+        if self.stopping() {
+            while let Ok(job) = jobs.try_recv() {
+                self.shared.metrics.queue_depth.dec();
+                let refusal = Event::Unavailable("the server is shutting down".into());
+                let _ = job.events.send(refusal);
             }
-            match self.backend.create_sampler(job.sampling.clone()) {
-                Ok(sampler) => self.active.push(Active {
-                    seq: self.backend.create_seq(),
-                    sampler,
-                    history: job.prompt.clone(),
-                    prefilled: 0,
-                    generated: 0,
-                    next: None,
-                    decoder: StreamDecoder::continuing(&self.tokenizer, true),
-                    stops: StopFilter::new(job.stop.clone()),
-                    finished: false,
-                    job,
+            return !self.active.is_empty();
+        }
+        while self.active.len() < self.parallel {
+            let next = match self.active.is_empty() {
+                true => jobs.recv_timeout(IDLE_POLL),
+                false => jobs.try_recv().map_err(|e| match e {
+                    TryRecvError::Empty => RecvTimeoutError::Timeout,
+                    TryRecvError::Disconnected => RecvTimeoutError::Disconnected,
                 }),
-                Err(e) => {
-                    let _ = job.events.send(Event::Failed(e.to_string()));
-                }
+            };
+            let job = match next {
+                Ok(job) => job,
+                // Nothing queued (when idle, the caller comes back after a look at the flag).
+                Err(RecvTimeoutError::Timeout) => return true,
+                Err(RecvTimeoutError::Disconnected) => return !self.active.is_empty(),
+            };
+            self.shared.metrics.queue_depth.dec();
+            if !job.events.is_closed() {
+                self.start(job);
             }
         }
         true
     }
 
+    /// Gives `job` a sequence, seeded with the longest cached prefix of its prompt.
+    fn start(&mut self, job: Job) {
+        let sampler = match self.backend.create_sampler(job.sampling.clone()) {
+            Ok(sampler) => sampler,
+            Err(e) => {
+                let _ = job.events.send(Event::Failed(e.to_string()));
+                return;
+            }
+        };
+        let seq = self.backend.create_seq();
+        let cached = self.reuse_prefix(seq, &job.prompt);
+        let metrics = &self.shared.metrics;
+        metrics.prompt_tokens.inc_by(job.prompt.len() as u64);
+        self.active.push(Active {
+            seq,
+            sampler,
+            history: job.prompt.clone(),
+            prefilled: cached,
+            cached,
+            generated: 0,
+            next: None,
+            last_token: None,
+            decoder: StreamDecoder::continuing(&self.tokenizer, true),
+            stops: StopFilter::new(job.stop.clone()),
+            finished: false,
+            failed: false,
+            job,
+        });
+        metrics.busy_sequences.set(self.active.len() as i64);
+    }
+
+    /// Copies into the empty `seq` the longest cached prefix of `prompt`, leaving at least its
+    /// last token to prefill (its logits give the first token); returns the positions copied.
+    fn reuse_prefix(&mut self, seq: SeqId, prompt: &[u32]) -> usize {
+        let metrics = &self.shared.metrics;
+        let Some((&source, len)) = self.cache.lookup(prompt, prompt.len() - 1) else {
+            metrics.prefix_cache_misses.inc();
+            return 0;
+        };
+        match self.backend.copy_prefix(source, seq, len) {
+            Ok(()) => {
+                metrics.prefix_cache_hit_tokens.observe(len as f64);
+                len
+            }
+            Err(e) => {
+                tracing::warn!("prefix cache copy of {len} positions: {e}");
+                metrics.prefix_cache_misses.inc();
+                0
+            }
+        }
+    }
+
+    /// True once SIGINT/SIGTERM arrived.
+    fn stopping(&self) -> bool {
+        self.shared.stopping.load(Ordering::Relaxed)
+    }
+
     /// One engine step: cancellations, a prefill chunk per reading prompt, one batched decode.
     fn step(&mut self) {
-        for a in self.active.iter_mut() {
+        let stopping = self.stopping();
+        for a in self.active.iter_mut().filter(|a| !a.finished) {
             if a.job.events.is_closed() {
                 a.finished = true;
+            } else if stopping {
+                finish(a, FinishReason::Length, true);
             }
         }
         for i in 0..self.active.len() {
@@ -231,7 +328,9 @@ impl Scheduler {
         let result = self
             .backend
             .prefill(a.seq, &a.job.prompt[a.prefilled..end], false);
+        let computed = end - a.prefilled;
         a.prefilled = end;
+        self.shared.metrics.prefill_tokens.inc_by(computed as u64);
         let logits = match result {
             Ok(logits) => logits,
             Err(e) => return fail(a, &e),
@@ -259,6 +358,8 @@ impl Scheduler {
         if members.is_empty() {
             return;
         }
+        let size = members.len() as f64;
+        self.shared.metrics.decode_batch_size.observe(size);
         let batch: Vec<(SeqId, u32)> = members
             .iter()
             .filter_map(|&i| Some((self.active[i].seq, self.active[i].next.take()?)))
@@ -287,6 +388,8 @@ impl Scheduler {
         };
         a.generated += 1;
         a.history.push(token);
+        self.record_token_time(i);
+        let a = &mut self.active[i];
         if self.tokenizer.is_eog(token) {
             return finish(a, FinishReason::Stop, true);
         }
@@ -305,17 +408,63 @@ impl Scheduler {
         a.next = Some(token);
     }
 
-    /// Frees the sequences and samplers of finished jobs.
+    /// Observes sequence `i`'s time to first token or inter-token latency for a new token.
+    fn record_token_time(&mut self, i: usize) {
+        let metrics = &self.shared.metrics;
+        let a = &mut self.active[i];
+        let now = Instant::now();
+        match a.last_token {
+            None => metrics
+                .time_to_first_token
+                .observe((now - a.job.received).as_secs_f64()),
+            Some(last) => metrics
+                .inter_token_latency
+                .observe((now - last).as_secs_f64()),
+        }
+        metrics.generated_tokens.inc();
+        a.last_token = Some(now);
+    }
+
+    /// Frees the samplers of finished jobs and hands their sequences to the prefix cache
+    /// (which frees what it does not keep).
     fn retire(&mut self) {
         let (done, kept): (Vec<Active>, Vec<Active>) =
             self.active.drain(..).partition(|a| a.finished);
         self.active = kept;
         for a in done {
-            if let Err(e) = self.backend.free_seq(a.seq) {
-                tracing::warn!("freeing sequence {:?}: {e}", a.seq);
-            }
             if let Err(e) = self.backend.free_sampler(a.sampler) {
                 tracing::warn!("freeing sampler {:?}: {e}", a.sampler);
+            }
+            let released = match a.failed {
+                true => vec![a.seq],
+                false => self.keep(a.seq, a.history),
+            };
+            self.free_all(released);
+        }
+        let metrics = &self.shared.metrics;
+        metrics.busy_sequences.set(self.active.len() as i64);
+        metrics.prefix_cache_bytes.set(self.cache.bytes() as i64);
+        metrics.prefix_cache_entries.set(self.cache.len() as i64);
+    }
+
+    /// Offers a finished sequence to the prefix cache: its KV holds the first `seq_len`
+    /// tokens of `history`. Returns the sequences to free.
+    fn keep(&mut self, seq: SeqId, mut history: Vec<u32>) -> Vec<SeqId> {
+        let (Ok(len), Ok(bytes)) = (self.backend.seq_len(seq), self.backend.seq_bytes(seq)) else {
+            return vec![seq];
+        };
+        history.truncate(len);
+        let released = self.cache.insert(seq, history, bytes);
+        let evicted = released.evicted as u64;
+        self.shared.metrics.prefix_cache_evictions.inc_by(evicted);
+        released.items
+    }
+
+    /// Frees sequences.
+    fn free_all(&mut self, seqs: Vec<SeqId>) {
+        for seq in seqs {
+            if let Err(e) = self.backend.free_seq(seq) {
+                tracing::warn!("freeing sequence {seq:?}: {e}");
             }
         }
     }
@@ -344,6 +493,7 @@ fn finish(a: &mut Active, reason: FinishReason, flush: bool) {
         finish: reason,
         prompt_tokens: a.job.prompt.len(),
         completion_tokens: a.generated,
+        cached_tokens: a.cached,
     });
     a.finished = true;
 }
@@ -353,4 +503,5 @@ fn fail(a: &mut Active, error: &Error) {
     tracing::error!("generation failed: {error}");
     let _ = a.job.events.send(Event::Failed(error.to_string()));
     a.finished = true;
+    a.failed = true;
 }
