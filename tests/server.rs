@@ -1,11 +1,13 @@
 //! `mlx-engine serve` end to end: the real binary on a loopback port with the real Qwen model,
 //! driven by plain HTTP (bad input, exact usage, streamed = unstreamed, seeds, stop strings,
-//! concurrent streams, a client that disconnects) and by the official `openai` Python client
+//! concurrent streams, a client that disconnects, `/metrics` read by the official Prometheus
+//! parser, the prefix cache, SIGTERM) and by the official `openai` Python client
 //! (`tests/reference/openai_client.py`).
 //!
-//! One server serves every test. Tests take [`turn`] so that only one talks to it at a time
-//! (the concurrency test makes its own parallel requests): a greedy reply is then compared with
-//! another greedy reply computed under the same batching.
+//! One server serves every test that needs no flags of its own. Tests take [`turn`] so that
+//! only one talks to it at a time (the concurrency test makes its own parallel requests): a
+//! greedy reply is then compared with another greedy reply computed under the same batching,
+//! and the metrics move only by what the test did.
 
 mod common;
 
@@ -13,10 +15,12 @@ use mlx_engine::chat_template::{ChatMessage, ChatTemplate};
 use mlx_engine::loader::gguf::GgufFile;
 use mlx_engine::tokenizer::Tokenizer;
 use serde_json::{json, Value};
+use std::collections::HashMap;
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::TcpStream;
 use std::path::PathBuf;
 use std::process::{Child, ChildStdin, Command, Stdio};
+use std::sync::atomic::{AtomicBool, AtomicI64, Ordering};
 use std::sync::{Mutex, MutexGuard, OnceLock};
 use std::time::{Duration, Instant};
 
@@ -524,7 +528,11 @@ fn streamed_text_equals_unstreamed_text_and_usage_is_exact() {
     assert_eq!(streamed_finish, finish);
     let last = chunks.last().unwrap();
     assert_eq!(last["choices"], json!([]));
-    assert_eq!(&last["usage"], usage);
+    // The same counts; the prompt now comes from the prefix cache, all but its last token
+    // (which gives the first token's logits).
+    let mut expected = usage.clone();
+    expected["prompt_tokens_details"]["cached_tokens"] = json!(prompt_tokens - 1);
+    assert_eq!(last["usage"], expected);
 
     let prompt = "def fibonacci(n):";
     let completion_body = json!({"prompt": prompt, "max_tokens": 16, "temperature": 0});
@@ -622,7 +630,16 @@ fn four_concurrent_streams_each_equal_the_request_run_alone() {
         .iter()
         .map(|p| message_text(&post_ok("/v1/chat/completions", &chat_body(p, 20))))
         .collect();
+    // While they run, /metrics is polled for the most sequences busy at once.
+    let (running, most_busy) = (AtomicBool::new(true), AtomicI64::new(0));
     let together: Vec<(String, Instant, Instant)> = std::thread::scope(|scope| {
+        scope.spawn(|| {
+            while running.load(Ordering::Relaxed) {
+                let busy = gauge(&scrape(&server().base), "mlx_engine_busy_sequences");
+                most_busy.fetch_max(busy as i64, Ordering::Relaxed);
+                std::thread::sleep(Duration::from_millis(10));
+            }
+        });
         let handles: Vec<_> = prompts
             .iter()
             .map(|p| {
@@ -636,18 +653,149 @@ fn four_concurrent_streams_each_equal_the_request_run_alone() {
                 })
             })
             .collect();
-        handles.into_iter().map(|h| h.join().unwrap()).collect()
+        let results = handles.into_iter().map(|h| h.join().unwrap()).collect();
+        running.store(false, Ordering::Relaxed);
+        results
     });
     for (i, (text, _, _)) in together.iter().enumerate() {
         assert_eq!(*text, alone[i], "stream {i} ({})", prompts[i]);
     }
-    // They progressed together: every stream had its first token before any stream ended.
+    // They progressed together: several sequences were busy at once, and every stream had its
+    // first token before any stream ended.
+    let most_busy = most_busy.into_inner();
+    assert!(
+        most_busy >= 2,
+        "at most {most_busy} sequence busy at a time"
+    );
     let latest_first = together.iter().map(|t| t.1).max().unwrap();
     let earliest_last = together.iter().map(|t| t.2).min().unwrap();
     assert!(
         latest_first < earliest_last,
         "the streams ran one after another"
     );
+}
+
+/// The `/metrics` text of the server at `base`.
+fn scrape(base: &str) -> String {
+    let mut response = agent()
+        .get(&format!("{base}/metrics"))
+        .header("Authorization", &format!("Bearer {KEY}"))
+        .call()
+        .expect("GET /metrics");
+    assert_eq!(response.status().as_u16(), 200);
+    let content_type = response.headers()["content-type"].to_str().unwrap();
+    assert!(
+        content_type.starts_with("application/openmetrics-text"),
+        "{content_type}"
+    );
+    response.body_mut().read_to_string().unwrap()
+}
+
+/// The value of an unlabelled sample, read from one line of the exposition (for polling; the
+/// tests that check counts parse the whole text with [`parse_metrics`]).
+fn gauge(text: &str, name: &str) -> f64 {
+    text.lines()
+        .find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.parse().ok())
+        .unwrap_or_else(|| panic!("no {name} in\n{text}"))
+}
+
+/// Expositions parsed by the official Prometheus client (`tests/reference/parse_metrics.py`):
+/// per text, `name{label="value",...}` → value.
+fn parse_metrics(texts: &[&str]) -> Vec<HashMap<String, f64>> {
+    let dir = tempfile::tempdir().unwrap();
+    let paths: Vec<PathBuf> = texts
+        .iter()
+        .enumerate()
+        .map(|(i, text)| {
+            let path = dir.path().join(format!("metrics-{i}.txt"));
+            std::fs::write(&path, text).unwrap();
+            path
+        })
+        .collect();
+    let script = common::repo_root().join("tests/reference/parse_metrics.py");
+    let out = openai_python()
+        .arg(&script)
+        .args(&paths)
+        .output()
+        .expect("python3 runs");
+    assert!(
+        out.status.success(),
+        "{} failed:\n{}",
+        script.display(),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    serde_json::from_slice(&out.stdout).unwrap()
+}
+
+/// How much each sample moved between two parsed scrapes (a sample absent before counts 0).
+fn moved(before: &HashMap<String, f64>, after: &HashMap<String, f64>, key: &str) -> f64 {
+    let now = after
+        .get(key)
+        .unwrap_or_else(|| panic!("no {key} in {after:?}"));
+    now - before.get(key).copied().unwrap_or(0.0)
+}
+
+#[test]
+fn metrics_move_by_exactly_what_the_requests_did() {
+    let _turn = turn();
+    let base = &server().base;
+    let before = scrape(base);
+    let bodies = [
+        json!({"prompt": "The capital of France is", "max_tokens": 5, "temperature": 0}),
+        json!({"prompt": "fn add(a: i32, b: i32)", "max_tokens": 3, "temperature": 0}),
+    ];
+    let usages: Vec<Value> = bodies
+        .iter()
+        .map(|b| post_ok("/v1/completions", b)["usage"].clone())
+        .collect();
+    let (status, _) = call(
+        "POST",
+        "/v1/completions",
+        &json!({"prompt": "x", "top_p": 2}).to_string(),
+    );
+    assert_eq!(status, 400);
+    let after = scrape(base);
+    let parsed = parse_metrics(&[&before, &after]);
+    let (before, after) = (&parsed[0], &parsed[1]);
+    let sum = |f: &dyn Fn(&Value) -> u64| usages.iter().map(f).sum::<u64>() as f64;
+    let prompt = sum(&|u| u["prompt_tokens"].as_u64().unwrap());
+    let generated = sum(&|u| u["completion_tokens"].as_u64().unwrap());
+    let cached = sum(&|u| {
+        u["prompt_tokens_details"]["cached_tokens"]
+            .as_u64()
+            .unwrap()
+    });
+    let completions = |status: u16| {
+        format!("mlx_engine_requests_total{{endpoint=\"/v1/completions\",status=\"{status}\"}}")
+    };
+    let moves = [
+        (completions(200), 2.0),
+        (completions(400), 1.0),
+        ("mlx_engine_prompt_tokens_total".into(), prompt),
+        ("mlx_engine_prefill_tokens_total".into(), prompt - cached),
+        ("mlx_engine_generated_tokens_total".into(), generated),
+        ("mlx_engine_time_to_first_token_seconds_count".into(), 2.0),
+        // Every token after a request's first follows another.
+        (
+            "mlx_engine_inter_token_latency_seconds_count".into(),
+            generated - 2.0,
+        ),
+        ("mlx_engine_decode_batch_size_count".into(), generated - 2.0),
+    ];
+    for (key, want) in moves {
+        assert_eq!(moved(before, after, &key), want, "{key}");
+    }
+    let hits = moved(before, after, "mlx_engine_prefix_cache_hit_tokens_count");
+    let misses = moved(before, after, "mlx_engine_prefix_cache_misses_total");
+    assert_eq!(hits + misses, 2.0, "one cache lookup per request");
+    let reused = moved(before, after, "mlx_engine_prefix_cache_hit_tokens_sum");
+    assert_eq!(reused, cached);
+    for idle in ["mlx_engine_busy_sequences", "mlx_engine_queue_depth"] {
+        assert_eq!(after[idle], 0.0, "{idle}");
+    }
+    let count = after["mlx_engine_time_to_first_token_seconds_count"];
+    let inf = r#"mlx_engine_time_to_first_token_seconds_bucket{le="+Inf"}"#;
+    assert_eq!(after[inf], count, "+Inf bucket = count");
 }
 
 /// Opens a streamed completion of `max_tokens` over raw TCP and returns the connection once
@@ -745,6 +893,186 @@ fn a_full_queue_answers_503_and_a_client_that_leaves_frees_its_slot() {
         "{:?}",
         started.elapsed()
     );
+
+    // A client that leaves during a long prefill frees its slot within one engine step: the
+    // prefill stops early (a 256-position chunk per step) instead of reading the whole prompt.
+    let metrics = || parse_metrics(&[&scrape(&server.base)]).remove(0);
+    let computed = |m: &HashMap<String, f64>| m["mlx_engine_prefill_tokens_total"];
+    let before = metrics();
+    let long_prompt: Vec<u32> = (0..3800).map(|i| 1000 + i % 500).collect();
+    let long = json!({"prompt": long_prompt, "max_tokens": 1, "temperature": 0});
+    let gave_up = impatient
+        .post(&format!("{}/v1/completions", server.base))
+        .header("Authorization", &format!("Bearer {KEY}"))
+        .send(long.to_string());
+    assert!(gave_up.is_err(), "3800 positions prefilled in 2 s?");
+    let (status, value) =
+        request_at(&server.base, "POST", "/v1/completions", &body, Some(KEY)).unwrap();
+    assert_eq!(status, 200, "{value}");
+    let usage = &value["usage"];
+    let small = usage["prompt_tokens"].as_u64().unwrap()
+        - usage["prompt_tokens_details"]["cached_tokens"]
+            .as_u64()
+            .unwrap();
+    let after = metrics();
+    let of_long = computed(&after) - computed(&before) - small as f64;
+    assert!(
+        of_long < long_prompt.len() as f64,
+        "the abandoned prompt was prefilled to the end ({of_long} positions)"
+    );
+    assert_eq!(after["mlx_engine_busy_sequences"], 0.0);
+}
+
+/// A GGUF's KV bytes per position (K and V, f32, every layer), from its metadata.
+fn kv_bytes_per_position() -> usize {
+    let file = GgufFile::open(&common::qwen_model()).unwrap();
+    let config = mlx_engine::model::ModelConfig::from_gguf(&file).unwrap();
+    2 * config.n_layers * config.n_kv_heads * config.head_dim * 4
+}
+
+#[test]
+fn the_prefix_cache_reuses_a_shared_prefix_and_stays_under_its_bound() {
+    // Chat entries of ~400 positions hold 512 (the cache grows in steps of 256), completion
+    // entries 256: the bound holds two chat entries, or one and two completions.
+    let entry = 512 * kv_bytes_per_position();
+    let bound = entry * 12 / 5;
+    let bound_arg = bound.to_string();
+    let args = ["--parallel", "2", "--ctx-size", "1024"];
+    let server = spawn_server(
+        "prefix",
+        &[&args[..], &["--prefix-cache-bytes", &bound_arg]].concat(),
+    );
+    let rules: Vec<String> = (0..30)
+        .map(|i| format!("Rule {i}: be precise about item {i}."))
+        .collect();
+    let system = format!("You are a careful assistant. {}", rules.join(" "));
+    let chat = |user: &str| {
+        json!({"model": MODEL, "max_tokens": 16, "temperature": 0,
+               "messages": [{"role": "system", "content": system},
+                            {"role": "user", "content": user}]})
+    };
+    let post = |body: &Value| {
+        let (status, value) = request_at(
+            &server.base,
+            "POST",
+            if body.get("messages").is_some() {
+                "/v1/chat/completions"
+            } else {
+                "/v1/completions"
+            },
+            &body.to_string(),
+            Some(KEY),
+        )
+        .unwrap();
+        assert_eq!(status, 200, "{value}");
+        let cached = value["usage"]["prompt_tokens_details"]["cached_tokens"]
+            .as_u64()
+            .unwrap();
+        (value, cached)
+    };
+    let metrics = || parse_metrics(&[&scrape(&server.base)]).remove(0);
+
+    let (first, cached) = post(&chat("What is 2 + 2?"));
+    assert_eq!(cached, 0, "an empty cache");
+    assert!(first["usage"]["prompt_tokens"].as_u64().unwrap() > 300);
+    let (second, cached) = post(&chat("Name a color."));
+    assert!(cached >= 300, "cached_tokens {cached}");
+    let second_text = message_text(&second);
+    let m = metrics();
+    assert_eq!(m["mlx_engine_prefix_cache_bytes"], (2 * entry) as f64);
+    assert_eq!(m["mlx_engine_prefix_cache_hit_tokens_sum"], cached as f64);
+
+    // Three short completions push both chat entries out, least recently used first.
+    for word in ["alpha", "beta", "gamma"] {
+        post(&json!({"prompt": format!("{word} {word}"), "max_tokens": 2, "temperature": 0}));
+    }
+    let m = metrics();
+    assert_eq!(m["mlx_engine_prefix_cache_evictions_total"], 2.0);
+    assert!(m["mlx_engine_prefix_cache_bytes"] <= bound as f64);
+    assert_eq!(m["mlx_engine_prefix_cache_entries"], 3.0);
+
+    // The same request with nothing cached computes the same text as with the prefix reused.
+    let (fresh, cached) = post(&chat("Name a color."));
+    assert_eq!(cached, 0, "evicted");
+    assert_eq!(message_text(&fresh), second_text);
+    let m = metrics();
+    assert!(m["mlx_engine_prefix_cache_bytes"] <= bound as f64);
+
+    // Streamed, the usage chunk reports the reuse (all but the last prompt token).
+    let mut streaming = chat("Name a color.");
+    streaming["stream"] = json!(true);
+    streaming["stream_options"] = json!({"include_usage": true});
+    let mut response = agent()
+        .post(&format!("{}/v1/chat/completions", server.base))
+        .header("Authorization", &format!("Bearer {KEY}"))
+        .send(streaming.to_string())
+        .unwrap();
+    let text = response.body_mut().read_to_string().unwrap();
+    let chunks: Vec<Value> = text
+        .lines()
+        .filter_map(|l| l.strip_prefix("data: "))
+        .take_while(|d| *d != "[DONE]")
+        .map(|d| serde_json::from_str(d).unwrap())
+        .collect();
+    assert_eq!(streamed_chat_text(&chunks).0, second_text);
+    let usage = &chunks.last().unwrap()["usage"];
+    let prompt = usage["prompt_tokens"].as_u64().unwrap();
+    assert_eq!(usage["prompt_tokens_details"]["cached_tokens"], prompt - 1);
+}
+
+/// A server process spawned directly (so it can be signalled), killed if the test fails.
+struct Signalled {
+    child: Child,
+    base: String,
+}
+
+impl Drop for Signalled {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+#[test]
+fn sigterm_ends_streams_with_a_final_chunk_and_exits_0() {
+    common::qwen_model();
+    let log = common::repo_root().join("target/server-test-sigterm.log");
+    let _ = std::fs::remove_file(&log);
+    let mut child = Command::new(env!("CARGO_BIN_EXE_mlx-engine"))
+        .args(["serve", "--port", "0", "--api-key", KEY, "--model", MODEL])
+        .args(["--ctx-size", "4096"])
+        .stderr(std::fs::File::create(&log).unwrap())
+        .spawn()
+        .expect("spawn mlx-engine serve");
+    let base = wait_for_address(&log, &mut child);
+    let mut server = Signalled { child, base };
+    wait_for_health(&server.base);
+    let mut tcp = open_stream(&server.base, 4000);
+    let status = Command::new("kill")
+        .args(["-TERM", &server.child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(status.success());
+    let mut rest = Vec::new();
+    tcp.read_to_end(&mut rest).expect("the stream ends");
+    let rest = String::from_utf8_lossy(&rest);
+    assert!(
+        rest.contains(r#""finish_reason":"length""#),
+        "no final chunk in {rest}"
+    );
+    let done = rest.find("data: [DONE]").expect("[DONE]");
+    assert!(!rest[done..].contains("\"text\""), "text after [DONE]");
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let exit = loop {
+        if let Some(exit) = server.child.try_wait().unwrap() {
+            break exit;
+        }
+        assert!(Instant::now() < deadline, "the server did not exit");
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    assert!(exit.success(), "exit status {exit}");
+    let address = server.base.trim_start_matches("http://").to_string();
+    assert!(TcpStream::connect(address).is_err(), "still accepting");
 }
 
 #[test]
