@@ -82,7 +82,6 @@ def start_llama(args, parallel):
 def chat_body(client, request, max_tokens):
     start = 1 + 1000 * client + 300 * request  # distinct prompts: no prefix beyond the system text
     return {
-        "model": "m",
         "messages": [
             {"role": "system", "content": FILLER},
             {"role": "user", "content": f"Count from {start} to {start + 500}, one by one."},
