@@ -180,6 +180,7 @@ fn spawn_engine(
                     parallel,
                     ctx_size,
                     prefill_chunk: 256,
+                    prefill_chunk_while_decoding: 64,
                     prefix_cache_bytes,
                 };
                 scheduler::run(&config, queue, shared, |model| {

@@ -1,7 +1,7 @@
 //! The engine thread: it owns the [`Backend`] (MLX is never touched from an HTTP handler) and
 //! runs continuous batching. Each step frees the sequences whose client went away, prefills
-//! one chunk of every prompt still being read, then advances every decoding sequence by one
-//! token in a single batched decode. Requests join at the next step, finished ones leave, and
+//! a budget of prompt positions (oldest prompt first; a smaller budget while streams are
+//! running), then advances every decoding sequence by one token in a single batched decode. Requests join at the next step, finished ones leave, and
 //! their KV goes to the [`PrefixCache`], from which a new request copies its longest cached
 //! prefix instead of computing it again.
 
@@ -41,8 +41,12 @@ pub struct EngineConfig {
     pub parallel: usize,
     /// Cap on positions per sequence; `None` is the model's context.
     pub ctx_size: Option<usize>,
-    /// Prompt positions prefilled per sequence and step.
+    /// Prompt positions prefilled per step (over all prompts being read, oldest first) while
+    /// no sequence decodes.
     pub prefill_chunk: usize,
+    /// The same while some sequence decodes: smaller, since a step's prefill delays every
+    /// running stream's next token (the inter-token latency), at little cost in prefill speed.
+    pub prefill_chunk_while_decoding: usize,
     /// Bound on the KV bytes the prefix cache keeps (0 disables it).
     pub prefix_cache_bytes: usize,
 }
@@ -145,6 +149,7 @@ pub fn run(
         active: Vec::new(),
         parallel: config.parallel.max(1),
         chunk: config.prefill_chunk.max(1),
+        chunk_while_decoding: config.prefill_chunk_while_decoding.max(1),
         cache: PrefixCache::new(config.prefix_cache_bytes),
         shared,
     };
@@ -194,6 +199,7 @@ struct Scheduler {
     active: Vec<Active>,
     parallel: usize,
     chunk: usize,
+    chunk_while_decoding: usize,
     cache: PrefixCache<SeqId>,
     shared: Shared,
 }
@@ -301,7 +307,7 @@ impl Scheduler {
         self.shared.stopping.load(Ordering::Relaxed)
     }
 
-    /// One engine step: cancellations, a prefill chunk per reading prompt, one batched decode.
+    /// One engine step: cancellations, a budget of prompt positions, one batched decode.
     fn step(&mut self) {
         let stopping = self.stopping();
         for a in self.active.iter_mut().filter(|a| !a.finished) {
@@ -311,20 +317,29 @@ impl Scheduler {
                 finish(a, FinishReason::Length, true);
             }
         }
+        let decoding = self.active.iter().any(|a| !a.finished && a.next.is_some());
+        // While sequences decode, each step's prefill is what delays their next token.
+        let mut budget = match decoding {
+            true => self.chunk_while_decoding,
+            false => self.chunk,
+        };
         for i in 0..self.active.len() {
             let a = &self.active[i];
-            if !a.finished && a.prefilled < a.job.prompt.len() {
-                self.prefill_chunk(i);
+            let left = a.job.prompt.len() - a.prefilled;
+            if !a.finished && left > 0 && budget > 0 {
+                let n = left.min(budget);
+                budget -= n;
+                self.prefill_chunk(i, n);
             }
         }
         self.decode_step();
     }
 
-    /// Prefills the next chunk of sequence `i`'s prompt; after the last one samples its first
-    /// token.
-    fn prefill_chunk(&mut self, i: usize) {
+    /// Prefills the next `n` positions of sequence `i`'s prompt; after the last one samples its
+    /// first token.
+    fn prefill_chunk(&mut self, i: usize, n: usize) {
         let a = &mut self.active[i];
-        let end = (a.prefilled + self.chunk).min(a.job.prompt.len());
+        let end = a.prefilled + n;
         let result = self
             .backend
             .prefill(a.seq, &a.job.prompt[a.prefilled..end], false);
