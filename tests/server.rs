@@ -1076,6 +1076,39 @@ fn sigterm_ends_streams_with_a_final_chunk_and_exits_0() {
 }
 
 #[test]
+fn a_stream_keeps_receiving_tokens_while_a_long_prompt_is_read() {
+    let _turn = turn();
+    let mut tcp = open_stream(&server().base, 200);
+    tcp.set_read_timeout(Some(Duration::from_millis(20)))
+        .unwrap();
+    // 250 positions: four steps of 64 while a stream decodes (one step of 256 alone).
+    let long: Vec<u32> = (0..250).map(|i| 2000 + i % 300).collect();
+    let body = json!({"prompt": long, "max_tokens": 1, "temperature": 0});
+    let reading = std::thread::spawn(move || {
+        let started = Instant::now();
+        post_ok("/v1/completions", &body);
+        (started, Instant::now())
+    });
+    let mut arrivals = Vec::new();
+    let mut buf = [0u8; 4096];
+    while !reading.is_finished() {
+        if let Ok(n) = tcp.read(&mut buf) {
+            let events = buf[..n].windows(5).filter(|w| w == b"data:").count();
+            arrivals.extend(std::iter::repeat_n(Instant::now(), events));
+        }
+    }
+    let (started, ended) = reading.join().unwrap();
+    let during = arrivals
+        .iter()
+        .filter(|&&t| t > started && t <= ended)
+        .count();
+    assert!(
+        during >= 3,
+        "{during} stream chunks while the prompt was read"
+    );
+}
+
+#[test]
 fn a_client_disconnecting_mid_stream_leaves_the_server_serving() {
     let _turn = turn();
     for _ in 0..3 {
