@@ -9,6 +9,7 @@
 
 mod slots;
 pub mod snapshot;
+mod speculative;
 
 use crate::engine::{Engine, LoadOptions};
 use crate::error::{Error, Result};
