@@ -306,9 +306,36 @@ impl Drafter for Wrong {
     }
 }
 
+/// Drafts the model's greedy continuation with every third drafted position wrong, so each
+/// step accepts a prefix and rolls back the tail behind the wrong token.
+struct Corrupted(Scripted);
+
+impl Drafter for Corrupted {
+    fn draft(&mut self, history: &[u32], max: usize) -> Result<Vec<u32>> {
+        let mut d = self.0.draft(history, max)?;
+        if let Some(t) = d.get_mut(2) {
+            *t = if *t == 7 { 8 } else { 7 };
+        }
+        Ok(d)
+    }
+}
+
+/// [`Corrupted`] over `engine`'s greedy continuation of `prompt`.
+fn corrupted_greedy(engine: &Engine, prompt: &[u32]) -> Corrupted {
+    Corrupted(Scripted {
+        script: engine.generate_greedy(prompt, 40, |_| false).unwrap(),
+        prompt_len: prompt.len(),
+    })
+}
+
 /// Runs speculative steps (drafts from `drafter`) for `steps` steps, then compares the logits
 /// of the next decode step with those of a cache built by a plain prefill of the same tokens.
-fn check_rollback(engine: &Engine, prompt: &[u32], drafter: &mut dyn Drafter, tol: f32) {
+fn check_rollback(
+    engine: &Engine,
+    prompt: &[u32],
+    drafter: &mut dyn Drafter,
+    tol: f32,
+) -> (usize, usize) {
     let mut sampler = Sampler::new(SamplerParams::greedy());
     let mut cache = engine.new_cache();
     engine
@@ -343,6 +370,7 @@ fn check_rollback(engine: &Engine, prompt: &[u32], drafter: &mut dyn Drafter, to
         diff <= tol,
         "max |Δlogit| {diff} after rollback, tolerance {tol}"
     );
+    (drafted, accepted)
 }
 
 #[test]
@@ -358,11 +386,22 @@ fn rolled_back_caches_equal_caches_built_without_speculation() {
     ] {
         let engine = load(&model, execution);
         check_rollback(&engine, &prompt, &mut Wrong(7), tol);
-        check_rollback(&engine, &prompt, &mut PromptLookup::new(1, 2).unwrap(), tol);
+        let mut partly = corrupted_greedy(&engine, &prompt);
+        let (_, accepted) = check_rollback(&engine, &prompt, &mut partly, tol);
+        assert!(
+            accepted > 0,
+            "prefixes accepted before the rolled-back tails"
+        );
     }
     let qwen = load(&common::qwen_model(), Execution::CpuKernel);
     let ids = qwen.tokenizer().unwrap().encode(PROMPTS[0], false).unwrap();
     check_rollback(&qwen, &ids, &mut Wrong(13), KERNEL_TOL);
+    let mut partly = corrupted_greedy(&qwen, &ids);
+    let (_, accepted) = check_rollback(&qwen, &ids, &mut partly, KERNEL_TOL);
+    assert!(
+        accepted > 0,
+        "prefixes accepted before the rolled-back tails"
+    );
 }
 
 #[test]

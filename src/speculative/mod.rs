@@ -168,7 +168,14 @@ impl Speculator<'_> {
                 };
                 drafts.truncate(k);
                 let verdict = step(self.engine, &mut cache, sampler, &history, &drafts)?;
-                pacer.record(drafts.len(), verdict.accepted, t0.elapsed());
+                let elapsed = t0.elapsed();
+                pacer.record(drafts.len(), verdict.accepted, elapsed);
+                tracing::debug!(
+                    drafted = drafts.len(),
+                    accepted = verdict.accepted,
+                    ms = elapsed.as_secs_f64() * 1e3,
+                    "speculative step"
+                );
                 stats.drafted_tokens += drafts.len();
                 stats.accepted_tokens += verdict.accepted;
                 for &t in &verdict.tokens {
