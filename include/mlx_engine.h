@@ -234,6 +234,39 @@ int mlxe_sampler_sample(
     const uint32_t* history,
     size_t n_history);
 
+/* ---- Speculative decoding ---------------------------------------------------------------- */
+
+/* Prompt-lookup drafting: the tokens (at most res_capacity) that followed the most recent
+ * earlier occurrence of the last n tokens of history, for the longest n in n_min..=n_max that
+ * has one; *res_len is their count (0 when nothing matches). */
+int mlxe_prompt_lookup(
+    size_t* res_len,
+    uint32_t* res,
+    size_t res_capacity,
+    const uint32_t* history,
+    size_t n_history,
+    size_t n_min,
+    size_t n_max);
+
+/* One speculative step on seq, whose KV holds every token of history but the last: scores the
+ * last token and the n_drafts drafted tokens in one forward pass, keeps the prefix of the
+ * draft that the sampler's draws agree with (the output is distributed exactly as plain
+ * decoding's), rolls back the KV of the rejected tail, and writes the tokens to append (the
+ * accepted drafts, then one token from the model) into res_tokens, their count into *res_len.
+ * The last of them is the next token to feed. res_capacity must be >= n_drafts + 1 (else
+ * MLXE_ERROR_BUFFER_TOO_SMALL, before anything runs). On error seq is unchanged. */
+int mlxe_speculative_step(
+    size_t* res_len,
+    uint32_t* res_tokens,
+    size_t res_capacity,
+    mlxe_backend b,
+    mlxe_seq seq,
+    mlxe_sampler s,
+    const uint32_t* history,
+    size_t n_history,
+    const uint32_t* drafts,
+    size_t n_drafts);
+
 /** @} */
 
 #ifdef __cplusplus

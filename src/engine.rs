@@ -396,6 +396,10 @@ pub struct GenerateStats {
     pub generated_tokens: usize,
     /// Time from the first sampled token to the last.
     pub generate_time: Duration,
+    /// Tokens proposed by a speculative drafter (0 without speculation).
+    pub drafted_tokens: usize,
+    /// Drafted tokens the target accepted.
+    pub accepted_tokens: usize,
 }
 
 impl GenerateStats {

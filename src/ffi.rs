@@ -934,3 +934,108 @@ pub unsafe extern "C" fn mlxe_sampler_sample(
         unsafe { write(res, sampled_to_c(&sampled)) }
     })
 }
+
+// ---------------------------------------------------------------------------------------------
+// Speculative decoding
+// ---------------------------------------------------------------------------------------------
+
+/// Prompt-lookup drafting: writes into `res` (capacity `res_capacity`, the most tokens drafted)
+/// the tokens that followed the most recent earlier occurrence of the last n tokens of
+/// `history`, for the longest n in `n_min..=n_max` that has one, and their count into
+/// `*res_len` (0 when nothing matches).
+///
+/// # Safety
+/// `res_len` is valid for a write; `res` is null or valid for `res_capacity` writes; `history`
+/// is null (with `n_history` 0) or valid for `n_history` reads.
+#[no_mangle]
+pub unsafe extern "C" fn mlxe_prompt_lookup(
+    res_len: *mut usize,
+    res: *mut u32,
+    res_capacity: usize,
+    history: *const u32,
+    n_history: usize,
+    n_min: usize,
+    n_max: usize,
+) -> c_int {
+    guard(|| {
+        // SAFETY: caller's contract.
+        let history = unsafe { input(history, n_history, "history") }?;
+        let lookup = crate::speculative::PromptLookup::new(n_min, n_max)?;
+        let drafts = lookup.lookup(history, res_capacity);
+        if !drafts.is_empty() {
+            // SAFETY: caller's contract; `drafts` is at most `res_capacity` long.
+            let out = unsafe { output_u32(res, res_capacity, drafts.len()) }?;
+            out.copy_from_slice(&drafts);
+        }
+        // SAFETY: caller's contract.
+        unsafe { write(res_len, drafts.len()) }
+    })
+}
+
+/// One speculative step on `seq`, whose KV holds every token of `history` but the last: runs
+/// the last token and the `n_drafts` drafted tokens through the model in one pass, keeps the
+/// prefix of the draft that the sampler's draws agree with (the output is distributed as
+/// plain decoding's), rolls the KV of the rejected tail back, and writes the tokens to append
+/// (the accepted drafts, then one token from the model; at most `n_drafts + 1`) into
+/// `res_tokens` and their count into `*res_len`. The last of them is the next token to feed.
+/// `res_capacity` must be at least `n_drafts + 1` (checked before anything runs). On error the
+/// sequence is unchanged.
+///
+/// # Safety
+/// `res_len` is valid for a write; `res_tokens` for `res_capacity` writes; `history` for
+/// `n_history` reads; `drafts` is null (with `n_drafts` 0) or valid for `n_drafts` reads; `b`
+/// and `s` live.
+#[no_mangle]
+pub unsafe extern "C" fn mlxe_speculative_step(
+    res_len: *mut usize,
+    res_tokens: *mut u32,
+    res_capacity: usize,
+    b: mlxe_backend,
+    seq: mlxe_seq,
+    s: mlxe_sampler,
+    history: *const u32,
+    n_history: usize,
+    drafts: *const u32,
+    n_drafts: usize,
+) -> c_int {
+    guard(|| {
+        // SAFETY: caller's contract.
+        let (backend, sampler) = unsafe { (backend(&b)?, sampler(&s)?) };
+        // SAFETY: caller's contract.
+        let (history, drafts) = unsafe {
+            (
+                input(history, n_history, "history")?,
+                input(drafts, n_drafts, "drafts")?,
+            )
+        };
+        // SAFETY: caller's contract.
+        let out = unsafe { output_u32(res_tokens, res_capacity, n_drafts.saturating_add(1)) }?;
+        let verdict = backend.speculative_step_with(SeqId(seq), sampler, history, drafts)?;
+        out[..verdict.tokens.len()].copy_from_slice(&verdict.tokens);
+        // SAFETY: caller's contract.
+        unsafe { write(res_len, verdict.tokens.len()) }
+    })
+}
+
+/// A caller's token buffer as a slice of `needed` entries: `BUFFER_TOO_SMALL` when its
+/// capacity is less, an error when it is null.
+///
+/// # Safety
+/// `res` is null or valid for `capacity` writes.
+unsafe fn output_u32<'a>(
+    res: *mut u32,
+    capacity: usize,
+    needed: usize,
+) -> FfiResult<&'a mut [u32]> {
+    if res.is_null() {
+        return fail("token buffer is null");
+    }
+    if capacity < needed {
+        return Err(Failure {
+            code: MLXE_ERROR_BUFFER_TOO_SMALL,
+            message: format!("token buffer holds {capacity} tokens, {needed} are needed"),
+        });
+    }
+    // SAFETY: non-null, and by the caller's contract valid for `capacity >= needed` writes.
+    Ok(unsafe { std::slice::from_raw_parts_mut(res, needed) })
+}

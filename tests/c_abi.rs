@@ -118,6 +118,51 @@ fn c_greedy_generation_matches_rust() {
     );
 }
 
+/// Speculative steps from C (prompt-lookup drafts over a prompt that repeats itself, so drafts
+/// are proposed, some accepted and some rolled back) give the tokens of plain greedy decoding
+/// in Rust. On this model and prompt no step meets a near-tie, so they agree exactly.
+#[test]
+fn c_speculative_generation_matches_plain_rust_greedy() {
+    let dir = tempfile::tempdir().unwrap();
+    let model = synthetic_model(dir.path(), 0);
+    let exe = compile_c("speculative", dir.path());
+    let prompt: Vec<u32> = PROMPT
+        .iter()
+        .chain(&PROMPT)
+        .chain(&PROMPT[..3])
+        .copied()
+        .collect();
+    let mut args = vec![
+        model.to_str().unwrap().to_string(),
+        N_NEW.to_string(),
+        "4".into(),
+    ];
+    args.extend(prompt.iter().map(u32::to_string));
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    let out = run(&exe, &args);
+    let mut lines = out.lines();
+    let from_c: Vec<u32> = lines
+        .next()
+        .unwrap()
+        .split_whitespace()
+        .map(|t| t.parse().unwrap())
+        .collect();
+    let counts: Vec<usize> = lines
+        .next()
+        .unwrap()
+        .split_whitespace()
+        .filter_map(|t| t.parse().ok())
+        .collect();
+    assert!(counts[0] > counts[1], "some drafts rejected: {out}");
+
+    let engine = Engine::load(&model, &LoadOptions::default()).unwrap();
+    let from_rust = engine.generate_greedy(&prompt, N_NEW, |_| false).unwrap();
+    assert_eq!(
+        from_c, from_rust,
+        "C speculative vs Rust plain greedy tokens"
+    );
+}
+
 #[test]
 fn c_program_exercises_every_function() {
     let dir = tempfile::tempdir().unwrap();
@@ -356,7 +401,7 @@ fn header_declares_exactly_what_ffi_rs_exports() {
 fn c_programs_call_every_function() {
     let root = common::repo_root();
     let header = parse_header(&std::fs::read_to_string(root.join("include/mlx_engine.h")).unwrap());
-    let programs: String = ["generate", "abi_all"]
+    let programs: String = ["generate", "abi_all", "speculative"]
         .iter()
         .map(|p| std::fs::read_to_string(root.join(format!("tests/c/{p}.c"))).unwrap())
         .collect();

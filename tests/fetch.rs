@@ -700,7 +700,7 @@ fn unknown_name_lists_the_known_models() {
         .to_string();
     assert!(error.contains("'no-such-model'"), "{error}");
     assert!(
-        error.contains("qwen2.5-coder-0.5b, tinyllama, gemma3-270m"),
+        error.contains("qwen2.5-coder-0.5b, tinyllama, gemma3-270m, qwen2.5-coder-1.5b"),
         "{error}"
     );
 }

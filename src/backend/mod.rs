@@ -9,6 +9,7 @@
 
 mod slots;
 pub mod snapshot;
+mod speculative;
 
 pub use crate::engine::Logits;
 use crate::engine::{evaluate_with_cache, Engine, LoadOptions, LogitRows};

@@ -8,6 +8,7 @@ use mlx_engine::engine::{Engine, GenerateOptions, LoadOptions};
 use mlx_engine::fetch::{self, FetchOptions};
 use mlx_engine::registry;
 use mlx_engine::sampler::{Sampler, SamplerParams};
+use mlx_engine::speculative;
 use mlx_engine::tokenizer::{StreamDecoder, Tokenizer};
 use std::io::{IsTerminal, Read, Write};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -86,6 +87,25 @@ struct RunArgs {
     /// Threads for the CPU kernels (default: all cores).
     #[arg(long, short = 't')]
     threads: Option<usize>,
+    /// Speculative decoding: `lookup` drafts from n-gram matches in the text so far, `draft`
+    /// from a smaller model (--draft-model). The output is distributed as without it.
+    #[arg(long, value_enum)]
+    speculative: Option<Speculative>,
+    /// The draft model of `--speculative draft`: a registry name or a GGUF path.
+    #[arg(long)]
+    draft_model: Option<String>,
+    /// Most tokens drafted per step (default: 8 for lookup, 4 for a draft model).
+    #[arg(long)]
+    draft_max: Option<usize>,
+}
+
+/// Where speculative drafts come from.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+enum Speculative {
+    /// Prompt lookup: the tokens that followed an earlier occurrence of the last n-gram.
+    Lookup,
+    /// A draft model of the same vocabulary.
+    Draft,
 }
 
 fn main() {
@@ -178,6 +198,52 @@ fn render_prompt(
     Ok(template.render(&messages, true)?)
 }
 
+/// The drafter `--speculative` asks for and its draft length; `None` without speculation.
+fn make_drafter(
+    args: &RunArgs,
+    target: &Engine,
+) -> Result<Option<(Box<dyn speculative::Drafter>, usize)>> {
+    if args.speculative != Some(Speculative::Draft) && args.draft_model.is_some() {
+        anyhow::bail!("--draft-model needs --speculative draft");
+    }
+    match args.speculative {
+        None => {
+            if args.draft_max.is_some() {
+                anyhow::bail!("--draft-max needs --speculative");
+            }
+            Ok(None)
+        }
+        Some(Speculative::Lookup) => Ok(Some((
+            Box::new(speculative::PromptLookup::default()),
+            args.draft_max.unwrap_or(8),
+        ))),
+        Some(Speculative::Draft) => {
+            let name = args
+                .draft_model
+                .as_deref()
+                .context("--speculative draft needs --draft-model NAME|PATH")?;
+            let resolved = fetch::resolve(name, &FetchOptions::default())?;
+            let draft = Engine::load(&resolved.path, &LoadOptions::default())
+                .with_context(|| format!("loading the draft model {}", resolved.path.display()))?;
+            let model = speculative::DraftModel::new(target, draft)
+                .with_context(|| format!("--draft-model {name}"))?;
+            Ok(Some((Box::new(model), args.draft_max.unwrap_or(4))))
+        }
+    }
+}
+
+/// " | drafted D, accepted A (P%)" for the stats line; empty without speculation.
+fn speculation_summary(stats: &mlx_engine::engine::GenerateStats, on: bool) -> String {
+    if !on {
+        return String::new();
+    }
+    let rate = 100.0 * stats.accepted_tokens as f64 / stats.drafted_tokens.max(1) as f64;
+    format!(
+        " | drafted {}, accepted {} ({rate:.0}%)",
+        stats.drafted_tokens, stats.accepted_tokens
+    )
+}
+
 fn run(args: &RunArgs) -> Result<()> {
     if let Some(threads) = args.threads {
         mlx_engine::mlx::kernels::set_num_threads(threads);
@@ -211,28 +277,36 @@ fn run(args: &RunArgs) -> Result<()> {
         max_new: args.max_tokens,
         ..GenerateOptions::default()
     };
+    let mut drafter = make_drafter(args, &engine)?;
     let mut stream = StreamDecoder::new(&tokenizer, true);
     let mut stdout = std::io::stdout().lock();
-    let (_, stats) = engine.generate(
-        &ids,
-        &mut sampler,
-        &options,
-        |id| tokenizer.is_eog(id),
-        |id| {
-            if let Some(piece) = stream.push(id) {
-                let _ = stdout.write_all(piece.as_bytes());
-                let _ = stdout.flush();
-            }
-            !interrupted.load(Ordering::SeqCst)
-        },
-    )?;
+    let on_token = |id| {
+        if let Some(piece) = stream.push(id) {
+            let _ = stdout.write_all(piece.as_bytes());
+            let _ = stdout.flush();
+        }
+        !interrupted.load(Ordering::SeqCst)
+    };
+    let is_eog = |id| tokenizer.is_eog(id);
+    let (_, stats) = match drafter.as_mut() {
+        None => engine.generate(&ids, &mut sampler, &options, is_eog, on_token)?,
+        Some((drafter, draft_max)) => speculative::Speculator {
+            engine: &engine,
+            drafter: drafter.as_mut(),
+            options: speculative::SpeculativeOptions {
+                draft_max: *draft_max,
+                adaptive: true,
+            },
+        }
+        .generate(&ids, &mut sampler, &options, is_eog, on_token)?,
+    };
     if let Some(rest) = stream.finish() {
         let _ = stdout.write_all(rest.as_bytes());
     }
     let _ = writeln!(stdout);
     let memory = mlx_engine::mlx::transforms::memory_stats().unwrap_or_default();
     eprintln!(
-        "load {:.2} s | prompt {} tokens, {:.1} t/s | generated {} tokens, {:.1} t/s | peak RSS {} MiB, MLX peak {} MiB + weights {} MiB{}",
+        "load {:.2} s | prompt {} tokens, {:.1} t/s | generated {} tokens, {:.1} t/s | peak RSS {} MiB, MLX peak {} MiB + weights {} MiB{}{}",
         engine.load_time.as_secs_f64(),
         stats.prompt_tokens,
         stats.prompt_tps(),
@@ -241,6 +315,7 @@ fn run(args: &RunArgs) -> Result<()> {
         mlx_engine::bench::peak_rss_bytes().unwrap_or(0) >> 20,
         memory.peak >> 20,
         mlx_engine::mlx::kernels::weight_bytes() >> 20,
+        speculation_summary(&stats, drafter.is_some()),
         if interrupted.load(Ordering::SeqCst) { " | interrupted" } else { "" }
     );
     Ok(())
