@@ -8,6 +8,7 @@
 
 pub mod api;
 pub mod http;
+pub mod logprobs;
 pub mod scheduler;
 pub mod stop;
 
