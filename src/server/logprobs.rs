@@ -8,7 +8,9 @@
 //! the bytes of all entries, appended, are the returned text. Two exceptions: the token that
 //! ends the generation (`<|im_end|>`) has no entry, as its text is not returned; and when a stop
 //! string cuts the text, the token holding its start keeps its entry although part of its bytes
-//! lie past the end.
+//! lie past the end. Bytes that are not UTF-8 reach the text as U+FFFD (three bytes for one),
+//! so after such a token the entries' bytes no longer add up to the text exactly; the entries
+//! still come out once each, in order.
 
 use crate::sampler::Sampled;
 use crate::tokenizer::Tokenizer;
