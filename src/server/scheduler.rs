@@ -70,8 +70,9 @@ impl FinishReason {
     }
 }
 
-/// What the engine thread sends back for a job. At most `max_tokens` text events, then one
-/// `Done` or `Failed`, so an unbounded channel stays bounded.
+/// What the engine thread sends back for a job. At most `max_tokens` + 2 text events (one per
+/// token, the held-back tail, the last logprobs), then one `Done` or `Failed`, so an unbounded
+/// channel stays bounded.
 #[derive(Debug)]
 pub enum Event {
     /// Text ready to send (never part of a stop string), with the logprobs of the tokens it
