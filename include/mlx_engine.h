@@ -11,8 +11,13 @@
  *    result through its first argument `res`.
  *  - On failure, mlxe_last_error() returns this thread's message.
  *  - Input arrays are borrowed for the call only. Logits are written into caller buffers of a
- *    stated capacity (in floats). Bytes returned in an mlxe_buffer belong to the caller, who
- *    releases them with mlxe_buffer_free().
+ *    stated capacity (in floats). Token ids and token pieces are written into caller buffers
+ *    too (res, res_capacity), with the count the result needs written to *res_len even when it
+ *    does not fit (MLXE_ERROR_BUFFER_TOO_SMALL), so a call with res = NULL and res_capacity = 0
+ *    asks for the size. Bytes returned in an mlxe_buffer (snapshots, text) belong to the caller,
+ *    who releases them with mlxe_buffer_free(); text in one is UTF-8, not NUL-terminated.
+ *  - Compatibility: new entry points are added; existing prototypes and struct layouts are not
+ *    changed.
  *  - Threads: a backend or sampler may be handed from one thread to another but must not be
  *    used by two threads at once. Distinct backends may run on distinct threads.
  */
@@ -106,20 +111,27 @@ typedef struct mlxe_sampler_params {
   float frequency_penalty;        /* 0 = off */
   uint32_t penalty_last_n;        /* history tokens the penalties see */
   const uint32_t* logit_bias_tokens; /* n_logit_bias entries (copied); NULL if 0 */
-  const float* logit_bias_values;    /* one bias per token */
+  const float* logit_bias_values;    /* one bias per token, in [-100, 100] */
   size_t n_logit_bias;
   uint64_t seed;     /* used when has_seed; otherwise seeded from the OS */
   bool has_seed;
   size_t n_logprobs; /* top logprobs to report, <= MLXE_MAX_LOGPROBS */
 } mlxe_sampler_params;
 
-/* One sampled token. */
+/* One message for mlxe_chat_template_apply(). */
+typedef struct mlxe_chat_message {
+  const char* role;    /* "system", "user", "assistant", ...: UTF-8, NUL-terminated */
+  const char* content; /* UTF-8, NUL-terminated */
+} mlxe_chat_message;
+
+/* One sampled token. Logprobs are of the model's distribution: log-softmax of the logits given,
+ * before bias, penalties, temperature and truncation. */
 typedef struct mlxe_sampled {
   uint32_t token;
   float logprob; /* log-probability of token */
   size_t n_top;  /* valid entries below */
   uint32_t top_tokens[MLXE_MAX_LOGPROBS];
-  float top_logprobs[MLXE_MAX_LOGPROBS];
+  float top_logprobs[MLXE_MAX_LOGPROBS]; /* most likely first, ties by lower id */
 } mlxe_sampled;
 
 /* ---- Errors and version ------------------------------------------------------------------ */
@@ -218,8 +230,9 @@ int mlxe_buffer_free(mlxe_buffer buf);
 /* Greedy (temperature 0), no truncation, no penalties, no bias, OS seed, no logprobs. */
 int mlxe_sampler_params_default(mlxe_sampler_params* res);
 
-/* Creates a sampler; fails on settings out of range (e.g. top_p outside (0, 1]). The bias
- * arrays are copied. Free with mlxe_sampler_free(). */
+/* Creates a sampler; fails on settings out of range (e.g. top_p outside (0, 1], a bias outside
+ * [-100, 100]). The bias arrays are copied; a bias token outside the vocabulary fails at the
+ * first mlxe_sampler_sample(). Free with mlxe_sampler_free(). */
 int mlxe_sampler_new(mlxe_sampler* res, const mlxe_sampler_params* params);
 
 int mlxe_sampler_free(mlxe_sampler s);
@@ -266,6 +279,54 @@ int mlxe_speculative_step(
     size_t n_history,
     const uint32_t* drafts,
     size_t n_drafts);
+
+/* ---- Text: tokenizer, token pieces, chat template ---------------------------------------- */
+
+/* Tokenizes text_len bytes of UTF-8 text (need not be NUL-terminated; NULL if text_len is 0).
+ * With add_special, BOS (and EOS) are added as the model's vocabulary asks; special-token text
+ * such as "<|im_start|>" always becomes its token. Writes the id count to *res_len and the ids
+ * into res (res_capacity ids): see the conventions above. Non-UTF-8 text fails. */
+int mlxe_tokenize(
+    uint32_t* res,
+    size_t res_capacity,
+    size_t* res_len,
+    mlxe_backend b,
+    const char* text,
+    size_t text_len,
+    bool add_special);
+
+/* The bytes token stands for, for streaming: the pieces of generated tokens, appended, are the
+ * generated text byte for byte. A piece may be an incomplete UTF-8 sequence (a character split
+ * across tokens: hold bytes until they complete) and may contain NUL; it is not NUL-terminated.
+ * Control tokens stand for their own text ("<|im_end|>"). Outputs as mlxe_tokenize(); an id
+ * outside the vocabulary fails. */
+int mlxe_token_piece(uint8_t* res, size_t res_capacity, size_t* res_len, mlxe_backend b, uint32_t token);
+
+/* Decodes n_tokens ids to UTF-8 text in *res (release with mlxe_buffer_free()). SentencePiece's
+ * leading dummy space is dropped, bytes that are not UTF-8 become U+FFFD, and with skip_special
+ * control tokens are left out. An id outside the vocabulary fails. */
+int mlxe_detokenize(
+    mlxe_buffer* res,
+    mlxe_backend b,
+    const uint32_t* tokens,
+    size_t n_tokens,
+    bool skip_special);
+
+/* Renders n_messages messages with the model's chat template into *res (UTF-8; release with
+ * mlxe_buffer_free()). With add_generation_prompt the text ends where the assistant's reply
+ * begins. Tokenize the result with add_special = false: the template writes its own special
+ * tokens. Fails when the model has no template, on a template error, or on a NULL or non-UTF-8
+ * field. */
+int mlxe_chat_template_apply(
+    mlxe_buffer* res,
+    mlxe_backend b,
+    const mlxe_chat_message* messages,
+    size_t n_messages,
+    bool add_generation_prompt);
+
+/* The ids that end a generation (eos, eot and end-of-turn tokens such as "<|im_end|>"), sorted.
+ * Outputs as mlxe_tokenize(). */
+int mlxe_backend_eog_tokens(uint32_t* res, size_t res_capacity, size_t* res_len, mlxe_backend b);
 
 /** @} */
 

@@ -123,7 +123,8 @@ impl Object for ChatMessage {
     }
 }
 
-/// A compiled chat template.
+/// A compiled chat template. Cloning copies the compiled environment.
+#[derive(Clone)]
 pub struct ChatTemplate {
     env: Environment<'static>,
     bos: String,

@@ -10,12 +10,15 @@
 //!   and never unwinds into C.
 //!
 //! Ownership: input buffers are borrowed for the call only; logits are written into caller
-//! buffers of a stated capacity; a serialized snapshot is returned as an `mlxe_buffer` that the
-//! caller releases with `mlxe_buffer_free`. A backend or sampler must not be used from two
+//! buffers of a stated capacity; token ids and token pieces too, with the count needed written
+//! back (`res_len`) so a short buffer can be retried; a serialized snapshot, decoded text and a
+//! rendered chat template are returned as an `mlxe_buffer` that the caller releases with
+//! `mlxe_buffer_free`. A backend or sampler must not be used from two
 //! threads at once, but may be handed from one thread to another.
 #![allow(non_camel_case_types)]
 
 use crate::backend::{Backend, BackendOptions, ModelSpec, SeqId};
+use crate::chat_template::ChatMessage;
 use crate::error::Error;
 use crate::mlx::Device;
 use crate::model::Execution;
@@ -150,12 +153,22 @@ pub struct mlxe_sampler_params {
     pub n_logprobs: usize,
 }
 
+/// One message of a conversation for `mlxe_chat_template_apply`.
+#[repr(C)]
+pub struct mlxe_chat_message {
+    /// `system`, `user`, `assistant`, …: UTF-8, NUL-terminated.
+    pub role: *const c_char,
+    /// The message text: UTF-8, NUL-terminated.
+    pub content: *const c_char,
+}
+
 /// One sampled token.
 #[repr(C)]
 pub struct mlxe_sampled {
     /// The token.
     pub token: u32,
-    /// Its log-probability under the sampling distribution.
+    /// Its log-probability under the model's distribution (log-softmax of the logits given,
+    /// before bias, penalties, temperature and truncation).
     pub logprob: f32,
     /// Valid entries of the two arrays below.
     pub n_top: usize,
@@ -300,6 +313,89 @@ unsafe fn output<'a>(
     Ok(Some(unsafe { std::slice::from_raw_parts_mut(res, needed) }))
 }
 
+/// Writes `items.len()` to `*res_len`, then copies `items` into the caller's buffer `res` of
+/// `capacity` elements. `res` may be null when `capacity` is 0 (a query for the count). Fails
+/// with `MLXE_ERROR_BUFFER_TOO_SMALL` when the items do not fit; `*res_len` is written anyway.
+///
+/// # Safety
+/// `res` is null or valid for writes of `capacity` elements; `res_len` is null or valid for a
+/// write.
+unsafe fn output_items<T: Copy>(
+    res: *mut T,
+    capacity: usize,
+    res_len: *mut usize,
+    items: &[T],
+) -> FfiResult {
+    if res.is_null() && capacity > 0 {
+        return fail(format!("res is null but res_capacity is {capacity}"));
+    }
+    if res_len.is_null() {
+        return fail("res_len is null");
+    }
+    // SAFETY: non-null and, by the caller's contract, valid for a write.
+    unsafe { res_len.write(items.len()) };
+    if capacity < items.len() {
+        return Err(Failure {
+            code: MLXE_ERROR_BUFFER_TOO_SMALL,
+            message: format!(
+                "result buffer holds {capacity} elements, {} are needed",
+                items.len()
+            ),
+        });
+    }
+    if !items.is_empty() {
+        // SAFETY: non-null (capacity >= len > 0 and res null only with capacity 0), valid for
+        // `capacity >= items.len()` writes by the caller's contract, and not overlapping
+        // `items`, which Rust owns.
+        unsafe { std::ptr::copy_nonoverlapping(items.as_ptr(), res, items.len()) };
+    }
+    Ok(())
+}
+
+/// Moves `bytes` into an `mlxe_buffer` at `*res` (the caller frees it with `mlxe_buffer_free`).
+///
+/// # Safety
+/// `res` is null or valid for a write.
+unsafe fn output_buffer(res: *mut mlxe_buffer, bytes: Vec<u8>) -> FfiResult {
+    if res.is_null() {
+        return fail("res is null");
+    }
+    let bytes = bytes.into_boxed_slice();
+    let len = bytes.len();
+    let data = Box::into_raw(bytes).cast::<u8>();
+    // SAFETY: non-null and valid for a write by the caller's contract.
+    unsafe { write(res, mlxe_buffer { data, len }) }
+}
+
+/// Borrows `len` bytes of UTF-8 text (null is accepted when `len` is 0).
+///
+/// # Safety
+/// `ptr` is null or valid for reads of `len` bytes for the duration of the call.
+unsafe fn input_text<'a>(ptr: *const c_char, len: usize, what: &str) -> FfiResult<&'a str> {
+    // SAFETY: forwarded contract.
+    let bytes = unsafe { input(ptr.cast::<u8>(), len, what) }?;
+    std::str::from_utf8(bytes).or_else(|e| {
+        fail(format!(
+            "{what} is not UTF-8 (invalid byte at offset {})",
+            e.valid_up_to()
+        ))
+    })
+}
+
+/// Reads a NUL-terminated UTF-8 string.
+///
+/// # Safety
+/// `ptr` is null or points to a NUL-terminated string.
+unsafe fn input_cstr<'a>(ptr: *const c_char, what: &str) -> FfiResult<&'a str> {
+    if ptr.is_null() {
+        return fail(format!("{what} is null"));
+    }
+    // SAFETY: non-null and NUL-terminated by the caller's contract.
+    unsafe { CStr::from_ptr(ptr) }
+        .to_str()
+        .or_else(|_| fail(format!("{what} is not UTF-8")))
+}
+
 /// The object behind a handle's `ctx`.
 ///
 /// # Safety
@@ -403,6 +499,8 @@ unsafe fn sampler_params_from_c(p: &mlxe_sampler_params) -> FfiResult<SamplerPar
         penalty_last_n: p.penalty_last_n as usize,
         logit_bias: tokens.iter().copied().zip(values.iter().copied()).collect(),
         seed: p.has_seed.then_some(p.seed),
+        // `mlxe_sampled.logprob` is always filled.
+        logprobs: true,
         n_logprobs: p.n_logprobs,
     })
 }
@@ -430,7 +528,7 @@ fn sampler_params_to_c(p: &SamplerParams) -> mlxe_sampler_params {
 fn sampled_to_c(s: &Sampled) -> mlxe_sampled {
     let mut out = mlxe_sampled {
         token: s.token,
-        logprob: s.logprob,
+        logprob: s.logprob.unwrap_or(f32::NAN),
         n_top: s.top_logprobs.len().min(MLXE_MAX_LOGPROBS),
         top_tokens: [0; MLXE_MAX_LOGPROBS],
         top_logprobs: [0.0; MLXE_MAX_LOGPROBS],
@@ -787,17 +885,13 @@ pub unsafe extern "C" fn mlxe_seq_serialize(
             return fail("res is null");
         }
         // SAFETY: caller's contract.
-        let bytes = unsafe { backend(&b) }?
-            .serialize(SeqId(seq))?
-            .into_boxed_slice();
-        let len = bytes.len();
-        let data = Box::into_raw(bytes).cast::<u8>();
-        // SAFETY: `res` is non-null and valid for a write by the caller's contract.
-        unsafe { write(res, mlxe_buffer { data, len }) }
+        let bytes = unsafe { backend(&b) }?.serialize(SeqId(seq))?;
+        // SAFETY: caller's contract.
+        unsafe { output_buffer(res, bytes) }
     })
 }
 
-/// Releases a buffer made by `mlxe_seq_serialize`.
+/// Releases a buffer made by [`output_buffer`].
 ///
 /// # Safety
 /// `buf` is empty or came from `Box<[u8]>::into_raw` with length `len`, and is freed once.
@@ -1038,4 +1132,134 @@ unsafe fn output_u32<'a>(
     }
     // SAFETY: non-null, and by the caller's contract valid for `capacity >= needed` writes.
     Ok(unsafe { std::slice::from_raw_parts_mut(res, needed) })
+}
+
+// ---------------------------------------------------------------------------------------------
+// Text: tokenizer, token pieces, chat template, end-of-generation ids
+// ---------------------------------------------------------------------------------------------
+
+/// Tokenizes `text_len` bytes of UTF-8 `text` (not necessarily NUL-terminated). With
+/// `add_special`, BOS (and EOS) are added as the vocabulary asks. Writes the number of ids to
+/// `*res_len` and, when they fit, the ids into `res` (`res_capacity` ids; null with capacity 0
+/// asks for the count only); a short buffer is `MLXE_ERROR_BUFFER_TOO_SMALL`.
+///
+/// # Safety
+/// `res` is null or valid for `res_capacity` writes; `res_len` valid for a write; `text` for
+/// `text_len` reads; `b` live.
+#[no_mangle]
+pub unsafe extern "C" fn mlxe_tokenize(
+    res: *mut u32,
+    res_capacity: usize,
+    res_len: *mut usize,
+    b: mlxe_backend,
+    text: *const c_char,
+    text_len: usize,
+    add_special: bool,
+) -> c_int {
+    guard(|| {
+        // SAFETY: caller's contract.
+        let (backend, text) = unsafe { (backend(&b)?, input_text(text, text_len, "text")?) };
+        let ids = backend.tokenize(text, add_special)?;
+        // SAFETY: caller's contract.
+        unsafe { output_items(res, res_capacity, res_len, &ids) }
+    })
+}
+
+/// Writes the bytes `token` stands for (its piece, for streaming; possibly an incomplete UTF-8
+/// sequence, not NUL-terminated) with the contract of `mlxe_tokenize`'s outputs. An id outside
+/// the vocabulary fails.
+///
+/// # Safety
+/// `res` is null or valid for `res_capacity` writes; `res_len` valid for a write; `b` live.
+#[no_mangle]
+pub unsafe extern "C" fn mlxe_token_piece(
+    res: *mut u8,
+    res_capacity: usize,
+    res_len: *mut usize,
+    b: mlxe_backend,
+    token: u32,
+) -> c_int {
+    guard(|| {
+        // SAFETY: caller's contract.
+        let piece = unsafe { backend(&b) }?.token_piece(token)?;
+        // SAFETY: caller's contract.
+        unsafe { output_items(res, res_capacity, res_len, piece) }
+    })
+}
+
+/// Decodes `n_tokens` ids into UTF-8 text returned in `*res` (not NUL-terminated; release with
+/// `mlxe_buffer_free`). With `skip_special`, control tokens are left out.
+///
+/// # Safety
+/// `res` is valid for a write; `tokens` for `n_tokens` reads; `b` live.
+#[no_mangle]
+pub unsafe extern "C" fn mlxe_detokenize(
+    res: *mut mlxe_buffer,
+    b: mlxe_backend,
+    tokens: *const u32,
+    n_tokens: usize,
+    skip_special: bool,
+) -> c_int {
+    guard(|| {
+        // SAFETY: caller's contract.
+        let (backend, tokens) = unsafe { (backend(&b)?, input(tokens, n_tokens, "tokens")?) };
+        let text = backend.detokenize(tokens, skip_special)?;
+        // SAFETY: caller's contract.
+        unsafe { output_buffer(res, text.into_bytes()) }
+    })
+}
+
+/// Renders `n_messages` messages with the model's chat template into `*res` (UTF-8, not
+/// NUL-terminated; release with `mlxe_buffer_free`). Fails when the model has no template, on
+/// a template error, or on a null or non-UTF-8 field.
+///
+/// # Safety
+/// `res` is valid for a write; `messages` for `n_messages` reads, each field NUL-terminated;
+/// `b` live.
+#[no_mangle]
+pub unsafe extern "C" fn mlxe_chat_template_apply(
+    res: *mut mlxe_buffer,
+    b: mlxe_backend,
+    messages: *const mlxe_chat_message,
+    n_messages: usize,
+    add_generation_prompt: bool,
+) -> c_int {
+    guard(|| {
+        // SAFETY: caller's contract.
+        let (backend, raw) = unsafe { (backend(&b)?, input(messages, n_messages, "messages")?) };
+        let mut conversation = Vec::with_capacity(raw.len());
+        for (i, m) in raw.iter().enumerate() {
+            // SAFETY: caller's contract: each field is null or NUL-terminated.
+            let (role, content) = unsafe {
+                (
+                    input_cstr(m.role, &format!("messages[{i}].role"))?,
+                    input_cstr(m.content, &format!("messages[{i}].content"))?,
+                )
+            };
+            conversation.push(ChatMessage::new(role, content));
+        }
+        let text = backend.apply_chat_template(&conversation, add_generation_prompt)?;
+        // SAFETY: caller's contract.
+        unsafe { output_buffer(res, text.into_bytes()) }
+    })
+}
+
+/// Writes the ids that end a generation (sorted) with the contract of `mlxe_tokenize`'s
+/// outputs.
+///
+/// # Safety
+/// `res` is null or valid for `res_capacity` writes; `res_len` valid for a write; `b` live.
+#[no_mangle]
+pub unsafe extern "C" fn mlxe_backend_eog_tokens(
+    res: *mut u32,
+    res_capacity: usize,
+    res_len: *mut usize,
+    b: mlxe_backend,
+) -> c_int {
+    guard(|| {
+        // SAFETY: caller's contract.
+        let ids = unsafe { backend(&b) }?.eog_tokens()?;
+        // SAFETY: caller's contract.
+        unsafe { output_items(res, res_capacity, res_len, ids) }
+    })
 }

@@ -4,6 +4,17 @@
 //! `penalty_last_n` tokens) → temperature → top-k → top-p → min-p → a draw from a seeded PRNG.
 //! Temperature 0 is greedy (ties go to the lowest id). Nothing sorts the whole vocabulary:
 //! top-k and top-p use partial selection, min-p is one pass.
+//!
+//! Logprobs, when asked for ([`SamplerParams::logprobs`], [`SamplerParams::n_logprobs`]), are
+//! of the model's own distribution: log-softmax of the logits as given, before bias,
+//! penalties, temperature and truncation (vLLM's default, `raw_logprobs`). They answer "how
+//! likely did the model find this token", independent of how it was picked; at temperature 0
+//! without bias or penalties the chosen token is the first of the top list. When neither is
+//! asked for, sampling does no softmax over the vocabulary at all.
+//!
+//! Extension point: a constraint (a grammar) masks tokens beside the sampler, not inside its
+//! settings; it would act on the adjusted logits between the bias/penalty step and
+//! truncation (see [`Sampler::sample`]).
 #![forbid(unsafe_code)]
 
 use std::cmp::Ordering;
@@ -30,13 +41,20 @@ pub struct SamplerParams {
     pub frequency_penalty: f32,
     /// How many of the latest history tokens the penalties look at; 0 is none.
     pub penalty_last_n: usize,
-    /// Added to the logits of these tokens first (`-inf` bans a token).
+    /// Added to the logits of these tokens first, each in [-100, 100] as OpenAI allows (-100
+    /// all but bans a token); ids must be in the vocabulary.
     pub logit_bias: Vec<(u32, f32)>,
     /// PRNG seed; the same seed draws the same tokens. `None` seeds from the OS.
     pub seed: Option<u64>,
+    /// Report the chosen token's log-probability ([`Sampled::logprob`]); implied by
+    /// `n_logprobs > 0`. Off, sampling skips the softmax over the vocabulary.
+    pub logprobs: bool,
     /// How many of the most likely tokens [`Sampled::top_logprobs`] lists.
     pub n_logprobs: usize,
 }
+
+/// The largest magnitude of one logit bias (OpenAI's limit).
+pub const MAX_LOGIT_BIAS: f32 = 100.0;
 
 impl Default for SamplerParams {
     /// llama.cpp's defaults: temperature 0.8, top-k 40, top-p 0.95, min-p 0.05, no penalties.
@@ -52,6 +70,7 @@ impl Default for SamplerParams {
             penalty_last_n: 64,
             logit_bias: vec![],
             seed: None,
+            logprobs: false,
             n_logprobs: 0,
         }
     }
@@ -93,17 +112,38 @@ impl SamplerParams {
                 self.frequency_penalty.is_finite(),
                 "frequency_penalty must be finite",
             ),
-            (
-                self.logit_bias
-                    .iter()
-                    .all(|&(_, b)| !b.is_nan() && b != f32::INFINITY),
-                "a logit bias must be a number below +inf",
-            ),
         ];
-        match checks.iter().find(|(ok, _)| !ok) {
-            Some((_, message)) => Err(Error::InvalidArgument(format!("sampler: {message}"))),
+        if let Some((_, message)) = checks.iter().find(|(ok, _)| !ok) {
+            return Err(Error::InvalidArgument(format!("sampler: {message}")));
+        }
+        match self
+            .logit_bias
+            .iter()
+            .find(|(_, b)| !(-MAX_LOGIT_BIAS..=MAX_LOGIT_BIAS).contains(b))
+        {
+            Some((id, b)) => Err(Error::InvalidArgument(format!(
+                "sampler: logit_bias of token {id} is {b}, it must be in \
+                 [-{MAX_LOGIT_BIAS}, {MAX_LOGIT_BIAS}]"
+            ))),
             None => Ok(()),
         }
+    }
+
+    /// [`SamplerParams::validate`], and every `logit_bias` id below `vocab` (the length of a
+    /// logits row).
+    pub fn validate_for(&self, vocab: usize) -> Result<()> {
+        self.validate()?;
+        match self.logit_bias.iter().find(|(id, _)| *id as usize >= vocab) {
+            Some((id, _)) => Err(Error::InvalidArgument(format!(
+                "sampler: logit_bias names token {id}, outside the vocabulary of {vocab} tokens"
+            ))),
+            None => Ok(()),
+        }
+    }
+
+    /// Whether [`Sampled::logprob`] is computed.
+    fn wants_logprob(&self) -> bool {
+        self.logprobs || self.n_logprobs > 0
     }
 
     /// Whether any penalty changes logits.
@@ -120,10 +160,11 @@ impl SamplerParams {
 pub struct Sampled {
     /// The token id.
     pub token: u32,
-    /// Its log-probability under the logits after bias and penalties (before temperature and
-    /// truncation): the model's distribution as adjusted.
-    pub logprob: f32,
-    /// The `n_logprobs` most likely tokens under the same distribution, most likely first.
+    /// Its log-probability under the model's distribution (log-softmax of the logits as given,
+    /// before any sampling transform), when [`SamplerParams::logprobs`] or `n_logprobs` asked.
+    pub logprob: Option<f32>,
+    /// The `n_logprobs` most likely tokens under the same distribution, most likely first
+    /// (ties by lower id).
     pub top_logprobs: Vec<(u32, f32)>,
 }
 
@@ -160,7 +201,6 @@ impl Sampler {
     /// errors.
     pub fn sample(&mut self, logits: &[f32], history: &[u32]) -> Result<Sampled> {
         self.adjust(logits, history)?;
-        let lse = log_sum_exp(&self.adjusted)?;
         let token = match self.params.temperature == 0.0 {
             true => argmax(&self.adjusted),
             false => {
@@ -168,10 +208,21 @@ impl Sampler {
                 self.draw()
             }
         };
+        if self.adjusted[token as usize] == f32::NEG_INFINITY {
+            return Err(all_masked());
+        }
+        if !self.params.wants_logprob() {
+            return Ok(Sampled {
+                token,
+                logprob: None,
+                top_logprobs: vec![],
+            });
+        }
+        let lse = log_sum_exp(logits)?;
         Ok(Sampled {
             token,
-            logprob: self.adjusted[token as usize] - lse,
-            top_logprobs: top_logprobs(&self.adjusted, self.params.n_logprobs, lse),
+            logprob: Some(logits[token as usize] - lse),
+            top_logprobs: top_logprobs(logits, self.params.n_logprobs, lse),
         })
     }
 
@@ -200,11 +251,9 @@ impl Sampler {
 
     /// Fills `adjusted`: checks the input, adds the bias, applies the penalties.
     fn adjust(&mut self, logits: &[f32], history: &[u32]) -> Result<()> {
-        self.params.validate()?;
+        self.params.validate_for(logits.len())?;
         check_logits(logits)?;
         check_ids("history", history, logits.len())?;
-        let bias_ids: Vec<u32> = self.params.logit_bias.iter().map(|b| b.0).collect();
-        check_ids("logit_bias", &bias_ids, logits.len())?;
         self.adjusted.clear();
         self.adjusted.extend_from_slice(logits);
         for &(id, bias) in &self.params.logit_bias {
@@ -240,7 +289,8 @@ impl Sampler {
         }
     }
 
-    /// Draws one candidate in proportion to its probability.
+    /// Draws one candidate in proportion to its probability (the first token when none is
+    /// left, which the caller then finds masked).
     fn draw(&mut self) -> u32 {
         let max = self
             .candidates
@@ -306,13 +356,16 @@ fn penalize(logits: &mut [f32], window: &[u32], params: &SamplerParams) {
     }
 }
 
+/// The error of a row where nothing can be picked.
+fn all_masked() -> Error {
+    Error::InvalidArgument("sampler: every token is masked (-inf)".into())
+}
+
 /// log Σ exp(l); fails when every logit is -inf (nothing can be picked).
 fn log_sum_exp(logits: &[f32]) -> Result<f32> {
     let max = logits.iter().copied().fold(f32::NEG_INFINITY, f32::max);
     if max == f32::NEG_INFINITY {
-        return Err(Error::InvalidArgument(
-            "sampler: every token is masked (-inf)".into(),
-        ));
+        return Err(all_masked());
     }
     let sum: f64 = logits.iter().map(|&l| f64::from((l - max).exp())).sum();
     Ok(max + sum.ln() as f32)
@@ -334,14 +387,22 @@ fn descending(a: &(u32, f32), b: &(u32, f32)) -> Ordering {
     b.1.total_cmp(&a.1).then(a.0.cmp(&b.0))
 }
 
-/// The `n` most likely tokens as (id, log-probability), most likely first.
+/// The `n` most likely tokens as (id, log-probability), most likely first, ties by lower id:
+/// one pass keeping a sorted list of the best `n` (no copy of the row).
 fn top_logprobs(logits: &[f32], n: usize, lse: f32) -> Vec<(u32, f32)> {
+    let mut best: Vec<(u32, f32)> = Vec::with_capacity(n + 1);
     if n == 0 {
-        return vec![];
+        return best;
     }
-    let mut all: Vec<(u32, f32)> = (0u32..).zip(logits.iter().copied()).collect();
-    keep_top_k(&mut all, n);
-    all.into_iter().map(|(id, l)| (id, l - lse)).collect()
+    for (id, &l) in (0u32..).zip(logits) {
+        if best.len() == n && l <= best[n - 1].1 {
+            continue;
+        }
+        let at = best.partition_point(|b| b.1 >= l);
+        best.insert(at, (id, l));
+        best.truncate(n);
+    }
+    best.into_iter().map(|(id, l)| (id, l - lse)).collect()
 }
 
 /// Keeps the `k` largest, sorted (partial selection, then a sort of `k`).

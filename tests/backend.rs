@@ -1,6 +1,7 @@
 //! The backend contract on small random llama models: KV snapshots round-trip exactly and
 //! reject bad buffers, prefix copies equal recomputation, batched decode equals decoding each
-//! sequence alone, ids are checked, and a backend can move to another thread.
+//! sequence alone, ids are checked, a backend can move to another thread, and the text side
+//! (tokenize, pieces, detokenize, template, end ids) follows the synthetic vocabulary.
 //!
 //! Tolerances: `EXACT_TOL` (1e-4) where both sides run the same ops in the same order on the
 //! same KV (differences come only from float32 reassociation inside MLX kernels);
@@ -442,4 +443,44 @@ fn batched_decode_throughput() {
         seqs.into_iter().for_each(|s| backend.free_seq(s).unwrap());
         transforms::clear_cache().unwrap();
     }
+}
+
+#[test]
+fn the_text_side_follows_the_sentencepiece_vocabulary_and_zephyr_layout() {
+    let _mlx = mlx_lock();
+    let mut backend = small_backend();
+    // make_synthetic.py gives "hello" and "world" whole SentencePiece pieces ("▁hello", …).
+    let ids = backend.tokenize("hello world", false).unwrap();
+    assert_eq!(ids.len(), 2, "{ids:?}");
+    let with_bos = backend.tokenize("hello world", true).unwrap();
+    assert_eq!(
+        with_bos[1..],
+        ids[..],
+        "BOS first (llama vocabularies add it)"
+    );
+    // Pieces keep SentencePiece's space; decoding the whole drops the dummy prefix.
+    let pieces: Vec<&[u8]> = ids
+        .iter()
+        .map(|&t| backend.token_piece(t).unwrap())
+        .collect();
+    assert_eq!(pieces, [&b" hello"[..], &b" world"[..]]);
+    assert_eq!(backend.detokenize(&ids, true).unwrap(), "hello world");
+    let vocab = backend.config().vocab_size as u32;
+    let err = backend.token_piece(vocab).unwrap_err().to_string();
+    assert!(err.contains(&vocab.to_string()), "{err}");
+    assert!(backend.detokenize(&[vocab], false).is_err());
+    // Zephyr's layout, as the template in make_synthetic.py spells it.
+    let messages = [mlx_engine::chat_template::ChatMessage::user("hello world")];
+    let text = backend.apply_chat_template(&messages, true).unwrap();
+    assert_eq!(text, "<|user|>\nhello world</s>\n<|assistant|>\n");
+    let eos = backend.tokenize("</s>", false).unwrap();
+    assert_eq!(eos.len(), 1);
+    assert!(backend.eog_tokens().unwrap().contains(&eos[0]));
+    // A bias on a token outside the vocabulary is refused when the sampler is made.
+    let params = SamplerParams {
+        logit_bias: vec![(vocab, 1.0)],
+        ..SamplerParams::greedy()
+    };
+    let err = backend.create_sampler(params).unwrap_err().to_string();
+    assert!(err.contains("logit_bias"), "{err}");
 }

@@ -1,6 +1,7 @@
 //! The C ABI: `include/mlx_engine.h` agrees with `src/ffi.rs` (every prototype, struct field
 //! and constant, parsed from both), C programs compiled against the header and linked against
-//! the cdylib run, and greedy generation from C gives the Rust API's tokens.
+//! the cdylib run, greedy generation from C gives the Rust API's tokens, and the text side
+//! (`tests/c/text.c`) gives the real Qwen model's known token ids, pieces and template.
 
 mod common;
 
@@ -173,6 +174,17 @@ fn c_program_exercises_every_function() {
         run(&exe, &[model.to_str().unwrap(), other.to_str().unwrap()]).trim(),
         "ok"
     );
+}
+
+#[test]
+fn c_text_side_gives_the_known_qwen_ids_pieces_and_template() {
+    if common::skip_requested() {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let exe = compile_c("text", dir.path());
+    let model = common::qwen_model();
+    assert_eq!(run(&exe, &[model.to_str().unwrap()]).trim(), "ok");
 }
 
 // ---- Header vs src/ffi.rs ----------------------------------------------------------------
@@ -401,7 +413,7 @@ fn header_declares_exactly_what_ffi_rs_exports() {
 fn c_programs_call_every_function() {
     let root = common::repo_root();
     let header = parse_header(&std::fs::read_to_string(root.join("include/mlx_engine.h")).unwrap());
-    let programs: String = ["generate", "abi_all", "speculative"]
+    let programs: String = ["generate", "abi_all", "speculative", "text"]
         .iter()
         .map(|p| std::fs::read_to_string(root.join(format!("tests/c/{p}.c"))).unwrap())
         .collect();

@@ -102,7 +102,7 @@ fn greedy_picks_the_largest_and_ties_go_to_the_lowest_id() {
     );
     assert_eq!(s.sample(&[5.0, 5.0], &[]).expect("sample").token, 0);
     let banned = SamplerParams {
-        logit_bias: vec![(1, f32::NEG_INFINITY), (2, 3.0)],
+        logit_bias: vec![(1, -100.0), (2, 3.0)],
         ..SamplerParams::greedy()
     };
     let got = Sampler::new(banned)
@@ -117,29 +117,87 @@ fn penalties_follow_the_hand_computed_values() {
     // token 3 three times (the two 0s fall outside the window).
     // repetition 2: l1 = -1 * 2 = -2, l3 = 3 / 2 = 1.5;
     // frequency 0.1, presence 0.5: l1 = -2 - 0.1 - 0.5 = -2.6, l3 = 1.5 - 0.3 - 0.5 = 0.7.
+    // Adjusted [2, -2.6, 0.5, 0.7]: greedy picks 0. Its candidates are that one token.
     let p = SamplerParams {
         repetition_penalty: 2.0,
         frequency_penalty: 0.1,
         presence_penalty: 0.5,
         penalty_last_n: 4,
-        n_logprobs: 4,
         ..SamplerParams::greedy()
     };
-    let got = Sampler::new(p)
-        .sample(&[2.0, -1.0, 0.5, 3.0], &[0, 0, 1, 3, 3, 3])
+    let logits = [2.0, -1.0, 0.5, 3.0];
+    let history = [0, 0, 1, 3, 3, 3];
+    let got = Sampler::new(p.clone())
+        .sample(&logits, &history)
         .expect("sample");
-    let expected = [2.0f32, -2.6, 0.5, 0.7];
-    let lse = expected.iter().map(|l| l.exp()).sum::<f32>().ln();
     assert_eq!(got.token, 0, "3 is no longer the best");
-    assert!((got.logprob - (2.0 - lse)).abs() < 1e-5);
-    let order: Vec<u32> = got.top_logprobs.iter().map(|x| x.0).collect();
-    assert_eq!(order, [0, 3, 2, 1]);
-    for (id, lp) in got.top_logprobs {
-        assert!(
-            (lp - (expected[id as usize] - lse)).abs() < 1e-5,
-            "token {id}: {lp}"
-        );
+    // At temperature 1 the candidates' probabilities are the adjusted softmax.
+    let hot = SamplerParams {
+        temperature: 1.0,
+        ..p
+    };
+    let c = Sampler::new(hot)
+        .candidates(&logits, &history)
+        .expect("candidates");
+    let adjusted = [2.0f64, -2.6, 0.5, 0.7];
+    let total: f64 = adjusted.iter().map(|l| l.exp()).sum();
+    for (id, prob) in c {
+        let want = adjusted[id as usize].exp() / total;
+        assert!((f64::from(prob) - want).abs() < 1e-6, "token {id}: {prob}");
     }
+}
+
+#[test]
+fn logprobs_are_the_raw_log_softmax_before_bias_penalties_and_temperature() {
+    // Logits [2, -1, 0.5, 3]: log-softmax by hand, lse = ln(e^2 + e^-1 + e^0.5 + e^3).
+    let logits = [2.0f32, -1.0, 0.5, 3.0];
+    let lse = [2.0f64, -1.0, 0.5, 3.0]
+        .iter()
+        .map(|l| l.exp())
+        .sum::<f64>()
+        .ln();
+    let raw = |id: usize| (f64::from(logits[id]) - lse) as f32;
+    // Bias pushes token 1 to the top and penalties and temperature change the draw, but the
+    // reported numbers stay the model's.
+    let p = SamplerParams {
+        temperature: 0.0,
+        logit_bias: vec![(1, 50.0)],
+        repetition_penalty: 2.0,
+        penalty_last_n: 8,
+        n_logprobs: 3,
+        ..SamplerParams::greedy()
+    };
+    let got = Sampler::new(p).sample(&logits, &[3, 0]).expect("sample");
+    assert_eq!(got.token, 1, "the bias decides the draw");
+    assert!((got.logprob.unwrap() - raw(1)).abs() < 1e-6);
+    let order: Vec<u32> = got.top_logprobs.iter().map(|x| x.0).collect();
+    assert_eq!(order, [3, 0, 2], "the model's top 3, not the biased ones");
+    for (id, lp) in got.top_logprobs {
+        assert!((lp - raw(id as usize)).abs() < 1e-6, "token {id}: {lp}");
+    }
+    // Ties in the top list go to the lower id; n above the vocabulary lists every token.
+    let tied = SamplerParams {
+        n_logprobs: 9,
+        ..SamplerParams::greedy()
+    };
+    let got = Sampler::new(tied)
+        .sample(&[1.0, 4.0, 1.0, 4.0], &[])
+        .unwrap();
+    let order: Vec<u32> = got.top_logprobs.iter().map(|x| x.0).collect();
+    assert_eq!(order, [1, 3, 0, 2]);
+    assert_eq!(got.token, 1);
+    // Not asked for: nothing is computed.
+    let got = Sampler::new(SamplerParams::greedy())
+        .sample(&logits, &[])
+        .unwrap();
+    assert_eq!((got.logprob, got.top_logprobs.len()), (None, 0));
+    let only_chosen = SamplerParams {
+        logprobs: true,
+        ..SamplerParams::greedy()
+    };
+    let got = Sampler::new(only_chosen).sample(&logits, &[]).unwrap();
+    assert!((got.logprob.unwrap() - raw(3)).abs() < 1e-6);
+    assert!(got.top_logprobs.is_empty());
 }
 
 #[test]
@@ -230,12 +288,36 @@ fn bad_input_is_an_error() {
             logit_bias: vec![(5, 1.0)],
             ..SamplerParams::default()
         },
+        SamplerParams {
+            logit_bias: vec![(0, 100.5)],
+            ..SamplerParams::default()
+        },
+        SamplerParams {
+            logit_bias: vec![(0, f32::NEG_INFINITY)],
+            ..SamplerParams::default()
+        },
+        SamplerParams {
+            logit_bias: vec![(0, f32::NAN)],
+            ..SamplerParams::default()
+        },
     ] {
-        assert!(
-            Sampler::new(bad.clone()).sample(&[0.0, 1.0], &[]).is_err(),
-            "{bad:?}"
-        );
+        let err = Sampler::new(bad.clone())
+            .sample(&[0.0, 1.0], &[])
+            .unwrap_err();
+        if !bad.logit_bias.is_empty() {
+            assert!(err.to_string().contains("logit_bias"), "{err}");
+        }
     }
+    let edge = SamplerParams {
+        logit_bias: vec![(0, -100.0), (1, 100.0)],
+        ..SamplerParams::default()
+    };
+    assert!(edge.validate_for(2).is_ok());
+    let err = edge.validate_for(1).unwrap_err().to_string();
+    assert!(
+        err.contains("logit_bias") && err.contains("token 1"),
+        "{err}"
+    );
 }
 
 #[test]

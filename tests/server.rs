@@ -53,6 +53,11 @@ fn server() -> &'static Server {
 /// however it exits).
 fn spawn_server(name: &str, args: &[&str]) -> Server {
     common::qwen_model(); // fetched into the cache the server resolves its name from
+    spawn_server_for(name, MODEL, args)
+}
+
+/// [`spawn_server`] for another `--model` (a registry name or a file).
+fn spawn_server_for(name: &str, model: &str, args: &[&str]) -> Server {
     let log = common::repo_root().join(format!("target/server-test-{name}.log"));
     let _ = std::fs::remove_file(&log);
     let script = r#"bin="$1"; log="$2"; shift 2
@@ -62,7 +67,7 @@ kill $pid; wait $pid 2>/dev/null"#;
     let mut child = Command::new("sh")
         .args(["-c", script, "sh", env!("CARGO_BIN_EXE_mlx-engine")])
         .arg(&log)
-        .args(["serve", "--port", "0", "--api-key", KEY, "--model", MODEL])
+        .args(["serve", "--port", "0", "--api-key", KEY, "--model", model])
         .args(args)
         .stdin(Stdio::piped())
         .spawn()
@@ -362,16 +367,30 @@ fn bad_requests_get_a_4xx_naming_the_problem_and_the_server_keeps_serving() {
             "n",
         ),
         (
-            "logprobs",
+            "top_logprobs above 20",
             "/v1/chat/completions",
-            chat(json!({"logprobs": true})),
+            chat(json!({"logprobs": true, "top_logprobs": 21})),
+            400,
+            "top_logprobs",
+        ),
+        (
+            "logprobs of the wrong type",
+            "/v1/completions",
+            json!({"prompt": "a", "logprobs": "yes"}).to_string(),
             400,
             "logprobs",
         ),
         (
-            "logit_bias",
+            "logit_bias outside the vocabulary",
             "/v1/chat/completions",
-            chat(json!({"logit_bias": {"15": 3}})),
+            chat(json!({"logit_bias": {"999999999": 3}})),
+            400,
+            "vocabulary",
+        ),
+        (
+            "logit_bias above 100",
+            "/v1/chat/completions",
+            chat(json!({"logit_bias": {"15": 300}})),
             400,
             "logit_bias",
         ),
@@ -1162,4 +1181,123 @@ fn the_openai_python_client_talks_to_the_server() {
 /// Python with the pinned `openai` package (tests/reference/requirements-server.txt).
 fn openai_python() -> Command {
     common::python_with("requirements-server.txt", "pydeps-server")
+}
+
+/// Largest |logprob| difference allowed against the reference: both run the float32 weights of
+/// the synthetic model, ours on the CPU kernels (F32 weights take float32 activations, no int8
+/// rounding; another summation order), so only float32 rounding separates them (measured
+/// 1.7e-6 over 8 steps × top 5 on a 2-layer model; a log-softmax moves by at most twice the
+/// largest logit difference).
+const REFERENCE_LOGPROB_TOL: f64 = 1e-4;
+
+/// log-softmax of a row in f64.
+fn log_softmax(row: &[f32]) -> Vec<f64> {
+    let max = row.iter().copied().fold(f32::NEG_INFINITY, f32::max) as f64;
+    let sum: f64 = row.iter().map(|&l| (f64::from(l) - max).exp()).sum();
+    row.iter().map(|&l| f64::from(l) - max - sum.ln()).collect()
+}
+
+/// `token_id:N` → N.
+fn id_of(name: &str) -> u32 {
+    name.strip_prefix("token_id:")
+        .and_then(|n| n.parse().ok())
+        .unwrap_or_else(|| panic!("{name:?} is not token_id:N"))
+}
+
+#[test]
+fn logprobs_are_the_log_softmax_of_the_reference_forward_pass() {
+    if common::skip_requested() {
+        return;
+    }
+    let model = common::synthetic(
+        "qwen2-F32-seed5",
+        &["--arch", "qwen2", "--quant", "F32", "--seed", "5"],
+    );
+    let file = GgufFile::open(&model).unwrap();
+    let tokenizer = Tokenizer::from_gguf(&file).unwrap();
+    let server = spawn_server_for("logprobs", model.to_str().unwrap(), &["--parallel", "1"]);
+    // End tokens are banned so that all 8 tokens are generated; the bias must not show in the
+    // reported logprobs, which are compared with the unbiased reference.
+    let banned: serde_json::Map<String, Value> = tokenizer
+        .eog_ids()
+        .iter()
+        .map(|id| (id.to_string(), json!(-100)))
+        .collect();
+    let prompt = [1u32, 300, 17, 42, 511, 260, 3, 99];
+    let body = json!({"prompt": prompt, "max_tokens": 8, "temperature": 0, "logprobs": 5,
+                      "logit_bias": banned, "return_tokens_as_token_ids": true});
+    let (status, reply) = request_at(
+        &server.base,
+        "POST",
+        "/v1/completions",
+        &body.to_string(),
+        Some(KEY),
+    )
+    .unwrap();
+    assert_eq!(status, 200, "{reply}");
+    let lp = &reply["choices"][0]["logprobs"];
+    let chosen: Vec<u32> = lp["tokens"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|t| id_of(t.as_str().unwrap()))
+        .collect();
+    assert_eq!(chosen.len(), 8, "{reply}");
+
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("logits.bin");
+    let teacher: Vec<String> = prompt
+        .iter()
+        .chain(&chosen[..chosen.len() - 1])
+        .map(u32::to_string)
+        .collect();
+    let script = common::repo_root().join("tests/reference/forward.py");
+    common::run_python(
+        &script,
+        &[
+            model.to_str().unwrap(),
+            "--tokens",
+            &teacher.join(","),
+            "--out",
+            out.to_str().unwrap(),
+        ],
+    );
+    let logits = common::read_f32(&out);
+    let vocab = logits.len() / teacher.len();
+    let mut worst = 0f64;
+    for (i, &token) in chosen.iter().enumerate() {
+        let row = prompt.len() - 1 + i;
+        let reference = log_softmax(&logits[row * vocab..(row + 1) * vocab]);
+        let spread = reference.iter().copied().fold(f64::NEG_INFINITY, f64::max)
+            - reference.iter().copied().fold(f64::INFINITY, f64::min);
+        // A spread of nats between the likeliest and the least likely token: a wrong
+        // distribution (uniform, or biased) could not pass (measured 3.4-4.2).
+        assert!(
+            spread > 1.0,
+            "step {i}: the reference row is nearly flat ({spread})"
+        );
+        let ours = lp["token_logprobs"][i].as_f64().unwrap();
+        worst = worst.max((ours - reference[token as usize]).abs());
+        let top = lp["top_logprobs"][i].as_object().unwrap();
+        assert!(top.len() >= 5, "{top:?}");
+        for (name, value) in top {
+            let d = (value.as_f64().unwrap() - reference[id_of(name) as usize]).abs();
+            worst = worst.max(d);
+        }
+        // Greedy over the unbanned tokens: the reference's best, barring a near-tie.
+        let best = (0..vocab)
+            .filter(|t| !tokenizer.is_eog(*t as u32))
+            .max_by(|&a, &b| reference[a].total_cmp(&reference[b]))
+            .unwrap();
+        let gap = reference[best] - reference[token as usize];
+        assert!(
+            best == token as usize || gap < REFERENCE_LOGPROB_TOL,
+            "step {i}: chose {token}, the reference's best is {best} by {gap}"
+        );
+    }
+    println!("max |logprob - reference| = {worst:.2e}");
+    assert!(
+        worst <= REFERENCE_LOGPROB_TOL,
+        "max |logprob - reference| {worst} beyond {REFERENCE_LOGPROB_TOL}"
+    );
 }

@@ -12,7 +12,7 @@
 mod common;
 
 use mlx_engine::backend::{Backend, BackendOptions, ModelSpec, SamplerParams};
-use mlx_engine::engine::{Engine, GenerateOptions, LoadOptions};
+use mlx_engine::engine::{Engine, GenerateOptions, LoadOptions, LogitRows};
 use mlx_engine::model::Execution;
 use mlx_engine::sampler::Sampler;
 use mlx_engine::speculative::{self, DraftModel, Drafter, PromptLookup, SpeculativeOptions};
@@ -48,10 +48,9 @@ fn load(model: &Path, execution: Execution) -> Engine {
 fn plain_greedy(engine: &Engine, prompt: &[u32], n: usize) -> (Vec<u32>, Vec<f32>) {
     let mut cache = engine.new_cache();
     let mut logits = engine
-        .prefill(prompt, &mut cache, 512)
+        .prefill(prompt, &mut cache, 512, LogitRows::Last)
         .unwrap()
-        .to_vec::<f32>()
-        .unwrap();
+        .data;
     let (mut tokens, mut gaps) = (vec![], vec![]);
     for _ in 0..n {
         let mut order: Vec<usize> = (0..logits.len()).collect();
@@ -339,7 +338,12 @@ fn check_rollback(
     let mut sampler = Sampler::new(SamplerParams::greedy());
     let mut cache = engine.new_cache();
     engine
-        .prefill(&prompt[..prompt.len() - 1], &mut cache, 512)
+        .prefill(
+            &prompt[..prompt.len() - 1],
+            &mut cache,
+            512,
+            LogitRows::Last,
+        )
         .unwrap();
     let mut history = prompt.to_vec();
     let (mut drafted, mut accepted) = (0, 0);
@@ -361,7 +365,12 @@ fn check_rollback(
     let after = after.to_vec::<f32>().unwrap();
     let mut fresh = engine.new_cache();
     engine
-        .prefill(&history[..history.len() - 1], &mut fresh, 512)
+        .prefill(
+            &history[..history.len() - 1],
+            &mut fresh,
+            512,
+            LogitRows::Last,
+        )
         .unwrap();
     let expected = engine.decode(&[last], &mut [&mut fresh]).unwrap();
     let diff = common::max_diff(&after, &expected.to_vec::<f32>().unwrap());

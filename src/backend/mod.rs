@@ -1,6 +1,7 @@
 //! The embedding surface: one loaded model serving many sequences, each a KV slot addressed
-//! by a [`SeqId`], plus samplers, KV prefix copies and KV snapshots. `src/ffi.rs` exposes the
-//! same contract to C. See `docs/BACKEND.md`.
+//! by a [`SeqId`], plus samplers, KV prefix copies, KV snapshots and the model's text side
+//! (tokenize, detokenize, per-token pieces, the chat template, end-of-generation ids).
+//! `src/ffi.rs` exposes the same contract to C. See `docs/BACKEND.md`.
 //!
 //! Thread-safety: a [`Backend`] is `Send` (it may move to another thread) but not `Sync`
 //! (MLX graphs must not be built or evaluated from two threads at once). Every method runs on
@@ -11,6 +12,7 @@ mod slots;
 pub mod snapshot;
 mod speculative;
 
+use crate::chat_template::{ChatMessage, ChatTemplate};
 pub use crate::engine::Logits;
 use crate::engine::{evaluate_with_cache, Engine, LoadOptions, LogitRows};
 use crate::error::{Error, Result};
@@ -19,8 +21,10 @@ use crate::mlx::{transforms, with_device, Device};
 use crate::model::{Execution, ModelConfig};
 use crate::sampler::Sampler;
 pub use crate::sampler::{Sampled, SamplerParams};
+use crate::tokenizer::Tokenizer;
 use slots::Slots;
 use snapshot::{Fingerprint, KvShape};
+use std::cell::OnceCell;
 use std::path::{Path, PathBuf};
 
 /// Which model to load.
@@ -109,6 +113,10 @@ pub struct Backend {
     fingerprint: Fingerprint,
     seqs: Slots<KvCache>,
     samplers: Slots<Sampler>,
+    /// Built on first use: a model used only through token ids never pays for it.
+    tokenizer: OnceCell<Tokenizer>,
+    /// Compiled on first use; `None` when the model has no template.
+    template: OnceCell<Option<ChatTemplate>>,
 }
 
 /// Compile-time check that a backend can move between threads.
@@ -134,6 +142,8 @@ impl Backend {
             prefill_chunk: options.prefill_chunk.max(1),
             seqs: Slots::new("sequence"),
             samplers: Slots::new("sampler"),
+            tokenizer: OnceCell::new(),
+            template: OnceCell::new(),
         })
     }
 
@@ -295,9 +305,10 @@ impl Backend {
         Ok(SeqId(self.seqs.insert(cache)))
     }
 
-    /// A new sampler; fails on settings out of range.
+    /// A new sampler; fails on settings out of range or a `logit_bias` id outside the
+    /// vocabulary.
     pub fn create_sampler(&mut self, params: SamplerParams) -> Result<SamplerId> {
-        params.validate()?;
+        params.validate_for(self.config().vocab_size)?;
         Ok(SamplerId(self.samplers.insert(Sampler::new(params))))
     }
 
@@ -315,6 +326,77 @@ impl Backend {
     /// Frees a sampler; its id becomes invalid.
     pub fn free_sampler(&mut self, sampler: SamplerId) -> Result<()> {
         self.samplers.remove(sampler.0).map(drop)
+    }
+
+    /// The model's tokenizer (GGUF metadata or `tokenizer.json`), built on first use.
+    pub fn tokenizer(&self) -> Result<&Tokenizer> {
+        if let Some(t) = self.tokenizer.get() {
+            return Ok(t);
+        }
+        let built = self.engine.tokenizer()?;
+        Ok(self.tokenizer.get_or_init(|| built))
+    }
+
+    /// Text → ids. With `add_special`, BOS (and EOS) are added as the model's vocabulary asks;
+    /// special-token text such as `<|im_start|>` always becomes its token.
+    pub fn tokenize(&self, text: &str, add_special: bool) -> Result<Vec<u32>> {
+        self.tokenizer()?.encode(text, add_special)
+    }
+
+    /// Ids → text, as one piece: SentencePiece's leading dummy space is dropped, bytes that are
+    /// not UTF-8 become U+FFFD; with `skip_special`, control tokens are left out. An id outside
+    /// the vocabulary is an error.
+    pub fn detokenize(&self, tokens: &[u32], skip_special: bool) -> Result<String> {
+        self.tokenizer()?.decode(tokens, skip_special)
+    }
+
+    /// The bytes one token stands for, for streaming: the pieces of generated tokens, appended,
+    /// are the generated text byte for byte. A piece may be an incomplete UTF-8 sequence (a
+    /// character split across tokens); control tokens stand for their own text.
+    pub fn token_piece(&self, token: u32) -> Result<&[u8]> {
+        let tokenizer = self.tokenizer()?;
+        tokenizer.token_bytes(token).ok_or_else(|| {
+            Error::InvalidArgument(format!(
+                "token id {token} is outside the vocabulary of {} tokens",
+                tokenizer.vocab_size()
+            ))
+        })
+    }
+
+    /// The ids that end a generation (eos, eot and end-of-turn tokens such as `<|im_end|>`),
+    /// sorted.
+    pub fn eog_tokens(&self) -> Result<&[u32]> {
+        Ok(self.tokenizer()?.eog_ids())
+    }
+
+    /// The model's chat template (GGUF `tokenizer.chat_template`, `tokenizer_config.json`, or
+    /// the built-in Gemma turn format), compiled on first use with the model's BOS/EOS texts;
+    /// `None` when the model has none.
+    pub fn chat_template(&self) -> Result<Option<&ChatTemplate>> {
+        if let Some(t) = self.template.get() {
+            return Ok(t.as_ref());
+        }
+        let compiled = match self.engine.chat_template()? {
+            Some(source) => Some(compile_template(&source, self.tokenizer()?)?),
+            None => None,
+        };
+        Ok(self.template.get_or_init(|| compiled).as_ref())
+    }
+
+    /// Renders `messages` with the chat template; with `add_generation_prompt` the text ends
+    /// where the assistant's reply begins. Tokenize the result with `add_special = false`: the
+    /// template writes its own special tokens. A model without a template is an error.
+    pub fn apply_chat_template(
+        &self,
+        messages: &[ChatMessage],
+        add_generation_prompt: bool,
+    ) -> Result<String> {
+        match self.chat_template()? {
+            Some(template) => template.render(messages, add_generation_prompt),
+            None => Err(Error::InvalidArgument(
+                "the model has no chat template".into(),
+            )),
+        }
     }
 
     /// The cache shape of this model.
@@ -343,6 +425,16 @@ impl Backend {
         }
         crate::kv_cache::check_fits(snap.len, self.context_length())
     }
+}
+
+/// Compiles a template with the texts of the tokenizer's BOS and EOS tokens.
+fn compile_template(source: &str, tokenizer: &Tokenizer) -> Result<ChatTemplate> {
+    let piece = |id: Option<u32>| {
+        id.and_then(|i| tokenizer.id_to_token(i))
+            .unwrap_or("")
+            .to_string()
+    };
+    ChatTemplate::new(source, &piece(tokenizer.bos()), &piece(tokenizer.eos()))
 }
 
 /// On error, truncates each cache back to its length before the call.

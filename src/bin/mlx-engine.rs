@@ -84,6 +84,10 @@ struct RunArgs {
     /// Seed for sampling; the same seed gives the same text.
     #[arg(long)]
     seed: Option<u64>,
+    /// Add BIAS (in [-100, 100]) to token ID's logit before sampling; repeatable
+    /// (`--logit-bias 15=-100` all but bans token 15).
+    #[arg(long = "logit-bias", value_name = "ID=BIAS", value_parser = parse_logit_bias)]
+    logit_bias: Vec<(u32, f32)>,
     /// Threads for the CPU kernels (default: all cores).
     #[arg(long, short = 't')]
     threads: Option<usize>,
@@ -244,6 +248,22 @@ fn speculation_summary(stats: &mlx_engine::engine::GenerateStats, on: bool) -> S
     )
 }
 
+/// `ID=BIAS` of `--logit-bias`.
+fn parse_logit_bias(arg: &str) -> std::result::Result<(u32, f32), String> {
+    let (id, bias) = arg
+        .split_once('=')
+        .ok_or_else(|| format!("'{arg}' is not ID=BIAS"))?;
+    let id = id
+        .trim()
+        .parse()
+        .map_err(|_| format!("'{id}' is not a token id"))?;
+    let bias = bias
+        .trim()
+        .parse()
+        .map_err(|_| format!("'{bias}' is not a number"))?;
+    Ok((id, bias))
+}
+
 fn run(args: &RunArgs) -> Result<()> {
     if let Some(threads) = args.threads {
         mlx_engine::mlx::kernels::set_num_threads(threads);
@@ -263,16 +283,19 @@ fn run(args: &RunArgs) -> Result<()> {
     ctrlc::set_handler(move || flag.store(true, Ordering::SeqCst))
         .context("installing the Ctrl-C handler")?;
 
-    let mut sampler = Sampler::new(SamplerParams {
+    let params = SamplerParams {
         temperature: args.temp,
         top_k: args.top_k,
         top_p: args.top_p,
         min_p: args.min_p,
         repetition_penalty: args.repeat_penalty,
         penalty_last_n: args.repeat_last_n,
+        logit_bias: args.logit_bias.clone(),
         seed: args.seed,
         ..SamplerParams::default()
-    });
+    };
+    params.validate_for(engine.config().vocab_size)?;
+    let mut sampler = Sampler::new(params);
     let options = GenerateOptions {
         max_new: args.max_tokens,
         ..GenerateOptions::default()

@@ -1,8 +1,9 @@
 //! The OpenAI request and response shapes: reading a JSON body field by field (so every error
 //! names its field), and building responses, stream chunks and errors.
 
+use super::logprobs::{self, TokenLogprobs, TokenNames, MAX_TOP_LOGPROBS};
 use crate::chat_template::ChatMessage;
-use crate::sampler::SamplerParams;
+use crate::sampler::{SamplerParams, MAX_LOGIT_BIAS};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use serde_json::{json, Map, Value};
@@ -93,6 +94,11 @@ pub struct GenerationRequest {
     pub stream: bool,
     /// Send a usage chunk at the end of a stream.
     pub include_usage: bool,
+    /// Logprobs asked for: `Some(n)` reports each token's and the `n` most likely
+    /// (`sampling` is set to compute them).
+    pub logprobs: Option<usize>,
+    /// How logprobs name tokens (`return_tokens_as_token_ids`, vLLM's extension).
+    pub token_names: TokenNames,
 }
 
 /// Most stop strings one request may give.
@@ -100,9 +106,6 @@ pub const MAX_STOP_STRINGS: usize = 16;
 
 /// Fields we know but cannot honour yet: refused when set to anything but their neutral value.
 const UNSUPPORTED: &[&str] = &[
-    "logprobs",
-    "top_logprobs",
-    "logit_bias",
     "tools",
     "tool_choice",
     "functions",
@@ -138,7 +141,33 @@ pub fn chat_request(obj: &Map<String, Value>) -> Result<GenerationRequest, ApiEr
         Some(_) => return Err(ApiError::invalid("messages", "must be an array")),
         None => return Err(ApiError::invalid("messages", "is required")),
     };
-    generation_request(obj, Prompt::Messages(messages))
+    let logprobs = chat_logprobs(obj)?;
+    generation_request(obj, Prompt::Messages(messages), logprobs)
+}
+
+/// Chat's `logprobs` (a boolean) and `top_logprobs` (0 to 20, only with `logprobs: true`).
+fn chat_logprobs(obj: &Map<String, Value>) -> Result<Option<usize>, ApiError> {
+    let top = top_count(obj, "top_logprobs")?;
+    match (opt_bool(obj, "logprobs")?.unwrap_or(false), top) {
+        (true, top) => Ok(Some(top.unwrap_or(0))),
+        (false, None | Some(0)) => Ok(None),
+        (false, Some(_)) => Err(ApiError::invalid(
+            "top_logprobs",
+            "needs \"logprobs\": true",
+        )),
+    }
+}
+
+/// An optional count of top logprobs in 0..=[`MAX_TOP_LOGPROBS`].
+fn top_count(obj: &Map<String, Value>, name: &str) -> Result<Option<usize>, ApiError> {
+    match opt_int(obj, name)? {
+        Some(n) if (0..=MAX_TOP_LOGPROBS as i64).contains(&n) => Ok(Some(n as usize)),
+        Some(n) => Err(ApiError::invalid(
+            name,
+            format!("must be between 0 and {MAX_TOP_LOGPROBS}, got {n}"),
+        )),
+        None => Ok(None),
+    }
 }
 
 /// Reads a `/v1/completions` body.
@@ -147,13 +176,16 @@ pub fn completion_request(obj: &Map<String, Value>) -> Result<GenerationRequest,
         None | Some(Value::Null) => return Err(ApiError::invalid("prompt", "is required")),
         Some(value) => prompt(value)?,
     };
-    generation_request(obj, prompt)
+    // Completions' `logprobs` is the count itself (OpenAI allows up to 5; we allow 20).
+    let logprobs = top_count(obj, "logprobs")?;
+    generation_request(obj, prompt, logprobs)
 }
 
 /// The fields chat and completions share.
 fn generation_request(
     obj: &Map<String, Value>,
     prompt: Prompt,
+    logprobs: Option<usize>,
 ) -> Result<GenerationRequest, ApiError> {
     refuse_unsupported(obj)?;
     if let Some(n) = opt_int(obj, "n")? {
@@ -173,14 +205,24 @@ fn generation_request(
             ));
         }
     }
+    let sampling = SamplerParams {
+        logprobs: logprobs.is_some(),
+        n_logprobs: logprobs.unwrap_or(0),
+        ..sampling(obj)?
+    };
     Ok(GenerationRequest {
         model: opt_string(obj, "model")?,
         prompt,
-        sampling: sampling(obj)?,
+        sampling,
         max_tokens: max_tokens.map(|(_, n)| usize::try_from(n).unwrap_or(usize::MAX)),
         stop: stop_strings(obj)?,
         stream: opt_bool(obj, "stream")?.unwrap_or(false),
         include_usage: include_usage(obj)?,
+        logprobs,
+        token_names: match opt_bool(obj, "return_tokens_as_token_ids")? {
+            Some(true) => TokenNames::Ids,
+            _ => TokenNames::Text,
+        },
     })
 }
 
@@ -214,9 +256,45 @@ fn sampling(obj: &Map<String, Value>) -> Result<SamplerParams, ApiError> {
             Some(p) => p,
             None => 1.0,
         },
+        logit_bias: logit_bias(obj)?,
         seed,
         ..neutral
     })
+}
+
+/// `logit_bias`: `{"token id": bias}`, each bias in [-100, 100]; keys naming one id twice
+/// ("7", "07") keep one bias. Ids are checked against the vocabulary once the model is known.
+fn logit_bias(obj: &Map<String, Value>) -> Result<Vec<(u32, f32)>, ApiError> {
+    let entries = match obj.get("logit_bias") {
+        None | Some(Value::Null) => return Ok(vec![]),
+        Some(Value::Object(m)) => m,
+        Some(_) => {
+            return Err(ApiError::invalid(
+                "logit_bias",
+                "must be an object mapping token ids to biases",
+            ))
+        }
+    };
+    let mut biases = std::collections::BTreeMap::new();
+    for (key, value) in entries {
+        let id: u32 = key.trim().parse().map_err(|_| {
+            ApiError::invalid("logit_bias", format!("key {key:?} is not a token id"))
+        })?;
+        let range = -f64::from(MAX_LOGIT_BIAS)..=f64::from(MAX_LOGIT_BIAS);
+        match value.as_f64() {
+            Some(b) if range.contains(&b) => biases.insert(id, b as f32),
+            _ => {
+                return Err(ApiError::invalid(
+                    "logit_bias",
+                    format!(
+                        "the bias of token {id} must be a number in [-{MAX_LOGIT_BIAS}, \
+                         {MAX_LOGIT_BIAS}], got {value}"
+                    ),
+                ))
+            }
+        };
+    }
+    Ok(biases.into_iter().collect())
 }
 
 /// `stream_options.include_usage`.
@@ -464,20 +542,31 @@ pub struct ResponseHead {
     pub model: String,
     /// Chat or completions.
     pub endpoint: Endpoint,
+    /// Whether choices carry logprobs (otherwise `logprobs: null`).
+    pub logprobs: bool,
+    /// How logprobs name tokens.
+    pub token_names: TokenNames,
 }
 
 impl ResponseHead {
-    /// A complete (non-streamed) response.
-    pub fn response(&self, text: &str, finish: &str, usage: Usage) -> Value {
+    /// A complete (non-streamed) response; `logprobs` are the entries of every token.
+    pub fn response(
+        &self,
+        text: &str,
+        logprobs: &[TokenLogprobs],
+        finish: &str,
+        usage: Usage,
+    ) -> Value {
+        let logprobs = self.logprobs_json(logprobs, true);
         let choice = match self.endpoint {
             Endpoint::Chat => json!({
                 "index": 0,
                 "message": {"role": "assistant", "content": text},
-                "logprobs": null,
+                "logprobs": logprobs,
                 "finish_reason": finish,
             }),
             Endpoint::Completions => json!({
-                "index": 0, "text": text, "logprobs": null, "finish_reason": finish,
+                "index": 0, "text": text, "logprobs": logprobs, "finish_reason": finish,
             }),
         };
         let object = match self.endpoint {
@@ -487,9 +576,16 @@ impl ResponseHead {
         self.envelope(object, vec![choice], Some(usage.to_json()))
     }
 
-    /// A stream chunk carrying `text` (and the role, on the first chat chunk), or the finish
-    /// reason.
-    pub fn chunk(&self, text: Option<&str>, role: bool, finish: Option<&str>) -> Value {
+    /// A stream chunk carrying `text` and the logprobs of its tokens (and the role, on the
+    /// first chat chunk), or the finish reason.
+    pub fn chunk(
+        &self,
+        text: Option<&str>,
+        logprobs: &[TokenLogprobs],
+        role: bool,
+        finish: Option<&str>,
+    ) -> Value {
+        let logprobs = self.logprobs_json(logprobs, text.is_some());
         let choice = match self.endpoint {
             Endpoint::Chat => {
                 let mut delta = Map::new();
@@ -499,13 +595,24 @@ impl ResponseHead {
                 if let Some(t) = text {
                     delta.insert("content".into(), json!(t));
                 }
-                json!({"index": 0, "delta": delta, "logprobs": null, "finish_reason": finish})
+                json!({"index": 0, "delta": delta, "logprobs": logprobs, "finish_reason": finish})
             }
             Endpoint::Completions => json!({
-                "index": 0, "text": text.unwrap_or(""), "logprobs": null, "finish_reason": finish,
+                "index": 0, "text": text.unwrap_or(""), "logprobs": logprobs,
+                "finish_reason": finish,
             }),
         };
         self.envelope(self.chunk_object(), vec![choice], None)
+    }
+
+    /// The `logprobs` of a choice: null unless asked for and `carries` (a chunk of text, or a
+    /// whole response).
+    fn logprobs_json(&self, entries: &[TokenLogprobs], carries: bool) -> Value {
+        match (self.logprobs && carries, self.endpoint) {
+            (false, _) => Value::Null,
+            (true, Endpoint::Chat) => logprobs::chat_json(entries, self.token_names),
+            (true, Endpoint::Completions) => logprobs::completion_json(entries, self.token_names),
+        }
     }
 
     /// The final usage chunk of a stream (`choices: []`).
@@ -567,13 +674,28 @@ mod tests {
         );
         assert_eq!(param_of(json!({"messages": msgs, "stop": [1]})), "stop");
         assert_eq!(param_of(json!({"messages": msgs, "n": 2})), "n");
+        for bad in [
+            json!({"x": 5}),
+            json!({"1": 101}),
+            json!({"1": "5"}),
+            json!([1]),
+        ] {
+            assert_eq!(
+                param_of(json!({"messages": msgs, "logit_bias": bad})),
+                "logit_bias"
+            );
+        }
         assert_eq!(
-            param_of(json!({"messages": msgs, "logit_bias": {"1": 5}})),
-            "logit_bias"
+            param_of(json!({"messages": msgs, "logprobs": 1})),
+            "logprobs"
         );
         assert_eq!(
-            param_of(json!({"messages": msgs, "logprobs": true})),
-            "logprobs"
+            param_of(json!({"messages": msgs, "logprobs": true, "top_logprobs": 21})),
+            "top_logprobs"
+        );
+        assert_eq!(
+            param_of(json!({"messages": msgs, "top_logprobs": 2})),
+            "top_logprobs"
         );
         assert_eq!(param_of(json!({"messages": []})), "messages");
         assert_eq!(
@@ -607,12 +729,34 @@ mod tests {
         assert_eq!((s.presence_penalty, s.frequency_penalty), (0.5, -0.5));
         assert_eq!((s.repetition_penalty, s.seed), (1.1, Some(3)));
         assert_eq!(r.max_tokens, Some(9));
+        assert_eq!(r.logprobs, None);
+        assert!(!s.logprobs && s.logit_bias.is_empty());
         assert_eq!(r.stop, ["x"]);
         assert!(r.stream && r.include_usage);
         assert_eq!(
             r.prompt,
             Prompt::Messages(vec![ChatMessage::system("s"), ChatMessage::user("ab")])
         );
+    }
+
+    #[test]
+    fn logprobs_and_logit_bias_reach_the_sampler() {
+        let r = chat(json!({
+            "messages": [{"role": "user", "content": "hi"}],
+            "logprobs": true, "top_logprobs": 3, "logit_bias": {"7": -100, "2": 1.5},
+        }))
+        .unwrap();
+        assert_eq!(r.logprobs, Some(3));
+        assert!(r.sampling.logprobs);
+        assert_eq!(r.sampling.n_logprobs, 3);
+        assert_eq!(r.sampling.logit_bias, [(2, 1.5), (7, -100.0)]);
+        let c = completion_request(json!({"prompt": "a", "logprobs": 0}).as_object().unwrap());
+        let c = c.unwrap();
+        assert_eq!((c.logprobs, c.sampling.logprobs), (Some(0), true));
+        let c = completion_request(json!({"prompt": "a", "logprobs": 6}).as_object().unwrap());
+        assert_eq!(c.unwrap().logprobs, Some(6));
+        let c = completion_request(json!({"prompt": "a", "logprobs": 21}).as_object().unwrap());
+        assert_eq!(c.unwrap_err().param.unwrap(), "logprobs");
     }
 
     #[test]

@@ -3,6 +3,7 @@
 //! tokenizing and template rendering are pure Rust, and generation goes to the engine thread.
 
 use super::api::{self, ApiError, Endpoint, GenerationRequest, Prompt, ResponseHead, Usage};
+use super::logprobs::TokenLogprobs;
 use super::metrics::{self, Metrics};
 use super::scheduler::{Event, Job, ModelInfo};
 use axum::body::Bytes;
@@ -293,6 +294,7 @@ async fn generate(
     s.check_model(request.model.as_deref())?;
     let info = s.ready()?;
     let prompt = prompt_tokens(info, &request.prompt)?;
+    check_logit_bias(info, &request)?;
     let (events, receiver) = unbounded_channel();
     let job = Job {
         prompt,
@@ -331,6 +333,8 @@ async fn generate(
         created: unix_now(),
         model: s.model_name.clone(),
         endpoint,
+        logprobs: request.logprobs.is_some(),
+        token_names: request.token_names,
     };
     match request.stream {
         true => Ok(stream_response(head, receiver, request.include_usage).into_response()),
@@ -394,15 +398,39 @@ fn prompt_tokens(info: &ModelInfo, prompt: &Prompt) -> Result<Vec<u32>, ApiError
     Ok(tokens)
 }
 
+/// 400 when a `logit_bias` id is outside the vocabulary.
+fn check_logit_bias(info: &ModelInfo, request: &GenerationRequest) -> Result<(), ApiError> {
+    let vocab = info.tokenizer.vocab_size();
+    match request
+        .sampling
+        .logit_bias
+        .iter()
+        .find(|(id, _)| *id as usize >= vocab)
+    {
+        Some((id, _)) => Err(ApiError::invalid(
+            "logit_bias",
+            format!("token id {id} is outside the vocabulary (size {vocab})"),
+        )),
+        None => Ok(()),
+    }
+}
+
 /// Waits for the whole generation and answers with one JSON body.
 async fn collect(
     head: ResponseHead,
     mut receiver: UnboundedReceiver<Event>,
 ) -> Result<Response, ApiError> {
     let mut text = String::new();
+    let mut entries: Vec<TokenLogprobs> = vec![];
     while let Some(event) = receiver.recv().await {
         match event {
-            Event::Text(piece) => text.push_str(&piece),
+            Event::Text {
+                text: piece,
+                logprobs,
+            } => {
+                text.push_str(&piece);
+                entries.extend(logprobs);
+            }
             Event::Done {
                 finish,
                 prompt_tokens,
@@ -414,7 +442,8 @@ async fn collect(
                     completion_tokens,
                     cached_tokens,
                 };
-                return Ok(Json(head.response(&text, finish.as_str(), usage)).into_response());
+                let body = head.response(&text, &entries, finish.as_str(), usage);
+                return Ok(Json(body).into_response());
             }
             Event::Failed(message) => return Err(engine_error(message)),
             Event::Unavailable(message) => return Err(unavailable(message)),
@@ -442,21 +471,23 @@ fn stream_response(
     include_usage: bool,
 ) -> Sse<impl Stream<Item = Result<SseEvent, Infallible>>> {
     let first = match head.endpoint {
-        Endpoint::Chat => vec![data(&head.chunk(None, true, None))],
+        Endpoint::Chat => vec![data(&head.chunk(None, &[], true, None))],
         Endpoint::Completions => vec![],
     };
     let state = Some((head, receiver));
     let rest = stream::unfold(state, move |state| async move {
         let (head, mut receiver) = state?;
         let events = match receiver.recv().await {
-            Some(Event::Text(piece)) => vec![data(&head.chunk(Some(&piece), false, None))],
+            Some(Event::Text { text, logprobs }) => {
+                vec![data(&head.chunk(Some(&text), &logprobs, false, None))]
+            }
             Some(Event::Done {
                 finish,
                 prompt_tokens,
                 completion_tokens,
                 cached_tokens,
             }) => {
-                let mut out = vec![data(&head.chunk(None, false, Some(finish.as_str())))];
+                let mut out = vec![data(&head.chunk(None, &[], false, Some(finish.as_str())))];
                 if include_usage {
                     let usage = Usage {
                         prompt_tokens,

@@ -9,6 +9,7 @@
 
 pub mod api;
 pub mod http;
+pub mod logprobs;
 pub mod metrics;
 pub mod prefix_cache;
 pub mod scheduler;

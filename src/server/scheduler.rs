@@ -5,11 +5,13 @@
 //! their KV goes to the [`PrefixCache`], from which a new request copies its longest cached
 //! prefix instead of computing it again.
 
+use super::logprobs::{self, LogprobTracker, TokenLogprobs};
 use super::metrics::Metrics;
 use super::prefix_cache::PrefixCache;
 use super::stop::StopFilter;
 use crate::backend::{Backend, BackendOptions, ModelSpec, SamplerId, SamplerParams, SeqId};
 use crate::chat_template::ChatTemplate;
+use crate::sampler::Sampled;
 use crate::tokenizer::{StreamDecoder, Tokenizer};
 use crate::{Error, Result};
 use std::path::PathBuf;
@@ -96,12 +98,19 @@ impl FinishReason {
     }
 }
 
-/// What the engine thread sends back for a job. At most `max_tokens` text events, then one
-/// `Done` or `Failed`, so an unbounded channel stays bounded.
+/// What the engine thread sends back for a job. At most `max_tokens` + 2 text events (one per
+/// token, the held-back tail, the last logprobs), then one `Done` or `Failed`, so an unbounded
+/// channel stays bounded.
 #[derive(Debug)]
 pub enum Event {
-    /// Text ready to send (never part of a stop string).
-    Text(String),
+    /// Text ready to send (never part of a stop string), with the logprobs of the tokens it
+    /// completes when the request asked for them.
+    Text {
+        /// The text (may be empty when only logprobs are left to send).
+        text: String,
+        /// Entries of the tokens this text completes, in order.
+        logprobs: Vec<TokenLogprobs>,
+    },
     /// The generation ended.
     Done {
         /// Why it ended.
@@ -133,11 +142,8 @@ pub fn run(
         ..BackendOptions::default()
     };
     let backend = Backend::load(&ModelSpec::new(&config.model), &options)?;
-    let tokenizer = backend.engine().tokenizer()?;
-    let template = match backend.engine().chat_template()? {
-        Some(source) => Some(compile_template(&source, &tokenizer)?),
-        None => None,
-    };
+    let tokenizer = backend.tokenizer()?.clone();
+    let template = backend.chat_template()?.cloned();
     on_ready(ModelInfo {
         tokenizer: tokenizer.clone(),
         template,
@@ -159,16 +165,6 @@ pub fn run(
     Ok(())
 }
 
-/// The model's template with its BOS/EOS texts.
-fn compile_template(source: &str, tokenizer: &Tokenizer) -> Result<ChatTemplate> {
-    let piece = |id: Option<u32>| {
-        id.and_then(|i| tokenizer.id_to_token(i))
-            .unwrap_or("")
-            .to_string()
-    };
-    ChatTemplate::new(source, &piece(tokenizer.bos()), &piece(tokenizer.eos()))
-}
-
 /// A job holding a sequence.
 struct Active {
     job: Job,
@@ -188,6 +184,8 @@ struct Active {
     last_token: Option<Instant>,
     decoder: StreamDecoder,
     stops: StopFilter,
+    /// Present when the request asked for logprobs.
+    logprobs: Option<LogprobTracker>,
     finished: bool,
     /// The engine failed on it: its KV is not kept.
     failed: bool,
@@ -274,6 +272,7 @@ impl Scheduler {
             last_token: None,
             decoder: StreamDecoder::continuing(&self.tokenizer, true),
             stops: StopFilter::new(job.stop.clone()),
+            logprobs: job.sampling.logprobs.then(LogprobTracker::default),
             finished: false,
             failed: false,
             job,
@@ -397,10 +396,11 @@ impl Scheduler {
     /// the generation goes on.
     fn sample_and_emit(&mut self, i: usize, logits: &[f32]) {
         let a = &mut self.active[i];
-        let token = match self.backend.sample(a.sampler, logits, &a.history) {
-            Ok(sampled) => sampled.token,
+        let sampled = match self.backend.sample(a.sampler, logits, &a.history) {
+            Ok(sampled) => sampled,
             Err(e) => return fail(a, &e),
         };
+        let token = sampled.token;
         a.generated += 1;
         a.history.push(token);
         self.record_token_time(i);
@@ -408,6 +408,7 @@ impl Scheduler {
         if self.tokenizer.is_eog(token) {
             return finish(a, FinishReason::Stop, true);
         }
+        track_logprobs(a, &self.tokenizer, &sampled);
         if let Some(piece) = a.decoder.push(token) {
             let released = a.stops.push(&piece);
             send_text(a, released.text);
@@ -485,24 +486,48 @@ impl Scheduler {
     }
 }
 
-/// Sends non-empty text to the client.
-fn send_text(a: &Active, text: String) {
-    if !text.is_empty() {
-        let _ = a.job.events.send(Event::Text(text));
+/// Records a sampled token's logprobs, when the request asked for them.
+fn track_logprobs(a: &mut Active, tokenizer: &Tokenizer, sampled: &Sampled) {
+    if let Some(tracker) = &mut a.logprobs {
+        let bytes = logprobs::contributed_bytes(tokenizer, sampled.token);
+        tracker.push(tokenizer, sampled, bytes);
+    }
+}
+
+/// Sends text released to the client, with the logprobs it completes; nothing when both are
+/// empty.
+fn send_text(a: &mut Active, text: String) {
+    let logprobs = match &mut a.logprobs {
+        Some(tracker) => tracker.release(&text),
+        None => vec![],
+    };
+    send(a, text, logprobs);
+}
+
+/// Sends a text event unless it is empty.
+fn send(a: &Active, text: String, logprobs: Vec<TokenLogprobs>) {
+    if !text.is_empty() || !logprobs.is_empty() {
+        let _ = a.job.events.send(Event::Text { text, logprobs });
     }
 }
 
 /// Reports the end of the generation; with `flush`, first sends the text still held back
 /// (not after a stop string: nothing past it may be sent).
 fn finish(a: &mut Active, reason: FinishReason, flush: bool) {
+    let mut stopped = !flush;
     if flush {
         let rest = a.decoder.finish().unwrap_or_default();
         let released = a.stops.push(&rest);
+        stopped = released.stopped;
         let tail = match released.stopped {
             true => String::new(),
             false => a.stops.finish(),
         };
         send_text(a, released.text + &tail);
+    }
+    if let Some(tracker) = &mut a.logprobs {
+        let rest = tracker.finish(stopped);
+        send(a, String::new(), rest);
     }
     let _ = a.job.events.send(Event::Done {
         finish: reason,

@@ -4,7 +4,7 @@
 #![forbid(unsafe_code)]
 
 use super::Drafter;
-use crate::engine::Engine;
+use crate::engine::{Engine, LogitRows};
 use crate::error::{Error, Result};
 use crate::kv_cache::KvCache;
 use crate::tokenizer::Tokenizer;
@@ -66,8 +66,8 @@ impl DraftModel {
         let new = &history[keep..];
         let logits = self
             .engine
-            .prefill(new, &mut self.cache, self.prefill_chunk)?
-            .to_vec::<f32>()?;
+            .prefill(new, &mut self.cache, self.prefill_chunk, LogitRows::Last)?
+            .data;
         self.fed.extend_from_slice(new);
         Ok(logits)
     }

@@ -20,7 +20,7 @@ pub use lookup::PromptLookup;
 pub use pace::Pacer;
 pub use verify::{verify, Verdict};
 
-use crate::engine::{Engine, GenerateOptions, GenerateStats};
+use crate::engine::{Engine, GenerateOptions, GenerateStats, LogitRows};
 use crate::error::{Error, Result};
 use crate::kv_cache::KvCache;
 use crate::mlx::{transforms, Array};
@@ -142,8 +142,8 @@ impl Speculator<'_> {
         let start = Instant::now();
         let logits = self
             .engine
-            .prefill(prompt, &mut cache, options.prefill_chunk)?
-            .to_vec::<f32>()?;
+            .prefill(prompt, &mut cache, options.prefill_chunk, LogitRows::Last)?
+            .data;
         stats.prompt_time = start.elapsed();
         let start = Instant::now();
         let mut history = prompt.to_vec();
