@@ -7,6 +7,7 @@
 #![forbid(unsafe_code)]
 
 pub mod api;
+pub mod connections;
 pub mod http;
 pub mod scheduler;
 pub mod stop;
@@ -51,6 +52,15 @@ pub struct ServeArgs {
     /// Seconds a request may take to produce its response head (a whole non-streamed reply).
     #[arg(long, default_value_t = 600)]
     pub timeout: u64,
+    /// Seconds to receive a request's headers; an idle keep-alive connection closes after it.
+    #[arg(long, default_value_t = 15)]
+    pub header_timeout: u64,
+    /// Seconds to receive a whole request body (408 beyond).
+    #[arg(long, default_value_t = 60)]
+    pub body_timeout: u64,
+    /// Most connections open at once; more are answered 503 and closed.
+    #[arg(long, default_value_t = 512)]
+    pub max_connections: usize,
 }
 
 /// Runs the server until Ctrl-C (then finishes the requests in flight and returns) or until the
@@ -59,6 +69,11 @@ pub fn serve(args: &ServeArgs) -> Result<()> {
     if args.parallel == 0 || args.max_queue == 0 {
         return Err(Error::InvalidArgument(
             "--parallel and --max-queue must be at least 1".into(),
+        ));
+    }
+    if args.max_connections == 0 || args.header_timeout == 0 || args.body_timeout == 0 {
+        return Err(Error::InvalidArgument(
+            "--max-connections, --header-timeout and --body-timeout must be at least 1".into(),
         ));
     }
     if let Some(threads) = args.threads {
@@ -96,7 +111,12 @@ async fn run(args: &ServeArgs) -> Result<()> {
     });
     let limits = http::Limits {
         body_bytes: args.max_body_bytes,
+        body_timeout: Duration::from_secs(args.body_timeout),
         request_timeout: Duration::from_secs(args.timeout),
+    };
+    let connection_limits = connections::ConnectionLimits {
+        max_connections: args.max_connections,
+        header_timeout: Duration::from_secs(args.header_timeout),
     };
     let app = http::router(state, limits);
     let shutdown = async {
@@ -105,10 +125,7 @@ async fn run(args: &ServeArgs) -> Result<()> {
             _ = engine_ended => {}
         }
     };
-    axum::serve(listener, app)
-        .with_graceful_shutdown(shutdown)
-        .await
-        .map_err(|e| Error::io(&address, e))?;
+    connections::serve(listener, app, connection_limits, shutdown).await;
     // The router (and with it the job queue's sender) is gone: the engine thread finishes.
     engine
         .join()
