@@ -83,6 +83,15 @@ fn tokenizer_json_corpus() {
     let outcomes = run_corpus("tokenizer_json", fuzz_targets::tokenizer_json);
     let seeds = ["byte-level-bpe.json", "word-level.json", "unigram.json"];
     assert_accepted(&outcomes, &seeds);
+    // Both made tokenizers 0.22 panic: a truncated decoder and a bad Precompiled charsmap.
+    for (finding, says) in [
+        ("regression-truncated-decoder.json", "EOF while parsing"),
+        ("regression-precompiled-panic.json", "cannot read this file"),
+    ] {
+        let outcome = outcomes.iter().find(|(n, _)| n == finding).unwrap();
+        let err = outcome.1.as_ref().unwrap_err().to_string();
+        assert!(err.contains("tokenizer.json") && err.contains(says), "{err}");
+    }
 }
 
 #[test]
