@@ -14,6 +14,7 @@ pub mod error;
 pub mod fetch;
 #[allow(unsafe_code)]
 pub mod ffi;
+pub mod fuzz_targets;
 pub mod ggml_type;
 pub mod kv_cache;
 pub mod loader;

@@ -187,6 +187,24 @@ fn c_text_side_gives_the_known_qwen_ids_pieces_and_template() {
     assert_eq!(run(&exe, &[model.to_str().unwrap()]).trim(), "ok");
 }
 
+/// The cheap CI form of `benches/leaks/valgrind.sh`: 200 generations through the C ABI (new
+/// sequence, prefill, sampler, decode steps, snapshot, frees) leave MLX's active memory exactly
+/// where the first left it; a sequence, cache or snapshot left alive would add its bytes.
+#[test]
+fn c_generations_leave_mlx_memory_where_it_was() {
+    let dir = tempfile::tempdir().unwrap();
+    let model = synthetic_model(dir.path(), 0);
+    let exe = compile_c("leak_loop", dir.path());
+    let out = run(&exe, &[model.to_str().unwrap(), "200"]);
+    let fields: Vec<&str> = out.split_whitespace().collect();
+    assert_eq!(fields.len(), 6, "{out}");
+    let (first, last) = (fields[3], fields[5]);
+    assert_eq!(
+        first, last,
+        "MLX active bytes after call 1 and call 200: {out}"
+    );
+}
+
 // ---- Header vs src/ffi.rs ----------------------------------------------------------------
 
 /// Everything the ABI declares, in C spelling: functions (return type and parameter types),

@@ -330,3 +330,33 @@ fn hf_config_json_gets_the_same_checks() {
         );
     }
 }
+
+/// The issue's last row: a file whose chat template nests three 9,999-step loops made `--chat`
+/// hang. The CLI must now fail in bounded time with the fuel limit named, not hang.
+#[test]
+fn a_hostile_chat_template_in_the_file_fails_chat_in_bounded_time() {
+    if common::skip_requested() {
+        return;
+    }
+    let template = "{% for i in range(9999) %}{% for j in range(9999) %}\
+                    {% for k in range(9999) %}x{% endfor %}{% endfor %}{% endfor %}";
+    let path = llama_with(
+        "template-nested-loops",
+        &["--kv", &format!("tokenizer.chat_template=str:{template}")],
+    );
+    let started = std::time::Instant::now();
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_mlx-engine"))
+        .arg("--model")
+        .arg(&path)
+        .args(["--chat", "--prompt", "hi", "-n", "1"])
+        .output()
+        .expect("run mlx-engine");
+    let took = started.elapsed();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "--chat succeeded: {stderr}");
+    assert!(
+        stderr.contains("fuel") || stderr.contains("limit"),
+        "{stderr}"
+    );
+    assert!(took < std::time::Duration::from_secs(30), "took {took:?}");
+}

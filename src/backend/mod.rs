@@ -411,19 +411,7 @@ impl Backend {
 
     /// Checks that a decoded snapshot was written by this model and fits its context.
     fn check_snapshot(&self, snap: &snapshot::Snapshot) -> Result<()> {
-        if snap.fingerprint != self.fingerprint {
-            return Err(Error::InvalidArgument(
-                "KV snapshot: written by a different model (fingerprint mismatch)".into(),
-            ));
-        }
-        if snap.shape != self.kv_shape() {
-            return Err(Error::InvalidArgument(format!(
-                "KV snapshot: cache shape {:?}, this model has {:?}",
-                snap.shape,
-                self.kv_shape()
-            )));
-        }
-        crate::kv_cache::check_fits(snap.len, self.context_length())
+        snap.check_against(&self.fingerprint, self.kv_shape(), self.context_length())
     }
 }
 

@@ -71,6 +71,30 @@ pub struct Snapshot {
     pub values: Vec<f32>,
 }
 
+impl Snapshot {
+    /// Checks that the snapshot was written by the model with `fingerprint` and cache `shape`,
+    /// and that its positions fit in `context`.
+    pub fn check_against(
+        &self,
+        fingerprint: &Fingerprint,
+        shape: KvShape,
+        context: usize,
+    ) -> Result<()> {
+        if self.fingerprint != *fingerprint {
+            return Err(invalid(
+                "written by a different model (fingerprint mismatch)".into(),
+            ));
+        }
+        if self.shape != shape {
+            return Err(invalid(format!(
+                "cache shape {:?}, this model has {shape:?}",
+                self.shape
+            )));
+        }
+        crate::kv_cache::check_fits(self.len, context)
+    }
+}
+
 /// Writes a snapshot of `len` positions; `keys` and `values` are laid out as the table says.
 pub fn encode(
     fingerprint: &Fingerprint,

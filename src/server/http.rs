@@ -1,12 +1,12 @@
-//! The HTTP surface: routes, the API key, body limits, and turning requests into engine jobs
-//! and engine events into OpenAI responses or server-sent events. Nothing here touches MLX:
+//! The HTTP surface: routes, the API key, body limits and deadlines, and turning requests into
+//! engine jobs and engine events into OpenAI responses or server-sent events. Nothing here touches MLX:
 //! tokenizing and template rendering are pure Rust, and generation goes to the engine thread.
 
 use super::api::{self, ApiError, Endpoint, GenerationRequest, Prompt, ResponseHead, Usage};
 use super::logprobs::TokenLogprobs;
 use super::metrics::{self, Metrics};
 use super::scheduler::{Event, Job, ModelInfo};
-use axum::body::Bytes;
+use axum::body::{Body, Bytes};
 use axum::extract::rejection::BytesRejection;
 use axum::extract::{DefaultBodyLimit, MatchedPath, Request, State};
 use axum::http::{header, HeaderMap, StatusCode};
@@ -23,7 +23,6 @@ use std::sync::mpsc::{SyncSender, TrySendError};
 use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use tokio::sync::mpsc::{unbounded_channel, UnboundedReceiver};
-use tower_http::limit::RequestBodyLimitLayer;
 use tower_http::timeout::TimeoutLayer;
 
 /// What every handler shares.
@@ -49,6 +48,8 @@ pub struct AppState {
 pub struct Limits {
     /// Largest request body in bytes (413 beyond).
     pub body_bytes: usize,
+    /// Longest time to receive a whole request body (408 beyond).
+    pub body_timeout: Duration,
     /// Longest time to produce a response's head (a non-streamed reply in full).
     pub request_timeout: Duration,
 }
@@ -69,7 +70,7 @@ pub fn router(state: Arc<AppState>, limits: Limits) -> Router {
         .fallback(unknown_route)
         .layer(middleware::map_response(openai_error_shape))
         .layer(DefaultBodyLimit::disable())
-        .layer(RequestBodyLimitLayer::new(limits.body_bytes))
+        .layer(middleware::from_fn_with_state(limits, read_body))
         .layer(TimeoutLayer::with_status_code(
             StatusCode::REQUEST_TIMEOUT,
             limits.request_timeout,
@@ -249,6 +250,58 @@ async fn openai_error_shape(response: Response) -> Response {
         other => other.canonical_reason().unwrap_or("error").to_lowercase(),
     };
     ApiError::new(status, message).into_response()
+}
+
+/// Reads the whole request body before routing: 413 when its announced or received length
+/// passes `limits.body_bytes`, 408 when it has not arrived within `limits.body_timeout`
+/// (however slowly it trickles in), 400 when the connection fails mid-body.
+async fn read_body(State(limits): State<Limits>, request: Request, next: Next) -> Response {
+    let too_large = || {
+        let message = format!(
+            "request body too large: the limit is {} bytes",
+            limits.body_bytes
+        );
+        ApiError::new(StatusCode::PAYLOAD_TOO_LARGE, message).into_response()
+    };
+    let announced = request
+        .headers()
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok());
+    if announced.is_some_and(|n| n > limits.body_bytes as u64) {
+        return too_large();
+    }
+    let (parts, body) = request.into_parts();
+    let mut chunks = body.into_data_stream();
+    let mut bytes = Vec::new();
+    let receive = async {
+        while let Some(chunk) = chunks.next().await {
+            let chunk = chunk?;
+            if bytes.len() + chunk.len() > limits.body_bytes {
+                return Ok(false);
+            }
+            bytes.extend_from_slice(&chunk);
+        }
+        Ok::<bool, axum::Error>(true)
+    };
+    match tokio::time::timeout(limits.body_timeout, receive).await {
+        Ok(Ok(true)) => {
+            next.run(Request::from_parts(parts, Body::from(bytes)))
+                .await
+        }
+        Ok(Ok(false)) => too_large(),
+        Ok(Err(e)) => {
+            let message = format!("could not read the request body: {e}");
+            ApiError::new(StatusCode::BAD_REQUEST, message).into_response()
+        }
+        Err(_) => {
+            let message = format!(
+                "request body not received within {} s",
+                limits.body_timeout.as_secs_f64()
+            );
+            ApiError::new(StatusCode::REQUEST_TIMEOUT, message).into_response()
+        }
+    }
 }
 
 /// The request body, or its rejection (too large, unreadable) as an API error.

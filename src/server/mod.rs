@@ -8,6 +8,7 @@
 #![forbid(unsafe_code)]
 
 pub mod api;
+pub mod connections;
 pub mod http;
 pub mod logprobs;
 pub mod metrics;
@@ -64,6 +65,15 @@ pub struct ServeArgs {
     /// evicted first); 0 disables it.
     #[arg(long, default_value_t = 1 << 30)]
     pub prefix_cache_bytes: usize,
+    /// Seconds to receive a request's headers; an idle keep-alive connection closes after it.
+    #[arg(long, default_value_t = 15)]
+    pub header_timeout: u64,
+    /// Seconds to receive a whole request body (408 beyond).
+    #[arg(long, default_value_t = 60)]
+    pub body_timeout: u64,
+    /// Most connections open at once; more are answered 503 and closed.
+    #[arg(long, default_value_t = 512)]
+    pub max_connections: usize,
 }
 
 /// Runs the server until SIGINT or SIGTERM (then stops accepting, ends the generations in
@@ -73,6 +83,11 @@ pub fn serve(args: &ServeArgs) -> Result<()> {
     if args.parallel == 0 || args.max_queue == 0 {
         return Err(Error::InvalidArgument(
             "--parallel and --max-queue must be at least 1".into(),
+        ));
+    }
+    if args.max_connections == 0 || args.header_timeout == 0 || args.body_timeout == 0 {
+        return Err(Error::InvalidArgument(
+            "--max-connections, --header-timeout and --body-timeout must be at least 1".into(),
         ));
     }
     if let Some(threads) = args.threads {
@@ -112,7 +127,12 @@ async fn run(args: &ServeArgs) -> Result<()> {
     });
     let limits = http::Limits {
         body_bytes: args.max_body_bytes,
+        body_timeout: Duration::from_secs(args.body_timeout),
         request_timeout: Duration::from_secs(args.timeout),
+    };
+    let connection_limits = connections::ConnectionLimits {
+        max_connections: args.max_connections,
+        header_timeout: Duration::from_secs(args.header_timeout),
     };
     let app = http::router(state, limits);
     let stopped = Arc::new(tokio::sync::Notify::new());
@@ -127,13 +147,13 @@ async fn run(args: &ServeArgs) -> Result<()> {
             stopped.notify_one();
         }
     };
-    let server = axum::serve(listener, app).with_graceful_shutdown(shutdown);
+    let server = connections::serve(listener, app, connection_limits, shutdown);
     let grace = async {
         stopped.notified().await;
         tokio::time::sleep(SHUTDOWN_GRACE).await;
     };
     tokio::select! {
-        served = server => served.map_err(|e| Error::io(&address, e))?,
+        () = server => {}
         _ = grace => eprintln!("mlx-engine serve: connections still open after {SHUTDOWN_GRACE:?}; exiting"),
     }
     // The router (and with it the job queue's sender) is gone: the engine thread finishes.

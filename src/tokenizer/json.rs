@@ -24,12 +24,35 @@ const EOS_NAMES: &[&str] = &[
 /// Names an end-of-turn token commonly has.
 const EOT_NAMES: &[&str] = &["<|eot_id|>", "<|im_end|>", "<end_of_turn>", "<|end|>"];
 
+/// The `tokenizers` pipeline of well-formed JSON `text`. `tokenizers` 0.22 also panics on some
+/// well-formed but invalid files (an `expect` on a `Precompiled` normalizer's charsmap), so a
+/// panic inside it is caught and reported as this file's error.
+fn parse_pipeline(path: &Path, text: &str) -> Result<HfTokenizer> {
+    let parsed = std::panic::catch_unwind(|| HfTokenizer::from_str(text));
+    match parsed {
+        Ok(result) => result.map_err(|e| Error::format(path, e.to_string())),
+        Err(panic) => {
+            let message = panic
+                .downcast_ref::<String>()
+                .map(String::as_str)
+                .or_else(|| panic.downcast_ref::<&str>().copied())
+                .unwrap_or("no message");
+            Err(Error::format(
+                path,
+                format!("the tokenizers crate cannot read this file (it panicked: {message})"),
+            ))
+        }
+    }
+}
+
 /// Reads `path` and everything the tokenizer needs from it.
 pub(super) fn load(path: &Path) -> Result<Parts> {
     let text = std::fs::read_to_string(path).map_err(|e| Error::io(path, e))?;
-    let hf = HfTokenizer::from_str(&text).map_err(|e| Error::format(path, e.to_string()))?;
+    // Parsed as plain JSON first: `tokenizers` 0.22 panics on some malformed JSON (an
+    // `expect` in its decoder deserializer) instead of returning an error.
     let json: Value =
         serde_json::from_str(&text).map_err(|e| Error::format(path, e.to_string()))?;
+    let hf = parse_pipeline(path, &text)?;
     let (pieces, kinds) = tables(&hf, &json);
     let config = path
         .parent()
