@@ -27,9 +27,10 @@ use serde_json::Value;
 use crate::tokenizer::{TokenKind, Tokenizer};
 use crate::{Error, Result};
 
-/// Whitespace allowed between JSON tokens when a schema does not say (`x-guidance`): up to
-/// this many spaces, tabs or newlines per gap, so a model cannot pad forever.
-const JSON_WHITESPACE: &str = r"[\x20\x0A\x0D\x09]{1,24}";
+/// Whitespace allowed between JSON tokens when a schema does not say (`x-guidance`): one space,
+/// or a newline and up to 20 spaces or tabs of indentation (llama.cpp's JSON grammars allow
+/// the same), so a model cannot pad forever.
+const JSON_WHITESPACE: &str = r"\x20|\x0A[\x20\x09]{0,20}";
 
 /// What a generation must match.
 #[derive(Debug, Clone, PartialEq)]
