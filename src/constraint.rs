@@ -67,9 +67,10 @@ impl Grammar {
     /// The grammar in llguidance's form.
     fn to_llguidance(&self) -> TopLevelGrammar {
         match self {
-            Grammar::JsonSchema(schema) => TopLevelGrammar::from_json_schema(bounded(schema)),
+            Grammar::JsonSchema(schema) => TopLevelGrammar::from_json_schema(bounded_json_schema(schema)),
             Grammar::JsonObject => {
-                TopLevelGrammar::from_json_schema(bounded(&serde_json::json!({"type": "object"})))
+                let object = serde_json::json!({"type": "object"});
+                TopLevelGrammar::from_json_schema(bounded_json_schema(&object))
             }
             Grammar::Regex(rx) => TopLevelGrammar::from_regex(rx),
             Grammar::Lark(text) => TopLevelGrammar::from_lark(text.clone()),
@@ -77,8 +78,10 @@ impl Grammar {
     }
 }
 
-/// The schema with [`JSON_WHITESPACE`] as its whitespace unless it sets `x-guidance` itself.
-fn bounded(schema: &Value) -> Value {
+/// The schema with [`JSON_WHITESPACE`] as its whitespace unless it sets `x-guidance` itself
+/// (what [`Grammar::JsonSchema`] compiles; for embedding a schema in a Lark grammar's
+/// `%json`).
+pub fn bounded_json_schema(schema: &Value) -> Value {
     let mut schema = match schema {
         Value::Bool(true) => serde_json::json!({}),
         Value::Bool(false) => serde_json::json!({"not": {}}),
