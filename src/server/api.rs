@@ -101,6 +101,8 @@ pub struct GenerationRequest {
     pub logprobs: Option<usize>,
     /// How logprobs name tokens (`return_tokens_as_token_ids`, vLLM's extension).
     pub token_names: TokenNames,
+    /// `speculative` (our extension): false opts out of a speculating server's drafts.
+    pub speculative: bool,
     /// The grammar `response_format` (or `tool_choice` required / a named function) asks
     /// for, with the field to blame if it fails to compile.
     pub grammar: Option<RequestGrammar>,
@@ -258,6 +260,7 @@ fn generation_request(
         },
         grammar: response_format(obj)?,
         tools: None,
+        speculative: opt_bool(obj, "speculative")?.unwrap_or(true),
     })
 }
 
