@@ -123,9 +123,9 @@ impl Object for ChatMessage {
         match key.as_str()? {
             "role" => Some(Value::from(self.role.as_str())),
             "content" => Some(Value::from(self.content.as_str())),
-            "tool_calls" if !self.tool_calls.is_empty() => {
-                Some(Value::from(self.tool_calls.iter().map(json_value).collect::<Vec<_>>()))
-            }
+            "tool_calls" if !self.tool_calls.is_empty() => Some(Value::from(
+                self.tool_calls.iter().map(json_value).collect::<Vec<_>>(),
+            )),
             "tool_call_id" => self.tool_call_id.as_deref().map(Value::from),
             _ => None,
         }
@@ -136,9 +136,7 @@ impl Object for ChatMessage {
             (true, false) => Enumerator::Str(&["role", "content"]),
             (false, false) => Enumerator::Str(&["role", "content", "tool_calls"]),
             (true, true) => Enumerator::Str(&["role", "content", "tool_call_id"]),
-            (false, true) => {
-                Enumerator::Str(&["role", "content", "tool_calls", "tool_call_id"])
-            }
+            (false, true) => Enumerator::Str(&["role", "content", "tool_calls", "tool_call_id"]),
         }
     }
 }
@@ -154,7 +152,9 @@ fn json_value(v: &serde_json::Value) -> Value {
             _ => Value::from(n.as_f64().unwrap_or(f64::NAN)),
         },
         serde_json::Value::String(s) => Value::from(s.as_str()),
-        serde_json::Value::Array(items) => Value::from(items.iter().map(json_value).collect::<Vec<_>>()),
+        serde_json::Value::Array(items) => {
+            Value::from(items.iter().map(json_value).collect::<Vec<_>>())
+        }
         serde_json::Value::Object(map) => Value::from(
             map.iter()
                 .map(|(k, v)| (k.clone(), json_value(v)))
@@ -220,7 +220,10 @@ impl ChatTemplate {
     ) -> Result<String> {
         let mut ctx = self.context(messages, add_generation_prompt);
         if !tools.is_empty() {
-            ctx.insert("tools", Value::from(tools.iter().map(json_value).collect::<Vec<_>>()));
+            ctx.insert(
+                "tools",
+                Value::from(tools.iter().map(json_value).collect::<Vec<_>>()),
+            );
         }
         self.render_context(Value::from(ctx)).map(|(text, _)| text)
     }

@@ -67,7 +67,9 @@ impl Grammar {
     /// The grammar in llguidance's form.
     fn to_llguidance(&self) -> TopLevelGrammar {
         match self {
-            Grammar::JsonSchema(schema) => TopLevelGrammar::from_json_schema(bounded_json_schema(schema)),
+            Grammar::JsonSchema(schema) => {
+                TopLevelGrammar::from_json_schema(bounded_json_schema(schema))
+            }
             Grammar::JsonObject => {
                 let object = serde_json::json!({"type": "object"});
                 TopLevelGrammar::from_json_schema(bounded_json_schema(&object))
@@ -266,7 +268,12 @@ impl Constraint {
         let ok = match self.matcher.is_stopped() {
             _ if token as usize >= self.vocab => false,
             true => self.is_end(token),
-            false => self.matcher.validate_tokens(&[token]).map_err(grammar_err)? == 1,
+            false => {
+                self.matcher
+                    .validate_tokens(&[token])
+                    .map_err(grammar_err)?
+                    == 1
+            }
         };
         record(&mut self.stats.checks, start.elapsed());
         Ok(ok)

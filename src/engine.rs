@@ -307,7 +307,8 @@ impl Engine {
                 1 => self.decode(&step, &mut [&mut cache])?.to_vec::<f32>()?,
                 _ => {
                     let chunk = options.prefill_chunk;
-                    self.prefill(&step, &mut cache, chunk, LogitRows::Last)?.data
+                    self.prefill(&step, &mut cache, chunk, LogitRows::Last)?
+                        .data
                 }
             };
         }
@@ -319,7 +320,12 @@ impl Engine {
     /// The tokens `sampler`'s constraint forces after the token just sampled, at most `budget`
     /// of them and no more than the context has room for beside that token; any beyond are
     /// rolled back out of the constraint.
-    fn forced_within(&self, sampler: &mut Sampler, budget: usize, cache: &KvCache) -> Result<Vec<u32>> {
+    fn forced_within(
+        &self,
+        sampler: &mut Sampler,
+        budget: usize,
+        cache: &KvCache,
+    ) -> Result<Vec<u32>> {
         let mut forced = sampler.forced_tokens()?;
         let room = cache.limit().saturating_sub(cache.len() + 1);
         let keep = forced.len().min(budget).min(room);

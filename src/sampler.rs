@@ -235,7 +235,9 @@ impl Sampler {
     /// Whether the constraint is complete and allows only end-of-generation tokens (false
     /// without a constraint).
     pub fn is_finished(&self) -> bool {
-        self.constraint.as_ref().is_some_and(Constraint::is_finished)
+        self.constraint
+            .as_ref()
+            .is_some_and(Constraint::is_finished)
     }
 
     /// Picks the next token from `logits` (one per vocabulary id); `history` is the sequence

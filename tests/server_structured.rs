@@ -40,7 +40,10 @@ kill $pid; wait $pid 2>/dev/null"#;
     let base = wait_for_address(&log, &mut child);
     let deadline = Instant::now() + Duration::from_secs(300);
     while post(&base, "/health", None).0 != 200 {
-        assert!(Instant::now() < deadline, "the server did not become healthy");
+        assert!(
+            Instant::now() < deadline,
+            "the server did not become healthy"
+        );
         std::thread::sleep(Duration::from_millis(100));
     }
     Server {
@@ -117,7 +120,10 @@ fn structured_output_and_tools_through_the_server() {
     let tool = json!({"type": "function", "function": {"name": "f", "parameters": schema}});
     let bad: Vec<(Value, &str)> = vec![
         (json!({"response_format": "json"}), "response_format"),
-        (json!({"response_format": {"type": "yaml"}}), "response_format.type"),
+        (
+            json!({"response_format": {"type": "yaml"}}),
+            "response_format.type",
+        ),
         (
             json!({"response_format": {"type": "json_schema"}}),
             "response_format.json_schema",
@@ -142,8 +148,14 @@ fn structured_output_and_tools_through_the_server() {
             "response_format.json_schema.strict",
         ),
         (json!({"tools": "f"}), "tools"),
-        (json!({"tools": [{"type": "function"}]}), "tools[0].function"),
-        (json!({"tools": [tool], "tool_choice": "sometimes"}), "tool_choice"),
+        (
+            json!({"tools": [{"type": "function"}]}),
+            "tools[0].function",
+        ),
+        (
+            json!({"tools": [tool], "tool_choice": "sometimes"}),
+            "tool_choice",
+        ),
         (
             json!({"tools": [tool], "tool_choice": {"type": "function", "function": {"name": "g"}}}),
             "tool_choice.function.name",
@@ -172,11 +184,14 @@ fn structured_output_and_tools_through_the_server() {
         .starts_with('{'));
 
     let script = common::repo_root().join("tests/reference/openai_structured.py");
-    let out = common::python_with("requirements-structured-server.txt", "pydeps-structured-server")
-        .arg(&script)
-        .args([&format!("{base}/v1"), KEY, MODEL, "--tools"])
-        .output()
-        .expect("python3 runs");
+    let out = common::python_with(
+        "requirements-structured-server.txt",
+        "pydeps-structured-server",
+    )
+    .arg(&script)
+    .args([&format!("{base}/v1"), KEY, MODEL, "--tools"])
+    .output()
+    .expect("python3 runs");
     assert!(
         out.status.success(),
         "{} failed:\n{}\n{}",

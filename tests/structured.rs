@@ -35,7 +35,10 @@ fn setup() -> MutexGuard<'static, Setup> {
     let setup = SETUP.get_or_init(|| {
         let engine = Engine::load(&common::qwen_model(), &LoadOptions::default()).unwrap();
         let tokenizer = engine.tokenizer().unwrap();
-        let source = engine.chat_template().unwrap().expect("Qwen has a template");
+        let source = engine
+            .chat_template()
+            .unwrap()
+            .expect("Qwen has a template");
         let template = ChatTemplate::new(&source, "", "<|im_end|>").unwrap();
         let compiler = GrammarCompiler::new(&tokenizer).unwrap();
         Mutex::new(Setup {
@@ -76,7 +79,13 @@ fn generate(grammar: &Grammar, prompt: &str, temperature: f32, seed: u64, max: u
     };
     let (out, stats) = s
         .engine
-        .generate(&ids, &mut sampler, &options, |t| s.tokenizer.is_eog(t), |_| true)
+        .generate(
+            &ids,
+            &mut sampler,
+            &options,
+            |t| s.tokenizer.is_eog(t),
+            |_| true,
+        )
         .unwrap();
     let stopped = out.last().is_some_and(|&t| s.tokenizer.is_eog(t));
     Run {
@@ -118,7 +127,11 @@ fn check(cases: &[Value]) {
         .filter(|(_, v)| v["ok"] != json!(true))
         .map(|(c, v)| format!("{} on {:?}: {}", c["kind"], c["output"], v["error"]))
         .collect();
-    assert!(failures.is_empty(), "invalid outputs:\n{}", failures.join("\n"));
+    assert!(
+        failures.is_empty(),
+        "invalid outputs:\n{}",
+        failures.join("\n")
+    );
 }
 
 /// (schema, bounded): a bounded schema admits only finitely many outputs.
@@ -244,8 +257,14 @@ fn regex_outputs_fully_match() {
     }
     let patterns = [
         (r"\(\d{3}\) \d{3}-\d{4}", "What is the office phone number?"),
-        (r"(yes|no), because [a-z ]{1,40}\.", "Is the sky blue? Answer briefly."),
-        (r"[A-Z][a-z]{2,12}( [A-Z][a-z]{2,12}){0,2}", "Name a famous scientist."),
+        (
+            r"(yes|no), because [a-z ]{1,40}\.",
+            "Is the sky blue? Answer briefly.",
+        ),
+        (
+            r"[A-Z][a-z]{2,12}( [A-Z][a-z]{2,12}){0,2}",
+            "Name a famous scientist.",
+        ),
     ];
     let mut cases = vec![];
     for (rx, prompt) in patterns {
@@ -282,7 +301,10 @@ fn lark_arithmetic_outputs_parse() {
         cases.push(case("lark", json!(ARITHMETIC), &run));
     }
     check(&cases);
-    assert!(stopped >= 2, "most runs should end by the grammar: {cases:?}");
+    assert!(
+        stopped >= 2,
+        "most runs should end by the grammar: {cases:?}"
+    );
 }
 
 #[test]
@@ -301,11 +323,18 @@ fn the_first_pick_check_agrees_with_the_whole_mask() {
     let mut cache = s.engine.new_cache();
     let mut logits = s
         .engine
-        .prefill(&history, &mut cache, 512, mlx_engine::engine::LogitRows::Last)
+        .prefill(
+            &history,
+            &mut cache,
+            512,
+            mlx_engine::engine::LogitRows::Last,
+        )
         .unwrap()
         .data;
-    let mut sampler =
-        Sampler::with_constraint(SamplerParams::greedy(), s.compiler.compile(&grammar).unwrap());
+    let mut sampler = Sampler::with_constraint(
+        SamplerParams::greedy(),
+        s.compiler.compile(&grammar).unwrap(),
+    );
     let (mut masked_picks, mut steps) = (0, 0);
     for _ in 0..40 {
         steps += 1;
@@ -409,12 +438,24 @@ fn the_cli_constrains_and_refuses_bad_grammars() {
     let file = dir.path().join("schema.json");
     std::fs::write(&file, schema.to_string()).unwrap();
     let out = cli()
-        .args(["--chat", "-p", "What is 6 times 7? Answer in JSON.", "--temp", "0", "-n", "30"])
+        .args([
+            "--chat",
+            "-p",
+            "What is 6 times 7? Answer in JSON.",
+            "--temp",
+            "0",
+            "-n",
+            "30",
+        ])
         .arg("--json-schema")
         .arg(&file)
         .output()
         .unwrap();
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let text = String::from_utf8(out.stdout).unwrap();
     let value: Value = serde_json::from_str(text.trim()).unwrap();
     let answer = value["answer"].as_i64().unwrap();
@@ -428,7 +469,11 @@ fn the_cli_constrains_and_refuses_bad_grammars() {
         &["--grammar", "/no/such/file.lark"],
     ];
     for args in bad {
-        let out = cli().args(["-p", "hi", "-n", "4"]).args(args).output().unwrap();
+        let out = cli()
+            .args(["-p", "hi", "-n", "4"])
+            .args(args)
+            .output()
+            .unwrap();
         let stderr = String::from_utf8_lossy(&out.stderr);
         assert_eq!(out.status.code(), Some(1), "{args:?}: {stderr}");
         assert!(stderr.starts_with("error: "), "{args:?}: {stderr}");

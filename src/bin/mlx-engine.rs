@@ -314,7 +314,10 @@ fn grammar_summary(sampler: &Sampler, forced: usize) -> String {
     let stats = c.stats();
     let mut full: Vec<f64> = stats.full.iter().map(|d| d.as_secs_f64() * 1e6).collect();
     full.sort_by(f64::total_cmp);
-    let at = |q: f64| full.get(((full.len() as f64 - 1.0) * q).round() as usize).copied();
+    let at = |q: f64| {
+        full.get(((full.len() as f64 - 1.0) * q).round() as usize)
+            .copied()
+    };
     format!(
         " | grammar: {forced} forced, {} allowed at first pick, {} masks (p50 {:.0} µs, p99 {:.0} µs)",
         stats.fast,

@@ -123,13 +123,7 @@ pub struct RequestGrammar {
 pub const MAX_STOP_STRINGS: usize = 16;
 
 /// Fields we know but cannot honour yet: refused when set to anything but their neutral value.
-const UNSUPPORTED: &[&str] = &[
-    "functions",
-    "function_call",
-    "echo",
-    "suffix",
-    "best_of",
-];
+const UNSUPPORTED: &[&str] = &["functions", "function_call", "echo", "suffix", "best_of"];
 
 /// Parses a JSON body into an object.
 pub fn parse_object(body: &[u8]) -> Result<Map<String, Value>, ApiError> {
@@ -208,7 +202,10 @@ pub fn completion_request(obj: &Map<String, Value>) -> Result<GenerationRequest,
     };
     for name in ["tools", "tool_choice"] {
         if !matches!(obj.get(name), None | Some(Value::Null)) {
-            return Err(ApiError::invalid(name, "is only accepted by /v1/chat/completions"));
+            return Err(ApiError::invalid(
+                name,
+                "is only accepted by /v1/chat/completions",
+            ));
         }
     }
     // Completions' `logprobs` is the count itself (OpenAI allows up to 5; we allow 20).
@@ -296,8 +293,14 @@ fn response_format(obj: &Map<String, Value>) -> Result<Option<RequestGrammar>, A
                     ))
                 }
             }
-            if !matches!(spec.get("strict"), None | Some(Value::Null | Value::Bool(_))) {
-                return Err(ApiError::invalid(&format!("{at}.strict"), "must be a boolean"));
+            if !matches!(
+                spec.get("strict"),
+                None | Some(Value::Null | Value::Bool(_))
+            ) {
+                return Err(ApiError::invalid(
+                    &format!("{at}.strict"),
+                    "must be a boolean",
+                ));
             }
             let param = format!("{at}.schema");
             let schema = spec.get("schema").cloned().unwrap_or(json!({}));

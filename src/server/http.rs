@@ -350,7 +350,10 @@ async fn generate(
 ) -> Result<Response, ApiError> {
     s.check_model(request.model.as_deref())?;
     let info = s.ready()?;
-    let definitions = request.tools.as_ref().map_or(&[][..], |t| &t.definitions[..]);
+    let definitions = request
+        .tools
+        .as_ref()
+        .map_or(&[][..], |t| &t.definitions[..]);
     let prompt = prompt_tokens(info, &request.prompt, definitions)?;
     check_logit_bias(info, &request)?;
     let constraint = compile_grammar(info, request.grammar.as_ref())?;
@@ -405,11 +408,7 @@ async fn generate(
 }
 
 /// The prompt's token ids, checked against the vocabulary and the context.
-fn prompt_tokens(
-    info: &ModelInfo,
-    prompt: &Prompt,
-    tools: &[Value],
-) -> Result<Vec<u32>, ApiError> {
+fn prompt_tokens(info: &ModelInfo, prompt: &Prompt, tools: &[Value]) -> Result<Vec<u32>, ApiError> {
     let tokenizer = &info.tokenizer;
     let (tokens, param) = match prompt {
         Prompt::Messages(messages) => {

@@ -155,7 +155,10 @@ pub fn run(
     let backend = Backend::load(&ModelSpec::new(&config.model), &options)?;
     let tokenizer = backend.tokenizer()?.clone();
     let template = backend.chat_template()?.cloned();
-    let grammars = backend.grammar_compiler().cloned().map_err(|e| e.to_string());
+    let grammars = backend
+        .grammar_compiler()
+        .cloned()
+        .map_err(|e| e.to_string());
     on_ready(ModelInfo {
         tokenizer: tokenizer.clone(),
         template,

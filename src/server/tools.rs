@@ -54,7 +54,10 @@ pub fn parse(obj: &Map<String, Value>) -> Result<Option<Tools>, ApiError> {
         None | Some(Value::Null) => vec![],
         Some(Value::Array(items)) if items.len() <= MAX_TOOLS => items.clone(),
         Some(Value::Array(_)) => {
-            return Err(ApiError::invalid("tools", format!("at most {MAX_TOOLS} tools")))
+            return Err(ApiError::invalid(
+                "tools",
+                format!("at most {MAX_TOOLS} tools"),
+            ))
         }
         Some(_) => return Err(ApiError::invalid("tools", "must be an array")),
     };
@@ -67,7 +70,10 @@ pub fn parse(obj: &Map<String, Value>) -> Result<Option<Tools>, ApiError> {
     if functions.is_empty() {
         return match choice {
             ToolChoice::None | ToolChoice::Auto => Ok(None),
-            _ => Err(ApiError::invalid("tool_choice", "needs a non-empty \"tools\"")),
+            _ => Err(ApiError::invalid(
+                "tool_choice",
+                "needs a non-empty \"tools\"",
+            )),
         };
     }
     if let ToolChoice::Named(name) = &choice {
@@ -89,10 +95,16 @@ pub fn parse(obj: &Map<String, Value>) -> Result<Option<Tools>, ApiError> {
 fn function(i: usize, tool: &Value) -> Result<(String, Value), ApiError> {
     let at = format!("tools[{i}]");
     if tool.get("type").and_then(Value::as_str) != Some("function") {
-        return Err(ApiError::invalid(&format!("{at}.type"), "must be \"function\""));
+        return Err(ApiError::invalid(
+            &format!("{at}.type"),
+            "must be \"function\"",
+        ));
     }
     let Some(f) = tool.get("function").and_then(Value::as_object) else {
-        return Err(ApiError::invalid(&format!("{at}.function"), "must be an object"));
+        return Err(ApiError::invalid(
+            &format!("{at}.function"),
+            "must be an object",
+        ));
     };
     let name = match f.get("name").and_then(Value::as_str) {
         Some(n) if valid_name(n) => n.to_string(),
@@ -146,7 +158,11 @@ fn tool_choice(value: Option<&Value>, have_tools: bool) -> Result<ToolChoice, Ap
             _ => Err(invalid()),
         },
         Some(Value::Object(o)) if o.get("type").and_then(Value::as_str) == Some("function") => {
-            match o.get("function").and_then(|f| f.get("name")).and_then(Value::as_str) {
+            match o
+                .get("function")
+                .and_then(|f| f.get("name"))
+                .and_then(Value::as_str)
+            {
                 Some(name) => Ok(ToolChoice::Named(name.to_string())),
                 None => Err(ApiError::invalid(
                     "tool_choice.function.name",
@@ -278,7 +294,11 @@ impl CallFilter {
 fn partial_open(text: &str) -> usize {
     (1..CALL_OPEN.len())
         .rev()
-        .find(|&n| text.len() >= n && text.is_char_boundary(text.len() - n) && CALL_OPEN.starts_with(&text[text.len() - n..]))
+        .find(|&n| {
+            text.len() >= n
+                && text.is_char_boundary(text.len() - n)
+                && CALL_OPEN.starts_with(&text[text.len() - n..])
+        })
         .unwrap_or(0)
 }
 
@@ -323,12 +343,16 @@ pub fn template_calls(at: &str, value: &Value) -> Result<Vec<Value>, ApiError> {
             let f = call
                 .get("function")
                 .and_then(Value::as_object)
-                .ok_or_else(|| ApiError::invalid(&format!("{field}.function"), "must be an object"))?;
+                .ok_or_else(|| {
+                    ApiError::invalid(&format!("{field}.function"), "must be an object")
+                })?;
             let name = f.get("name").and_then(Value::as_str).ok_or_else(|| {
                 ApiError::invalid(&format!("{field}.function.name"), "must be a string")
             })?;
             let arguments = match f.get("arguments") {
-                Some(Value::String(s)) => serde_json::from_str(s).unwrap_or(Value::from(s.as_str())),
+                Some(Value::String(s)) => {
+                    serde_json::from_str(s).unwrap_or(Value::from(s.as_str()))
+                }
                 None | Some(Value::Null) => json!({}),
                 Some(other) => other.clone(),
             };
@@ -350,7 +374,13 @@ mod tests {
         let text = "Sure.\n<tool_call>\n{\"name\": \"f\", \"arguments\": {\"a\": 1}}\n</tool_call>";
         let (content, calls) = split_calls(text).unwrap();
         assert_eq!(content, "Sure.");
-        assert_eq!(calls, vec![ToolCall { name: "f".into(), arguments: "{\"a\":1}".into() }]);
+        assert_eq!(
+            calls,
+            vec![ToolCall {
+                name: "f".into(),
+                arguments: "{\"a\":1}".into()
+            }]
+        );
         assert!(split_calls("no calls").is_none());
         assert!(split_calls("<tool_call>\n{not json}\n</tool_call>").is_none());
     }
