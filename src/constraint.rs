@@ -208,6 +208,7 @@ impl GrammarCompiler {
             matcher,
             vocab: self.vocab,
             stats: MaskStats::default(),
+            check_first: true,
         })
     }
 
@@ -249,6 +250,8 @@ pub struct Constraint {
     matcher: Matcher,
     vocab: usize,
     stats: MaskStats,
+    /// Whether the sampler checks its unconstrained pick before building the whole mask.
+    check_first: bool,
 }
 
 impl std::fmt::Debug for Constraint {
@@ -329,6 +332,17 @@ impl Constraint {
     /// Whether the grammar is complete and takes no more text.
     pub fn is_finished(&self) -> bool {
         self.matcher.is_stopped()
+    }
+
+    /// Whether the sampler tries its unconstrained pick first (the default) or always builds
+    /// the whole mask (for measuring what the check saves).
+    pub fn checks_first(&self) -> bool {
+        self.check_first
+    }
+
+    /// Sets [`Constraint::checks_first`].
+    pub fn set_check_first(&mut self, on: bool) {
+        self.check_first = on;
     }
 
     /// Counters and timings of the fast check and the whole mask.

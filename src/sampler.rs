@@ -248,7 +248,7 @@ impl Sampler {
         let mut token = self.pick();
         if let Some(c) = self.constraint.as_mut() {
             let open = self.adjusted[token as usize] > f32::NEG_INFINITY;
-            if open && c.allows(token)? {
+            if open && c.checks_first() && c.allows(token)? {
                 c.note_fast();
             } else {
                 c.mask(&mut self.adjusted)?;
