@@ -35,7 +35,7 @@ const JSON_WHITESPACE: &str = r"\x20|\x0A[\x20\x09]{0,20}";
 /// What a generation must match.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Grammar {
-    /// A JSON Schema (llguidance's subset: see `docs/STRUCTURED.md`).
+    /// A JSON Schema (llguidance's subset: see the README's "Structured output").
     JsonSchema(Value),
     /// Any JSON object (OpenAI's `json_object`).
     JsonObject,
@@ -53,10 +53,13 @@ impl Grammar {
         Grammar::json_schema(schema)
     }
 
-    /// A JSON Schema given as a value; it must be an object or a boolean.
+    /// A JSON Schema given as a value; it must be an object or `true`.
     pub fn json_schema(schema: Value) -> Result<Grammar> {
         match schema {
-            Value::Object(_) | Value::Bool(_) => Ok(Grammar::JsonSchema(schema)),
+            Value::Object(_) | Value::Bool(true) => Ok(Grammar::JsonSchema(schema)),
+            Value::Bool(false) => Err(Error::Grammar(
+                "the JSON schema `false` admits no value".into(),
+            )),
             other => Err(Error::Grammar(format!(
                 "a JSON schema must be an object or a boolean, not {}",
                 json_kind(&other)
@@ -86,7 +89,6 @@ impl Grammar {
 pub fn bounded_json_schema(schema: &Value) -> Value {
     let mut schema = match schema {
         Value::Bool(true) => serde_json::json!({}),
-        Value::Bool(false) => serde_json::json!({"not": {}}),
         other => other.clone(),
     };
     if let Some(map) = schema.as_object_mut() {

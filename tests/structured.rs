@@ -409,7 +409,7 @@ fn bad_grammars_are_errors() {
             other => panic!("{grammar:?}: {other:?}"),
         }
     }
-    for text in ["{", "[1, 2]", "\"a string\"", "3"] {
+    for text in ["{", "[1, 2]", "\"a string\"", "3", "false"] {
         assert!(
             matches!(Grammar::json_schema_text(text), Err(Error::Grammar(_))),
             "{text}"
