@@ -74,7 +74,9 @@ fn median(v: &mut [f64]) -> f64 {
 
 fn main() -> anyhow::Result<()> {
     let args: Vec<String> = std::env::args().collect();
-    let model = args.get(1).map_or(mlx_engine::registry::DEFAULT_MODEL, String::as_str);
+    let model = args
+        .get(1)
+        .map_or(mlx_engine::registry::DEFAULT_MODEL, String::as_str);
     let rounds: usize = args.get(2).map(|s| s.parse()).transpose()?.unwrap_or(3);
     let max_new: usize = args.get(3).map(|s| s.parse()).transpose()?.unwrap_or(96);
     let path = fetch::resolve(model, &FetchOptions::default())?.path;
@@ -87,7 +89,9 @@ fn main() -> anyhow::Result<()> {
     let start = Instant::now();
     compiler.compile(&grammar)?;
     let compile = start.elapsed();
-    let source = engine.chat_template()?.ok_or_else(|| anyhow::anyhow!("no chat template"))?;
+    let source = engine
+        .chat_template()?
+        .ok_or_else(|| anyhow::anyhow!("no chat template"))?;
     let template = ChatTemplate::new(&source, "", "")?;
     let prompt = "Describe a fictional employee of our company as JSON: name, age, email, \
                   department, skills, and whether they work remotely.";

@@ -211,6 +211,7 @@ impl GrammarCompiler {
             vocab: self.vocab,
             stats: MaskStats::default(),
             check_first: true,
+            ended: 0,
         })
     }
 
@@ -254,6 +255,9 @@ pub struct Constraint {
     stats: MaskStats,
     /// Whether the sampler checks its unconstrained pick before building the whole mask.
     check_first: bool,
+    /// End-of-generation tokens committed after the grammar had finished (llguidance does not
+    /// take them; [`Constraint::rollback`] undoes them first).
+    ended: usize,
 }
 
 impl std::fmt::Debug for Constraint {
@@ -303,6 +307,7 @@ impl Constraint {
     /// Advances the grammar by a sampled token; a token it does not allow is an error.
     pub fn commit(&mut self, token: u32) -> Result<()> {
         if self.matcher.is_stopped() && self.is_end(token) {
+            self.ended += 1;
             return Ok(());
         }
         self.matcher.consume_token(token).map_err(grammar_err)
@@ -323,7 +328,9 @@ impl Constraint {
 
     /// Undoes the last `n` committed tokens (a rejected speculative draft).
     pub fn rollback(&mut self, n: usize) -> Result<()> {
-        self.matcher.rollback(n).map_err(grammar_err)
+        let ended = n.min(self.ended);
+        self.ended -= ended;
+        self.matcher.rollback(n - ended).map_err(grammar_err)
     }
 
     /// Whether the output so far is a complete match (an end-of-generation token may come).

@@ -7,7 +7,10 @@
 //! - any JSON object, regular expressions (full match), a Lark arithmetic grammar (parses);
 //! - the one-token check before the mask picks what the whole mask would (greedy);
 //! - forced tokens are fast-forwarded and the output still validates;
-//! - bad schemas, regexes and grammars are `Error::Grammar`, and the CLI exits nonzero.
+//! - bad schemas, regexes and grammars are `Error::Grammar`, and the CLI exits nonzero;
+//! - the backend's constrained sampler: a rollback of one token restores the grammar state
+//!   (the same token is drawn again, also after the grammar finished), forced tokens are fed
+//!   without sampling, the output matches and ends by an end-of-generation token.
 
 mod common;
 
@@ -479,4 +482,57 @@ fn the_cli_constrains_and_refuses_bad_grammars() {
         assert!(stderr.starts_with("error: "), "{args:?}: {stderr}");
         assert!(!stderr.contains("panicked"), "{args:?}: {stderr}");
     }
+}
+
+#[test]
+fn the_backend_samples_under_a_grammar_and_rolls_back() {
+    if common::skip_requested() {
+        return;
+    }
+    use mlx_engine::backend::{Backend, BackendOptions, ModelSpec};
+    let mut b = Backend::load(
+        &ModelSpec::new(common::qwen_model()),
+        &BackendOptions::default(),
+    )
+    .unwrap();
+    assert!(b.capabilities().supports_structured_output);
+    let bad = b.create_constrained_sampler(SamplerParams::greedy(), &Grammar::Regex("(".into()));
+    assert!(matches!(bad, Err(Error::Grammar(_))), "{bad:?}");
+    let grammar = Grammar::Regex("(yes|no), [a-z]{1,12}\\.".into());
+    let sampler = b
+        .create_constrained_sampler(SamplerParams::greedy(), &grammar)
+        .unwrap();
+    let text = b
+        .apply_chat_template(&[ChatMessage::user("Is water wet? Answer briefly.")], true)
+        .unwrap();
+    let mut history = b.tokenize(&text, false).unwrap();
+    let seq = b.create_seq();
+    let mut logits = b.prefill(seq, &history, false).unwrap().data;
+    let mut out = vec![];
+    for _ in 0..24 {
+        let token = b.sample(sampler, &logits, &history).unwrap().token;
+        // Undo the commit and draw again: the same token, from the same grammar state.
+        b.rollback_sampler(sampler, 1).unwrap();
+        let again = b.sample(sampler, &logits, &history).unwrap().token;
+        assert_eq!(again, token, "after {:?}", b.detokenize(&out, false));
+        history.push(token);
+        if b.eog_tokens().unwrap().contains(&token) {
+            break;
+        }
+        out.push(token);
+        let forced = b.forced_tokens(sampler).unwrap();
+        let step: Vec<u32> = std::iter::once(token)
+            .chain(forced.iter().copied())
+            .collect();
+        history.extend(&forced);
+        out.extend(&forced);
+        logits = b.prefill(seq, &step, false).unwrap().data;
+    }
+    let text = b.detokenize(&out, true).unwrap();
+    let re_ok = (text.starts_with("yes, ") || text.starts_with("no, ")) && text.ends_with('.');
+    assert!(re_ok, "{text:?}");
+    assert!(
+        b.eog_tokens().unwrap().contains(history.last().unwrap()),
+        "{text:?}"
+    );
 }
