@@ -670,6 +670,8 @@ pub struct ResponseHead {
     pub token_names: TokenNames,
     /// Whether the output is parsed for tool calls (chat with tools, `tool_choice` not none).
     pub tool_calls: bool,
+    /// The listed tools' names (a bare call object must name one).
+    pub tool_names: Vec<String>,
 }
 
 impl ResponseHead {

@@ -400,6 +400,7 @@ async fn generate(
         logprobs: request.logprobs.is_some(),
         token_names: request.token_names,
         tool_calls: request.tools.as_ref().is_some_and(Tools::parses_calls),
+        tool_names: request.tools.as_ref().map_or(vec![], Tools::names),
     };
     match request.stream {
         true => Ok(stream_response(head, receiver, request.include_usage).into_response()),
@@ -529,7 +530,7 @@ async fn collect(
                     cached_tokens,
                 };
                 let calls = match head.tool_calls {
-                    true => tools::split_calls(&text),
+                    true => tools::split_calls(&text, &head.tool_names),
                     false => None,
                 };
                 let body = match calls {
@@ -569,7 +570,9 @@ fn stream_response(
         Endpoint::Chat => vec![data(&head.chunk(None, &[], true, None))],
         Endpoint::Completions => vec![],
     };
-    let filter = head.tool_calls.then(CallFilter::default);
+    let filter = head
+        .tool_calls
+        .then(|| CallFilter::new(head.tool_names.clone()));
     let state = Some((head, receiver, filter));
     let rest = stream::unfold(state, move |state| async move {
         let (head, mut receiver, mut filter) = state?;

@@ -175,6 +175,11 @@ fn tool_choice(value: Option<&Value>, have_tools: bool) -> Result<ToolChoice, Ap
 }
 
 impl Tools {
+    /// The tools' names.
+    pub fn names(&self) -> Vec<String> {
+        self.functions.iter().map(|(n, _)| n.clone()).collect()
+    }
+
     /// Whether the output is parsed for calls (not with `tool_choice: "none"`).
     pub fn parses_calls(&self) -> bool {
         self.choice != ToolChoice::None
@@ -215,10 +220,14 @@ fn literal(text: &str) -> String {
     Value::from(text).to_string()
 }
 
-/// The calls in a complete output and the text before the first one; `None` when the output
-/// holds no well-formed call (then it is plain content).
-pub fn split_calls(text: &str) -> Option<(String, Vec<ToolCall>)> {
-    let start = text.find(CALL_OPEN)?;
+/// The calls in a complete output and the text before the first one: `<tool_call>` blocks,
+/// or else an output that is nothing but one bare call object of a tool in `names` (small
+/// models drop the tags). `None` when the output holds no well-formed call (then it is plain
+/// content).
+pub fn split_calls(text: &str, names: &[String]) -> Option<(String, Vec<ToolCall>)> {
+    let Some(start) = text.find(CALL_OPEN) else {
+        return bare_call(text, names).map(|call| (String::new(), vec![call]));
+    };
     let mut calls = vec![];
     let mut rest = &text[start..];
     while let Some(open) = rest.find(CALL_OPEN) {
@@ -236,6 +245,12 @@ pub fn split_calls(text: &str) -> Option<(String, Vec<ToolCall>)> {
     Some((text[..start].trim_end().to_string(), calls))
 }
 
+/// The whole output as one call object naming a listed tool.
+fn bare_call(text: &str, names: &[String]) -> Option<ToolCall> {
+    let call = parse_call(text)?;
+    names.contains(&call.name).then_some(call)
+}
+
 /// `{"name": "...", "arguments": {...}}` (arguments may also be a JSON string).
 fn parse_call(body: &str) -> Option<ToolCall> {
     let value: Value = serde_json::from_str(body.trim()).ok()?;
@@ -249,22 +264,37 @@ fn parse_call(body: &str) -> Option<ToolCall> {
 }
 
 /// Holds back streamed text from where a call may begin, so `<tool_call>` blocks never reach
-/// the client as content.
+/// the client as content; an output that starts with `{` (possibly a bare call object) is held
+/// back whole until the end.
 #[derive(Debug, Default)]
 pub struct CallFilter {
+    /// The tools' names (for bare call objects).
+    names: Vec<String>,
     /// Everything generated so far.
     text: String,
     /// Bytes of `text` already sent as content.
     sent: usize,
-    /// A `<tool_call>` has been seen: nothing more is sent as content.
+    /// A `<tool_call>` (or a leading `{`) has been seen: nothing more is sent as content.
     calling: bool,
 }
 
 impl CallFilter {
+    /// A filter for a request listing tools with these names.
+    pub fn new(names: Vec<String>) -> CallFilter {
+        CallFilter {
+            names,
+            ..CallFilter::default()
+        }
+    }
+
     /// Adds generated text; returns the content that can be sent now.
     pub fn push(&mut self, piece: &str) -> String {
         self.text.push_str(piece);
         if self.calling {
+            return String::new();
+        }
+        if self.sent == 0 && self.text.trim_start().starts_with('{') {
+            self.calling = true;
             return String::new();
         }
         let pending = &self.text[self.sent..];
@@ -283,7 +313,7 @@ impl CallFilter {
     /// At the end: the content still held back and the calls, or only content when the
     /// output holds no well-formed call.
     pub fn finish(self) -> (String, Vec<ToolCall>) {
-        match split_calls(&self.text) {
+        match split_calls(&self.text, &self.names) {
             Some((_, calls)) => (String::new(), calls),
             None => (self.text[self.sent..].to_string(), vec![]),
         }
@@ -372,22 +402,27 @@ mod tests {
     #[test]
     fn calls_are_split_from_text() {
         let text = "Sure.\n<tool_call>\n{\"name\": \"f\", \"arguments\": {\"a\": 1}}\n</tool_call>";
-        let (content, calls) = split_calls(text).unwrap();
+        let names = ["f".to_string()];
+        let (content, calls) = split_calls(text, &names).unwrap();
         assert_eq!(content, "Sure.");
-        assert_eq!(
-            calls,
-            vec![ToolCall {
-                name: "f".into(),
-                arguments: "{\"a\":1}".into()
-            }]
+        let f = ToolCall {
+            name: "f".into(),
+            arguments: "{\"a\":1}".into(),
+        };
+        assert_eq!(calls, vec![f.clone()]);
+        assert!(split_calls("no calls", &names).is_none());
+        assert!(split_calls("<tool_call>\n{not json}\n</tool_call>", &names).is_none());
+        let bare = "{\"name\": \"f\", \"arguments\": {\"a\": 1}}";
+        assert_eq!(split_calls(bare, &names), Some((String::new(), vec![f])));
+        assert!(
+            split_calls(bare, &["g".to_string()]).is_none(),
+            "not a listed tool"
         );
-        assert!(split_calls("no calls").is_none());
-        assert!(split_calls("<tool_call>\n{not json}\n</tool_call>").is_none());
     }
 
     #[test]
     fn the_filter_holds_back_what_may_begin_a_call() {
-        let mut f = CallFilter::default();
+        let mut f = CallFilter::new(vec!["g".into()]);
         assert_eq!(f.push("Hello <tool"), "Hello ");
         assert_eq!(f.push("box>"), "<toolbox>");
         assert_eq!(f.push(" <tool_call>\n{\"name\": \"g\"}"), " ");
@@ -396,5 +431,13 @@ mod tests {
         assert_eq!(rest, "");
         assert_eq!(calls[0].name, "g");
         assert_eq!(calls[0].arguments, "{}");
+        // A leading `{` is held back whole: a bare call, or content released at the end.
+        let mut f = CallFilter::new(vec!["g".into()]);
+        assert_eq!(f.push("{\"name\": \"g\","), "");
+        assert_eq!(f.push(" \"arguments\": {}}"), "");
+        assert_eq!(f.finish().1[0].name, "g");
+        let mut f = CallFilter::new(vec!["g".into()]);
+        assert_eq!(f.push("{\"x\": 1}"), "");
+        assert_eq!(f.finish(), ("{\"x\": 1}".to_string(), vec![]));
     }
 }

@@ -9,7 +9,9 @@ the independent validator:
 - with --tools: tool_choice "required" gives message.tool_calls (id, type "function", a listed
   name, arguments a JSON string that validates against the tool's parameters) and
   finish_reason "tool_calls"; a named tool_choice calls that tool; the streamed call
-  reassembled from delta.tool_calls equals the unstreamed one; the call and a tool result
+  reassembled from delta.tool_calls equals the unstreamed one; with tool_choice auto, calls
+  (tagged or a bare call object) validate and the stream equals the unstreamed reply; the call
+  and a tool result
   round-trip into a follow-up turn that answers in text.
 Prints a closing line on success.
 """
@@ -149,6 +151,42 @@ def check_call(call):
     return call.function.name, args
 
 
+def reassemble(chunks):
+    """(content, [(name, arguments)], finish reasons) of a streamed chat reply."""
+    parts, content, finishes = {}, "", []
+    for chunk in chunks:
+        if not chunk.choices:
+            continue
+        delta = chunk.choices[0].delta
+        content += delta.content or ""
+        for tc in delta.tool_calls or []:
+            part = parts.setdefault(tc.index, {"id": "", "name": "", "arguments": ""})
+            part["id"] += tc.id or ""
+            if tc.function is not None:
+                part["name"] += tc.function.name or ""
+                part["arguments"] += tc.function.arguments or ""
+        if chunk.choices[0].finish_reason:
+            finishes.append(chunk.choices[0].finish_reason)
+    calls = [(parts[i]["name"], json.loads(parts[i]["arguments"])) for i in sorted(parts)]
+    return content, calls, finishes
+
+
+def check_auto(client, model, messages):
+    """tool_choice auto (the default): calls, if any, validate; streamed = unstreamed."""
+    args = dict(model=model, messages=messages, tools=TOOLS, max_tokens=80, temperature=0)
+    choice = client.chat.completions.create(**args).choices[0]
+    calls = [check_call(c) for c in choice.message.tool_calls or []]
+    if calls:
+        assert choice.finish_reason == "tool_calls", choice
+    else:
+        assert choice.finish_reason in ("stop", "length") and choice.message.content, choice
+    content, streamed, finishes = reassemble(client.chat.completions.create(**args, stream=True))
+    assert streamed == calls, (streamed, calls)
+    assert finishes == [choice.finish_reason], finishes
+    if not calls:
+        assert content == choice.message.content, (content, choice.message.content)
+
+
 def check_tools(client, model):
     messages = [{"role": "user", "content": "What is the weather in Paris right now?"}]
     args = dict(model=model, messages=messages, tools=TOOLS, max_tokens=80, temperature=0)
@@ -158,24 +196,11 @@ def check_tools(client, model):
     calls = [check_call(c) for c in choice.message.tool_calls]
     assert calls, choice
 
-    chunks = list(client.chat.completions.create(**args, tool_choice="required", stream=True))
-    parts = {}
-    finishes = []
-    for chunk in chunks:
-        if not chunk.choices:
-            continue
-        delta = chunk.choices[0].delta
-        for tc in delta.tool_calls or []:
-            part = parts.setdefault(tc.index, {"id": "", "name": "", "arguments": ""})
-            part["id"] += tc.id or ""
-            if tc.function is not None:
-                part["name"] += tc.function.name or ""
-                part["arguments"] += tc.function.arguments or ""
-        if chunk.choices[0].finish_reason:
-            finishes.append(chunk.choices[0].finish_reason)
+    chunks = client.chat.completions.create(**args, tool_choice="required", stream=True)
+    content, streamed, finishes = reassemble(chunks)
     assert finishes == ["tool_calls"], finishes
-    streamed = [(parts[i]["name"], json.loads(parts[i]["arguments"])) for i in sorted(parts)]
-    assert streamed == calls, (streamed, calls)
+    assert streamed == calls and content == "", (streamed, calls, content)
+    check_auto(client, model, messages)
 
     named = client.chat.completions.create(
         **args, tool_choice={"type": "function", "function": {"name": "add"}}
