@@ -147,6 +147,39 @@ def request_body_seeds() -> None:
     for name, body in bodies.items():
         write("request_body", name, json.dumps(body).encode())
     write("request_body", "not-an-object.json", b"[1, 2, 3]")
+    schema = {"type": "object", "properties": {"a": {"type": "integer"}}, "required": ["a"]}
+    structured = {
+        "chat-json-schema.json": {"messages": [{"role": "user", "content": "x"}], "response_format":
+                                  {"type": "json_schema", "json_schema": {"name": "s", "schema": schema,
+                                                                          "strict": True}}},
+        "chat-json-object.json": {"messages": [{"role": "user", "content": "x"}],
+                                  "response_format": {"type": "json_object"}},
+        "chat-tools.json": {"messages": [{"role": "user", "content": "x"}], "tool_choice": "required",
+                            "tools": [{"type": "function", "function": {"name": "f", "parameters": schema}}]},
+    }
+    for name, body in structured.items():
+        write("request_body", name, json.dumps(body).encode())
+
+
+def grammar_seeds() -> None:
+    """A kind byte (0 JSON Schema, 1 regex, 2 Lark: GRAMMAR_KINDS) and the grammar's text."""
+    schema = {"type": "object", "properties": {"name": {"type": "string", "maxLength": 8},
+                                               "n": {"type": "integer", "minimum": 0, "maximum": 99},
+                                               "tags": {"type": "array", "items": {"enum": ["a", "b"]},
+                                                        "maxItems": 3}},
+              "required": ["name"], "additionalProperties": False}
+    seeds = {
+        "schema-object.bin": b"\x00" + json.dumps(schema).encode(),
+        "schema-true.bin": b"\x00true",
+        "schema-bad-type.bin": b"\x00" + json.dumps({"type": "nope"}).encode(),
+        "regex-digits.bin": b"\x01[0-9]{1,4}(\\.[0-9]+)?",
+        "regex-bad.bin": b"\x01(a|",
+        "lark-arith.bin": b"\x02start: expr\nexpr: term ((\"+\"|\"-\") term)*\nterm: NUMBER | \"(\" expr \")\"\nNUMBER: /[0-9]{1,3}/\n",
+        "lark-json.bin": b"\x02start: %json {\"type\": \"array\", \"maxItems\": 2}\n",
+        "lark-bad.bin": b"\x02start: missing_rule\n",
+    }
+    for name, data in seeds.items():
+        write("grammar", name, data)
 
 
 if __name__ == "__main__":
@@ -156,3 +189,4 @@ if __name__ == "__main__":
     tokenizer_json_seeds()
     chat_template_seeds()
     request_body_seeds()
+    grammar_seeds()

@@ -20,7 +20,7 @@ if [ ${#targets[@]} -eq 0 ]; then
   mapfile -t targets < <(cargo +nightly fuzz list)
 fi
 
-cargo +nightly fuzz build "${targets[@]/#/}" 2>&1 | tail -1 || cargo +nightly fuzz build
+cargo +nightly fuzz build  # every target: `fuzz build` takes at most one name
 
 run_one() {
   local target="$1"

@@ -292,7 +292,8 @@ impl Constraint {
     /// vocabulary included). A finished grammar allows only end-of-generation tokens.
     pub fn mask(&mut self, logits: &mut [f32]) -> Result<()> {
         let start = Instant::now();
-        let allowed: SimpleVob = self.matcher.compute_mask_or_eos().map_err(grammar_err)?;
+        let mut allowed: SimpleVob = self.matcher.compute_mask_or_eos().map_err(grammar_err)?;
+        self.drop_against_forced_bytes(&mut allowed);
         let n = self.vocab.min(logits.len());
         allowed.iter_unset_entries(|i| {
             if i < n {
@@ -362,6 +363,35 @@ impl Constraint {
     /// Records that the sampler's first pick was allowed.
     pub(crate) fn note_fast(&mut self) {
         self.stats.fast += 1;
+    }
+
+    /// Removes from `allowed` the tokens that disagree with the bytes the grammar forces next.
+    /// llguidance's mask can let through a token its `consume_token` then refuses: at the
+    /// start of a JSON schema the mask allows whitespace while `{` is forced (found by the
+    /// `grammar` fuzz target); committing such a token would put the matcher in its error
+    /// state and end the generation with an error.
+    fn drop_against_forced_bytes(&mut self, allowed: &mut SimpleVob) {
+        if self.matcher.is_stopped() {
+            return;
+        }
+        let forced = self.matcher.compute_ff_bytes();
+        if forced.is_empty() {
+            return;
+        }
+        let Ok(env) = self.matcher.tok_env() else {
+            return;
+        };
+        let trie = env.tok_trie();
+        let mut refused = vec![];
+        allowed.iter_set_entries(|i| {
+            let bytes = trie.token(i as u32);
+            if !(bytes.starts_with(&forced) || forced.starts_with(bytes)) {
+                refused.push(i as u32);
+            }
+        });
+        for token in refused {
+            allowed.disallow_token(token);
+        }
     }
 
     /// Whether `token` is one of the trie's end-of-generation ids.

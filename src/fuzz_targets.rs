@@ -10,6 +10,7 @@
 
 use crate::backend::snapshot::{self, Fingerprint, KvShape};
 use crate::chat_template::{ChatMessage, ChatTemplate};
+use crate::constraint::{Grammar, GrammarCompiler};
 use crate::error::{Error, Result};
 use crate::kv_cache::KvCache;
 use crate::loader::gguf::GgufFile;
@@ -19,6 +20,7 @@ use crate::server::api;
 use crate::tokenizer::Tokenizer;
 use sha2::{Digest, Sha256};
 use std::path::{Path, PathBuf};
+use std::sync::OnceLock;
 
 /// The model a fuzzed KV snapshot is hydrated into: its fingerprint (all zeros), cache shape
 /// and context length.
@@ -37,6 +39,12 @@ pub const SNAPSHOT_CONTEXT: usize = 64;
 pub const CHAT_SEPARATOR: u8 = 0;
 /// The roles a chat-template input's message may take (its first byte modulo their count).
 pub const CHAT_ROLES: [&str; 5] = ["system", "user", "assistant", "tool", "ipython"];
+
+/// The grammar kinds a grammar input may name (its first byte modulo their count): JSON
+/// Schema text, a regular expression, a Lark grammar.
+pub const GRAMMAR_KINDS: [&str; 3] = ["json_schema", "regex", "lark"];
+/// Tokens a grammar input commits at most after compiling (its walk through the grammar).
+pub const GRAMMAR_WALK: usize = 24;
 
 /// A GGUF file: opened and validated, then its model config, its tokenizer (encoding and
 /// decoding a short text) and its chat template (rendering a short conversation).
@@ -121,6 +129,101 @@ pub fn chat_template(data: &[u8]) -> Result<()> {
     let template = ChatTemplate::new(&source, "<s>", "</s>")?;
     template.render(&messages, true)?;
     template.render(&messages, false).map(drop)
+}
+
+/// A grammar as the CLI, the C ABI and the server compile it: the first byte picks its kind
+/// from [`GRAMMAR_KINDS`], the rest is its text. Compiled for a small byte-fallback
+/// vocabulary, then walked for up to [`GRAMMAR_WALK`] tokens: each step takes the mask, checks
+/// one token alone, commits an allowed token picked by the input's bytes, and now and then
+/// rolls one back, as sampling and speculative decoding do.
+pub fn grammar(data: &[u8]) -> Result<()> {
+    let (&kind, text) = data.split_first().unwrap_or((&0, &[]));
+    let text = std::str::from_utf8(text)
+        .map_err(|e| Error::Grammar(format!("grammar text is not UTF-8: {e}")))?;
+    let grammar = match GRAMMAR_KINDS[kind as usize % GRAMMAR_KINDS.len()] {
+        "json_schema" => Grammar::json_schema_text(text)?,
+        "regex" => Grammar::Regex(text.to_string()),
+        _ => Grammar::Lark(text.to_string()),
+    };
+    let compiler = grammar_compiler()?;
+    let mut constraint = compiler.compile(&grammar)?;
+    let mut logits = vec![0.0f32; compiler.vocab_size()];
+    for step in 0..GRAMMAR_WALK {
+        if constraint.is_finished() {
+            break;
+        }
+        logits.fill(0.0);
+        constraint.mask(&mut logits)?;
+        let allowed: Vec<u32> = (0..logits.len() as u32)
+            .filter(|&t| logits[t as usize].is_finite())
+            .collect();
+        let pick = data.get(step % data.len().max(1)).copied().unwrap_or(0) as usize;
+        let Some(&token) = allowed.get(pick % allowed.len().max(1)) else {
+            break;
+        };
+        let check = constraint.allows(token)?;
+        let committed = constraint.commit(token);
+        if !check {
+            return Err(Error::Grammar(format!(
+                "step {step}: token {token} is in the mask but its check refuses it; commit gave {committed:?}"
+            )));
+        }
+        committed?;
+        if pick % 7 == 3 {
+            constraint.rollback(1)?;
+        }
+        constraint.forced_tokens()?;
+    }
+    constraint.is_accepting().map(drop)
+}
+
+/// The grammar harness's compiler, built once: a SentencePiece vocabulary of the 256 byte
+/// tokens (so every output is spellable), the JSON punctuation and a few words.
+fn grammar_compiler() -> Result<&'static GrammarCompiler> {
+    static COMPILER: OnceLock<std::result::Result<GrammarCompiler, String>> = OnceLock::new();
+    let built = COMPILER.get_or_init(|| {
+        let mut tokens: Vec<String> = ["<unk>", "<s>", "</s>"].map(String::from).to_vec();
+        tokens.extend((0..=255u8).map(|b| format!("<0x{b:02X}>")));
+        let words = [
+            "{",
+            "}",
+            "[",
+            "]",
+            ":",
+            ",",
+            "\"",
+            "\u{2581}",
+            "true",
+            "false",
+            "null",
+            "0",
+            "1",
+            "12",
+            "-",
+            ".",
+            "e",
+            "a",
+            "ab",
+            "\u{2581}a",
+            "name",
+            "x",
+        ];
+        tokens.extend(words.iter().map(|w| w.to_string()));
+        let vocab = crate::tokenizer::Vocab {
+            model: "llama".into(),
+            tokens,
+            bos: Some(1),
+            eos: Some(2),
+            unk: Some(0),
+            ..Default::default()
+        };
+        Tokenizer::from_vocab(&vocab)
+            .and_then(|t| GrammarCompiler::new(&t))
+            .map_err(|e| e.to_string())
+    });
+    built
+        .as_ref()
+        .map_err(|e| Error::Grammar(format!("the fuzz vocabulary: {e}")))
 }
 
 /// A request body as `/v1/chat/completions` and `/v1/completions` read it.

@@ -114,9 +114,29 @@ fn request_body_corpus() {
         "chat-parts.json",
         "completion-text.json",
         "completion-ids.json",
+        "chat-json-schema.json",
+        "chat-json-object.json",
+        "chat-tools.json",
     ];
     assert_accepted(&outcomes, &seeds);
     for refused in ["refused.json", "not-an-object.json"] {
+        let outcome = outcomes.iter().find(|(n, _)| n == refused).unwrap();
+        assert!(outcome.1.is_err(), "{refused} must be refused");
+    }
+}
+
+#[test]
+fn grammar_corpus() {
+    let outcomes = run_corpus("grammar", fuzz_targets::grammar);
+    let seeds = [
+        "schema-object.bin",
+        "schema-true.bin",
+        "regex-digits.bin",
+        "lark-arith.bin",
+        "lark-json.bin",
+    ];
+    assert_accepted(&outcomes, &seeds);
+    for refused in ["schema-bad-type.bin", "regex-bad.bin", "lark-bad.bin"] {
         let outcome = outcomes.iter().find(|(n, _)| n == refused).unwrap();
         assert!(outcome.1.is_err(), "{refused} must be refused");
     }
