@@ -1,0 +1,325 @@
+//! Our logits against llama.cpp's own, from the golden files in `tests/data/goldens/`
+//! (written by `tests/reference/llama_cpp_goldens.py`; see its docstring). Each golden holds,
+//! per position of a teacher-forced token sequence, llama.cpp's top-20 token ids with their
+//! log-probabilities. Synthetic models are regenerated with `make_synthetic.py` and must have
+//! the golden's sha256 (the bytes llama.cpp read); real models come from the registry.
+//!
+//! Per golden, on the kernel path (`CpuKernel`) and the dense path (`CpuDense`):
+//! - top-1: our argmax equals llama.cpp's at every position where llama.cpp's top-2 gap
+//!   exceeds [`TIE_MARGIN`] (below it any faithful engine may break the near-tie either way);
+//! - KL(llama.cpp ‖ ours) over llama.cpp's top-20 plus one bucket for the rest of the
+//!   vocabulary, averaged over positions, is at most the golden's bound ([`Bounds`]).
+//!
+//! Bounds: llama.cpp rounds activations to 8 bits before each quantized product (as our
+//! kernel path does, blocking differently), so neither engine is exact; the bounds are a few
+//! times the worst measured value (noted beside each), far below what a missing feature
+//! costs (`rope_scaling_goldens_fail_without_the_feature`: the same weights without the RoPE
+//! scaling must be more than ten times over the bound).
+
+mod common;
+
+use mlx_engine::engine::{Engine, LoadOptions};
+use mlx_engine::model::Execution;
+use serde_json::Value;
+use sha2::{Digest, Sha256};
+use std::path::{Path, PathBuf};
+
+/// llama.cpp's top-2 log-probability gap above which our top-1 must be the same token.
+const TIE_MARGIN: f64 = 0.05;
+
+/// Mean KL bounds of one golden on the two paths.
+#[derive(Clone, Copy, Debug)]
+struct Bounds {
+    kernel: f64,
+    dense: f64,
+}
+
+/// Synthetic models (48 positions; their random weights give flat distributions, so KLs
+/// are small): the worst measured was 2.1e-5 on either path (gemma3-4b-style; 2026-12-02).
+const SYNTHETIC: Bounds = Bounds {
+    kernel: 1e-4,
+    dense: 1e-4,
+};
+
+/// The real Qwen models over 102 tokens: kernel measured 1.1e-3 (0.5B), dense 1.0e-3.
+const REAL_QWEN: Bounds = Bounds {
+    kernel: 5e-3,
+    dense: 5e-3,
+};
+
+/// One golden file, parsed.
+struct Golden {
+    name: String,
+    sha256: String,
+    tokens: Vec<u32>,
+    synthetic: Option<Vec<String>>,
+    registry: Option<String>,
+    /// Per position: llama.cpp's top-20 (id, logprob), best first.
+    top: Vec<Vec<(usize, f64)>>,
+}
+
+fn load_golden(name: &str) -> Golden {
+    let path = common::repo_root()
+        .join("tests/data/goldens")
+        .join(format!("{name}.json"));
+    let text = std::fs::read_to_string(&path)
+        .unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+    let v: Value = serde_json::from_str(&text).unwrap();
+    let strings = |v: &Value| -> Vec<String> {
+        v.as_array()
+            .unwrap()
+            .iter()
+            .map(|s| s.as_str().unwrap().to_string())
+            .collect()
+    };
+    Golden {
+        name: name.to_string(),
+        sha256: v["sha256"].as_str().unwrap().to_string(),
+        tokens: (v["tokens"].as_array().unwrap().iter())
+            .map(|t| t.as_u64().unwrap() as u32)
+            .collect(),
+        synthetic: v["model"].get("synthetic").map(strings),
+        registry: v["model"]
+            .get("registry")
+            .map(|s| s.as_str().unwrap().to_string()),
+        top: (v["top"].as_array().unwrap().iter())
+            .map(|row| {
+                (row.as_array().unwrap().iter())
+                    .map(|p| (p[0].as_u64().unwrap() as usize, p[1].as_f64().unwrap()))
+                    .collect()
+            })
+            .collect(),
+    }
+}
+
+fn sha256_hex(path: &Path) -> String {
+    let bytes = std::fs::read(path).unwrap();
+    Sha256::digest(&bytes)
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect()
+}
+
+/// The synthetic model of `golden` with extra make_synthetic.py arguments, written once into
+/// target/synthetic/ as `name`.
+fn synthetic_model(name: &str, args: &[String]) -> PathBuf {
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    common::synthetic(name, &args)
+}
+
+/// The model file of `golden`, checked to be the bytes llama.cpp ran.
+fn model_of(golden: &Golden) -> PathBuf {
+    let path = match (&golden.synthetic, &golden.registry) {
+        (Some(args), _) => {
+            let name = format!("golden-{}", golden.name);
+            let path = synthetic_model(&name, args);
+            if sha256_hex(&path) != golden.sha256 {
+                // A stale file from an older make_synthetic.py: write it again once.
+                std::fs::remove_file(&path).unwrap();
+                synthetic_model(&name, args)
+            } else {
+                path
+            }
+        }
+        (None, Some(name)) => {
+            let opts = mlx_engine::fetch::FetchOptions::default();
+            mlx_engine::fetch::resolve(name, &opts)
+                .unwrap_or_else(|e| panic!("{name}: {e}"))
+                .path
+        }
+        _ => panic!("{}: the golden names no model", golden.name),
+    };
+    assert_eq!(
+        sha256_hex(&path),
+        golden.sha256,
+        "{}: not the file the golden was made from (rerun tests/reference/llama_cpp_goldens.py?)",
+        path.display()
+    );
+    path
+}
+
+/// Log-softmax of one row of logits, in f64.
+fn log_softmax(row: &[f32]) -> Vec<f64> {
+    let max = row.iter().fold(f32::MIN, |m, &v| m.max(v)) as f64;
+    let sum: f64 = row.iter().map(|&v| (v as f64 - max).exp()).sum();
+    let log_z = max + sum.ln();
+    row.iter().map(|&v| v as f64 - log_z).collect()
+}
+
+/// How our logits agree with a golden.
+#[derive(Debug)]
+struct Agreement {
+    mean_kl: f64,
+    max_kl: f64,
+    /// Positions whose top-1 differs although llama.cpp's top-2 gap exceeds the margin.
+    top1_misses: Vec<usize>,
+    near_ties: usize,
+}
+
+/// KL(P ‖ Q) with P = llama.cpp's top-20 and the rest of its mass as one bucket, Q = ours on
+/// the same ids and bucket.
+fn kl_top20(golden: &[(usize, f64)], ours: &[f64]) -> f64 {
+    let (mut kl, mut p_rest, mut q_rest) = (0.0, 1.0, 1.0);
+    for &(id, lp) in golden {
+        let p = lp.exp();
+        kl += p * (lp - ours[id]);
+        p_rest -= p;
+        q_rest -= ours[id].exp();
+    }
+    let (p_rest, q_rest) = (p_rest.max(0.0), q_rest.max(1e-300));
+    if p_rest > 0.0 {
+        kl += p_rest * (p_rest.ln() - q_rest.ln());
+    }
+    kl
+}
+
+fn compare(golden: &Golden, logits: &[f32], vocab: usize) -> Agreement {
+    assert_eq!(logits.len(), golden.top.len() * vocab, "logit count");
+    let mut a = Agreement {
+        mean_kl: 0.0,
+        max_kl: 0.0,
+        top1_misses: Vec::new(),
+        near_ties: 0,
+    };
+    for (pos, (row, top)) in logits.chunks_exact(vocab).zip(&golden.top).enumerate() {
+        assert!(row.iter().all(|v| v.is_finite()), "non-finite logit at {pos}");
+        let ours = log_softmax(row);
+        let kl = kl_top20(top, &ours);
+        a.mean_kl += kl / golden.top.len() as f64;
+        a.max_kl = a.max_kl.max(kl);
+        let argmax = (0..vocab).fold(0, |b, i| if ours[i] > ours[b] { i } else { b });
+        if argmax != top[0].0 {
+            if top[0].1 - top[1].1 > TIE_MARGIN {
+                a.top1_misses.push(pos);
+            } else {
+                a.near_ties += 1;
+            }
+        }
+    }
+    a
+}
+
+fn logits(model: &Path, execution: Execution, tokens: &[u32]) -> (Vec<f32>, usize) {
+    let options = LoadOptions {
+        execution: Some(execution),
+        ..LoadOptions::default()
+    };
+    let engine = Engine::load(model, &options)
+        .unwrap_or_else(|e| panic!("{}: {e}", model.display()));
+    let vocab = engine.config().vocab_size;
+    (engine.logits_all(tokens).unwrap(), vocab)
+}
+
+/// Checks one golden on both paths against `bounds`.
+fn check(name: &str, bounds: Bounds) {
+    let golden = load_golden(name);
+    let model = model_of(&golden);
+    for (execution, bound) in [
+        (Execution::CpuKernel, bounds.kernel),
+        (Execution::CpuDense, bounds.dense),
+    ] {
+        let (ours, vocab) = logits(&model, execution, &golden.tokens);
+        let a = compare(&golden, &ours, vocab);
+        eprintln!(
+            "{name} {execution:?}: mean KL {:.2e} (max {:.2e}, bound {bound:.0e}), \
+             {} top-1 misses, {} near-ties, {} positions",
+            a.mean_kl,
+            a.max_kl,
+            a.top1_misses.len(),
+            a.near_ties,
+            golden.top.len()
+        );
+        assert!(
+            a.top1_misses.is_empty(),
+            "{name} {execution:?}: top-1 differs from llama.cpp at positions {:?}",
+            a.top1_misses
+        );
+        assert!(
+            a.mean_kl <= bound,
+            "{name} {execution:?}: mean KL {} above {bound}",
+            a.mean_kl
+        );
+    }
+}
+
+/// The golden's synthetic model rebuilt without the arguments in `drop` (each with its value),
+/// run on the kernel path: its mean KL against the golden, which must exceed the bound (the
+/// golden detects the feature's absence).
+fn mean_kl_without(name: &str, drop: &[&str]) -> f64 {
+    let golden = load_golden(name);
+    let mut args = golden.synthetic.clone().expect("a synthetic golden");
+    for flag in drop {
+        let i = args.iter().position(|a| a == flag).expect("the flag");
+        args.drain(i..i + 2);
+    }
+    let model = synthetic_model(&format!("golden-{name}-without"), &args);
+    let (ours, vocab) = logits(&model, Execution::CpuKernel, &golden.tokens);
+    let a = compare(&golden, &ours, vocab);
+    eprintln!("{name} without {drop:?}: mean KL {:.2e}", a.mean_kl);
+    a.mean_kl
+}
+
+macro_rules! golden_tests {
+    ($($test:ident: $name:literal, $bounds:expr;)*) => {$(
+        #[test]
+        fn $test() {
+            if common::skip_requested() {
+                return;
+            }
+            check($name, $bounds);
+        }
+    )*};
+}
+
+golden_tests! {
+    synthetic_llama_matches_llama_cpp: "llama-mix", SYNTHETIC;
+    synthetic_qwen2_matches_llama_cpp: "qwen2-mix", SYNTHETIC;
+    synthetic_gemma3_matches_llama_cpp: "gemma3-window4", SYNTHETIC;
+    real_qwen_05b_matches_llama_cpp: "qwen2.5-coder-0.5b", REAL_QWEN;
+    linear_rope_scaling_matches_llama_cpp: "llama-rope-linear4", SYNTHETIC;
+    yarn_rope_scaling_matches_llama_cpp: "qwen2-yarn4", SYNTHETIC;
+    llama32_style_matches_llama_cpp: "llama32-style", SYNTHETIC;
+    qwen3_matches_llama_cpp: "qwen3-mix", SYNTHETIC;
+    phi3_matches_llama_cpp: "phi3-mix", SYNTHETIC;
+    gemma3_4b_style_matches_llama_cpp: "gemma3-4b-style", SYNTHETIC;
+}
+
+/// Each RoPE scaling golden detects the scaling's absence: the same weights without it are
+/// far outside the bound (the mutation check of "drop the factors").
+#[test]
+fn rope_scaling_goldens_fail_without_the_feature() {
+    if common::skip_requested() {
+        return;
+    }
+    for (name, flag) in [
+        ("llama-rope-linear4", "--rope-scale"),
+        ("qwen2-yarn4", "--yarn"),
+        ("llama32-style", "--llama3-rope"),
+        ("gemma3-4b-style", "--rope-scale"),
+    ] {
+        let kl = mean_kl_without(name, &[flag]);
+        assert!(
+            kl > 10.0 * SYNTHETIC.kernel,
+            "{name}: without {flag} the mean KL is only {kl}"
+        );
+    }
+}
+
+/// The second real model is 1.1 GB: checked when it is cached (`mlx-engine pull
+/// qwen2.5-coder-1.5b`), skipped with a message otherwise.
+#[test]
+fn real_qwen_15b_matches_llama_cpp() {
+    if common::skip_requested() {
+        return;
+    }
+    let card = mlx_engine::registry::lookup("qwen2.5-coder-1.5b").expect("the registry card");
+    let opts = mlx_engine::fetch::FetchOptions::default();
+    if mlx_engine::fetch::cached(card, &opts).is_none() {
+        eprintln!(
+            "skipping: qwen2.5-coder-1.5b is not cached; \
+             run `cargo run --release -- pull qwen2.5-coder-1.5b`"
+        );
+        return;
+    }
+    check("qwen2.5-coder-1.5b", REAL_QWEN);
+}
