@@ -510,8 +510,7 @@ impl ModelConfig {
             _ => None,
         };
         let context_length = int(Field::Context)?;
-        let rope = gguf_rope(file, arch, head_dim, context_length)?;
-        let config = ModelConfig {
+        let mut config = ModelConfig {
             arch,
             n_layers: int(Field::Layers)?,
             hidden,
@@ -526,11 +525,15 @@ impl ModelConfig {
             rms_eps: file.get_f64(&key("attention.layer_norm_rms_epsilon"))? as f32,
             tied_embeddings: file.tensor("output.weight").is_none(),
             sliding_window,
-            rope_scaling: rope.scaling,
-            rope_attn_factor: rope.attn_factor,
-            rope_freqs_tensor: rope.freqs_tensor,
+            rope_scaling: RopeScaling::None,
+            rope_attn_factor: 1.0,
+            rope_freqs_tensor: false,
         };
         config.validate(file.path(), source)?;
+        let rope = gguf_rope(file, arch, head_dim, context_length)?;
+        config.rope_scaling = rope.scaling;
+        config.rope_attn_factor = rope.attn_factor;
+        config.rope_freqs_tensor = rope.freqs_tensor;
         Ok(config)
     }
 
