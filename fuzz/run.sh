@@ -24,13 +24,13 @@ cargo +nightly fuzz build "${targets[@]/#/}" 2>&1 | tail -1 || cargo +nightly fu
 
 run_one() {
   local target="$1"
+  local status=0
   mkdir -p "work/$target" "artifacts/$target"
   # -detect_leaks=0: MLX keeps process-lifetime caches (a buffer pool, its streams) that
   # LeakSanitizer reports at exit; leaks are checked by benches/leaks/valgrind.sh instead.
   nice -n 10 cargo +nightly fuzz run "$target" "work/$target" "corpus/$target" -- \
     -max_total_time="$seconds" -rss_limit_mb=2048 -malloc_limit_mb=2048 -timeout=10 \
-    -detect_leaks=0 -print_final_stats=1 >"work/$target.log" 2>&1
-  local status=$?
+    -detect_leaks=0 -print_final_stats=1 >"work/$target.log" 2>&1 || status=$?
   echo "$target: exit $status; $(grep -E '^#[0-9]+' "work/$target.log" | tail -1)"
   return $status
 }

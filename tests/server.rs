@@ -182,10 +182,23 @@ fn stream(path: &str, body: &Value) -> Vec<Value> {
         .collect()
 }
 
+/// [`stream`] to the server at `base`.
+fn stream_at(base: &str, path: &str, body: &Value) -> Vec<Value> {
+    stream_timed_at(base, path, body)
+        .into_iter()
+        .map(|(_, c)| c)
+        .collect()
+}
+
 /// [`stream`], with the time each chunk arrived.
 fn stream_timed(path: &str, body: &Value) -> Vec<(Instant, Value)> {
+    stream_timed_at(&server().base, path, body)
+}
+
+/// [`stream_timed`] to the server at `base`.
+fn stream_timed_at(base: &str, path: &str, body: &Value) -> Vec<(Instant, Value)> {
     let mut response = agent()
-        .post(&format!("{}{path}", server().base))
+        .post(&format!("{base}{path}"))
         .header("Authorization", &format!("Bearer {KEY}"))
         .send(body.to_string())
         .expect("stream request");
@@ -1300,4 +1313,112 @@ fn logprobs_are_the_log_softmax_of_the_reference_forward_pass() {
         worst <= REFERENCE_LOGPROB_TOL,
         "max |logprob - reference| {worst} beyond {REFERENCE_LOGPROB_TOL}"
     );
+}
+
+/// A completion prompt whose continuation repeats most of it (prompt lookup drafts it).
+const EDIT_PROMPT: &str =
+    "def area(width, height):\n    \"\"\"The area of a rectangle.\"\"\"\n    \
+return width * height\n\n\ndef perimeter(width, height):\n    \"\"\"The perimeter of a \
+rectangle.\"\"\"\n    return 2 * (width + height)\n\n\n# The same two functions again, \
+unchanged:\n\n";
+
+/// A top-1 mismatch is a near-tie when the plain run's top-2 gap there is below this (the rule
+/// of `model_fidelity.rs` and `speculative.rs`: a verify pass rounds several rows at once).
+const TIE_GAP: f64 = 1.0;
+
+/// A greedy completion of [`EDIT_PROMPT`] on `base`: token ids, and per token the gap between
+/// its logprob and the runner-up's.
+fn greedy_ids_and_gaps(base: &str, speculative: bool) -> (Vec<String>, Vec<f64>) {
+    let body = json!({
+        "prompt": EDIT_PROMPT, "max_tokens": 48, "temperature": 0, "logprobs": 2,
+        "return_tokens_as_token_ids": true, "speculative": speculative,
+    });
+    let (status, reply) = request_at(
+        base,
+        "POST",
+        "/v1/completions",
+        &body.to_string(),
+        Some(KEY),
+    )
+    .expect("request");
+    assert_eq!(status, 200, "{reply}");
+    let lp = &reply["choices"][0]["logprobs"];
+    let tokens: Vec<String> = serde_json::from_value(lp["tokens"].clone()).unwrap();
+    let gaps = lp["top_logprobs"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|top| {
+            let mut values: Vec<f64> = top
+                .as_object()
+                .unwrap()
+                .values()
+                .map(|v| v.as_f64().unwrap())
+                .collect();
+            values.sort_by(|a, b| b.total_cmp(a));
+            values[0] - values.get(1).copied().unwrap_or(f64::NEG_INFINITY)
+        })
+        .collect();
+    (tokens, gaps)
+}
+
+#[test]
+fn a_speculating_server_gives_the_plain_greedy_text_and_counts_its_drafts() {
+    let server = spawn_server(
+        "speculative",
+        &[
+            "--parallel",
+            "2",
+            "--ctx-size",
+            "512",
+            "--speculative",
+            "lookup",
+        ],
+    );
+    let base = &server.base;
+    let counts = |text: &str| {
+        let m = &parse_metrics(&[text])[0];
+        let get = |k: &str| m.get(k).copied().unwrap_or(0.0);
+        (
+            get("mlx_engine_drafted_tokens_total"),
+            get("mlx_engine_accepted_tokens_total"),
+        )
+    };
+    let before = counts(&scrape(base));
+    let (plain, gaps) = greedy_ids_and_gaps(base, false);
+    let opted_out = counts(&scrape(base));
+    assert_eq!(opted_out, before, "a request that opted out drafted");
+    let (ours, _) = greedy_ids_and_gaps(base, true);
+    let after = counts(&scrape(base));
+    let (drafted, accepted) = (after.0 - before.0, after.1 - before.1);
+    assert!(accepted >= 10.0, "drafted {drafted}, accepted {accepted}");
+    assert!(accepted <= drafted);
+    let agreed = plain.iter().zip(&ours).take_while(|(a, b)| a == b).count();
+    if agreed < plain.len().min(ours.len()) {
+        assert!(
+            gaps[agreed] < TIE_GAP,
+            "the texts part at token {agreed} where the top-2 gap is {}",
+            gaps[agreed]
+        );
+    } else {
+        assert_eq!(ours.len(), plain.len(), "{ours:?} vs {plain:?}");
+    }
+    // Streamed, the accepted drafts arrive as text like any other tokens.
+    let mut body =
+        json!({"prompt": EDIT_PROMPT, "max_tokens": 48, "temperature": 0, "stream": true});
+    let chunks = stream_at(base, "/v1/completions", &body);
+    let streamed: String = chunks
+        .iter()
+        .filter_map(|c| c["choices"][0]["text"].as_str())
+        .collect();
+    body["stream"] = json!(false);
+    let (_, reply) = request_at(
+        base,
+        "POST",
+        "/v1/completions",
+        &body.to_string(),
+        Some(KEY),
+    )
+    .expect("request");
+    assert_eq!(streamed, reply["choices"][0]["text"].as_str().unwrap());
 }

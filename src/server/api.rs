@@ -99,6 +99,8 @@ pub struct GenerationRequest {
     pub logprobs: Option<usize>,
     /// How logprobs name tokens (`return_tokens_as_token_ids`, vLLM's extension).
     pub token_names: TokenNames,
+    /// `speculative` (our extension): false opts out of a speculating server's drafts.
+    pub speculative: bool,
 }
 
 /// Most stop strings one request may give.
@@ -223,6 +225,7 @@ fn generation_request(
             Some(true) => TokenNames::Ids,
             _ => TokenNames::Text,
         },
+        speculative: opt_bool(obj, "speculative")?.unwrap_or(true),
     })
 }
 

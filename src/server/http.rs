@@ -356,6 +356,7 @@ async fn generate(
         stop: request.stop,
         events,
         received: Instant::now(),
+        speculative: request.speculative,
     };
     // Counted before sending: the engine thread may take the job at once.
     s.metrics.queue_depth.inc();

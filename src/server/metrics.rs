@@ -49,6 +49,10 @@ pub struct Metrics {
     pub prefix_cache_entries: Gauge,
     /// Entries evicted to stay under `--prefix-cache-bytes`.
     pub prefix_cache_evictions: Counter,
+    /// Tokens proposed by speculative drafts.
+    pub drafted_tokens: Counter,
+    /// Drafted tokens the target model accepted.
+    pub accepted_tokens: Counter,
 }
 
 impl Metrics {
@@ -74,6 +78,8 @@ impl Metrics {
             prefix_cache_bytes: Gauge::default(),
             prefix_cache_entries: Gauge::default(),
             prefix_cache_evictions: Counter::default(),
+            drafted_tokens: Counter::default(),
+            accepted_tokens: Counter::default(),
         };
         metrics.register()
     }
@@ -150,6 +156,16 @@ impl Metrics {
             "Prefix cache entries evicted to stay under its byte bound",
             self.prefix_cache_evictions.clone(),
         );
+        r.register(
+            "drafted_tokens",
+            "Tokens proposed by speculative drafts",
+            self.drafted_tokens.clone(),
+        );
+        r.register(
+            "accepted_tokens",
+            "Drafted tokens the model accepted",
+            self.accepted_tokens.clone(),
+        );
         self
     }
 
@@ -198,6 +214,7 @@ mod tests {
             "# TYPE mlx_engine_time_to_first_token_seconds histogram",
             "mlx_engine_time_to_first_token_seconds_count 1",
             "mlx_engine_prefix_cache_bytes 0",
+            "mlx_engine_drafted_tokens_total 0",
             "# EOF",
         ] {
             assert!(text.lines().any(|l| l == line), "no {line:?} in\n{text}");

@@ -17,6 +17,7 @@ pub mod scheduler;
 pub mod stop;
 
 use crate::fetch::{self, FetchOptions};
+use crate::speculative::SpeculativeOptions;
 use crate::{Error, Result};
 use scheduler::{EngineConfig, ModelInfo, Shared};
 use std::path::{Path, PathBuf};
@@ -74,6 +75,20 @@ pub struct ServeArgs {
     /// Most connections open at once; more are answered 503 and closed.
     #[arg(long, default_value_t = 512)]
     pub max_connections: usize,
+    /// Speculative decoding of a sequence while it decodes alone: `lookup` drafts from n-gram
+    /// matches in its prompt and output. A request opts out with `"speculative": false`.
+    #[arg(long, value_enum)]
+    pub speculative: Option<ServeSpeculative>,
+    /// Most tokens drafted per speculative step (the pacer picks fewer when that pays more).
+    #[arg(long, default_value_t = 8)]
+    pub draft_max: usize,
+}
+
+/// Where the server's speculative drafts come from.
+#[derive(clap::ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ServeSpeculative {
+    /// N-gram matches in the sequence so far (no second model).
+    Lookup,
 }
 
 /// Runs the server until SIGINT or SIGTERM (then stops accepting, ends the generations in
@@ -83,6 +98,11 @@ pub fn serve(args: &ServeArgs) -> Result<()> {
     if args.parallel == 0 || args.max_queue == 0 {
         return Err(Error::InvalidArgument(
             "--parallel and --max-queue must be at least 1".into(),
+        ));
+    }
+    if args.speculative.is_some() && !(1..=64).contains(&args.draft_max) {
+        return Err(Error::InvalidArgument(
+            "--draft-max must be between 1 and 64".into(),
         ));
     }
     if args.max_connections == 0 || args.header_timeout == 0 || args.body_timeout == 0 {
@@ -190,6 +210,10 @@ fn spawn_engine(
     let spec = args.model.clone();
     let (parallel, ctx_size) = (args.parallel, args.ctx_size);
     let prefix_cache_bytes = args.prefix_cache_bytes;
+    let speculation = args.speculative.map(|_| SpeculativeOptions {
+        draft_max: args.draft_max,
+        adaptive: true,
+    });
     std::thread::Builder::new()
         .name("mlx-engine".into())
         .spawn(move || {
@@ -203,6 +227,7 @@ fn spawn_engine(
                     prefill_chunk: 256,
                     prefill_chunk_while_decoding: 64,
                     prefix_cache_bytes,
+                    speculation,
                 };
                 scheduler::run(&config, queue, shared, |model| {
                     let _ = info.set(model);

@@ -12,6 +12,7 @@ use super::stop::StopFilter;
 use crate::backend::{Backend, BackendOptions, ModelSpec, SamplerId, SamplerParams, SeqId};
 use crate::chat_template::ChatTemplate;
 use crate::sampler::Sampled;
+use crate::speculative::{Pacer, PromptLookup, SpeculativeOptions};
 use crate::tokenizer::{StreamDecoder, Tokenizer};
 use crate::{Error, Result};
 use std::path::PathBuf;
@@ -51,6 +52,8 @@ pub struct EngineConfig {
     pub prefill_chunk_while_decoding: usize,
     /// Bound on the KV bytes the prefix cache keeps (0 disables it).
     pub prefix_cache_bytes: usize,
+    /// Prompt-lookup speculation for a sequence that decodes alone; `None` never speculates.
+    pub speculation: Option<SpeculativeOptions>,
 }
 
 /// What the engine thread shares with the HTTP side.
@@ -77,6 +80,8 @@ pub struct Job {
     pub events: UnboundedSender<Event>,
     /// When the request arrived (for the time to first token).
     pub received: Instant,
+    /// False when the request opted out of speculative decoding.
+    pub speculative: bool,
 }
 
 /// Why a generation ended.
@@ -157,6 +162,7 @@ pub fn run(
         chunk: config.prefill_chunk.max(1),
         chunk_while_decoding: config.prefill_chunk_while_decoding.max(1),
         cache: PrefixCache::new(config.prefix_cache_bytes),
+        speculation: config.speculation,
         shared,
     };
     scheduler.serve(&jobs);
@@ -189,6 +195,14 @@ struct Active {
     finished: bool,
     /// The engine failed on it: its KV is not kept.
     failed: bool,
+    /// Its drafter and draft-length policy, when it speculates.
+    speculation: Option<Speculation>,
+}
+
+/// Prompt-lookup speculation of one sequence.
+struct Speculation {
+    lookup: PromptLookup,
+    pacer: Pacer,
 }
 
 struct Scheduler {
@@ -199,6 +213,7 @@ struct Scheduler {
     chunk: usize,
     chunk_while_decoding: usize,
     cache: PrefixCache<SeqId>,
+    speculation: Option<SpeculativeOptions>,
     shared: Shared,
 }
 
@@ -275,6 +290,13 @@ impl Scheduler {
             logprobs: job.sampling.logprobs.then(LogprobTracker::default),
             finished: false,
             failed: false,
+            speculation: self
+                .speculation
+                .filter(|_| job.speculative)
+                .map(|options| Speculation {
+                    lookup: PromptLookup::default(),
+                    pacer: Pacer::new(options.draft_max, options.adaptive),
+                }),
             job,
         });
         metrics.busy_sequences.set(self.active.len() as i64);
@@ -372,6 +394,11 @@ impl Scheduler {
         if members.is_empty() {
             return;
         }
+        if let [i] = members[..] {
+            if self.active[i].speculation.is_some() {
+                return self.speculative_step(i);
+            }
+        }
         let size = members.len() as f64;
         self.shared.metrics.decode_batch_size.observe(size);
         let batch: Vec<(SeqId, u32)> = members
@@ -392,6 +419,65 @@ impl Scheduler {
         }
     }
 
+    /// Advances sequence `i`, which decodes alone, by a speculative step: drafts from its
+    /// history, scores them with its pending token in one forward pass and emits the accepted
+    /// drafts and the token drawn after them (a plain decode step when nothing is drafted).
+    fn speculative_step(&mut self, i: usize) {
+        let n_ctx = self.backend.context_length();
+        let a = &mut self.active[i];
+        let Some(spec) = a.speculation.as_mut() else {
+            return;
+        };
+        // The pending token ends the history; the KV holds every token before it.
+        if a.next.take().is_none() {
+            return;
+        }
+        // After the step the KV holds the history and the accepted drafts, and the last
+        // emitted token must still fit; drafts past max_tokens would be thrown away.
+        let room = n_ctx.saturating_sub(a.history.len());
+        let left = a.job.max_tokens.saturating_sub(a.generated + 1);
+        let k = spec.pacer.next_len().min(room).min(left);
+        let drafts = spec.lookup.lookup(&a.history, k);
+        let metrics = &self.shared.metrics;
+        metrics.decode_batch_size.observe(1.0);
+        let start = Instant::now();
+        let verdict = match self
+            .backend
+            .speculative_step(a.seq, a.sampler, &a.history, &drafts)
+        {
+            Ok(verdict) => verdict,
+            Err(e) => return fail(a, &e),
+        };
+        spec.pacer
+            .record(drafts.len(), verdict.accepted, start.elapsed());
+        metrics.drafted_tokens.inc_by(drafts.len() as u64);
+        metrics.accepted_tokens.inc_by(verdict.accepted as u64);
+        for draw in &verdict.draws {
+            self.emit(i, draw);
+            if self.active[i].finished {
+                break;
+            }
+        }
+        self.trim_past_history(i);
+    }
+
+    /// A generation that ended inside a speculative step may leave accepted drafts in the KV
+    /// past its last emitted token; they go, so that the KV holds a prefix of the history.
+    fn trim_past_history(&mut self, i: usize) {
+        let a = &self.active[i];
+        if !a.finished || a.failed {
+            return;
+        }
+        if let Ok(len) = self.backend.seq_len(a.seq) {
+            if len > a.history.len() {
+                if let Err(e) = self.backend.truncate_seq(a.seq, a.history.len()) {
+                    let a = &mut self.active[i];
+                    fail(a, &e);
+                }
+            }
+        }
+    }
+
     /// Samples sequence `i`'s next token from `logits`, sends its text and decides whether
     /// the generation goes on.
     fn sample_and_emit(&mut self, i: usize, logits: &[f32]) {
@@ -400,6 +486,13 @@ impl Scheduler {
             Ok(sampled) => sampled,
             Err(e) => return fail(a, &e),
         };
+        self.emit(i, &sampled);
+    }
+
+    /// Appends a drawn token to sequence `i`, sends its text and decides whether the
+    /// generation goes on (then the token is the next one to feed).
+    fn emit(&mut self, i: usize, sampled: &Sampled) {
+        let a = &mut self.active[i];
         let token = sampled.token;
         a.generated += 1;
         a.history.push(token);
@@ -408,7 +501,7 @@ impl Scheduler {
         if self.tokenizer.is_eog(token) {
             return finish(a, FinishReason::Stop, true);
         }
-        track_logprobs(a, &self.tokenizer, &sampled);
+        track_logprobs(a, &self.tokenizer, sampled);
         if let Some(piece) = a.decoder.push(token) {
             let released = a.stops.push(&piece);
             send_text(a, released.text);

@@ -12,10 +12,10 @@
 #![forbid(unsafe_code)]
 
 use crate::error::{Error, Result};
-use crate::sampler::Sampler;
+use crate::sampler::{Sampled, Sampler};
 
 /// The outcome of verifying one draft.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq)]
 pub struct Verdict {
     /// How many drafted tokens were accepted (a prefix of the draft).
     pub accepted: usize,
@@ -23,6 +23,9 @@ pub struct Verdict {
     /// correction at the first rejected position, or the next token after a fully accepted
     /// draft). Always `accepted + 1` long.
     pub tokens: Vec<u32>,
+    /// The draw behind each of `tokens`, with the logprobs the sampler was asked for (the
+    /// target's distribution at that position).
+    pub draws: Vec<Sampled>,
 }
 
 /// Verifies `drafts` against `rows` (row-major, `drafts.len() + 1` rows of `vocab` logits):
@@ -45,9 +48,12 @@ pub fn verify(
     let mut seen = Vec::with_capacity(history.len() + drafts.len() + 1);
     seen.extend_from_slice(history);
     let mut tokens = Vec::with_capacity(drafts.len() + 1);
+    let mut draws = Vec::with_capacity(drafts.len() + 1);
     for (i, row) in rows.chunks_exact(vocab).enumerate() {
-        let token = sampler.sample(row, &seen)?.token;
+        let draw = sampler.sample(row, &seen)?;
+        let token = draw.token;
         tokens.push(token);
+        draws.push(draw);
         if drafts.get(i) != Some(&token) {
             break;
         }
@@ -56,6 +62,7 @@ pub fn verify(
     Ok(Verdict {
         accepted: tokens.len() - 1,
         tokens,
+        draws,
     })
 }
 
