@@ -35,11 +35,25 @@ fn max_diff(a: &[f32], b: &[f32]) -> f32 {
 fn rotate(x: &Array, p: &AttentionParams, pos: usize) -> Array {
     let hd = p.head_dim as i32;
     match p.rope_inv_freq {
-        None => fast::rope(x, hd, p.rope_traditional, p.rope_base, p.rope_scale, pos as i32),
+        None => fast::rope(
+            x,
+            hd,
+            p.rope_traditional,
+            p.rope_base,
+            p.rope_scale,
+            pos as i32,
+        ),
         Some(inv) => {
             let periods: Vec<f32> = inv.iter().map(|f| 1.0 / f).collect();
             let periods = arr(&periods, &[periods.len() as i32]);
-            fast::rope_with_periods(x, hd, p.rope_traditional, p.rope_scale, pos as i32, &periods)
+            fast::rope_with_periods(
+                x,
+                hd,
+                p.rope_traditional,
+                p.rope_scale,
+                pos as i32,
+                &periods,
+            )
         }
     }
     .unwrap()
@@ -245,10 +259,17 @@ fn per_pair_rope_frequencies_match_mlx_rope_with_periods() {
     );
     let zeros = || ops::zeros(&[1, 2, 8, 64], Dtype::F32).unwrap();
     let mut p = params(4, 2, 64, false);
-    let plain = kernels::cached_attention(&q, &k, &v, &zeros(), &zeros(), 2, &p, None).unwrap().0;
+    let plain = kernels::cached_attention(&q, &k, &v, &zeros(), &zeros(), 2, &p, None)
+        .unwrap()
+        .0;
     p.rope_inv_freq = Some(&inv);
-    let scaled = kernels::cached_attention(&q, &k, &v, &zeros(), &zeros(), 2, &p, None).unwrap().0;
-    let d = max_diff(&plain.to_vec::<f32>().unwrap(), &scaled.to_vec::<f32>().unwrap());
+    let scaled = kernels::cached_attention(&q, &k, &v, &zeros(), &zeros(), 2, &p, None)
+        .unwrap()
+        .0;
+    let d = max_diff(
+        &plain.to_vec::<f32>().unwrap(),
+        &scaled.to_vec::<f32>().unwrap(),
+    );
     assert!(d > 1e-3, "per-pair frequencies changed nothing ({d})");
     // A table of the wrong length is an error, not a read past its end.
     p.rope_inv_freq = Some(&inv[..31]);

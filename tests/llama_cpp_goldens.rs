@@ -63,8 +63,7 @@ fn load_golden(name: &str) -> Golden {
     let path = common::repo_root()
         .join("tests/data/goldens")
         .join(format!("{name}.json"));
-    let text = std::fs::read_to_string(&path)
-        .unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+    let text = std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
     let v: Value = serde_json::from_str(&text).unwrap();
     let strings = |v: &Value| -> Vec<String> {
         v.as_array()
@@ -191,7 +190,10 @@ fn compare_from(golden: &Golden, logits: &[f32], vocab: usize, first: usize) -> 
     let counted = (golden.top.len() - first) as f64;
     let rows = logits.chunks_exact(vocab).zip(&golden.top).enumerate();
     for (pos, (row, top)) in rows.skip(first) {
-        assert!(row.iter().all(|v| v.is_finite()), "non-finite logit at {pos}");
+        assert!(
+            row.iter().all(|v| v.is_finite()),
+            "non-finite logit at {pos}"
+        );
         let ours = log_softmax(row);
         let kl = kl_top20(top, &ours);
         a.mean_kl += kl / counted;
@@ -213,8 +215,8 @@ fn logits(model: &Path, execution: Execution, tokens: &[u32]) -> (Vec<f32>, usiz
         execution: Some(execution),
         ..LoadOptions::default()
     };
-    let engine = Engine::load(model, &options)
-        .unwrap_or_else(|e| panic!("{}: {e}", model.display()));
+    let engine =
+        Engine::load(model, &options).unwrap_or_else(|e| panic!("{}: {e}", model.display()));
     let vocab = engine.config().vocab_size;
     (engine.logits_all(tokens).unwrap(), vocab)
 }

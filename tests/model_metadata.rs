@@ -246,19 +246,35 @@ fn unimplemented_rope_variants_are_refused_for_every_architecture() {
     );
     assert_refused(
         &llama3,
-        &["llama.rope.scaling.type", "llama3", "rope_freqs.weight", "not implemented"],
+        &[
+            "llama.rope.scaling.type",
+            "llama3",
+            "rope_freqs.weight",
+            "not implemented",
+        ],
     );
     let longrope = llama_with(
         "scaling-longrope",
-        &["--kv", "llama.rope.scaling.type=str:longrope", "--kv", "llama.rope.scaling.factor=f32:4"],
+        &[
+            "--kv",
+            "llama.rope.scaling.type=str:longrope",
+            "--kv",
+            "llama.rope.scaling.factor=f32:4",
+        ],
     );
     assert_refused(
         &longrope,
         &["llama.rope.scaling.type", "longrope", "not implemented"],
     );
     let bad_factor = llama_with("factor-neg", &["--kv", "llama.rope.scaling.factor=f32:-2"]);
-    assert_refused(&bad_factor, &["llama.rope.scaling.factor", "finite positive"]);
-    let short = llama_with("rope-freqs-short", &["--extra-tensor", "rope_freqs.weight:15"]);
+    assert_refused(
+        &bad_factor,
+        &["llama.rope.scaling.factor", "finite positive"],
+    );
+    let short = llama_with(
+        "rope-freqs-short",
+        &["--extra-tensor", "rope_freqs.weight:15"],
+    );
     assert_refused(&short, &["rope_freqs.weight", "shape"]);
     let partial = llama_with(
         "rotary-half",
@@ -271,12 +287,24 @@ fn unimplemented_rope_variants_are_refused_for_every_architecture() {
     );
     assert_refused(&value, &["llama.attention.value_length", "not implemented"]);
 
-    let qwen_freqs = model_with("qwen2", "qwen2-rope-freqs", &["--extra-tensor", "rope_freqs.weight:16"]);
-    assert_refused(&qwen_freqs, &["rope_freqs.weight", "qwen2", "not implemented"]);
+    let qwen_freqs = model_with(
+        "qwen2",
+        "qwen2-rope-freqs",
+        &["--extra-tensor", "rope_freqs.weight:16"],
+    );
+    assert_refused(
+        &qwen_freqs,
+        &["rope_freqs.weight", "qwen2", "not implemented"],
+    );
     let yarn_beta = model_with(
         "qwen2",
         "qwen2-yarn-beta",
-        &["--yarn", "4:64", "--kv", "qwen2.rope.scaling.yarn_beta_fast=f32:16"],
+        &[
+            "--yarn",
+            "4:64",
+            "--kv",
+            "qwen2.rope.scaling.yarn_beta_fast=f32:16",
+        ],
     );
     assert_refused(
         &yarn_beta,
@@ -287,9 +315,15 @@ fn unimplemented_rope_variants_are_refused_for_every_architecture() {
         "phi3-longrope",
         &["--extra-tensor", "rope_factors_long.weight:16"],
     );
-    assert_refused(&longrope, &["rope_factors_long.weight", "LongRoPE", "not implemented"]);
+    assert_refused(
+        &longrope,
+        &["rope_factors_long.weight", "LongRoPE", "not implemented"],
+    );
     let gemma_yarn = synthetic_gemma_yarn();
-    assert_refused(&gemma_yarn, &["gemma3.rope.scaling.type", "yarn", "not implemented"]);
+    assert_refused(
+        &gemma_yarn,
+        &["gemma3.rope.scaling.type", "yarn", "not implemented"],
+    );
 }
 
 /// A small Gemma 3 with YaRN keys (implemented for the other architectures only).
@@ -339,7 +373,10 @@ fn hf_config_json_gets_the_same_checks() {
     for (key, value) in [
         ("rope_scaling", json!(null)),
         ("rope_scaling", json!({"rope_type": "default"})),
-        ("rope_scaling", json!({"rope_type": "llama3", "factor": 8.0})),
+        (
+            "rope_scaling",
+            json!({"rope_type": "llama3", "factor": 8.0}),
+        ),
         ("rope_scaling", json!({"type": "linear", "factor": 2.0})),
         (
             "rope_scaling",

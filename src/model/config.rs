@@ -244,7 +244,11 @@ fn gguf_rope(file: &GgufFile, arch: Arch, head_dim: usize, context: usize) -> Re
             None => {
                 return Err(Error::format(
                     file.path(),
-                    format!("key '{}' is a {}, expected a string", key("rope.scaling.type"), v.type_name()),
+                    format!(
+                        "key '{}' is a {}, expected a string",
+                        key("rope.scaling.type"),
+                        v.type_name()
+                    ),
                 ))
             }
         },
@@ -272,7 +276,10 @@ fn gguf_rope(file: &GgufFile, arch: Arch, head_dim: usize, context: usize) -> Re
             None => {
                 return Err(Error::format(
                     file.path(),
-                    format!("key '{factor_key}' is a {}, expected a number", v.type_name()),
+                    format!(
+                        "key '{factor_key}' is a {}, expected a number",
+                        v.type_name()
+                    ),
                 ))
             }
         },
@@ -294,7 +301,8 @@ fn gguf_rope(file: &GgufFile, arch: Arch, head_dim: usize, context: usize) -> Re
                     return refuse(format!("key '{}' (YaRN tuning)", key(k)));
                 }
             }
-            let original = file.get_u64_or(&key("rope.scaling.original_context_length"), context as u64)?;
+            let original =
+                file.get_u64_or(&key("rope.scaling.original_context_length"), context as u64)?;
             RopeScaling::Yarn {
                 factor,
                 original_context: usize::try_from(original).unwrap_or(usize::MAX),
@@ -311,7 +319,10 @@ fn gguf_rope(file: &GgufFile, arch: Arch, head_dim: usize, context: usize) -> Re
         }
         (Some(other), _) => return refuse(format!("key '{type_key}' = \"{other}\": RoPE scaling")),
     };
-    if let RopeScaling::Yarn { original_context, .. } = scaling {
+    if let RopeScaling::Yarn {
+        original_context, ..
+    } = scaling
+    {
         if original_context == 0 || original_context > limits::CONTEXT {
             return Err(Error::format(
                 file.path(),
@@ -411,7 +422,10 @@ fn hf_rope(path: &Path, json: &serde_json::Value, context: usize) -> Result<Rope
     let number = |k: &str, default: Option<f64>| -> Result<f64> {
         match (scaling.get(k), default) {
             (Some(v), _) => v.as_f64().ok_or_else(|| {
-                Error::format(path, format!("key 'rope_scaling.{k}' = {v} is not a number"))
+                Error::format(
+                    path,
+                    format!("key 'rope_scaling.{k}' = {v} is not a number"),
+                )
             }),
             (None, Some(d)) => Ok(d),
             (None, None) => Err(Error::format(

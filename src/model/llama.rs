@@ -75,32 +75,40 @@ impl Llama {
         let (d, q_dim, kv_dim) = (c.hidden, c.n_heads * c.head_dim, c.n_kv_heads * c.head_dim);
         let bias = |name: String| c.arch.has_qkv_bias().then_some(name);
         let freq_factors = match c.rope_freqs_tensor {
-            true => Some(w.vector("rope_freqs.weight", c.head_dim / 2)?.to_vec::<f32>()?),
+            true => Some(
+                w.vector("rope_freqs.weight", c.head_dim / 2)?
+                    .to_vec::<f32>()?,
+            ),
             false => None,
         };
         let mut blocks = Vec::with_capacity(c.n_layers);
         for i in 0..c.n_layers {
             let t = |s: &str| format!("blk.{i}.{s}");
             let (wq, wk, wv) = if c.arch.has_fused_projections() {
-                let [wq, wk, wv] = split3(w.linear_split(
-                    &t("attn_qkv.weight"),
-                    &[q_dim, kv_dim, kv_dim],
-                    d,
-                )?)?;
+                let [wq, wk, wv] =
+                    split3(w.linear_split(&t("attn_qkv.weight"), &[q_dim, kv_dim, kv_dim], d)?)?;
                 (wq, wk, wv)
             } else {
                 let proj = |name: &str, n: usize| {
                     let b = bias(t(&format!("{name}.bias")));
                     w.linear(&t(&format!("{name}.weight")), n, d, b.as_deref())
                 };
-                (proj("attn_q", q_dim)?, proj("attn_k", kv_dim)?, proj("attn_v", kv_dim)?)
+                (
+                    proj("attn_q", q_dim)?,
+                    proj("attn_k", kv_dim)?,
+                    proj("attn_v", kv_dim)?,
+                )
             };
             let wo = w.linear(&t("attn_output.weight"), d, q_dim, None)?;
             let ffn_norm = w.vector(&t("ffn_norm.weight"), d)?;
             let (w_gate, w_up) = if c.arch.has_fused_projections() {
                 let mut gu = w.linear_split(&t("ffn_up.weight"), &[c.ffn_hidden; 2], d)?;
-                let up = gu.pop().ok_or_else(|| Error::InvalidArgument("gate/up".into()))?;
-                let gate = gu.pop().ok_or_else(|| Error::InvalidArgument("gate/up".into()))?;
+                let up = gu
+                    .pop()
+                    .ok_or_else(|| Error::InvalidArgument("gate/up".into()))?;
+                let gate = gu
+                    .pop()
+                    .ok_or_else(|| Error::InvalidArgument("gate/up".into()))?;
                 (gate, up)
             } else {
                 (
@@ -366,7 +374,14 @@ impl Llama {
             Some(periods) => {
                 fast::rope_with_periods(x, hd, c.rope_traditional, rope.rope.scale, pos, periods)
             }
-            None => fast::rope(x, hd, c.rope_traditional, rope.rope.base, rope.rope.scale, pos),
+            None => fast::rope(
+                x,
+                hd,
+                c.rope_traditional,
+                rope.rope.base,
+                rope.rope.scale,
+                pos,
+            ),
         };
         let mut outputs = Vec::with_capacity(b as usize);
         for (s, cache) in caches.iter_mut().enumerate() {
