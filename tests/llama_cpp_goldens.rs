@@ -302,7 +302,7 @@ golden_tests! {
 
 /// Each RoPE scaling golden detects the scaling's absence: the same weights without it fail
 /// the bound (the mutation check of "drop the factors"; measured without: linear 3.3e-3,
-/// YaRN 5.1e-4, against 3e-6 to 2e-5 with).
+/// YaRN 5.1e-4, llama3 8.2e-4, Gemma's global linear 3.9e-4; with: 3e-6 to 2e-5).
 #[test]
 fn rope_scaling_goldens_fail_without_the_feature() {
     if common::skip_requested() {
@@ -345,4 +345,50 @@ fn real_qwen_15b_matches_llama_cpp() {
         return;
     }
     check_from("qwen2.5-coder-1.5b", REAL_QWEN, 1);
+}
+
+/// HF checkpoints converted from the scaled-RoPE and Qwen3 goldens' models
+/// (`tests/reference/gguf_to_hf.py`: float32 weights, halves RoPE, `rope_scaling` in
+/// `config.json`; the llama3 factors computed from their constants instead of read from
+/// `rope_freqs.weight`) agree with llama.cpp's goldens on the dense path, with the same bound.
+#[test]
+fn hf_checkpoints_with_rope_scaling_match_llama_cpp() {
+    if common::skip_requested() {
+        return;
+    }
+    for (name, extra) in [
+        ("llama-rope-linear4", &[][..]),
+        ("qwen2-yarn4", &[][..]),
+        ("llama32-style", &["--llama3-rope", "32:1:4:16"][..]),
+        ("qwen3-mix", &[][..]),
+    ] {
+        let golden = load_golden(name);
+        let gguf = model_of(&golden);
+        let dir = common::repo_root()
+            .join("target/synthetic")
+            .join(format!("hf-golden-{name}"));
+        if !dir.join("config.json").exists() {
+            let script = common::repo_root().join("tests/reference/gguf_to_hf.py");
+            let mut args = vec![gguf.to_str().unwrap(), dir.to_str().unwrap()];
+            args.extend_from_slice(extra);
+            common::run_python(&script, &args);
+        }
+        let (ours, vocab) = logits(&dir, Execution::CpuDense, &golden.tokens);
+        let a = compare(&golden, &ours, vocab);
+        eprintln!(
+            "{name} as HF: mean KL {:.2e} (max {:.2e})",
+            a.mean_kl, a.max_kl
+        );
+        assert!(
+            a.top1_misses.is_empty(),
+            "{name} as HF: top-1 misses at {:?}",
+            a.top1_misses
+        );
+        assert!(
+            a.mean_kl <= SYNTHETIC.dense,
+            "{name} as HF: mean KL {} above {}",
+            a.mean_kl,
+            SYNTHETIC.dense
+        );
+    }
 }
