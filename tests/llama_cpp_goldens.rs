@@ -55,6 +55,8 @@ struct Golden {
     tokens: Vec<u32>,
     synthetic: Option<Vec<String>>,
     registry: Option<String>,
+    /// Tokens before llama.cpp's greedy continuation (all of them when there is none).
+    prompt_tokens: usize,
     /// Per position: llama.cpp's top-20 (id, logprob), best first.
     top: Vec<Vec<(usize, f64)>>,
 }
@@ -82,6 +84,11 @@ fn load_golden(name: &str) -> Golden {
         registry: v["model"]
             .get("registry")
             .map(|s| s.as_str().unwrap().to_string()),
+        prompt_tokens: v
+            .get("prompt_tokens")
+            .map_or(v["tokens"].as_array().unwrap().len(), |n| {
+                n.as_u64().unwrap() as usize
+            }),
         top: (v["top"].as_array().unwrap().iter())
             .map(|row| {
                 (row.as_array().unwrap().iter())
@@ -390,5 +397,60 @@ fn hf_checkpoints_with_rope_scaling_match_llama_cpp() {
             a.mean_kl,
             SYNTHETIC.dense
         );
+    }
+}
+
+/// llama.cpp's greedy continuations (24 tokens after two prompts cut from the Fibonacci text)
+/// of the real Qwen models: teacher-forced as every golden, and our own greedy generation on
+/// the kernel path equal to llama.cpp's up to its first near-tie (a top-2 gap at most
+/// [`TIE_MARGIN`]), after which free-running paths may part. The 1.5B's run when it is cached.
+#[test]
+fn greedy_continuations_match_llama_cpp_up_to_the_first_near_tie() {
+    if common::skip_requested() {
+        return;
+    }
+    let card = mlx_engine::registry::lookup("qwen2.5-coder-1.5b").expect("the registry card");
+    let big = mlx_engine::fetch::cached(card, &mlx_engine::fetch::FetchOptions::default());
+    for model in ["qwen2.5-coder-0.5b", "qwen2.5-coder-1.5b"] {
+        if model.ends_with("1.5b") && big.is_none() {
+            eprintln!("skipping the 1.5B continuations: not cached");
+            continue;
+        }
+        for i in 1..=2 {
+            let name = format!("{model}-greedy{i}");
+            check(&name, REAL_QWEN);
+            let golden = load_golden(&name);
+            let path = model_of(&golden);
+            let options = LoadOptions {
+                execution: Some(Execution::CpuKernel),
+                ..LoadOptions::default()
+            };
+            let engine = Engine::load(&path, &options).unwrap();
+            let prompt = &golden.tokens[..golden.prompt_tokens];
+            let theirs = &golden.tokens[golden.prompt_tokens..];
+            let ours = engine
+                .generate_greedy(prompt, theirs.len(), |_| false)
+                .unwrap();
+            // The row predicting continuation token j is the one at position prompt + j − 1.
+            let decided = (0..theirs.len())
+                .take_while(|&j| {
+                    let top = &golden.top[golden.prompt_tokens + j - 1];
+                    top[0].1 - top[1].1 > TIE_MARGIN
+                })
+                .count();
+            eprintln!(
+                "{name}: {decided} of {} tokens before a near-tie",
+                theirs.len()
+            );
+            assert!(
+                decided >= 4,
+                "{name}: a near-tie after only {decided} tokens"
+            );
+            assert_eq!(
+                &ours[..decided],
+                &theirs[..decided],
+                "{name}: greedy text parts from llama.cpp's before its first near-tie"
+            );
+        }
     }
 }

@@ -71,6 +71,7 @@ class Golden:
     synthetic: list[str] = field(default_factory=list)  # make_synthetic.py arguments
     registry: str = ""  # or a registry model name
     tokens: list[int] = field(default_factory=synthetic_tokens)
+    greedy: int = 0  # extend `tokens` by this many of llama.cpp's greedy (argmax) tokens first
 
 
 GOLDENS = [
@@ -101,6 +102,12 @@ GOLDENS = [
     Golden("qwen2.5-coder-1.5b", "the real Qwen2.5-Coder-1.5B-Instruct Q4_K_M",
            registry="qwen2.5-coder-1.5b", tokens=QWEN_PROMPT),
 ]
+# Greedy continuations: two prompts cut from QWEN_PROMPT, continued by llama.cpp's argmax.
+for _model in ("qwen2.5-coder-0.5b", "qwen2.5-coder-1.5b"):
+    for _i, (_a, _b) in enumerate(((0, 20), (46, 62))):
+        GOLDENS.append(Golden(f"{_model}-greedy{_i + 1}",
+                              f"llama.cpp's 24 greedy tokens after QWEN_PROMPT[{_a}:{_b}]",
+                              registry=_model, tokens=QWEN_PROMPT[_a:_b], greedy=24))
 
 
 def sha256(path: Path) -> str:
@@ -168,7 +175,10 @@ def write_golden(g: Golden, exe: Path, version: str, work: Path) -> None:
             print(f"skipping {g.name}: {g.registry} is not cached (mlx-engine pull {g.registry})")
             return
         source = {"registry": g.registry, "file": model.name}
-    logits = llama_cpp_logits(exe, model, g.tokens, work)
+    tokens = list(g.tokens)
+    for _ in range(g.greedy):
+        tokens.append(int(np.argmax(llama_cpp_logits(exe, model, tokens, work)[-1])))
+    logits = llama_cpp_logits(exe, model, tokens, work)
     golden = {
         "name": g.name,
         "checks": g.what,
@@ -177,7 +187,8 @@ def write_golden(g: Golden, exe: Path, version: str, work: Path) -> None:
         "model": source,
         "sha256": sha256(model),
         "vocab": int(logits.shape[1]),
-        "tokens": g.tokens,
+        "tokens": tokens,
+        "prompt_tokens": len(g.tokens),
         "top": top_rows(logits),
     }
     GOLDEN_DIR.mkdir(parents=True, exist_ok=True)
