@@ -56,6 +56,13 @@ extern "C" {
 /* The most top logprobs one mlxe_sampled holds. */
 #define MLXE_MAX_LOGPROBS 20
 
+/* Grammar kinds of mlxe_sampler_params.grammar_kind (constrained sampling, llguidance). */
+#define MLXE_GRAMMAR_NONE 0        /* unconstrained */
+#define MLXE_GRAMMAR_JSON_SCHEMA 1 /* grammar: a JSON Schema (JSON text) */
+#define MLXE_GRAMMAR_JSON_OBJECT 2 /* any JSON object; grammar may be NULL */
+#define MLXE_GRAMMAR_REGEX 3       /* grammar: a regular expression the whole output matches */
+#define MLXE_GRAMMAR_LARK 4        /* grammar: a Lark grammar (llguidance's dialect) */
+
 /* A loaded model and its sequences. */
 typedef struct mlxe_backend {
   void* ctx;
@@ -116,6 +123,9 @@ typedef struct mlxe_sampler_params {
   uint64_t seed;     /* used when has_seed; otherwise seeded from the OS */
   bool has_seed;
   size_t n_logprobs; /* top logprobs to report, <= MLXE_MAX_LOGPROBS */
+  int grammar_kind;  /* MLXE_GRAMMAR_*; NONE by default */
+  const char* grammar; /* the grammar's text (UTF-8, NUL-terminated); NULL for NONE, JSON_OBJECT */
+  mlxe_backend grammar_backend; /* whose tokenizer the grammar is compiled for (not NONE) */
 } mlxe_sampler_params;
 
 /* One message for mlxe_chat_template_apply(). */
@@ -232,7 +242,11 @@ int mlxe_sampler_params_default(mlxe_sampler_params* res);
 
 /* Creates a sampler; fails on settings out of range (e.g. top_p outside (0, 1], a bias outside
  * [-100, 100]). The bias arrays are copied; a bias token outside the vocabulary fails at the
- * first mlxe_sampler_sample(). Free with mlxe_sampler_free(). */
+ * first mlxe_sampler_sample(). With a grammar_kind other than NONE, the grammar is compiled for
+ * grammar_backend's tokenizer (the sampler then outlives that backend safely); a grammar
+ * llguidance refuses fails with its message in mlxe_last_error(). A constrained sampler's draws
+ * follow the grammar; once it is complete only end-of-generation tokens can be drawn. Free
+ * with mlxe_sampler_free(). */
 int mlxe_sampler_new(mlxe_sampler* res, const mlxe_sampler_params* params);
 
 int mlxe_sampler_free(mlxe_sampler s);

@@ -77,6 +77,12 @@ pub struct ChatMessage {
     pub role: String,
     /// The message text.
     pub content: String,
+    /// An assistant's tool calls, as templates expect them (Hugging Face's convention):
+    /// `{"id", "type": "function", "function": {"name", "arguments": {…}}}` with the arguments
+    /// an object, not a string. Empty for other messages.
+    pub tool_calls: Vec<serde_json::Value>,
+    /// A `tool` message's `tool_call_id`.
+    pub tool_call_id: Option<String>,
 }
 
 impl ChatMessage {
@@ -85,6 +91,8 @@ impl ChatMessage {
         ChatMessage {
             role: role.into(),
             content: content.into(),
+            tool_calls: vec![],
+            tool_call_id: None,
         }
     }
 
@@ -104,7 +112,8 @@ impl ChatMessage {
     }
 }
 
-/// A message as the template sees it: a map with `role` and `content`, in that order.
+/// A message as the template sees it: a map with `role` and `content`, in that order, then
+/// `tool_calls` and `tool_call_id` when the message has them.
 impl Object for ChatMessage {
     fn repr(self: &Arc<Self>) -> ObjectRepr {
         ObjectRepr::Map
@@ -114,12 +123,43 @@ impl Object for ChatMessage {
         match key.as_str()? {
             "role" => Some(Value::from(self.role.as_str())),
             "content" => Some(Value::from(self.content.as_str())),
+            "tool_calls" if !self.tool_calls.is_empty() => Some(Value::from(
+                self.tool_calls.iter().map(json_value).collect::<Vec<_>>(),
+            )),
+            "tool_call_id" => self.tool_call_id.as_deref().map(Value::from),
             _ => None,
         }
     }
 
     fn enumerate(self: &Arc<Self>) -> Enumerator {
-        Enumerator::Str(&["role", "content"])
+        match (self.tool_calls.is_empty(), self.tool_call_id.is_some()) {
+            (true, false) => Enumerator::Str(&["role", "content"]),
+            (false, false) => Enumerator::Str(&["role", "content", "tool_calls"]),
+            (true, true) => Enumerator::Str(&["role", "content", "tool_call_id"]),
+            (false, true) => Enumerator::Str(&["role", "content", "tool_calls", "tool_call_id"]),
+        }
+    }
+}
+
+/// A JSON value as a template value (objects become maps with the same keys).
+fn json_value(v: &serde_json::Value) -> Value {
+    match v {
+        serde_json::Value::Null => Value::from(()),
+        serde_json::Value::Bool(b) => Value::from(*b),
+        serde_json::Value::Number(n) => match (n.as_i64(), n.as_u64()) {
+            (Some(i), _) => Value::from(i),
+            (None, Some(u)) => Value::from(u),
+            _ => Value::from(n.as_f64().unwrap_or(f64::NAN)),
+        },
+        serde_json::Value::String(s) => Value::from(s.as_str()),
+        serde_json::Value::Array(items) => {
+            Value::from(items.iter().map(json_value).collect::<Vec<_>>())
+        }
+        serde_json::Value::Object(map) => Value::from(
+            map.iter()
+                .map(|(k, v)| (k.clone(), json_value(v)))
+                .collect::<BTreeMap<String, Value>>(),
+        ),
     }
 }
 
@@ -166,7 +206,25 @@ impl ChatTemplate {
     /// A template that exceeds [`MAX_FUEL`], [`MAX_RECURSION`] or [`MAX_OUTPUT_BYTES`] is an `Err`
     /// naming the limit.
     pub fn render(&self, messages: &[ChatMessage], add_generation_prompt: bool) -> Result<String> {
-        let ctx = self.context(messages, add_generation_prompt);
+        self.render_with_tools(messages, &[], add_generation_prompt)
+    }
+
+    /// [`ChatTemplate::render`] with tool definitions (OpenAI's `tools` entries,
+    /// `{"type": "function", "function": {…}}`) as the template's `tools`; none leaves
+    /// `tools` undefined, as without them.
+    pub fn render_with_tools(
+        &self,
+        messages: &[ChatMessage],
+        tools: &[serde_json::Value],
+        add_generation_prompt: bool,
+    ) -> Result<String> {
+        let mut ctx = self.context(messages, add_generation_prompt);
+        if !tools.is_empty() {
+            ctx.insert(
+                "tools",
+                Value::from(tools.iter().map(json_value).collect::<Vec<_>>()),
+            );
+        }
         self.render_context(Value::from(ctx)).map(|(text, _)| text)
     }
 

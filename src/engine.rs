@@ -288,23 +288,54 @@ impl Engine {
         let start = Instant::now();
         let mut history = prompt.to_vec();
         let mut out = Vec::new();
-        while out.len() < options.max_new {
+        'generation: while out.len() < options.max_new {
             let next = sampler.sample(&logits, &history)?.token;
-            out.push(next);
-            history.push(next);
-            let go_on = on_token(next);
-            if !go_on
-                || is_eog(next)
-                || out.len() == options.max_new
-                || cache.len() >= cache.limit()
-            {
+            let mut step = vec![next];
+            step.extend(self.forced_within(sampler, options.max_new - out.len() - 1, &cache)?);
+            stats.forced_tokens += step.len() - 1;
+            for &t in &step {
+                out.push(t);
+                history.push(t);
+                if !on_token(t) || is_eog(t) {
+                    break 'generation;
+                }
+            }
+            if out.len() == options.max_new || cache.len() + step.len() > cache.limit() {
                 break;
             }
-            logits = self.decode(&[next], &mut [&mut cache])?.to_vec::<f32>()?;
+            logits = match step.len() {
+                1 => self.decode(&step, &mut [&mut cache])?.to_vec::<f32>()?,
+                _ => {
+                    let chunk = options.prefill_chunk;
+                    self.prefill(&step, &mut cache, chunk, LogitRows::Last)?
+                        .data
+                }
+            };
         }
         stats.generated_tokens = out.len();
         stats.generate_time = start.elapsed();
         Ok((out, stats))
+    }
+
+    /// The tokens `sampler`'s constraint forces after the token just sampled, at most `budget`
+    /// of them and no more than the context has room for beside that token; any beyond are
+    /// rolled back out of the constraint.
+    fn forced_within(
+        &self,
+        sampler: &mut Sampler,
+        budget: usize,
+        cache: &KvCache,
+    ) -> Result<Vec<u32>> {
+        let mut forced = sampler.forced_tokens()?;
+        let room = cache.limit().saturating_sub(cache.len() + 1);
+        let keep = forced.len().min(budget).min(room);
+        if keep < forced.len() {
+            if let Some(c) = sampler.constraint_mut() {
+                c.rollback(forced.len() - keep)?;
+            }
+            forced.truncate(keep);
+        }
+        Ok(forced)
     }
 
     /// Greedy generation for one sequence: up to `max_new` tokens after `prompt`, stopping
@@ -400,6 +431,9 @@ pub struct GenerateStats {
     pub drafted_tokens: usize,
     /// Drafted tokens the target accepted.
     pub accepted_tokens: usize,
+    /// Tokens a grammar forced, fed to the model without sampling (included in
+    /// `generated_tokens`).
+    pub forced_tokens: usize,
 }
 
 impl GenerateStats {

@@ -46,6 +46,10 @@ pub enum Error {
     /// A chat template failed to parse or render.
     #[error("chat template: {0}")]
     Template(String),
+    /// A grammar or JSON schema that cannot be compiled, or a token it does not allow
+    /// (llguidance's message).
+    #[error("grammar: {0}")]
+    Grammar(String),
     /// A model could not be obtained (registry, cache, download, mirror).
     #[error("{0}")]
     Fetch(String),

@@ -19,6 +19,7 @@
 
 use crate::backend::{Backend, BackendOptions, ModelSpec, SeqId};
 use crate::chat_template::ChatMessage;
+use crate::constraint::Grammar;
 use crate::error::Error;
 use crate::mlx::Device;
 use crate::model::Execution;
@@ -52,6 +53,16 @@ pub const MLXE_EXECUTION_CPU_DENSE: c_int = 2;
 pub const MLXE_EXECUTION_GPU: c_int = 3;
 /// The most top logprobs one `mlxe_sampled` holds.
 pub const MLXE_MAX_LOGPROBS: usize = 20;
+/// Unconstrained sampling.
+pub const MLXE_GRAMMAR_NONE: c_int = 0;
+/// `grammar` is a JSON Schema.
+pub const MLXE_GRAMMAR_JSON_SCHEMA: c_int = 1;
+/// Any JSON object (`grammar` may be null).
+pub const MLXE_GRAMMAR_JSON_OBJECT: c_int = 2;
+/// `grammar` is a regular expression the whole output matches.
+pub const MLXE_GRAMMAR_REGEX: c_int = 3;
+/// `grammar` is a Lark grammar (llguidance's dialect).
+pub const MLXE_GRAMMAR_LARK: c_int = 4;
 
 /// A loaded model and its sequences.
 #[repr(C)]
@@ -151,6 +162,12 @@ pub struct mlxe_sampler_params {
     pub has_seed: bool,
     /// Top logprobs to report, at most `MLXE_MAX_LOGPROBS`.
     pub n_logprobs: usize,
+    /// `MLXE_GRAMMAR_*`.
+    pub grammar_kind: c_int,
+    /// The grammar's text (UTF-8, NUL-terminated); null for `NONE` and `JSON_OBJECT`.
+    pub grammar: *const c_char,
+    /// The backend whose tokenizer the grammar is compiled for (unused for `NONE`).
+    pub grammar_backend: mlxe_backend,
 }
 
 /// One message of a conversation for `mlxe_chat_template_apply`.
@@ -522,7 +539,29 @@ fn sampler_params_to_c(p: &SamplerParams) -> mlxe_sampler_params {
         seed: p.seed.unwrap_or(0),
         has_seed: p.seed.is_some(),
         n_logprobs: p.n_logprobs,
+        grammar_kind: MLXE_GRAMMAR_NONE,
+        grammar: std::ptr::null(),
+        grammar_backend: mlxe_backend {
+            ctx: std::ptr::null_mut(),
+        },
     }
+}
+
+/// The grammar of `p`, if it asks for one.
+///
+/// # Safety
+/// `p.grammar` is null or a NUL-terminated string.
+unsafe fn grammar_from_c(p: &mlxe_sampler_params) -> FfiResult<Option<Grammar>> {
+    // SAFETY: forwarded contract.
+    let text = || unsafe { input_cstr(p.grammar, "grammar") };
+    Ok(Some(match p.grammar_kind {
+        MLXE_GRAMMAR_NONE => return Ok(None),
+        MLXE_GRAMMAR_JSON_SCHEMA => Grammar::json_schema_text(text()?)?,
+        MLXE_GRAMMAR_JSON_OBJECT => Grammar::JsonObject,
+        MLXE_GRAMMAR_REGEX => Grammar::Regex(text()?.to_string()),
+        MLXE_GRAMMAR_LARK => Grammar::Lark(text()?.to_string()),
+        other => return fail(format!("unknown grammar_kind {other}")),
+    }))
 }
 
 fn sampled_to_c(s: &Sampled) -> mlxe_sampled {
@@ -952,11 +991,13 @@ pub unsafe extern "C" fn mlxe_sampler_params_default(res: *mut mlxe_sampler_para
 }
 
 /// Creates a sampler (free with `mlxe_sampler_free`); fails on settings out of range. The
-/// bias arrays are copied.
+/// bias arrays are copied. A grammar is compiled for `grammar_backend`'s tokenizer; one
+/// llguidance refuses fails with its message.
 ///
 /// # Safety
 /// `res` is valid for a write; `params` is valid and its bias arrays hold `n_logit_bias`
-/// entries.
+/// entries; with a grammar, `grammar` is null or NUL-terminated and `grammar_backend` is a
+/// live backend handle.
 #[no_mangle]
 pub unsafe extern "C" fn mlxe_sampler_new(
     res: *mut mlxe_sampler,
@@ -973,10 +1014,22 @@ pub unsafe extern "C" fn mlxe_sampler_new(
             )
         }?;
         // SAFETY: caller's contract.
-        let params = unsafe { sampler_params_from_c(read(params, "params")?) }?;
+        let c_params = unsafe { read(params, "params") }?;
+        // SAFETY: caller's contract.
+        let params = unsafe { sampler_params_from_c(c_params) }?;
         params.validate()?;
+        // SAFETY: caller's contract.
+        let sampler = match unsafe { grammar_from_c(c_params) }? {
+            None => Sampler::new(params),
+            Some(grammar) => {
+                // SAFETY: caller's contract (a live backend handle when a grammar is given).
+                let b = unsafe { backend(&c_params.grammar_backend) }?;
+                let constraint = b.grammar_compiler()?.compile(&grammar)?;
+                Sampler::with_constraint(params, constraint)
+            }
+        };
         let handle = mlxe_sampler {
-            ctx: Box::into_raw(Box::new(Sampler::new(params))).cast(),
+            ctx: Box::into_raw(Box::new(sampler)).cast(),
         };
         // SAFETY: caller's contract.
         unsafe { write(res, handle) }

@@ -9,6 +9,7 @@
 pub mod backend;
 pub mod bench;
 pub mod chat_template;
+pub mod constraint;
 pub mod engine;
 pub mod error;
 pub mod fetch;

@@ -12,14 +12,19 @@
 //! without bias or penalties the chosen token is the first of the top list. When neither is
 //! asked for, sampling does no softmax over the vocabulary at all.
 //!
-//! Extension point: a constraint (a grammar) masks tokens beside the sampler, not inside its
-//! settings; it would act on the adjusted logits between the bias/penalty step and
-//! truncation (see [`Sampler::sample`]).
+//! A [`Constraint`] (a grammar, `src/constraint.rs`) rides beside the settings: the sampler
+//! first picks as if unconstrained and asks the constraint about that one token; only when it
+//! is refused does it build the whole mask, set the refused logits (after bias and penalties)
+//! to -inf and pick again (llama.cpp's order). Greedy picks are exactly the masked argmax; a
+//! draw is exactly the masked distribution when nothing truncates (rejection sampling), and
+//! with top-k/top-p/min-p the second pick truncates the masked row. The picked token is
+//! committed to the constraint before [`Sampler::sample`] returns.
 #![forbid(unsafe_code)]
 
 use std::cmp::Ordering;
 use std::hash::{BuildHasher, Hasher};
 
+use crate::constraint::Constraint;
 use crate::{Error, Result};
 
 /// How tokens are picked. The neutral value of each step switches it off.
@@ -177,6 +182,8 @@ pub struct Sampler {
     adjusted: Vec<f32>,
     /// (id, logit / temperature) of the tokens still in the running.
     candidates: Vec<(u32, f32)>,
+    /// The grammar the picks must follow, if any.
+    constraint: Option<Constraint>,
 }
 
 impl Sampler {
@@ -188,6 +195,15 @@ impl Sampler {
             rng: Xoshiro256::new(seed),
             adjusted: vec![],
             candidates: vec![],
+            constraint: None,
+        }
+    }
+
+    /// A sampler whose picks must follow `constraint`.
+    pub fn with_constraint(params: SamplerParams, constraint: Constraint) -> Sampler {
+        Sampler {
+            constraint: Some(constraint),
+            ..Sampler::new(params)
         }
     }
 
@@ -196,20 +212,54 @@ impl Sampler {
         &self.params
     }
 
+    /// The constraint, if the sampler has one.
+    pub fn constraint(&self) -> Option<&Constraint> {
+        self.constraint.as_ref()
+    }
+
+    /// The constraint, mutably (rollback, forced tokens).
+    pub fn constraint_mut(&mut self) -> Option<&mut Constraint> {
+        self.constraint.as_mut()
+    }
+
+    /// Tokens the constraint forces next, already committed to it (none without a
+    /// constraint): a caller may feed them to the model without sampling, but must then pass
+    /// them in `history` like sampled ones.
+    pub fn forced_tokens(&mut self) -> Result<Vec<u32>> {
+        match self.constraint.as_mut() {
+            Some(c) => c.forced_tokens(),
+            None => Ok(vec![]),
+        }
+    }
+
+    /// Whether the constraint is complete and allows only end-of-generation tokens (false
+    /// without a constraint).
+    pub fn is_finished(&self) -> bool {
+        self.constraint
+            .as_ref()
+            .is_some_and(Constraint::is_finished)
+    }
+
     /// Picks the next token from `logits` (one per vocabulary id); `history` is the sequence
     /// so far, for the penalties. NaN or +inf logits, an out-of-range id or bad settings are
     /// errors.
     pub fn sample(&mut self, logits: &[f32], history: &[u32]) -> Result<Sampled> {
         self.adjust(logits, history)?;
-        let token = match self.params.temperature == 0.0 {
-            true => argmax(&self.adjusted),
-            false => {
-                self.truncate();
-                self.draw()
+        let mut token = self.pick();
+        if let Some(c) = self.constraint.as_mut() {
+            let open = self.adjusted[token as usize] > f32::NEG_INFINITY;
+            if open && c.checks_first() && c.allows(token)? {
+                c.note_fast();
+            } else {
+                c.mask(&mut self.adjusted)?;
+                token = self.pick();
             }
-        };
+        }
         if self.adjusted[token as usize] == f32::NEG_INFINITY {
             return Err(all_masked());
+        }
+        if let Some(c) = self.constraint.as_mut() {
+            c.commit(token)?;
         }
         if !self.params.wants_logprob() {
             return Ok(Sampled {
@@ -228,8 +278,12 @@ impl Sampler {
 
     /// The tokens a draw could pick and their probabilities, most likely first: the result of
     /// bias, penalties, temperature, top-k, top-p and min-p. Greedy settings give one token.
+    /// With a constraint, only the tokens it allows (nothing is committed).
     pub fn candidates(&mut self, logits: &[f32], history: &[u32]) -> Result<Vec<(u32, f32)>> {
         self.adjust(logits, history)?;
+        if let Some(c) = self.constraint.as_mut() {
+            c.mask(&mut self.adjusted)?;
+        }
         log_sum_exp(&self.adjusted)?;
         if self.params.temperature == 0.0 {
             return Ok(vec![(argmax(&self.adjusted), 1.0)]);
@@ -247,6 +301,17 @@ impl Sampler {
             .iter()
             .map(|&(id, l)| (id, (f64::from((l - max).exp()) / total) as f32))
             .collect())
+    }
+
+    /// The greedy pick, or a draw after truncation, from `adjusted`.
+    fn pick(&mut self) -> u32 {
+        match self.params.temperature == 0.0 {
+            true => argmax(&self.adjusted),
+            false => {
+                self.truncate();
+                self.draw()
+            }
+        }
     }
 
     /// Fills `adjusted`: checks the input, adds the bias, applies the penalties.

@@ -1,7 +1,8 @@
 //! The C ABI: `include/mlx_engine.h` agrees with `src/ffi.rs` (every prototype, struct field
 //! and constant, parsed from both), C programs compiled against the header and linked against
 //! the cdylib run, greedy generation from C gives the Rust API's tokens, and the text side
-//! (`tests/c/text.c`) gives the real Qwen model's known token ids, pieces and template.
+//! (`tests/c/text.c`) gives the real Qwen model's known token ids, pieces and template, and
+//! constrained samplers (`tests/c/grammar.c`) follow their grammars and refuse bad ones.
 
 mod common;
 
@@ -183,6 +184,17 @@ fn c_text_side_gives_the_known_qwen_ids_pieces_and_template() {
     }
     let dir = tempfile::tempdir().unwrap();
     let exe = compile_c("text", dir.path());
+    let model = common::qwen_model();
+    assert_eq!(run(&exe, &[model.to_str().unwrap()]).trim(), "ok");
+}
+
+#[test]
+fn c_constrained_sampling_follows_grammars_and_refuses_bad_ones() {
+    if common::skip_requested() {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let exe = compile_c("grammar", dir.path());
     let model = common::qwen_model();
     assert_eq!(run(&exe, &[model.to_str().unwrap()]).trim(), "ok");
 }
@@ -431,7 +443,7 @@ fn header_declares_exactly_what_ffi_rs_exports() {
 fn c_programs_call_every_function() {
     let root = common::repo_root();
     let header = parse_header(&std::fs::read_to_string(root.join("include/mlx_engine.h")).unwrap());
-    let programs: String = ["generate", "abi_all", "speculative", "text"]
+    let programs: String = ["generate", "abi_all", "speculative", "text", "grammar"]
         .iter()
         .map(|p| std::fs::read_to_string(root.join(format!("tests/c/{p}.c"))).unwrap())
         .collect();

@@ -13,6 +13,7 @@ pub mod snapshot;
 mod speculative;
 
 use crate::chat_template::{ChatMessage, ChatTemplate};
+use crate::constraint::{Constraint, Grammar, GrammarCompiler};
 pub use crate::engine::Logits;
 use crate::engine::{evaluate_with_cache, Engine, LoadOptions, LogitRows};
 use crate::error::{Error, Result};
@@ -70,7 +71,8 @@ impl Default for BackendOptions {
 /// What this backend can do. Each flag is true only when the feature works end to end.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Capabilities {
-    /// Grammar/JSON-constrained sampling: not implemented.
+    /// Grammar-constrained sampling (JSON Schema, any JSON object, regex, Lark) through
+    /// [`Backend::create_constrained_sampler`].
     pub supports_structured_output: bool,
     /// Draft-and-verify: prefill with all logits scores a draft in one pass, and
     /// [`Backend::truncate_seq`] rolls back the rejected tail.
@@ -117,6 +119,8 @@ pub struct Backend {
     tokenizer: OnceCell<Tokenizer>,
     /// Compiled on first use; `None` when the model has no template.
     template: OnceCell<Option<ChatTemplate>>,
+    /// Built on first constrained sampler (a pass over the vocabulary).
+    grammars: OnceCell<GrammarCompiler>,
 }
 
 /// Compile-time check that a backend can move between threads.
@@ -144,6 +148,7 @@ impl Backend {
             samplers: Slots::new("sampler"),
             tokenizer: OnceCell::new(),
             template: OnceCell::new(),
+            grammars: OnceCell::new(),
         })
     }
 
@@ -170,7 +175,7 @@ impl Backend {
     /// What this backend supports.
     pub fn capabilities(&self) -> Capabilities {
         Capabilities {
-            supports_structured_output: false,
+            supports_structured_output: true,
             supports_speculative_decoding: true,
             supports_kv_prefix_copy: true,
             supports_multimodal: false,
@@ -310,6 +315,52 @@ impl Backend {
     pub fn create_sampler(&mut self, params: SamplerParams) -> Result<SamplerId> {
         params.validate_for(self.config().vocab_size)?;
         Ok(SamplerId(self.samplers.insert(Sampler::new(params))))
+    }
+
+    /// A new sampler whose tokens must follow `grammar`; a grammar llguidance refuses is an
+    /// [`Error::Grammar`] with its message. The grammar compiler is built on first use.
+    pub fn create_constrained_sampler(
+        &mut self,
+        params: SamplerParams,
+        grammar: &Grammar,
+    ) -> Result<SamplerId> {
+        let constraint = self.grammar_compiler()?.compile(grammar)?;
+        self.create_sampler_with(params, constraint)
+    }
+
+    /// A new sampler carrying an already compiled constraint.
+    pub fn create_sampler_with(
+        &mut self,
+        params: SamplerParams,
+        constraint: Constraint,
+    ) -> Result<SamplerId> {
+        params.validate_for(self.config().vocab_size)?;
+        let sampler = Sampler::with_constraint(params, constraint);
+        Ok(SamplerId(self.samplers.insert(sampler)))
+    }
+
+    /// The grammar compiler for the model's tokenizer, built on first use.
+    pub fn grammar_compiler(&self) -> Result<&GrammarCompiler> {
+        if let Some(g) = self.grammars.get() {
+            return Ok(g);
+        }
+        let built = GrammarCompiler::new(self.tokenizer()?)?;
+        Ok(self.grammars.get_or_init(|| built))
+    }
+
+    /// Undoes the last `n` tokens a sampler's constraint committed (a rejected speculative
+    /// draft); a sampler without a constraint has nothing to undo.
+    pub fn rollback_sampler(&mut self, sampler: SamplerId, n: usize) -> Result<()> {
+        match self.samplers.get_mut(sampler.0)?.constraint_mut() {
+            Some(c) => c.rollback(n),
+            None => Ok(()),
+        }
+    }
+
+    /// The tokens a sampler's constraint forces next, already committed to it (empty without
+    /// a constraint or when nothing is forced): append them to the sequence without sampling.
+    pub fn forced_tokens(&mut self, sampler: SamplerId) -> Result<Vec<u32>> {
+        self.samplers.get_mut(sampler.0)?.forced_tokens()
     }
 
     /// Draws a token from `logits` (one row) given the sequence's `history` (for penalties),

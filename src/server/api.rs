@@ -2,7 +2,9 @@
 //! names its field), and building responses, stream chunks and errors.
 
 use super::logprobs::{self, TokenLogprobs, TokenNames, MAX_TOP_LOGPROBS};
+use super::tools::{self, Tools};
 use crate::chat_template::ChatMessage;
+use crate::constraint::Grammar;
 use crate::sampler::{SamplerParams, MAX_LOGIT_BIAS};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
@@ -101,22 +103,27 @@ pub struct GenerationRequest {
     pub token_names: TokenNames,
     /// `speculative` (our extension): false opts out of a speculating server's drafts.
     pub speculative: bool,
+    /// The grammar `response_format` (or `tool_choice` required / a named function) asks
+    /// for, with the field to blame if it fails to compile.
+    pub grammar: Option<RequestGrammar>,
+    /// Chat's `tools` and `tool_choice`.
+    pub tools: Option<Tools>,
+}
+
+/// A grammar a request asks for and the request field it came from.
+#[derive(Debug, Clone)]
+pub struct RequestGrammar {
+    /// What the output must match.
+    pub grammar: Grammar,
+    /// The field named in a 400 when it does not compile.
+    pub param: String,
 }
 
 /// Most stop strings one request may give.
 pub const MAX_STOP_STRINGS: usize = 16;
 
 /// Fields we know but cannot honour yet: refused when set to anything but their neutral value.
-const UNSUPPORTED: &[&str] = &[
-    "tools",
-    "tool_choice",
-    "functions",
-    "function_call",
-    "echo",
-    "suffix",
-    "best_of",
-    "response_format",
-];
+const UNSUPPORTED: &[&str] = &["functions", "function_call", "echo", "suffix", "best_of"];
 
 /// Parses a JSON body into an object.
 pub fn parse_object(body: &[u8]) -> Result<Map<String, Value>, ApiError> {
@@ -144,7 +151,22 @@ pub fn chat_request(obj: &Map<String, Value>) -> Result<GenerationRequest, ApiEr
         None => return Err(ApiError::invalid("messages", "is required")),
     };
     let logprobs = chat_logprobs(obj)?;
-    generation_request(obj, Prompt::Messages(messages), logprobs)
+    let mut request = generation_request(obj, Prompt::Messages(messages), logprobs)?;
+    let tools = tools::parse(obj)?;
+    if let Some(grammar) = tools.as_ref().and_then(Tools::grammar) {
+        if request.grammar.is_some() {
+            return Err(ApiError::invalid(
+                "tool_choice",
+                "a required or named tool cannot be combined with response_format",
+            ));
+        }
+        request.grammar = Some(RequestGrammar {
+            grammar,
+            param: "tools".into(),
+        });
+    }
+    request.tools = tools;
+    Ok(request)
 }
 
 /// Chat's `logprobs` (a boolean) and `top_logprobs` (0 to 20, only with `logprobs: true`).
@@ -178,6 +200,14 @@ pub fn completion_request(obj: &Map<String, Value>) -> Result<GenerationRequest,
         None | Some(Value::Null) => return Err(ApiError::invalid("prompt", "is required")),
         Some(value) => prompt(value)?,
     };
+    for name in ["tools", "tool_choice"] {
+        if !matches!(obj.get(name), None | Some(Value::Null)) {
+            return Err(ApiError::invalid(
+                name,
+                "is only accepted by /v1/chat/completions",
+            ));
+        }
+    }
     // Completions' `logprobs` is the count itself (OpenAI allows up to 5; we allow 20).
     let logprobs = top_count(obj, "logprobs")?;
     generation_request(obj, prompt, logprobs)
@@ -225,8 +255,72 @@ fn generation_request(
             Some(true) => TokenNames::Ids,
             _ => TokenNames::Text,
         },
+        grammar: response_format(obj)?,
+        tools: None,
         speculative: opt_bool(obj, "speculative")?.unwrap_or(true),
     })
+}
+
+/// `response_format`: `{"type": "text"}` (none), `{"type": "json_object"}`, or
+/// `{"type": "json_schema", "json_schema": {"name", "schema", "strict", "description"}}`.
+fn response_format(obj: &Map<String, Value>) -> Result<Option<RequestGrammar>, ApiError> {
+    let format = match obj.get("response_format") {
+        None | Some(Value::Null) => return Ok(None),
+        Some(Value::Object(f)) => f,
+        Some(_) => return Err(ApiError::invalid("response_format", "must be an object")),
+    };
+    let grammar = |grammar, param: &str| {
+        Ok(Some(RequestGrammar {
+            grammar,
+            param: param.to_string(),
+        }))
+    };
+    match format.get("type").and_then(Value::as_str) {
+        Some("text") => Ok(None),
+        Some("json_object") => grammar(Grammar::JsonObject, "response_format"),
+        Some("json_schema") => {
+            let at = "response_format.json_schema";
+            let spec = match format.get("json_schema") {
+                Some(Value::Object(spec)) => spec,
+                _ => return Err(ApiError::invalid(at, "must be an object")),
+            };
+            match spec.get("name") {
+                Some(Value::String(n)) if valid_schema_name(n) => {}
+                _ => {
+                    return Err(ApiError::invalid(
+                        &format!("{at}.name"),
+                        "must be a string of 1 to 64 letters, digits, '_' or '-'",
+                    ))
+                }
+            }
+            if !matches!(
+                spec.get("strict"),
+                None | Some(Value::Null | Value::Bool(_))
+            ) {
+                return Err(ApiError::invalid(
+                    &format!("{at}.strict"),
+                    "must be a boolean",
+                ));
+            }
+            let param = format!("{at}.schema");
+            let schema = spec.get("schema").cloned().unwrap_or(json!({}));
+            let schema = Grammar::json_schema(schema)
+                .map_err(|e| ApiError::invalid(&param, e.to_string()))?;
+            grammar(schema, &param)
+        }
+        _ => Err(ApiError::invalid(
+            "response_format.type",
+            "must be \"text\", \"json_object\" or \"json_schema\"",
+        )),
+    }
+}
+
+/// OpenAI's rule for `json_schema.name`.
+fn valid_schema_name(name: &str) -> bool {
+    (1..=64).contains(&name.len())
+        && name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-')
 }
 
 /// The sampler settings a request asks for; OpenAI's defaults (temperature 1, no truncation).
@@ -363,14 +457,16 @@ fn stop_strings(obj: &Map<String, Value>) -> Result<Vec<String>, ApiError> {
     Ok(stops)
 }
 
-/// One chat message: a role and a string or text parts.
+/// One chat message: a role and a string or text parts; an assistant's `tool_calls`, a `tool`
+/// message's `tool_call_id`.
 fn message(i: usize, value: &Value) -> Result<ChatMessage, ApiError> {
     let at = format!("messages[{i}]");
     let obj = value
         .as_object()
         .ok_or_else(|| ApiError::invalid(&at, "must be an object"))?;
+    let roles = ["system", "developer", "user", "assistant", "tool"];
     let role = match obj.get("role") {
-        Some(Value::String(r)) if ["system", "developer", "user", "assistant"].contains(&&**r) => {
+        Some(Value::String(r)) if roles.contains(&&**r) => {
             if r == "developer" {
                 "system".to_string()
             } else {
@@ -380,7 +476,7 @@ fn message(i: usize, value: &Value) -> Result<ChatMessage, ApiError> {
         Some(Value::String(r)) => {
             return Err(ApiError::invalid(
                 &format!("{at}.role"),
-                format!("unsupported role '{r}' (system, developer, user or assistant)"),
+                format!("unsupported role '{r}' (system, developer, user, assistant or tool)"),
             ))
         }
         _ => return Err(ApiError::invalid(&format!("{at}.role"), "must be a string")),
@@ -396,7 +492,30 @@ fn message(i: usize, value: &Value) -> Result<ChatMessage, ApiError> {
             ))
         }
     };
-    Ok(ChatMessage::new(role, content))
+    let mut message = ChatMessage::new(role, content);
+    match obj.get("tool_calls") {
+        None | Some(Value::Null) => {}
+        Some(calls) if message.role == "assistant" => {
+            message.tool_calls = tools::template_calls(&format!("{at}.tool_calls"), calls)?;
+        }
+        Some(_) => {
+            return Err(ApiError::invalid(
+                &format!("{at}.tool_calls"),
+                "only assistant messages carry tool calls",
+            ))
+        }
+    }
+    match obj.get("tool_call_id") {
+        None | Some(Value::Null) => {}
+        Some(Value::String(id)) => message.tool_call_id = Some(id.clone()),
+        Some(_) => {
+            return Err(ApiError::invalid(
+                &format!("{at}.tool_call_id"),
+                "must be a string",
+            ))
+        }
+    }
+    Ok(message)
 }
 
 /// The text of `[{"type": "text", "text": …}, …]`, concatenated.
@@ -549,9 +668,35 @@ pub struct ResponseHead {
     pub logprobs: bool,
     /// How logprobs name tokens.
     pub token_names: TokenNames,
+    /// Whether the output is parsed for tool calls (chat with tools, `tool_choice` not none).
+    pub tool_calls: bool,
 }
 
 impl ResponseHead {
+    /// A complete chat response whose output held tool calls: `message.tool_calls`,
+    /// `content` the text before them (null when none), `finish_reason: "tool_calls"`.
+    pub fn tool_call_response(
+        &self,
+        content: &str,
+        calls: &[tools::ToolCall],
+        logprobs: &[TokenLogprobs],
+        usage: Usage,
+    ) -> Value {
+        let mut body = self.response(content, logprobs, "tool_calls", usage);
+        let message = &mut body["choices"][0]["message"];
+        if content.is_empty() {
+            message["content"] = Value::Null;
+        }
+        message["tool_calls"] = tools::calls_json(calls, &self.id);
+        body
+    }
+
+    /// A stream chunk carrying call `index` whole in `delta.tool_calls`.
+    pub fn tool_call_chunk(&self, call: &tools::ToolCall, index: usize) -> Value {
+        let delta = json!({"tool_calls": tools::delta_json(call, index, &self.id)});
+        let choice = json!({"index": 0, "delta": delta, "logprobs": null, "finish_reason": null});
+        self.envelope(self.chunk_object(), vec![choice], None)
+    }
     /// A complete (non-streamed) response; `logprobs` are the entries of every token.
     pub fn response(
         &self,

@@ -2,10 +2,14 @@
 //! engine jobs and engine events into OpenAI responses or server-sent events. Nothing here touches MLX:
 //! tokenizing and template rendering are pure Rust, and generation goes to the engine thread.
 
-use super::api::{self, ApiError, Endpoint, GenerationRequest, Prompt, ResponseHead, Usage};
+use super::api::{
+    self, ApiError, Endpoint, GenerationRequest, Prompt, RequestGrammar, ResponseHead, Usage,
+};
 use super::logprobs::TokenLogprobs;
 use super::metrics::{self, Metrics};
 use super::scheduler::{Event, Job, ModelInfo};
+use super::tools::{self, CallFilter, Tools};
+use crate::constraint::Constraint;
 use axum::body::{Body, Bytes};
 use axum::extract::rejection::BytesRejection;
 use axum::extract::{DefaultBodyLimit, MatchedPath, Request, State};
@@ -346,12 +350,18 @@ async fn generate(
 ) -> Result<Response, ApiError> {
     s.check_model(request.model.as_deref())?;
     let info = s.ready()?;
-    let prompt = prompt_tokens(info, &request.prompt)?;
+    let definitions = request
+        .tools
+        .as_ref()
+        .map_or(&[][..], |t| &t.definitions[..]);
+    let prompt = prompt_tokens(info, &request.prompt, definitions)?;
     check_logit_bias(info, &request)?;
+    let constraint = compile_grammar(info, request.grammar.as_ref())?;
     let (events, receiver) = unbounded_channel();
     let job = Job {
         prompt,
         sampling: request.sampling,
+        constraint,
         max_tokens: request.max_tokens.unwrap_or(info.n_ctx),
         stop: request.stop,
         events,
@@ -389,6 +399,7 @@ async fn generate(
         endpoint,
         logprobs: request.logprobs.is_some(),
         token_names: request.token_names,
+        tool_calls: request.tools.as_ref().is_some_and(Tools::parses_calls),
     };
     match request.stream {
         true => Ok(stream_response(head, receiver, request.include_usage).into_response()),
@@ -397,7 +408,7 @@ async fn generate(
 }
 
 /// The prompt's token ids, checked against the vocabulary and the context.
-fn prompt_tokens(info: &ModelInfo, prompt: &Prompt) -> Result<Vec<u32>, ApiError> {
+fn prompt_tokens(info: &ModelInfo, prompt: &Prompt, tools: &[Value]) -> Result<Vec<u32>, ApiError> {
     let tokenizer = &info.tokenizer;
     let (tokens, param) = match prompt {
         Prompt::Messages(messages) => {
@@ -408,7 +419,7 @@ fn prompt_tokens(info: &ModelInfo, prompt: &Prompt) -> Result<Vec<u32>, ApiError
                 )
             })?;
             let text = template
-                .render(messages, true)
+                .render_with_tools(messages, tools, true)
                 .map_err(|e| ApiError::invalid("messages", e.to_string()))?;
             // The rendered template already holds its special tokens.
             let ids = tokenizer.encode(&text, false);
@@ -450,6 +461,27 @@ fn prompt_tokens(info: &ModelInfo, prompt: &Prompt) -> Result<Vec<u32>, ApiError
         ));
     }
     Ok(tokens)
+}
+
+/// The request's grammar compiled for this model; 400 naming its field when llguidance refuses
+/// it.
+fn compile_grammar(
+    info: &ModelInfo,
+    grammar: Option<&RequestGrammar>,
+) -> Result<Option<Constraint>, ApiError> {
+    let Some(request) = grammar else {
+        return Ok(None);
+    };
+    let compiler = info.grammars.as_ref().map_err(|reason| {
+        ApiError::invalid(
+            &request.param,
+            format!("structured output is unavailable for this model: {reason}"),
+        )
+    })?;
+    compiler
+        .compile(&request.grammar)
+        .map(Some)
+        .map_err(|e| ApiError::invalid(&request.param, e.to_string()))
 }
 
 /// 400 when a `logit_bias` id is outside the vocabulary.
@@ -496,7 +528,16 @@ async fn collect(
                     completion_tokens,
                     cached_tokens,
                 };
-                let body = head.response(&text, &entries, finish.as_str(), usage);
+                let calls = match head.tool_calls {
+                    true => tools::split_calls(&text),
+                    false => None,
+                };
+                let body = match calls {
+                    Some((content, calls)) => {
+                        head.tool_call_response(&content, &calls, &entries, usage)
+                    }
+                    None => head.response(&text, &entries, finish.as_str(), usage),
+                };
                 return Ok(Json(body).into_response());
             }
             Event::Failed(message) => return Err(engine_error(message)),
@@ -528,12 +569,20 @@ fn stream_response(
         Endpoint::Chat => vec![data(&head.chunk(None, &[], true, None))],
         Endpoint::Completions => vec![],
     };
-    let state = Some((head, receiver));
+    let filter = head.tool_calls.then(CallFilter::default);
+    let state = Some((head, receiver, filter));
     let rest = stream::unfold(state, move |state| async move {
-        let (head, mut receiver) = state?;
+        let (head, mut receiver, mut filter) = state?;
         let events = match receiver.recv().await {
             Some(Event::Text { text, logprobs }) => {
-                vec![data(&head.chunk(Some(&text), &logprobs, false, None))]
+                let text = match &mut filter {
+                    Some(f) => f.push(&text),
+                    None => text,
+                };
+                match text.is_empty() && logprobs.is_empty() {
+                    true => vec![],
+                    false => vec![data(&head.chunk(Some(&text), &logprobs, false, None))],
+                }
             }
             Some(Event::Done {
                 finish,
@@ -541,7 +590,19 @@ fn stream_response(
                 completion_tokens,
                 cached_tokens,
             }) => {
-                let mut out = vec![data(&head.chunk(None, &[], false, Some(finish.as_str())))];
+                let (rest, calls) = filter.map(CallFilter::finish).unwrap_or_default();
+                let mut out = vec![];
+                if !rest.is_empty() {
+                    out.push(data(&head.chunk(Some(&rest), &[], false, None)));
+                }
+                for (i, call) in calls.iter().enumerate() {
+                    out.push(data(&head.tool_call_chunk(call, i)));
+                }
+                let finish = match calls.is_empty() {
+                    true => finish.as_str(),
+                    false => "tool_calls",
+                };
+                out.push(data(&head.chunk(None, &[], false, Some(finish))));
                 if include_usage {
                     let usage = Usage {
                         prompt_tokens,
@@ -561,7 +622,7 @@ fn stream_response(
             }
             None => return None,
         };
-        Some((events, Some((head, receiver))))
+        Some((events, Some((head, receiver, filter))))
     });
     let events = stream::iter(first)
         .chain(rest.flat_map(stream::iter))

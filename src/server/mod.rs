@@ -15,6 +15,7 @@ pub mod metrics;
 pub mod prefix_cache;
 pub mod scheduler;
 pub mod stop;
+pub mod tools;
 
 use crate::fetch::{self, FetchOptions};
 use crate::speculative::SpeculativeOptions;

@@ -11,6 +11,7 @@ use super::prefix_cache::PrefixCache;
 use super::stop::StopFilter;
 use crate::backend::{Backend, BackendOptions, ModelSpec, SamplerId, SamplerParams, SeqId};
 use crate::chat_template::ChatTemplate;
+use crate::constraint::{Constraint, GrammarCompiler};
 use crate::sampler::Sampled;
 use crate::speculative::{Pacer, PromptLookup, SpeculativeOptions};
 use crate::tokenizer::{StreamDecoder, Tokenizer};
@@ -33,6 +34,9 @@ pub struct ModelInfo {
     pub template: Option<ChatTemplate>,
     /// Positions one sequence may hold.
     pub n_ctx: usize,
+    /// Compiles `response_format` grammars (on the HTTP side, so a bad one is a 400); `None`
+    /// when the tokenizer cannot end a grammar (no end-of-generation token), with the reason.
+    pub grammars: std::result::Result<GrammarCompiler, String>,
 }
 
 /// How the engine thread loads and batches.
@@ -72,6 +76,8 @@ pub struct Job {
     pub prompt: Vec<u32>,
     /// Sampler settings (validated).
     pub sampling: SamplerParams,
+    /// The grammar the output must follow, compiled for this job.
+    pub constraint: Option<Constraint>,
     /// Most tokens to generate (≥ 1).
     pub max_tokens: usize,
     /// Stop strings (each non-empty).
@@ -149,10 +155,15 @@ pub fn run(
     let backend = Backend::load(&ModelSpec::new(&config.model), &options)?;
     let tokenizer = backend.tokenizer()?.clone();
     let template = backend.chat_template()?.cloned();
+    let grammars = backend
+        .grammar_compiler()
+        .cloned()
+        .map_err(|e| e.to_string());
     on_ready(ModelInfo {
         tokenizer: tokenizer.clone(),
         template,
         n_ctx: backend.context_length(),
+        grammars,
     });
     let mut scheduler = Scheduler {
         backend,
@@ -264,8 +275,13 @@ impl Scheduler {
     }
 
     /// Gives `job` a sequence, seeded with the longest cached prefix of its prompt.
-    fn start(&mut self, job: Job) {
-        let sampler = match self.backend.create_sampler(job.sampling.clone()) {
+    fn start(&mut self, mut job: Job) {
+        let params = job.sampling.clone();
+        let created = match job.constraint.take() {
+            Some(c) => self.backend.create_sampler_with(params, c),
+            None => self.backend.create_sampler(params),
+        };
+        let sampler = match created {
             Ok(sampler) => sampler,
             Err(e) => {
                 let _ = job.events.send(Event::Failed(e.to_string()));

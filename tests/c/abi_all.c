@@ -39,7 +39,7 @@ static mlxe_backend load(const char* path, size_t max_context) {
 static void check_backend_info(mlxe_backend b) {
   mlxe_capabilities caps;
   CHECK(mlxe_backend_capabilities(&caps, b));
-  EXPECT(!caps.structured_output && !caps.multimodal && caps.kv_prefix_copy && caps.speculative_decoding);
+  EXPECT(caps.structured_output && !caps.multimodal && caps.kv_prefix_copy && caps.speculative_decoding);
   mlxe_device_info info;
   CHECK(mlxe_backend_device_info(&info, b));
   EXPECT(info.device == MLXE_DEVICE_CPU && info.execution != MLXE_EXECUTION_DEFAULT && info.active_bytes > 0);
