@@ -48,6 +48,7 @@ struct Params {
   int64_t pos, len, cap;
   float scale, rope_base, rope_scale;
   bool traditional;
+  std::vector<float> inv_freq;  // [hd/2] per-pair RoPE frequencies; empty: rope_base^(-2j/hd)
   int64_t window;  // keys a query sees, itself included; 0: all (causal)
   float norm_eps;  // with q_norm / k_norm weights: RMSNorm of each head before RoPE
 };
@@ -136,13 +137,15 @@ Ops ops_for_path() {
   return {dot_scalar, axpy_scalar, softmax_numer_scalar};
 }
 
-// cos / sin of the rotation angles, [len][hd/2]: angle(i, j) = (pos + i) * scale * base^(-2j/hd).
+// cos / sin of the rotation angles, [len][hd/2]: angle(i, j) = (pos + i) * scale * inv(j), with
+// inv(j) = inv_freq[j] when given (scaled RoPE variants), else base^(-2j/hd).
 void rope_tables(const Params& p, std::vector<float>& cs, std::vector<float>& sn) {
   const int half = p.hd / 2;
   cs.resize((size_t)(p.len * half));
   sn.resize((size_t)(p.len * half));
   std::vector<double> inv((size_t)half);
-  for (int j = 0; j < half; ++j) inv[(size_t)j] = std::pow((double)p.rope_base, -2.0 * j / p.hd);
+  for (int j = 0; j < half; ++j)
+    inv[(size_t)j] = p.inv_freq.empty() ? std::pow((double)p.rope_base, -2.0 * j / p.hd) : (double)p.inv_freq[(size_t)j];
   for (int64_t i = 0; i < p.len; ++i) {
     const double t = (double)(p.pos + i) * p.rope_scale;
     for (int j = 0; j < half; ++j) {
@@ -403,7 +406,8 @@ class CachedAttention : public mx::Primitive {
     const auto &a = p_, &b = o->p_;
     return a.hq == b.hq && a.hkv == b.hkv && a.hd == b.hd && a.pos == b.pos && a.len == b.len &&
            a.cap == b.cap && a.scale == b.scale && a.rope_base == b.rope_base && a.rope_scale == b.rope_scale &&
-           a.traditional == b.traditional && a.window == b.window && a.norm_eps == b.norm_eps;
+           a.traditional == b.traditional && a.window == b.window && a.norm_eps == b.norm_eps &&
+           a.inv_freq == b.inv_freq;
   }
 
   std::vector<mx::Shape> output_shapes(const std::vector<mx::array>& inputs) override {
@@ -420,8 +424,8 @@ extern "C" int mlxk_cached_attention(mlx_array* out, mlx_array* k_cache_out, mlx
                                      const mlx_array q, const mlx_array k, const mlx_array v,
                                      const mlx_array k_cache, const mlx_array v_cache, int n_heads,
                                      int n_kv_heads, int head_dim, int64_t pos, float scale, float rope_base,
-                                     float rope_scale, int rope_traditional, int64_t window,
-                                     const mlx_array q_norm, const mlx_array k_norm, float norm_eps,
+                                     float rope_scale, int rope_traditional, const float* rope_inv_freq,
+                                     int64_t window, const mlx_array q_norm, const mlx_array k_norm, float norm_eps,
                                      const mlx_stream s) {
   namespace mx = mlx::core;
   try {
@@ -469,8 +473,14 @@ extern "C" int mlxk_cached_attention(mlx_array* out, mlx_array* k_cache_out, mlx
         ins.push_back(wa.flags().row_contiguous ? wa : mx::contiguous(wa, false, st));
       }
     }
-    mlxe::attn::Params p{n_heads, n_kv_heads, head_dim, pos, len, cshape[2], scale, rope_base,
-                         rope_scale, rope_traditional != 0, window, q_norm.ctx ? norm_eps : 0.0f};
+    std::vector<float> inv_freq;
+    if (rope_inv_freq) {
+      inv_freq.assign(rope_inv_freq, rope_inv_freq + head_dim / 2);
+      for (float f : inv_freq)
+        if (!std::isfinite(f) || f < 0.0f) throw std::invalid_argument("rope_inv_freq must be finite and >= 0");
+    }
+    mlxe::attn::Params p{n_heads,  n_kv_heads, head_dim, pos,    len, cshape[2], scale, rope_base, rope_scale,
+                         rope_traditional != 0, std::move(inv_freq), window, q_norm.ctx ? norm_eps : 0.0f};
     auto outs = mx::array::make_arrays({qa.shape(), cshape, cshape}, {mx::float32, mx::float32, mx::float32},
                                        std::make_shared<mlx_engine::CachedAttention>(st, p), ins);
     mlx_array_set_(*out, outs[0]);

@@ -30,6 +30,35 @@ fn max_diff(a: &[f32], b: &[f32]) -> f32 {
         .fold(0.0, f32::max)
 }
 
+/// MLX's RoPE of x [1, H, L, hd] at positions pos.., from the base or (when `p` has them) the
+/// per-pair inverse frequencies, passed to MLX as periods.
+fn rotate(x: &Array, p: &AttentionParams, pos: usize) -> Array {
+    let hd = p.head_dim as i32;
+    match p.rope_inv_freq {
+        None => fast::rope(
+            x,
+            hd,
+            p.rope_traditional,
+            p.rope_base,
+            p.rope_scale,
+            pos as i32,
+        ),
+        Some(inv) => {
+            let periods: Vec<f32> = inv.iter().map(|f| 1.0 / f).collect();
+            let periods = arr(&periods, &[periods.len() as i32]);
+            fast::rope_with_periods(
+                x,
+                hd,
+                p.rope_traditional,
+                p.rope_scale,
+                pos as i32,
+                &periods,
+            )
+        }
+    }
+    .unwrap()
+}
+
 /// MLX's result for one step: rope at `pos`, then causal SDPA over `keys`/`values` so far
 /// ([1, Hkv, pos+L, hd], already rotated) → [1, L, Hq·hd].
 fn reference_step(
@@ -42,15 +71,7 @@ fn reference_step(
     let (hq, hd) = (p.n_heads as i32, p.head_dim as i32);
     let l = q.dim(1).unwrap();
     let q = ops::transpose(&ops::reshape(q, &[1, l, hq, hd]).unwrap(), &[0, 2, 1, 3]).unwrap();
-    let q = fast::rope(
-        &q,
-        hd,
-        p.rope_traditional,
-        p.rope_base,
-        p.rope_scale,
-        pos as i32,
-    )
-    .unwrap();
+    let q = rotate(&q, p, pos);
     let total = keys.dim(2).unwrap() as usize;
     // Query pos+i sees key j when j <= pos+i and (with a window w) pos+i - j < w.
     let visible: Vec<f32> = (0..l as usize)
@@ -136,15 +157,7 @@ fn check_steps_normed(p: AttentionParams, cap: usize, lens: &[usize], seed: u64,
             )
             .unwrap()
         };
-        let k_rot = fast::rope(
-            &heads(&k),
-            hd as i32,
-            p.rope_traditional,
-            p.rope_base,
-            p.rope_scale,
-            pos as i32,
-        )
-        .unwrap();
+        let k_rot = rotate(&heads(&k), &p, pos);
         let cat = |old: Option<Array>, new: Array| match old {
             None => new,
             Some(old) => ops::concatenate(&[&old, &new], 2).unwrap(),
@@ -184,7 +197,7 @@ fn check_steps_normed(p: AttentionParams, cap: usize, lens: &[usize], seed: u64,
     }
 }
 
-fn params(hq: usize, hkv: usize, hd: usize, traditional: bool) -> AttentionParams {
+fn params(hq: usize, hkv: usize, hd: usize, traditional: bool) -> AttentionParams<'static> {
     AttentionParams {
         n_heads: hq,
         n_kv_heads: hkv,
@@ -193,6 +206,7 @@ fn params(hq: usize, hkv: usize, hd: usize, traditional: bool) -> AttentionParam
         rope_base: 10_000.0,
         rope_scale: 1.0,
         rope_traditional: traditional,
+        rope_inv_freq: None,
         window: None,
     }
 }
@@ -214,6 +228,53 @@ fn matches_mlx_rope_and_sdpa_over_prefill_and_decode_steps() {
         check_steps(params(3, 3, 6, false), 16, &[5, 1, 1], 3);
     }
     kernels::force_path(None);
+}
+
+#[test]
+fn per_pair_rope_frequencies_match_mlx_rope_with_periods() {
+    let _guard = PATH.lock().unwrap_or_else(|e| e.into_inner());
+    // Llama 3-like factors: high frequencies kept, low ones divided by 8, a blend between,
+    // with a position multiplier on top; both pair layouts.
+    let inv: Vec<f32> = (0..32)
+        .map(|j| {
+            let f = 500_000f32.powf(-(2 * j) as f32 / 64.0);
+            f / [1.0, 2.5, 8.0][(j * 3 / 32) as usize]
+        })
+        .collect();
+    for path in [KernelPath::Avx2, KernelPath::Scalar] {
+        kernels::force_path(Some(path));
+        for traditional in [true, false] {
+            let mut p = params(4, 2, 64, traditional);
+            p.rope_inv_freq = Some(&inv);
+            p.rope_scale = 0.5;
+            check_steps(p, 64, &[9, 1, 20, 1], 7);
+        }
+    }
+    kernels::force_path(None);
+    // The frequencies matter: the same op with plain RoPE gives another output.
+    let (q, k, v) = (
+        arr(&common::activations(1, 4 * 64 * 3, 1), &[1, 3, 256]),
+        arr(&common::activations(1, 2 * 64 * 3, 2), &[1, 3, 128]),
+        arr(&common::activations(1, 2 * 64 * 3, 3), &[1, 3, 128]),
+    );
+    let zeros = || ops::zeros(&[1, 2, 8, 64], Dtype::F32).unwrap();
+    let mut p = params(4, 2, 64, false);
+    let plain = kernels::cached_attention(&q, &k, &v, &zeros(), &zeros(), 2, &p, None)
+        .unwrap()
+        .0;
+    p.rope_inv_freq = Some(&inv);
+    let scaled = kernels::cached_attention(&q, &k, &v, &zeros(), &zeros(), 2, &p, None)
+        .unwrap()
+        .0;
+    let d = max_diff(
+        &plain.to_vec::<f32>().unwrap(),
+        &scaled.to_vec::<f32>().unwrap(),
+    );
+    assert!(d > 1e-3, "per-pair frequencies changed nothing ({d})");
+    // A table of the wrong length is an error, not a read past its end.
+    p.rope_inv_freq = Some(&inv[..31]);
+    let e = kernels::cached_attention(&q, &k, &v, &zeros(), &zeros(), 0, &p, None);
+    assert!(e.is_err_and(|e| e.to_string().contains("RoPE frequencies")));
 }
 
 #[test]

@@ -209,6 +209,33 @@ fn wrongly_typed_metadata_is_refused() {
 }
 
 #[test]
+fn implemented_rope_scalings_load() {
+    if common::skip_requested() {
+        return;
+    }
+    let cases: [(&str, &[&str]); 4] = [
+        ("factor-4", &["--kv", "llama.rope.scaling.factor=f32:4"]),
+        ("scale-linear-2", &["--kv", "llama.rope.scale_linear=f32:2"]),
+        ("rope-freqs", &["--extra-tensor", "rope_freqs.weight:16"]),
+        (
+            "scaling-llama3-with-factors",
+            &[
+                "--kv",
+                "llama.rope.scaling.type=str:llama3",
+                "--extra-tensor",
+                "rope_freqs.weight:16",
+            ],
+        ),
+    ];
+    for (name, extra) in cases {
+        let path = llama_with(name, extra);
+        if let Err(e) = Engine::load(&path, &LoadOptions::default()) {
+            panic!("{name}: {e}");
+        }
+    }
+}
+
+#[test]
 fn unimplemented_rope_variants_are_refused_for_every_architecture() {
     if common::skip_requested() {
         return;
@@ -219,14 +246,36 @@ fn unimplemented_rope_variants_are_refused_for_every_architecture() {
     );
     assert_refused(
         &llama3,
-        &["llama.rope.scaling.type", "llama3", "not implemented"],
+        &[
+            "llama.rope.scaling.type",
+            "llama3",
+            "rope_freqs.weight",
+            "not implemented",
+        ],
     );
-    let factor = llama_with("factor-4", &["--kv", "llama.rope.scaling.factor=f32:4"]);
-    assert_refused(&factor, &["llama.rope.scaling.factor", "not implemented"]);
-    let linear = llama_with("scale-linear-2", &["--kv", "llama.rope.scale_linear=f32:2"]);
-    assert_refused(&linear, &["llama.rope.scale_linear", "not implemented"]);
-    let freqs = llama_with("rope-freqs", &["--extra-tensor", "rope_freqs.weight:16"]);
-    assert_refused(&freqs, &["rope_freqs.weight", "not implemented"]);
+    let longrope = llama_with(
+        "scaling-longrope",
+        &[
+            "--kv",
+            "llama.rope.scaling.type=str:longrope",
+            "--kv",
+            "llama.rope.scaling.factor=f32:4",
+        ],
+    );
+    assert_refused(
+        &longrope,
+        &["llama.rope.scaling.type", "longrope", "not implemented"],
+    );
+    let bad_factor = llama_with("factor-neg", &["--kv", "llama.rope.scaling.factor=f32:-2"]);
+    assert_refused(
+        &bad_factor,
+        &["llama.rope.scaling.factor", "finite positive"],
+    );
+    let short = llama_with(
+        "rope-freqs-short",
+        &["--extra-tensor", "rope_freqs.weight:15"],
+    );
+    assert_refused(&short, &["rope_freqs.weight", "shape"]);
     let partial = llama_with(
         "rotary-half",
         &["--kv", "llama.rope.dimension_count=u32:16"],
@@ -238,15 +287,48 @@ fn unimplemented_rope_variants_are_refused_for_every_architecture() {
     );
     assert_refused(&value, &["llama.attention.value_length", "not implemented"]);
 
-    let yarn = model_with(
+    let qwen_freqs = model_with(
         "qwen2",
-        "qwen2-yarn",
-        &["--kv", "qwen2.rope.scaling.type=str:yarn"],
+        "qwen2-rope-freqs",
+        &["--extra-tensor", "rope_freqs.weight:16"],
     );
     assert_refused(
-        &yarn,
-        &["qwen2.rope.scaling.type", "yarn", "not implemented"],
+        &qwen_freqs,
+        &["rope_freqs.weight", "qwen2", "not implemented"],
     );
+    let yarn_beta = model_with(
+        "qwen2",
+        "qwen2-yarn-beta",
+        &[
+            "--yarn",
+            "4:64",
+            "--kv",
+            "qwen2.rope.scaling.yarn_beta_fast=f32:16",
+        ],
+    );
+    assert_refused(
+        &yarn_beta,
+        &["qwen2.rope.scaling.yarn_beta_fast", "not implemented"],
+    );
+    let longrope = model_with(
+        "phi3",
+        "phi3-longrope",
+        &["--extra-tensor", "rope_factors_long.weight:16"],
+    );
+    assert_refused(
+        &longrope,
+        &["rope_factors_long.weight", "LongRoPE", "not implemented"],
+    );
+    let gemma_yarn = synthetic_gemma_yarn();
+    assert_refused(
+        &gemma_yarn,
+        &["gemma3.rope.scaling.type", "yarn", "not implemented"],
+    );
+}
+
+/// A small Gemma 3 with YaRN keys (implemented for the other architectures only).
+fn synthetic_gemma_yarn() -> PathBuf {
+    model_with("gemma3", "gemma3-yarn", &["--yarn", "4:64"])
 }
 
 #[test]
@@ -291,6 +373,15 @@ fn hf_config_json_gets_the_same_checks() {
     for (key, value) in [
         ("rope_scaling", json!(null)),
         ("rope_scaling", json!({"rope_type": "default"})),
+        (
+            "rope_scaling",
+            json!({"rope_type": "llama3", "factor": 8.0}),
+        ),
+        ("rope_scaling", json!({"type": "linear", "factor": 2.0})),
+        (
+            "rope_scaling",
+            json!({"rope_type": "yarn", "factor": 4.0, "original_max_position_embeddings": 64}),
+        ),
         ("partial_rotary_factor", json!(1.0)),
     ] {
         let config = hf_config(key, value.clone());
@@ -312,14 +403,20 @@ fn hf_config_json_gets_the_same_checks() {
         ("rope_theta", json!("big"), "not a number"),
         (
             "rope_scaling",
-            json!({"rope_type": "llama3", "factor": 8.0}),
+            json!({"rope_type": "longrope", "factor": 8.0}),
             "not implemented",
         ),
         (
             "rope_scaling",
-            json!({"type": "linear", "factor": 2.0}),
+            json!({"rope_type": "yarn", "factor": 4.0, "mscale": 0.7}),
             "not implemented",
         ),
+        (
+            "rope_scaling",
+            json!({"type": "linear", "factor": -2.0}),
+            "positive",
+        ),
+        ("rope_scaling", json!({"type": "linear"}), "missing"),
         ("partial_rotary_factor", json!(0.5), "not implemented"),
     ];
     for (key, value, problem) in cases {

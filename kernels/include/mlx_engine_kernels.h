@@ -176,8 +176,9 @@ int mlxk_gguf_qmatmul_multi_norm(mlx_array* res, const mlx_array x, const mlx_ar
  * position pos+i) attends cache positions 0..pos+i (only pos+i-window+1..pos+i when window > 0:
  * sliding-window attention) with softmax(scale * q.k) (grouped-query:
  * head h reads KV head h / (n_heads/n_kv_heads)). RoPE angle of position t, pair j:
- * t * rope_scale * rope_base^(-2j/head_dim); pairs are (2j, 2j+1) when rope_traditional, else
- * (j, j + head_dim/2).
+ * t * rope_scale * rope_base^(-2j/head_dim), or t * rope_scale * rope_inv_freq[j] when rope_inv_freq is
+ * not NULL (head_dim/2 finite values >= 0, copied: scaled RoPE variants such as llama3 or YaRN); pairs
+ * are (2j, 2j+1) when rope_traditional, else (j, j + head_dim/2).
  * q_norm, k_norm: float32 [head_dim] weights (both, or both with .ctx == NULL for none): every
  * head of q and k is RMS-normalised (eps norm_eps) and scaled by them before RoPE (Gemma 3).
  *   *out: [..., L, n_heads*head_dim]; *k_cache_out, *v_cache_out: the updated caches (sharing the
@@ -186,7 +187,8 @@ int mlxk_gguf_qmatmul_multi_norm(mlx_array* res, const mlx_array x, const mlx_ar
 int mlxk_cached_attention(mlx_array* out, mlx_array* k_cache_out, mlx_array* v_cache_out, const mlx_array q,
                           const mlx_array k, const mlx_array v, const mlx_array k_cache, const mlx_array v_cache,
                           int n_heads, int n_kv_heads, int head_dim, int64_t pos, float scale, float rope_base,
-                          float rope_scale, int rope_traditional, int64_t window, const mlx_array q_norm,
+                          float rope_scale, int rope_traditional, const float* rope_inv_freq, int64_t window,
+                          const mlx_array q_norm,
                           const mlx_array k_norm, float norm_eps, const mlx_stream s);
 #endif
 

@@ -45,6 +45,38 @@ pub fn rope(
     })
 }
 
+/// [`rope`] with explicit per-pair periods instead of a base: pair j of position t turns by
+/// t · `scale` / `periods[j]` (`periods` [dims/2] float32; the reciprocals of the inverse
+/// frequencies). The scaled RoPE variants (llama3, YaRN) are such period tables.
+pub fn rope_with_periods(
+    x: &Array,
+    dims: i32,
+    traditional: bool,
+    scale: f32,
+    offset: i32,
+    periods: &Array,
+) -> Result<Array> {
+    let s = current_stream();
+    let no_base = mlx_sys::mlx_optional_float {
+        value: 0.0,
+        has_value: false,
+    };
+    // SAFETY: valid handles and stream; MLX checks the shape of `periods`.
+    try_array(|res| unsafe {
+        mlx_sys::mlx_fast_rope(
+            res,
+            x.raw(),
+            dims,
+            traditional,
+            no_base,
+            scale,
+            offset,
+            periods.raw(),
+            s,
+        )
+    })
+}
+
 /// How attention is masked.
 #[derive(Clone, Copy, Debug)]
 pub enum AttentionMask<'a> {

@@ -2,6 +2,7 @@
 
 use crate::error::{Error, Result};
 use crate::loader::gguf::GgufFile;
+use crate::model::rope::{self, RopeScaling};
 use std::path::Path;
 
 /// The architectures the engine runs.
@@ -14,6 +15,11 @@ pub enum Arch {
     /// Gemma 3: RMS-normalised Q and K, norms after attention and MLP too, GELU (tanh) gated
     /// MLP, a scaled embedding, and sliding-window attention in five layers of every six.
     Gemma3,
+    /// Qwen3: RMS-normalised Q and K heads before RoPE, no Q/K/V biases.
+    Qwen3,
+    /// Phi-3: the Llama block with Q/K/V in one tensor (`attn_qkv`) and gate/up in one
+    /// (`ffn_up`, gate rows first).
+    Phi3,
 }
 
 impl Arch {
@@ -23,8 +29,10 @@ impl Arch {
             "llama" | "mistral" => Ok(Arch::Llama),
             "qwen2" => Ok(Arch::Qwen2),
             "gemma3" | "gemma3_text" => Ok(Arch::Gemma3),
+            "qwen3" => Ok(Arch::Qwen3),
+            "phi3" => Ok(Arch::Phi3),
             other => Err(Error::Unsupported(format!(
-                "architecture '{other}' (supported: llama, qwen2, gemma3)"
+                "architecture '{other}' (supported: llama, qwen2, qwen3, phi3, gemma3)"
             ))),
         }
     }
@@ -35,6 +43,8 @@ impl Arch {
             Arch::Llama => "llama",
             Arch::Qwen2 => "qwen2",
             Arch::Gemma3 => "gemma3",
+            Arch::Qwen3 => "qwen3",
+            Arch::Phi3 => "phi3",
         }
     }
 
@@ -47,6 +57,21 @@ impl Arch {
     /// embedding scaled by √D.
     pub fn is_gemma(self) -> bool {
         self == Arch::Gemma3
+    }
+
+    /// Whether every Q and K head is RMS-normalised before RoPE (Gemma 3, Qwen3).
+    pub fn has_qk_norm(self) -> bool {
+        matches!(self, Arch::Gemma3 | Arch::Qwen3)
+    }
+
+    /// Whether Q/K/V and gate/up are stored fused (Phi-3).
+    pub fn has_fused_projections(self) -> bool {
+        self == Arch::Phi3
+    }
+
+    /// Whether GGUF Q/K rows were permuted by the converter so that RoPE pairs are adjacent.
+    fn gguf_rope_traditional(self) -> bool {
+        self == Arch::Llama
     }
 }
 
@@ -99,6 +124,12 @@ pub struct ModelConfig {
     pub tied_embeddings: bool,
     /// Sliding-window attention (Gemma 3).
     pub sliding_window: Option<SlidingWindow>,
+    /// RoPE scaling of the global (non-windowed) layers.
+    pub rope_scaling: RopeScaling,
+    /// Factor on RoPE's rotated vectors (`rope.scaling.attn_factor`; 1 without it).
+    pub rope_attn_factor: f32,
+    /// The file carries llama3 RoPE factors as the tensor `rope_freqs.weight` [head_dim/2].
+    pub rope_freqs_tensor: bool,
 }
 
 /// Upper bounds on model metadata, far above any released model (llama.cpp caps layers at 512),
@@ -181,44 +212,152 @@ impl Source<'_> {
     }
 }
 
-/// Refuses RoPE variants this engine does not implement (any `rope.scaling.*` other than none,
-/// `rope_freqs.weight` factors, rotation of part of each head) rather than running with plain
-/// RoPE and producing wrong logits.
-fn reject_gguf_rope_variants(file: &GgufFile, arch: &str, head_dim: usize) -> Result<()> {
+/// YaRN's β_fast and β_slow (llama.cpp's defaults; GGUF files carry no keys that it reads).
+const YARN_BETA_FAST: f32 = 32.0;
+const YARN_BETA_SLOW: f32 = 1.0;
+
+/// What a GGUF file says about RoPE: the scaling of the global layers, the extra magnitude
+/// factor and whether `rope_freqs.weight` holds llama3 factors.
+struct GgufRope {
+    scaling: RopeScaling,
+    attn_factor: f32,
+    freqs_tensor: bool,
+}
+
+/// Reads `{arch}.rope.scaling.*` as llama.cpp does (a factor without a type is linear; a
+/// factor of 0 or 1 is none) and refuses what the forward pass does not implement (LongRoPE,
+/// unknown types, llama3 without its factor tensor, YaRN's tuning keys, rotation of part of
+/// each head, value heads of another width, soft-capping) rather than running it wrongly.
+fn gguf_rope(file: &GgufFile, arch: Arch, head_dim: usize, context: usize) -> Result<GgufRope> {
+    let name = arch.gguf_name();
     let refuse = |what: String| {
         Err(Error::Unsupported(format!(
             "{}: {what} is not implemented",
             file.path().display()
         )))
     };
-    let key = |k: &str| format!("{arch}.{k}");
-    if let Some(kind) = file.get(&key("rope.scaling.type")) {
-        if kind.as_str() != Some("none") {
-            let shown = kind
-                .as_str()
-                .map_or(format!("a {}", kind.type_name()), |s| format!("\"{s}\""));
+    let key = |k: &str| format!("{name}.{k}");
+    let kind = match file.get(&key("rope.scaling.type")) {
+        None => None,
+        Some(v) => match v.as_str() {
+            Some(s) => Some(s.to_string()),
+            None => {
+                return Err(Error::format(
+                    file.path(),
+                    format!(
+                        "key '{}' is a {}, expected a string",
+                        key("rope.scaling.type"),
+                        v.type_name()
+                    ),
+                ))
+            }
+        },
+    };
+    let mut factor_key = key("rope.scaling.factor");
+    let factor = match file.get(&factor_key) {
+        Some(v) => Some(v),
+        None => {
+            factor_key = key("rope.scale_linear");
+            file.get(&factor_key)
+        }
+    };
+    let factor = match factor {
+        None => None,
+        Some(v) => match v.as_f64() {
+            // llama.cpp reads a factor of 0 as "no scaling", like 1.
+            Some(f) if f == 0.0 || f == 1.0 => None,
+            Some(f) if f.is_finite() && f > 0.0 => Some(f as f32),
+            Some(f) => {
+                return Err(Error::format(
+                    file.path(),
+                    format!("key '{factor_key}' = {f}, expected a finite positive number"),
+                ))
+            }
+            None => {
+                return Err(Error::format(
+                    file.path(),
+                    format!(
+                        "key '{factor_key}' is a {}, expected a number",
+                        v.type_name()
+                    ),
+                ))
+            }
+        },
+    };
+    let freqs_tensor = file.tensor("rope_freqs.weight").is_some();
+    let type_key = key("rope.scaling.type");
+    let scaling = match (kind.as_deref(), factor) {
+        (Some("none"), _) | (None | Some("linear"), None) => RopeScaling::None,
+        (None | Some("linear"), Some(factor)) => RopeScaling::Linear { factor },
+        (Some("yarn"), None) => RopeScaling::None,
+        (Some("yarn"), Some(factor)) => {
+            for k in [
+                "rope.scaling.yarn_beta_fast",
+                "rope.scaling.yarn_beta_slow",
+                "rope.scaling.yarn_ext_factor",
+                "rope.scaling.yarn_log_multiplier",
+            ] {
+                if file.get(&key(k)).is_some() {
+                    return refuse(format!("key '{}' (YaRN tuning)", key(k)));
+                }
+            }
+            let original =
+                file.get_u64_or(&key("rope.scaling.original_context_length"), context as u64)?;
+            RopeScaling::Yarn {
+                factor,
+                original_context: usize::try_from(original).unwrap_or(usize::MAX),
+                beta_fast: YARN_BETA_FAST,
+                beta_slow: YARN_BETA_SLOW,
+            }
+        }
+        // Llama 3's factors travel as a tensor; llama.cpp itself does not know the type name.
+        (Some("llama3"), _) if freqs_tensor => RopeScaling::None,
+        (Some("llama3"), _) => {
             return refuse(format!(
-                "key '{}' = {shown}: RoPE scaling",
-                key("rope.scaling.type")
+                "key '{type_key}' = \"llama3\" without the tensor 'rope_freqs.weight' (its factors)"
+            ))
+        }
+        (Some(other), _) => return refuse(format!("key '{type_key}' = \"{other}\": RoPE scaling")),
+    };
+    if let RopeScaling::Yarn {
+        original_context, ..
+    } = scaling
+    {
+        if original_context == 0 || original_context > limits::CONTEXT {
+            return Err(Error::format(
+                file.path(),
+                format!(
+                    "key '{}' = {original_context}, outside 1..={}",
+                    key("rope.scaling.original_context_length"),
+                    limits::CONTEXT
+                ),
             ));
         }
     }
-    for k in ["rope.scaling.factor", "rope.scale_linear"] {
-        if let Some(v) = file.get(&key(k)) {
-            // llama.cpp reads a factor of 0 as "no scaling", like 1.
-            if !matches!(v.as_f64(), Some(f) if f == 0.0 || f == 1.0) {
-                let shown = v
-                    .as_f64()
-                    .map_or(format!("a {}", v.type_name()), |f| f.to_string());
-                return refuse(format!("key '{}' = {shown}: RoPE scaling", key(k)));
-            }
+    if arch.is_gemma() && matches!(scaling, RopeScaling::Yarn { .. }) {
+        return refuse(format!("key '{type_key}' = \"yarn\" for gemma3"));
+    }
+    if freqs_tensor && arch != Arch::Llama {
+        return refuse(format!(
+            "tensor 'rope_freqs.weight' (llama3 RoPE factors) in a {name} model"
+        ));
+    }
+    for t in ["rope_factors_long.weight", "rope_factors_short.weight"] {
+        if file.tensor(t).is_some() {
+            return refuse(format!("tensor '{t}' (LongRoPE)"));
         }
     }
-    if file.tensor("rope_freqs.weight").is_some() {
-        return refuse(
-            "tensor 'rope_freqs.weight' (per-dimension RoPE factors, llama3 scaling)".into(),
-        );
+    let attn_factor = file.get_f64_or(&key("rope.scaling.attn_factor"), 1.0)? as f32;
+    if !(attn_factor.is_finite() && attn_factor > 0.0) {
+        return Err(Error::format(
+            file.path(),
+            format!(
+                "key '{}' = {attn_factor}, expected a finite positive number",
+                key("rope.scaling.attn_factor")
+            ),
+        ));
     }
+    rope::validate(&scaling, file.path(), &type_key)?;
     let rotated = file.get_u64_or(&key("rope.dimension_count"), head_dim as u64)?;
     if rotated != head_dim as u64 {
         return refuse(format!(
@@ -243,30 +382,23 @@ fn reject_gguf_rope_variants(file: &GgufFile, arch: &str, head_dim: usize) -> Re
     if file.get(&key("attn_logit_softcapping")).is_some() {
         return refuse(format!("key '{}'", key("attn_logit_softcapping")));
     }
-    Ok(())
+    Ok(GgufRope {
+        scaling,
+        attn_factor,
+        freqs_tensor,
+    })
 }
 
-/// The same refusals for an HF `config.json`: `rope_scaling` other than null or the default
-/// type, and `partial_rotary_factor` other than 1.
-fn reject_hf_rope_variants(path: &Path, json: &serde_json::Value) -> Result<()> {
+/// The RoPE scaling of an HF `config.json` (`rope_scaling`: null, default, linear, llama3 or
+/// YaRN), with the same refusals as [`gguf_rope`]: other types, YaRN's `mscale` keys,
+/// `partial_rotary_factor` other than 1, soft-capping.
+fn hf_rope(path: &Path, json: &serde_json::Value, context: usize) -> Result<RopeScaling> {
     let refuse = |what: String| {
         Err(Error::Unsupported(format!(
             "{}: {what} is not implemented",
             path.display()
         )))
     };
-    match json.get("rope_scaling") {
-        None | Some(serde_json::Value::Null) => {}
-        Some(scaling) => {
-            let kind = scaling
-                .get("rope_type")
-                .or_else(|| scaling.get("type"))
-                .and_then(|v| v.as_str());
-            if kind != Some("default") {
-                return refuse(format!("key 'rope_scaling' = {scaling}: RoPE scaling"));
-            }
-        }
-    }
     if let Some(f) = json.get("partial_rotary_factor") {
         if f.as_f64() != Some(1.0) {
             return refuse(format!(
@@ -279,7 +411,70 @@ fn reject_hf_rope_variants(path: &Path, json: &serde_json::Value) -> Result<()> 
             return refuse(format!("key '{k}'"));
         }
     }
-    Ok(())
+    let scaling = match json.get("rope_scaling") {
+        None | Some(serde_json::Value::Null) => return Ok(RopeScaling::None),
+        Some(scaling) => scaling,
+    };
+    let kind = scaling
+        .get("rope_type")
+        .or_else(|| scaling.get("type"))
+        .and_then(|v| v.as_str());
+    let number = |k: &str, default: Option<f64>| -> Result<f64> {
+        match (scaling.get(k), default) {
+            (Some(v), _) => v.as_f64().ok_or_else(|| {
+                Error::format(
+                    path,
+                    format!("key 'rope_scaling.{k}' = {v} is not a number"),
+                )
+            }),
+            (None, Some(d)) => Ok(d),
+            (None, None) => Err(Error::format(
+                path,
+                format!("key 'rope_scaling.{k}' is missing"),
+            )),
+        }
+    };
+    let original = || -> Result<usize> {
+        let v = number("original_max_position_embeddings", Some(context as f64))?;
+        match v.fract() == 0.0 && v >= 1.0 && v <= limits::CONTEXT as f64 {
+            true => Ok(v as usize),
+            false => Err(Error::format(
+                path,
+                format!(
+                    "key 'rope_scaling.original_max_position_embeddings' = {v}, outside 1..={}",
+                    limits::CONTEXT
+                ),
+            )),
+        }
+    };
+    let parsed = match kind {
+        Some("default") => RopeScaling::None,
+        Some("linear") => RopeScaling::Linear {
+            factor: number("factor", None)? as f32,
+        },
+        Some("llama3") => RopeScaling::Llama3 {
+            factor: number("factor", None)? as f32,
+            low_freq_factor: number("low_freq_factor", Some(1.0))? as f32,
+            high_freq_factor: number("high_freq_factor", Some(4.0))? as f32,
+            original_context: original()?,
+        },
+        Some("yarn") => {
+            for k in ["mscale", "mscale_all_dim", "attention_factor", "truncate"] {
+                if scaling.get(k).is_some_and(|v| !v.is_null()) {
+                    return refuse(format!("key 'rope_scaling.{k}' (YaRN tuning)"));
+                }
+            }
+            RopeScaling::Yarn {
+                factor: number("factor", None)? as f32,
+                original_context: original()?,
+                beta_fast: number("beta_fast", Some(YARN_BETA_FAST as f64))? as f32,
+                beta_slow: number("beta_slow", Some(YARN_BETA_SLOW as f64))? as f32,
+            }
+        }
+        _ => return refuse(format!("key 'rope_scaling' = {scaling}: RoPE scaling")),
+    };
+    rope::validate(&parsed, path, "rope_scaling")?;
+    Ok(parsed)
 }
 
 impl ModelConfig {
@@ -328,7 +523,8 @@ impl ModelConfig {
             }),
             _ => None,
         };
-        let config = ModelConfig {
+        let context_length = int(Field::Context)?;
+        let mut config = ModelConfig {
             arch,
             n_layers: int(Field::Layers)?,
             hidden,
@@ -337,15 +533,21 @@ impl ModelConfig {
             head_dim,
             ffn_hidden: int(Field::Ffn)?,
             vocab_size,
-            context_length: int(Field::Context)?,
+            context_length,
             rope_base: file.get_f64_or(&key("rope.freq_base"), 10_000.0)? as f32,
-            rope_traditional: arch == Arch::Llama,
+            rope_traditional: arch.gguf_rope_traditional(),
             rms_eps: file.get_f64(&key("attention.layer_norm_rms_epsilon"))? as f32,
             tied_embeddings: file.tensor("output.weight").is_none(),
             sliding_window,
+            rope_scaling: RopeScaling::None,
+            rope_attn_factor: 1.0,
+            rope_freqs_tensor: false,
         };
         config.validate(file.path(), source)?;
-        reject_gguf_rope_variants(file, name, head_dim)?;
+        let rope = gguf_rope(file, arch, head_dim, context_length)?;
+        config.rope_scaling = rope.scaling;
+        config.rope_attn_factor = rope.attn_factor;
+        config.rope_freqs_tensor = rope.freqs_tensor;
         Ok(config)
     }
 
@@ -382,7 +584,13 @@ impl ModelConfig {
                 path.display()
             )));
         }
-        reject_hf_rope_variants(path, json)?;
+        if arch.has_fused_projections() {
+            return Err(Error::Unsupported(format!(
+                "{}: Phi-3 runs from GGUF files only",
+                path.display()
+            )));
+        }
+        let rope_scaling = hf_rope(path, json, get("max_position_embeddings")?)?;
         let hidden = get("hidden_size")?;
         let n_heads = get("num_attention_heads")?;
         let config = ModelConfig {
@@ -409,6 +617,9 @@ impl ModelConfig {
                 .and_then(|v| v.as_bool())
                 .unwrap_or(false),
             sliding_window: None,
+            rope_scaling,
+            rope_attn_factor: 1.0,
+            rope_freqs_tensor: false,
         };
         config.validate(path, Source::Hf)?;
         Ok(config)
@@ -422,10 +633,10 @@ impl ModelConfig {
             self.n_kv_heads * self.head_dim,
             self.ffn_hidden,
         );
-        let norms = if self.arch.is_gemma() {
-            4 * d + 2 * self.head_dim
-        } else {
-            2 * d
+        let norms = match self.arch {
+            Arch::Gemma3 => 4 * d + 2 * self.head_dim,
+            Arch::Qwen3 => 2 * d + 2 * self.head_dim,
+            _ => 2 * d,
         };
         let block = d * (q + 2 * kv) + q * d + 3 * d * f + norms;
         let output = if self.tied_embeddings {
@@ -448,6 +659,22 @@ impl ModelConfig {
             Some(sw) if self.window_of(layer).is_some() => sw.rope_base,
             _ => self.rope_base,
         }
+    }
+
+    /// The RoPE constants of `layer`: Gemma 3's windowed layers rotate plainly with their own
+    /// base; the others with the model's scaling (and llama3 `freq_factors`, when the file
+    /// has them).
+    pub fn rope_of(&self, layer: usize, freq_factors: Option<&[f32]>) -> rope::Rope {
+        if self.window_of(layer).is_some() {
+            return rope::Rope::plain(self.rope_base_of(layer));
+        }
+        rope::Rope::new(
+            self.head_dim,
+            self.rope_base,
+            &self.rope_scaling,
+            freq_factors,
+            self.rope_attn_factor,
+        )
     }
 
     /// What the token embedding is multiplied by before the first block (√D for Gemma).

@@ -1,4 +1,4 @@
-//! The Llama-family transformer (Llama 1/2/3, TinyLlama, Qwen2, Gemma 3): weights, then the
+//! The Llama-family transformer (Llama 1/2/3, TinyLlama, Qwen2, Qwen3, Phi-3, Gemma 3): weights, then the
 //! forward pass. Names of intermediates follow llama.cpp (`attn_norm`, `ffn_inp`, `l_out`, …),
 //! in the dump (`MLX_ENGINE_DUMP`, see [`crate::model::dump`]) and in `tracing` spans.
 //!
@@ -19,6 +19,7 @@ use crate::mlx::{ops, Array};
 use crate::model::config::ModelConfig;
 use crate::model::dump::Taps;
 use crate::model::linear::{self, Linear};
+use crate::model::rope::Rope;
 use crate::model::weights::{Embedding, Execution, WeightSource};
 
 /// One transformer block's weights.
@@ -32,15 +33,28 @@ pub struct Block {
     w_gate: Linear,   // [F, D]
     w_up: Linear,     // [F, D]
     w_down: Linear,   // [D, F]
+    qk_norm: Option<HeadNorms>,
     gemma: Option<GemmaNorms>,
+    rope: LayerRope,
 }
 
-/// The extra norms of a Gemma 3 block (their weights already hold Gemma's +1, as GGUF stores them).
+/// Per-head RMSNorm weights of Q and K, applied before RoPE (Gemma 3, Qwen3).
+struct HeadNorms {
+    q_norm: Array, // [hd], over each query head
+    k_norm: Array, // [hd], over each key head
+}
+
+/// The post-norms of a Gemma 3 block (their weights already hold Gemma's +1, as GGUF stores them).
 struct GemmaNorms {
-    q_norm: Array,         // [hd], over each query head
-    k_norm: Array,         // [hd], over each key head
     post_attn_norm: Array, // [D], on the attention output before the skip connection
     post_ffw_norm: Array,  // [D], on the MLP output before the skip connection
+}
+
+/// A layer's RoPE constants, with the periods MLX's `fast::rope` takes when they are not
+/// derived from the base.
+struct LayerRope {
+    rope: Rope,
+    periods: Option<Array>, // [hd/2]
 }
 
 /// A loaded Llama-family model: config and weights (the KV cache is the caller's).
@@ -60,42 +74,76 @@ impl Llama {
         let c = &config;
         let (d, q_dim, kv_dim) = (c.hidden, c.n_heads * c.head_dim, c.n_kv_heads * c.head_dim);
         let bias = |name: String| c.arch.has_qkv_bias().then_some(name);
+        let freq_factors = match c.rope_freqs_tensor {
+            true => Some(
+                w.vector("rope_freqs.weight", c.head_dim / 2)?
+                    .to_vec::<f32>()?,
+            ),
+            false => None,
+        };
         let mut blocks = Vec::with_capacity(c.n_layers);
         for i in 0..c.n_layers {
             let t = |s: &str| format!("blk.{i}.{s}");
+            let (wq, wk, wv) = if c.arch.has_fused_projections() {
+                let [wq, wk, wv] =
+                    split3(w.linear_split(&t("attn_qkv.weight"), &[q_dim, kv_dim, kv_dim], d)?)?;
+                (wq, wk, wv)
+            } else {
+                let proj = |name: &str, n: usize| {
+                    let b = bias(t(&format!("{name}.bias")));
+                    w.linear(&t(&format!("{name}.weight")), n, d, b.as_deref())
+                };
+                (
+                    proj("attn_q", q_dim)?,
+                    proj("attn_k", kv_dim)?,
+                    proj("attn_v", kv_dim)?,
+                )
+            };
+            let wo = w.linear(&t("attn_output.weight"), d, q_dim, None)?;
+            let ffn_norm = w.vector(&t("ffn_norm.weight"), d)?;
+            let (w_gate, w_up) = if c.arch.has_fused_projections() {
+                let mut gu = w.linear_split(&t("ffn_up.weight"), &[c.ffn_hidden; 2], d)?;
+                let up = gu
+                    .pop()
+                    .ok_or_else(|| Error::InvalidArgument("gate/up".into()))?;
+                let gate = gu
+                    .pop()
+                    .ok_or_else(|| Error::InvalidArgument("gate/up".into()))?;
+                (gate, up)
+            } else {
+                (
+                    w.linear(&t("ffn_gate.weight"), c.ffn_hidden, d, None)?,
+                    w.linear(&t("ffn_up.weight"), c.ffn_hidden, d, None)?,
+                )
+            };
+            let rope = c.rope_of(i, freq_factors.as_deref());
             blocks.push(Block {
                 attn_norm: w.vector(&t("attn_norm.weight"), d)?,
-                wq: w.linear(
-                    &t("attn_q.weight"),
-                    q_dim,
-                    d,
-                    bias(t("attn_q.bias")).as_deref(),
-                )?,
-                wk: w.linear(
-                    &t("attn_k.weight"),
-                    kv_dim,
-                    d,
-                    bias(t("attn_k.bias")).as_deref(),
-                )?,
-                wv: w.linear(
-                    &t("attn_v.weight"),
-                    kv_dim,
-                    d,
-                    bias(t("attn_v.bias")).as_deref(),
-                )?,
-                wo: w.linear(&t("attn_output.weight"), d, q_dim, None)?,
-                ffn_norm: w.vector(&t("ffn_norm.weight"), d)?,
-                w_gate: w.linear(&t("ffn_gate.weight"), c.ffn_hidden, d, None)?,
-                w_up: w.linear(&t("ffn_up.weight"), c.ffn_hidden, d, None)?,
+                wq,
+                wk,
+                wv,
+                wo,
+                ffn_norm,
+                w_gate,
+                w_up,
                 w_down: w.linear(&t("ffn_down.weight"), d, c.ffn_hidden, None)?,
-                gemma: match c.arch.is_gemma() {
-                    true => Some(GemmaNorms {
+                qk_norm: match c.arch.has_qk_norm() {
+                    true => Some(HeadNorms {
                         q_norm: w.vector(&t("attn_q_norm.weight"), c.head_dim)?,
                         k_norm: w.vector(&t("attn_k_norm.weight"), c.head_dim)?,
+                    }),
+                    false => None,
+                },
+                gemma: match c.arch.is_gemma() {
+                    true => Some(GemmaNorms {
                         post_attn_norm: w.vector(&t("post_attention_norm.weight"), d)?,
                         post_ffw_norm: w.vector(&t("post_ffw_norm.weight"), d)?,
                     }),
                     false => None,
+                },
+                rope: LayerRope {
+                    periods: rope.periods()?,
+                    rope,
                 },
             });
         }
@@ -210,19 +258,19 @@ impl Llama {
         taps.put("Vcur", Some(layer), &v);
         drop(span);
         let span = tracing::trace_span!("kqv_out", il = layer).entered();
-        let qk_norm = block.gemma.as_ref().map(|g| QkNorm {
-            q: &g.q_norm,
-            k: &g.k_norm,
+        let qk_norm = block.qk_norm.as_ref().map(|n| QkNorm {
+            q: &n.q_norm,
+            k: &n.k_norm,
             eps: self.config.rms_eps,
         });
         let kqv = if self.execution == Execution::CpuKernel {
-            self.attend_fused(layer, &q, &k, &v, qk_norm, caches)?
+            self.attend_fused(layer, &block.rope, &q, &k, &v, qk_norm, caches)?
         } else {
             if let Some(n) = qk_norm {
                 q = self.head_norm(&q, n.q, self.config.n_heads)?; // [B, L, Hq·hd]
                 k = self.head_norm(&k, n.k, self.config.n_kv_heads)?; // [B, L, Hkv·hd]
             }
-            self.attend_mlx(layer, &q, &k, &v, caches)?
+            self.attend_mlx(layer, &block.rope, &q, &k, &v, caches)?
         }; // [B, L, Hq·hd]
         taps.put("kqv_out", Some(layer), &kqv);
         drop(span);
@@ -248,9 +296,11 @@ impl Llama {
 
     /// Attention on CPU through our fused primitive (Q/K norm, RoPE, cache write and attention
     /// in one op per sequence): q [B, L, Hq·hd], k, v [B, L, Hkv·hd] → [B, L, Hq·hd].
+    #[allow(clippy::too_many_arguments)] // the layer, its RoPE, q, k, v, the norm, the caches
     fn attend_fused(
         &self,
         layer: usize,
+        rope: &LayerRope,
         q: &Array,
         k: &Array,
         v: &Array,
@@ -262,10 +312,11 @@ impl Llama {
             n_heads: c.n_heads,
             n_kv_heads: c.n_kv_heads,
             head_dim: c.head_dim,
-            scale: 1.0 / (c.head_dim as f32).sqrt(),
-            rope_base: c.rope_base_of(layer),
-            rope_scale: 1.0,
+            scale: rope.rope.logit_scale() / (c.head_dim as f32).sqrt(),
+            rope_base: rope.rope.base,
+            rope_scale: rope.rope.scale,
             rope_traditional: c.rope_traditional,
+            rope_inv_freq: rope.rope.inv_freq.as_deref(),
             window: c.window_of(layer),
         };
         let l = q.dim(1)? as usize;
@@ -301,6 +352,7 @@ impl Llama {
     fn attend_mlx(
         &self,
         layer: usize,
+        rope: &LayerRope,
         q: &Array,
         k: &Array,
         v: &Array,
@@ -316,16 +368,29 @@ impl Llama {
         let q = heads(q, hq)?; // [B, Hq, L, hd]
         let k = heads(k, hkv)?; // [B, Hkv, L, hd]
         let v = heads(v, hkv)?; // [B, Hkv, L, hd]
-        let scale = 1.0 / (c.head_dim as f32).sqrt();
-        let (base, window) = (c.rope_base_of(layer), c.window_of(layer));
+        let scale = rope.rope.logit_scale() / (c.head_dim as f32).sqrt();
+        let window = c.window_of(layer);
+        let rotate = |x: &Array, pos: i32| match &rope.periods {
+            Some(periods) => {
+                fast::rope_with_periods(x, hd, c.rope_traditional, rope.rope.scale, pos, periods)
+            }
+            None => fast::rope(
+                x,
+                hd,
+                c.rope_traditional,
+                rope.rope.base,
+                rope.rope.scale,
+                pos,
+            ),
+        };
         let mut outputs = Vec::with_capacity(b as usize);
         for (s, cache) in caches.iter_mut().enumerate() {
             let one = |t: &Array, h: i32| {
                 ops::slice(t, &[s as i32, 0, 0, 0], &[s as i32 + 1, h, l, hd], &[1; 4])
             };
             let pos = cache.len() as i32;
-            let q = fast::rope(&one(&q, hq)?, hd, c.rope_traditional, base, 1.0, pos)?; // [1, Hq, L, hd]
-            let k = fast::rope(&one(&k, hkv)?, hd, c.rope_traditional, base, 1.0, pos)?; // [1, Hkv, L, hd]
+            let q = rotate(&one(&q, hq)?, pos)?; // [1, Hq, L, hd]
+            let k = rotate(&one(&k, hkv)?, pos)?; // [1, Hkv, L, hd]
             let (keys, values) = cache.update(layer, &k, &one(&v, hkv)?)?; // [1, Hkv, pos+L, hd]
             let out = match window {
                 Some(w) if (pos + l) as usize > w => {
@@ -379,6 +444,12 @@ impl Llama {
         taps.put("ffn_post_norm", Some(layer), &out);
         ops::add(x, &out) // [B, L, D]
     }
+}
+
+/// The three layers of a fused Q/K/V tensor.
+fn split3(parts: Vec<Linear>) -> Result<[Linear; 3]> {
+    <[Linear; 3]>::try_from(parts)
+        .map_err(|_| Error::InvalidArgument("expected three projections".into()))
 }
 
 /// Sliding-window attention of q [1, Hq, L, hd] (positions pos..pos+L) over keys, values

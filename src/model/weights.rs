@@ -100,6 +100,14 @@ pub trait WeightSource {
     fn vector(&self, name: &str, len: usize) -> Result<Array>;
     /// A linear layer W [n, k] with an optional bias tensor.
     fn linear(&self, name: &str, n: usize, k: usize, bias: Option<&str>) -> Result<Linear>;
+    /// One tensor [Σ parts, k] holding several linear layers stacked by rows (Phi-3's fused
+    /// `attn_qkv` and gate/up), returned as one layer per part, in order.
+    fn linear_split(&self, name: &str, parts: &[usize], k: usize) -> Result<Vec<Linear>> {
+        let _ = (parts, k);
+        Err(Error::Unsupported(format!(
+            "tensor '{name}': fused projections are read from GGUF files only"
+        )))
+    }
     /// The token embedding [vocab, dim].
     fn embedding(&self, name: &str, vocab: usize, dim: usize) -> Result<Embedding>;
     /// Whether the tensor exists.
@@ -211,9 +219,53 @@ impl WeightSource for GgufWeights {
             Some(b) => Some(self.vector(b, n)?),
             None => None,
         };
-        let weight = match self.exec {
+        let weight = self.linear_weight(name, &info, self.file.tensor_bytes(&info), n, k)?;
+        // Every branch of `linear_weight` copied or converted the bytes into MLX memory.
+        self.file.mapping().release(self.file.tensor_bytes(&info));
+        Ok(Linear { weight, bias })
+    }
+
+    fn linear_split(&self, name: &str, parts: &[usize], k: usize) -> Result<Vec<Linear>> {
+        let total: usize = parts.iter().sum();
+        let info = self.info(name, &[total, k])?;
+        let bytes = self.file.tensor_bytes(&info);
+        // Rows are whole blocks, so a run of rows is a valid tensor of the same type.
+        let row_bytes = bytes.len() / total.max(1);
+        let mut start = 0;
+        let mut out = Vec::with_capacity(parts.len());
+        for &n in parts {
+            let rows = &bytes[start * row_bytes..(start + n) * row_bytes];
+            let weight = self.linear_weight(name, &info, rows, n, k)?;
+            out.push(Linear { weight, bias: None });
+            start += n;
+        }
+        self.file.mapping().release(bytes);
+        Ok(out)
+    }
+
+    fn embedding(&self, name: &str, vocab: usize, dim: usize) -> Result<Embedding> {
+        let info = self.info(name, &[vocab, dim])?;
+        Ok(Embedding::Mapped {
+            file: Arc::clone(&self.file),
+            info,
+            dim,
+        })
+    }
+}
+
+impl GgufWeights {
+    /// The weight W [n, k] stored as `bytes` (rows of the type of `info`, the tensor `name`)
+    /// in the form this source's execution multiplies.
+    fn linear_weight(
+        &self,
+        name: &str,
+        info: &TensorInfo,
+        bytes: &[u8],
+        n: usize,
+        k: usize,
+    ) -> Result<LinearWeight> {
+        Ok(match self.exec {
             Execution::CpuKernel if crate::mlx::kernels::supports(info.ggml_type) => {
-                let bytes = self.file.tensor_bytes(&info);
                 let (blocks, layout) =
                     crate::mlx::kernels::load_blocks(bytes, info.ggml_type, n, k).map_err(|e| {
                         Error::format(self.file.path(), format!("tensor '{name}': {e}"))
@@ -226,7 +278,6 @@ impl WeightSource for GgufWeights {
                 }
             }
             Execution::Gpu => {
-                let bytes = self.file.tensor_bytes(&info);
                 let affine = quant::to_mlx_affine(info.ggml_type, bytes, n, k)?;
                 let groups = (k / affine.group_size as usize) as i32;
                 LinearWeight::Affine {
@@ -242,21 +293,16 @@ impl WeightSource for GgufWeights {
                     },
                 }
             }
-            _ => LinearWeight::Dense {
-                w: Array::from_slice(&self.dequantize(&info)?, &[n as i32, k as i32])?,
-            },
-        };
-        // Every branch above copied or converted the bytes into MLX memory.
-        self.file.mapping().release(self.file.tensor_bytes(&info));
-        Ok(Linear { weight, bias })
-    }
-
-    fn embedding(&self, name: &str, vocab: usize, dim: usize) -> Result<Embedding> {
-        let info = self.info(name, &[vocab, dim])?;
-        Ok(Embedding::Mapped {
-            file: Arc::clone(&self.file),
-            info,
-            dim,
+            _ => {
+                let mut w = vec![0f32; n * k];
+                let row_bytes = bytes.len() / n.max(1);
+                for (src, dst) in bytes.chunks_exact(row_bytes).zip(w.chunks_exact_mut(k)) {
+                    quant::dequantize_row(info.ggml_type, src, dst)?;
+                }
+                LinearWeight::Dense {
+                    w: Array::from_slice(&w, &[n as i32, k as i32])?,
+                }
+            }
         })
     }
 }

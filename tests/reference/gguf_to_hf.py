@@ -5,6 +5,11 @@ llama.cpp converter's Q/K row permutation for arch `llama` so the HF copy uses r
 RoPE as HF checkpoints do. Used to check that the engine computes the same logits from both.
 
     python3 gguf_to_hf.py IN.gguf OUT_DIR [--shards 2] [--dtype F32|F16|BF16]
+        [--llama3-rope FACTOR:LOW:HIGH:ORIGINAL_CTX]
+
+RoPE scaling keys (linear, YaRN) become the config's `rope_scaling`; a `rope_freqs.weight`
+tensor (llama3 factors) is dropped and `--llama3-rope` gives the constants HF computes the same
+factors from.
 """
 import argparse
 import json
@@ -37,7 +42,26 @@ PARTS = {
     "attn_norm": "input_layernorm", "attn_q": "self_attn.q_proj", "attn_k": "self_attn.k_proj",
     "attn_v": "self_attn.v_proj", "attn_output": "self_attn.o_proj", "ffn_norm": "post_attention_layernorm",
     "ffn_gate": "mlp.gate_proj", "ffn_up": "mlp.up_proj", "ffn_down": "mlp.down_proj",
+    "attn_q_norm": "self_attn.q_norm", "attn_k_norm": "self_attn.k_norm",
 }
+
+
+def rope_scaling(reader, arch, llama3):
+    """HF `rope_scaling` from the GGUF's rope.scaling.* keys, or from `--llama3-rope`."""
+    if llama3:
+        factor, low, high, original = llama3.split(":")
+        return {"rope_type": "llama3", "factor": float(factor), "low_freq_factor": float(low),
+                "high_freq_factor": float(high), "original_max_position_embeddings": int(original)}
+    if f"{arch}.rope.scaling.type" not in reader.fields:
+        return None
+    kind = meta(reader, f"{arch}.rope.scaling.type")
+    factor = float(meta(reader, f"{arch}.rope.scaling.factor"))
+    if kind == "linear":
+        return {"rope_type": "linear", "factor": factor}
+    if kind == "yarn":
+        original = meta(reader, f"{arch}.rope.scaling.original_context_length")
+        return {"rope_type": "yarn", "factor": factor, "original_max_position_embeddings": original}
+    raise SystemExit(f"rope.scaling.type {kind!r} has no HF form here")
 
 
 def hf_name(name):
@@ -72,6 +96,8 @@ def main():
     ap.add_argument("out")
     ap.add_argument("--shards", type=int, default=1)
     ap.add_argument("--dtype", default="F32", choices=["F32", "F16", "BF16"])
+    ap.add_argument("--llama3-rope", default=None, metavar="FACTOR:LOW:HIGH:ORIGINAL_CTX",
+                    help="llama3 rope_scaling for the config (the GGUF's rope_freqs.weight is dropped)")
     args = ap.parse_args()
     reader = GGUFReader(args.gguf)
     arch = meta(reader, "general.architecture")
@@ -79,6 +105,10 @@ def main():
     n_kv = meta(reader, f"{arch}.attention.head_count_kv")
     tensors = []
     for t in reader.tensors:
+        if t.name == "rope_freqs.weight":
+            if not args.llama3_rope:
+                raise SystemExit("rope_freqs.weight needs --llama3-rope (its constants)")
+            continue
         w = dequantize(t.data, t.tensor_type).astype(np.float32).reshape([int(d) for d in reversed(t.shape)])
         if arch == "llama" and t.name.endswith("attn_q.weight"):
             w = unpermute(w, n_head)
@@ -100,6 +130,7 @@ def main():
         "rope_theta": float(meta(reader, f"{arch}.rope.freq_base")),
         "rms_norm_eps": float(meta(reader, f"{arch}.attention.layer_norm_rms_epsilon")),
         "tie_word_embeddings": not any(n == "lm_head.weight" for n, _ in tensors),
+        "rope_scaling": rope_scaling(reader, arch, args.llama3_rope),
     }
     (out / "config.json").write_text(json.dumps(config, indent=2))
     if args.shards == 1:

@@ -107,6 +107,10 @@ class Config:
     rope_base_swa: float | None = None  # rope.freq_base_swa (default 10000)
     rope_scale: float | None = None  # rope.scaling.type linear + rope.scaling.factor
     logit_softcap: float | None = None  # final_logit_softcapping
+    # RoPE scaling of any architecture:
+    yarn: tuple[float, int] | None = None  # (factor, original context): rope.scaling.type yarn
+    llama3_rope: tuple[float, float, float, int] | None = None  # (factor, low, high, original
+    # context): Llama 3's per-dimension factors, written as the tensor rope_freqs.weight
 
     @property
     def head_dim(self) -> int:
@@ -261,27 +265,49 @@ def add_vector(writer: GGUFWriter, rng: np.random.Generator, name: str, n: int,
     writer.add_tensor(name, (mean + std * rng.standard_normal(n)).astype(np.float32))
 
 
+def llama3_rope_factors(cfg: Config) -> np.ndarray:
+    """Llama 3's RoPE factors [head_dim / 2], one divisor of each pair's frequency: 1 for
+    wavelengths under original/high, `factor` over original/low, a smooth blend between."""
+    factor, low, high, original = cfg.llama3_rope
+    dim = cfg.head_dim
+    inv_freq = cfg.rope_base ** (-np.arange(0, dim, 2, dtype=np.float64) / dim)
+    wavelength = 2 * np.pi / inv_freq
+    smooth = (original / wavelength - low) / (high - low)
+    blended = 1.0 / ((1 - smooth) / factor + smooth)
+    factors = np.where(wavelength < original / high, 1.0,
+                       np.where(wavelength > original / low, factor, blended))
+    return factors.astype(np.float32)
+
+
 def add_weights(writer: GGUFWriter, cfg: Config, rng: np.random.Generator, quant: str) -> None:
     """Add every model tensor, in a fixed order so the output is deterministic per seed."""
     picker = TypePicker(quant, cfg.layers)
     q_dim, kv_dim = cfg.heads * cfg.head_dim, cfg.kv_heads * cfg.head_dim
     add_matrix(writer, rng, picker, "token_embd.weight", cfg.vocab, cfg.hidden)
+    if cfg.llama3_rope is not None:
+        writer.add_tensor("rope_freqs.weight", llama3_rope_factors(cfg))
     for layer in range(cfg.layers):
         p = f"blk.{layer}"
         add_vector(writer, rng, f"{p}.attn_norm.weight", cfg.hidden, 1.0, 0.1)
-        for proj, out_dim in (("attn_q", q_dim), ("attn_k", kv_dim), ("attn_v", kv_dim)):
-            add_matrix(writer, rng, picker, f"{p}.{proj}.weight", out_dim, cfg.hidden)
-            if cfg.arch == "qwen2":
-                add_vector(writer, rng, f"{p}.{proj}.bias", out_dim, 0.0, 0.05)
-        if cfg.arch == "gemma3":  # norm weights around 1, as GGUF stores Gemma's (1 + w)
+        if cfg.arch == "phi3":  # one fused projection, rows Q then K then V
+            add_matrix(writer, rng, picker, f"{p}.attn_qkv.weight", q_dim + 2 * kv_dim, cfg.hidden)
+        else:
+            for proj, out_dim in (("attn_q", q_dim), ("attn_k", kv_dim), ("attn_v", kv_dim)):
+                add_matrix(writer, rng, picker, f"{p}.{proj}.weight", out_dim, cfg.hidden)
+                if cfg.arch == "qwen2":
+                    add_vector(writer, rng, f"{p}.{proj}.bias", out_dim, 0.0, 0.05)
+        if cfg.arch in ("gemma3", "qwen3"):  # norm weights around 1 (GGUF Gemma holds its 1 + w)
             add_vector(writer, rng, f"{p}.attn_q_norm.weight", cfg.head_dim, 1.0, 0.1)
             add_vector(writer, rng, f"{p}.attn_k_norm.weight", cfg.head_dim, 1.0, 0.1)
         add_matrix(writer, rng, picker, f"{p}.attn_output.weight", cfg.hidden, q_dim)
         if cfg.arch == "gemma3":
             add_vector(writer, rng, f"{p}.post_attention_norm.weight", cfg.hidden, 1.0, 0.1)
         add_vector(writer, rng, f"{p}.ffn_norm.weight", cfg.hidden, 1.0, 0.1)
-        add_matrix(writer, rng, picker, f"{p}.ffn_gate.weight", cfg.ffn, cfg.hidden)
-        add_matrix(writer, rng, picker, f"{p}.ffn_up.weight", cfg.ffn, cfg.hidden)
+        if cfg.arch == "phi3":  # gate and up fused: rows 0..F gate, F..2F up
+            add_matrix(writer, rng, picker, f"{p}.ffn_up.weight", 2 * cfg.ffn, cfg.hidden)
+        else:
+            add_matrix(writer, rng, picker, f"{p}.ffn_gate.weight", cfg.ffn, cfg.hidden)
+            add_matrix(writer, rng, picker, f"{p}.ffn_up.weight", cfg.ffn, cfg.hidden)
         add_matrix(writer, rng, picker, f"{p}.ffn_down.weight", cfg.hidden, cfg.ffn)
         if cfg.arch == "gemma3":
             add_vector(writer, rng, f"{p}.post_ffw_norm.weight", cfg.hidden, 1.0, 0.1)
@@ -428,7 +454,10 @@ def add_tokenizer(writer: GGUFWriter, tok: dict, template: str) -> None:
 def add_hparams(writer: GGUFWriter, cfg: Config, quant: str) -> None:
     """Write general.* and {arch}.* hyperparameter metadata."""
     a = cfg.arch
-    writer.add_string("general.name", f"synthetic-{a}-{quant.lower()}")
+    # llama.cpp sets token attributes by model name, and for names containing "phi3" expects
+    # Phi-3's special tokens, which the synthetic vocabulary lacks.
+    name = "phi-three" if a == "phi3" else a
+    writer.add_string("general.name", f"synthetic-{name}-{quant.lower()}")
     writer.add_uint32("general.quantization_version", 2)
     if quant in FILE_TYPES:
         writer.add_uint32("general.file_type", int(FILE_TYPES[quant]))
@@ -442,6 +471,13 @@ def add_hparams(writer: GGUFWriter, cfg: Config, quant: str) -> None:
     writer.add_float32(f"{a}.rope.freq_base", cfg.rope_base)
     writer.add_float32(f"{a}.attention.layer_norm_rms_epsilon", cfg.eps)
     writer.add_uint32(f"{a}.vocab_size", cfg.vocab)
+    if cfg.yarn is not None:
+        writer.add_string(f"{a}.rope.scaling.type", "yarn")
+        writer.add_float32(f"{a}.rope.scaling.factor", cfg.yarn[0])
+        writer.add_uint32(f"{a}.rope.scaling.original_context_length", cfg.yarn[1])
+    if cfg.rope_scale is not None and a != "gemma3":
+        writer.add_string(f"{a}.rope.scaling.type", "linear")
+        writer.add_float32(f"{a}.rope.scaling.factor", cfg.rope_scale)
     if a == "gemma3":
         writer.add_uint32(f"{a}.attention.key_length", cfg.head_dim)
         writer.add_uint32(f"{a}.attention.value_length", cfg.head_dim)
@@ -492,7 +528,8 @@ def write_model(path: str, cfg: Config, quant: str, seed: int, template: str,
     after the usual keys, `extra_tensors` (NAME:LEN) add F32 vectors the model does not use."""
     validate(cfg)
     rng = np.random.default_rng(seed)
-    tok = qwen2_tokenizer(cfg.vocab) if cfg.arch == "qwen2" else llama_tokenizer(cfg.vocab)
+    gpt2_vocab = cfg.arch in ("qwen2", "qwen3")
+    tok = qwen2_tokenizer(cfg.vocab) if gpt2_vocab else llama_tokenizer(cfg.vocab)
     if cfg.arch == "gemma3":
         tok["add_space_prefix"] = False
     assert len(tok["tokens"]) == cfg.vocab
@@ -514,8 +551,8 @@ def write_model(path: str, cfg: Config, quant: str, seed: int, template: str,
 def check_roundtrip(path: str, cfg: Config) -> str:
     """Re-open `path` with GGUFReader and check counts; return a one-line summary."""
     reader = GGUFReader(path)
-    per_layer = 9 + {"qwen2": 3, "gemma3": 4}.get(cfg.arch, 0)
-    expected = 2 + cfg.layers * per_layer + (0 if cfg.tied else 1)
+    per_layer = 9 + {"qwen2": 3, "gemma3": 4, "qwen3": 2, "phi3": -3}.get(cfg.arch, 0)
+    expected = 2 + cfg.layers * per_layer + (0 if cfg.tied else 1) + (cfg.llama3_rope is not None)
     if len(reader.tensors) != expected:
         raise SystemExit(f"round-trip: {len(reader.tensors)} tensors, expected {expected}")
     if len(reader.fields["tokenizer.ggml.tokens"].data) != cfg.vocab:
@@ -528,7 +565,7 @@ def main(argv: list[str] | None = None) -> int:
     """Command-line entry point."""
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("out", help="output .gguf path")
-    ap.add_argument("--arch", choices=["llama", "qwen2", "gemma3"], default="llama",
+    ap.add_argument("--arch", choices=["llama", "qwen2", "gemma3", "qwen3", "phi3"], default="llama",
                     help="gemma3 implies --tied and writes no chat template")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--quant", choices=QUANT_TYPES + ["mix", "Q4_K_M"], default="F16",
@@ -552,7 +589,11 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--rope-base-swa", type=float, default=None,
                     help="gemma3: write rope.freq_base_swa (readers default to 10000)")
     ap.add_argument("--rope-scale", type=float, default=None,
-                    help="gemma3: write linear rope.scaling.factor (global layers divide positions by it)")
+                    help="write linear rope.scaling.factor (positions divided by it; gemma3: global layers only)")
+    ap.add_argument("--yarn", default=None, metavar="FACTOR:ORIGINAL_CTX",
+                    help="write rope.scaling.type yarn with this factor and original context")
+    ap.add_argument("--llama3-rope", default=None, metavar="FACTOR:LOW:HIGH:ORIGINAL_CTX",
+                    help="write Llama 3 RoPE factors as rope_freqs.weight (Llama 3.1: 8:1:4:8192)")
     ap.add_argument("--logit-softcap", type=float, default=None,
                     help="gemma3: write final_logit_softcapping")
     ap.add_argument("--chat-template", choices=["zephyr", "chatml"], default=None,
@@ -569,8 +610,8 @@ def main(argv: list[str] | None = None) -> int:
     shape = dict(layers=args.layers, hidden=args.hidden, heads=args.heads, kv_heads=args.kv_heads,
                  ffn=args.ffn, vocab=args.vocab, ctx=args.ctx,
                  rope_base=args.rope_base if args.rope_base is not None
-                 else (10000.0 if args.arch == "llama" else 1000000.0),
-                 eps=args.eps if args.eps is not None else (1e-5 if args.arch == "llama" else 1e-6))
+                 else (10000.0 if args.arch in ("llama", "phi3") else 1000000.0),
+                 eps=args.eps if args.eps is not None else (1e-5 if args.arch in ("llama", "phi3") else 1e-6))
     if args.tinyllama_shape:
         shape.update(TINYLLAMA_SHAPE)
     gemma = args.arch == "gemma3"
@@ -578,11 +619,19 @@ def main(argv: list[str] | None = None) -> int:
         shape.update(head_dim_override=args.head_dim, sliding_window=args.sliding_window,
                      sliding_pattern=args.sliding_pattern, rope_base_swa=args.rope_base_swa,
                      rope_scale=args.rope_scale, logit_softcap=args.logit_softcap)
-    elif any(v is not None for v in (args.sliding_pattern, args.rope_base_swa, args.rope_scale,
-                                     args.logit_softcap)):
-        raise SystemExit("--sliding-pattern, --rope-base-swa, --rope-scale, --logit-softcap are gemma3 options")
+    elif any(v is not None for v in (args.sliding_pattern, args.rope_base_swa, args.logit_softcap)):
+        raise SystemExit("--sliding-pattern, --rope-base-swa, --logit-softcap are gemma3 options")
+    else:
+        shape.update(rope_scale=args.rope_scale)
+    if args.yarn:
+        factor, original = args.yarn.split(":")
+        shape.update(yarn=(float(factor), int(original)))
+    if args.llama3_rope:
+        factor, low, high, original = args.llama3_rope.split(":")
+        shape.update(llama3_rope=(float(factor), float(low), float(high), int(original)))
     cfg = Config(arch=args.arch, tied=args.tied or gemma, **shape)
-    template = args.chat_template or {"llama": "zephyr", "qwen2": "chatml"}.get(args.arch)
+    template = args.chat_template or {"llama": "zephyr", "qwen2": "chatml", "qwen3": "chatml",
+                                      "phi3": "zephyr"}.get(args.arch)
     write_model(args.out, cfg, args.quant, args.seed, template, args.kv, args.extra_tensor)
     check = args.no_check or args.kv or args.extra_tensor
     print(f"wrote {args.out}" if check else check_roundtrip(args.out, cfg))

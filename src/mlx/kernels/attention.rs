@@ -10,7 +10,7 @@ use std::ffi::c_int;
 
 /// Shapes and RoPE constants of [`cached_attention`].
 #[derive(Clone, Copy, Debug)]
-pub struct AttentionParams {
+pub struct AttentionParams<'a> {
     /// Query heads.
     pub n_heads: usize,
     /// Key/value heads (divides `n_heads`).
@@ -25,6 +25,9 @@ pub struct AttentionParams {
     pub rope_scale: f32,
     /// RoPE rotates adjacent pairs (2j, 2j+1) when true, halves (j, j+hd/2) when false.
     pub rope_traditional: bool,
+    /// Per-pair RoPE frequencies [hd/2] replacing `rope_base`^(−2j/hd) (llama3, YaRN); the
+    /// angle of pair j at position t is t · `rope_scale` · `rope_inv_freq[j]`.
+    pub rope_inv_freq: Option<&'a [f32]>,
     /// Sliding-window attention: a query sees only the last `window` keys, itself included.
     pub window: Option<usize>,
 }
@@ -60,12 +63,24 @@ pub fn cached_attention(
     norm: Option<QkNorm>,
 ) -> Result<(Array, Array, Array)> {
     let s = current_stream();
+    let inv_freq = match p.rope_inv_freq {
+        Some(f) if f.len() != p.head_dim / 2 => {
+            return Err(crate::error::Error::InvalidArgument(format!(
+                "cached_attention: {} RoPE frequencies for head dimension {}",
+                f.len(),
+                p.head_dim
+            )))
+        }
+        Some(f) => f.as_ptr(),
+        None => std::ptr::null(),
+    };
     let (q_norm, k_norm, eps) = match norm {
         Some(n) => (n.q.raw(), n.k.raw(), n.eps),
         None => (null_array(), null_array(), 0.0),
     };
-    // SAFETY: valid handles and stream; the C entry validates shapes and dtypes and reports
-    // failures through its status, with the message in `mlxk_last_error`.
+    // SAFETY: valid handles and stream; `inv_freq` is null or points at head_dim/2 floats
+    // (checked above) that the entry copies; the C entry validates shapes and dtypes and
+    // reports failures through its status, with the message in `mlxk_last_error`.
     let [out, kc, vc] = ffi::kernel_arrays("cached_attention", |[out, kc, vc]| unsafe {
         mlxk_cached_attention(
             out,
@@ -84,6 +99,7 @@ pub fn cached_attention(
             p.rope_base,
             p.rope_scale,
             p.rope_traditional as c_int,
+            inv_freq,
             p.window.unwrap_or(0) as i64,
             q_norm,
             k_norm,

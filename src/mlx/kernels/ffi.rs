@@ -51,6 +51,7 @@ extern "C" {
         rope_base: f32,
         rope_scale: f32,
         rope_traditional: c_int,
+        rope_inv_freq: *const f32,
         window: i64,
         q_norm: mlx_sys::mlx_array,
         k_norm: mlx_sys::mlx_array,
