@@ -24,25 +24,7 @@ pub fn rope(
     scale: f32,
     offset: i32,
 ) -> Result<Array> {
-    let s = current_stream();
-    let base = mlx_sys::mlx_optional_float {
-        value: base,
-        has_value: true,
-    };
-    // SAFETY: valid handles and stream; a null `freqs` means "derive from base".
-    try_array(|res| unsafe {
-        mlx_sys::mlx_fast_rope(
-            res,
-            x.raw(),
-            dims,
-            traditional,
-            base,
-            scale,
-            offset,
-            null_array(),
-            s,
-        )
-    })
+    fast_rope(x, dims, traditional, Some(base), scale, offset, None)
 }
 
 /// [`rope`] with explicit per-pair periods instead of a base: pair j of position t turns by
@@ -56,22 +38,37 @@ pub fn rope_with_periods(
     offset: i32,
     periods: &Array,
 ) -> Result<Array> {
+    fast_rope(x, dims, traditional, None, scale, offset, Some(periods))
+}
+
+/// `mlx_fast_rope` with either a base or a period table (MLX requires exactly one).
+fn fast_rope(
+    x: &Array,
+    dims: i32,
+    traditional: bool,
+    base: Option<f32>,
+    scale: f32,
+    offset: i32,
+    periods: Option<&Array>,
+) -> Result<Array> {
     let s = current_stream();
-    let no_base = mlx_sys::mlx_optional_float {
-        value: 0.0,
-        has_value: false,
+    let base = mlx_sys::mlx_optional_float {
+        value: base.unwrap_or(0.0),
+        has_value: base.is_some(),
     };
-    // SAFETY: valid handles and stream; MLX checks the shape of `periods`.
+    let periods = periods.map_or_else(null_array, Array::raw);
+    // SAFETY: valid handles and stream; MLX checks the shape of `periods` (a null one means
+    // "derive from base").
     try_array(|res| unsafe {
         mlx_sys::mlx_fast_rope(
             res,
             x.raw(),
             dims,
             traditional,
-            no_base,
+            base,
             scale,
             offset,
-            periods.raw(),
+            periods,
             s,
         )
     })
