@@ -32,7 +32,12 @@ pub struct BenchArgs {
     pub n_gen: Vec<usize>,
     /// Context already in the cache before each generation test, comma-separated (like
     /// llama-bench's `-d`): `tg64 @ d2048` decodes 64 tokens after 2,048 positions.
-    #[arg(short = 'd', long = "n-depth", value_delimiter = ',', default_value = "0")]
+    #[arg(
+        short = 'd',
+        long = "n-depth",
+        value_delimiter = ',',
+        default_value = "0"
+    )]
     pub n_depth: Vec<usize>,
     /// Batched decode: for each B, B sequences are each prefilled with `--batch-prompt`
     /// tokens, then every generation length is decoded in batched steps of B tokens (like
@@ -119,7 +124,9 @@ pub fn measure_generation(engine: &Engine, context: usize, n: usize) -> Result<f
 /// aggregate tokens/s of the decode steps (`batch · n / time`).
 pub fn measure_batched(engine: &Engine, batch: usize, prompt: usize, n: usize) -> Result<f64> {
     if batch == 0 {
-        return Err(Error::InvalidArgument("--batch: a batch of 0 sequences".into()));
+        return Err(Error::InvalidArgument(
+            "--batch: a batch of 0 sequences".into(),
+        ));
     }
     let vocab = engine.config().vocab_size;
     let mut caches: Vec<_> = (0..batch).map(|_| engine.new_cache()).collect();
