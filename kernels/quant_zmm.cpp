@@ -7,8 +7,9 @@
 //                          unsigned (Q8_0: + 128; the others as stored)
 //   d [kp/G][16] f32       the scale of each row's block or sub-block (G = 32 elements, or 16 for
 //                          Q6_K)
-//   c [kp/G][16] f32       what one unit of the activation sum adds: -offset * scale, or the
-//                          block's min (Q4_1, Q5_1, Q4_K, Q5_K)
+//   c [kp/G][16] f32       what one unit of the activation sum adds: the block's min (Q4_1, Q5_1,
+//                          Q4_K, Q5_K) or -32 * scale (Q6_K); the 32-block types' offsets (Q4_0 8,
+//                          Q5_0 16, Q8_0 128) come off each unit's int32 sum exactly instead
 // so one vpdpbusd multiplies 4 elements of 16 rows by 4 broadcast activation bytes, the int32
 // lanes of a unit accumulate without any horizontal reduction, and a unit costs one convert,
 // one scale product and one FMA for all 16 rows:
@@ -48,14 +49,15 @@ inline int64_t padded(int64_t k) { return (k + 255) / 256 * 256; }
 
 struct Act {
   const int8_t* q;
-  const float* dx;   // per 32
-  const float* s32;  // per 32
-  const float* s16;  // per 16
+  const float* dx;     // per 32
+  const float* s32;    // per 32
+  const float* s16;    // per 16
+  const int32_t* i32;  // per 32: sum q
 };
 
 Act act_of(const uint8_t* row, int64_t kp) {
   const float* dx = (const float*)(row + kp);
-  return Act{(const int8_t*)row, dx, dx + kp / 32, dx + kp / 16};
+  return Act{(const int8_t*)row, dx, dx + kp / 32, dx + kp / 16, (const int32_t*)(dx + kp / 8)};
 }
 
 // One row's chunk of 256 elements, decoded: bytes, and per unit (G elements) scale and c.
@@ -87,7 +89,7 @@ ZMM_INL void decode_b32(int type, const uint8_t* blk, uint8_t* q, float* d, floa
   switch (type) {
     case T_Q4_0: {
       const float s = f16(blk);
-      put(q, d, c, j, nibbles(blk + 2), s, -8.0f * s);
+      put(q, d, c, j, nibbles(blk + 2), s, 0.0f);
       break;
     }
     case T_Q4_1:
@@ -95,7 +97,7 @@ ZMM_INL void decode_b32(int type, const uint8_t* blk, uint8_t* q, float* d, floa
       break;
     case T_Q5_0: {
       const float s = f16(blk);
-      put(q, d, c, j, _mm256_or_si256(nibbles(blk + 6), fifth_bits(load_u32(blk + 2))), s, -16.0f * s);
+      put(q, d, c, j, _mm256_or_si256(nibbles(blk + 6), fifth_bits(load_u32(blk + 2))), s, 0.0f);
       break;
     }
     case T_Q5_1:
@@ -104,7 +106,7 @@ ZMM_INL void decode_b32(int type, const uint8_t* blk, uint8_t* q, float* d, floa
     default: {  // T_Q8_0: signed bytes + 128
       const float s = f16(blk);
       const __m256i v = _mm256_loadu_si256((const __m256i*)(blk + 2));
-      put(q, d, c, j, _mm256_xor_si256(v, _mm256_set1_epi8((char)0x80)), s, -128.0f * s);
+      put(q, d, c, j, _mm256_xor_si256(v, _mm256_set1_epi8((char)0x80)), s, 0.0f);
       break;
     }
   }
@@ -134,14 +136,14 @@ ZMM_FN void decode_chunk_b32(int type, const uint8_t* w, int64_t k, int64_t ch, 
         _mm256_store_si256((__m256i*)(q + 64 * p + 32), _mm256_mask_blend_epi8(m1, hi, _mm256_or_si256(hi, b4)));
       }
       _mm256_store_ps(d, sc);
-      _mm256_store_ps(c, _mm256_mul_ps(sc, _mm256_set1_ps(-16.0f)));
+      _mm256_store_ps(c, _mm256_setzero_ps());
     } else {
       const __m256i flip = _mm256_set1_epi8((char)0x80);
       for (int j = 0; j < 8; ++j)
         _mm256_store_si256((__m256i*)(q + 32 * j),
                            _mm256_xor_si256(_mm256_loadu_si256((const __m256i*)(g + 16 + 32 * j)), flip));
       _mm256_store_ps(d, sc);
-      _mm256_store_ps(c, _mm256_mul_ps(sc, _mm256_set1_ps(-128.0f)));
+      _mm256_store_ps(c, _mm256_setzero_ps());
     }
     return;
   }
@@ -220,9 +222,11 @@ ZMM_INL void transpose16x8(const uint8_t* src, size_t stride, __m512i out[8]) {
 }
 
 // y[c * ldy + r] (r < nrow) for the panel and C activation rows; units of G elements.
+// `off`: the unsigned bytes' offset (Q4_0 8, Q5_0 16, Q8_0 128; 0 for types with mins or for
+// K-quants, whose terms are in c), taken off each unit's int32 sums exactly, as the AVX2 path does.
 template <int C, int G>
 ZMM_FN void kernel(const uint8_t* pq, const float* pd, const float* pc, int64_t kp, const Act* xa, float* y,
-                   int64_t ldy, int nrow) {
+                   int64_t ldy, int nrow, int off) {
   __m512 acc[C], cor[C];
 #pragma GCC unroll 4
   for (int c = 0; c < C; ++c) acc[c] = cor[c] = _mm512_setzero_ps();
@@ -238,6 +242,10 @@ ZMM_FN void kernel(const uint8_t* pq, const float* pd, const float* pc, int64_t 
       for (int c = 0; c < C; ++c)
         ia[c] = _mm512_dpbusd_epi32(ia[c], wv, _mm512_set1_epi32((int)load_u32((const uint8_t*)xa[c].q + u * G + 4 * g)));
     }
+    if (G == 32 && off) {
+#pragma GCC unroll 4
+      for (int c = 0; c < C; ++c) ia[c] = _mm512_sub_epi32(ia[c], _mm512_set1_epi32(off * xa[c].i32[u]));
+    }
     const __m512 dv = _mm512_load_ps(pd + 16 * u), cv = _mm512_load_ps(pc + 16 * u);
 #pragma GCC unroll 4
     for (int c = 0; c < C; ++c) {
@@ -251,7 +259,7 @@ ZMM_FN void kernel(const uint8_t* pq, const float* pd, const float* pc, int64_t 
   for (int c = 0; c < C; ++c) _mm512_mask_storeu_ps(y + c * ldy, mask, _mm512_add_ps(acc[c], cor[c]));
 }
 
-typedef void (*KernelFn)(const uint8_t*, const float*, const float*, int64_t, const Act*, float*, int64_t, int);
+typedef void (*KernelFn)(const uint8_t*, const float*, const float*, int64_t, const Act*, float*, int64_t, int, int);
 const KernelFn kKernels32[PC] = {&kernel<1, 32>, &kernel<2, 32>, &kernel<3, 32>, &kernel<4, 32>};
 const KernelFn kKernels16[PC] = {&kernel<1, 16>, &kernel<2, 16>, &kernel<3, 16>, &kernel<4, 16>};
 
@@ -316,16 +324,24 @@ ZMM_FN void decode_panel(const Problem& p, int64_t r0, int nrow, int G, Tile& t,
 }  // namespace
 
 bool supports(int type) {
+  // The K-quant panels pass the kernel tests (dev/test.cpp) but move Qwen 1.5B's first-position
+  // logits away from llama.cpp's (tests/llama_cpp_goldens.rs: KL 3.8 at one position); until that
+  // is understood they run only with MLX_ENGINE_ZMM_KQUANTS=1.
+  static const bool kquants = [] {
+    const char* e = std::getenv("MLX_ENGINE_ZMM_KQUANTS");
+    return e && e[0] == '1';
+  }();
   switch (base_type(type)) {
     case T_Q4_0:
     case T_Q4_1:
     case T_Q5_0:
     case T_Q5_1:
     case T_Q8_0:
+      return true;
     case T_Q4_K:
     case T_Q5_K:
     case T_Q6_K:
-      return true;
+      return kquants;
     default:
       return false;
   }
@@ -333,7 +349,7 @@ bool supports(int type) {
 
 size_t act_row_bytes(int64_t k) {
   const int64_t kp = padded(k);
-  return (size_t)(kp + 4 * (kp / 32 + kp / 32 + kp / 16));
+  return (size_t)(kp + 4 * (kp / 32 + kp / 32 + kp / 16 + kp / 32));
 }
 
 ZMM_FN void quantize_act_row(const float* x, int64_t k, uint8_t* dst) {
@@ -343,6 +359,7 @@ ZMM_FN void quantize_act_row(const float* x, int64_t k, uint8_t* dst) {
   float* dx = (float*)a.dx;
   float* s32 = (float*)a.s32;
   float* s16 = (float*)a.s16;
+  int32_t* i32 = (int32_t*)a.i32;
   const __m256 sign = _mm256_set1_ps(-0.0f);
   for (int64_t b = 0; b < k / 32; ++b) {
     const float* xb = x + 32 * b;
@@ -357,7 +374,9 @@ ZMM_FN void quantize_act_row(const float* x, int64_t k, uint8_t* dst) {
     m4 = _mm_max_ss(m4, _mm_movehdup_ps(m4));
     const float amax = _mm_cvtss_f32(m4);
     const float d = amax / 127.0f;
-    const __m256 id = _mm256_set1_ps(d > 0.0f ? 1.0f / d : 0.0f);
+    // 127 / amax, as the other paths' activation quantization: a 32-block type gets the same int8
+    // activations on every path.
+    const __m256 id = _mm256_set1_ps(amax > 0.0f ? 127.0f / amax : 0.0f);
     __m256i qi[4];
     for (int i = 0; i < 4; ++i) qi[i] = _mm256_cvtps_epi32(_mm256_mul_ps(v[i], id));  // round to nearest even
     const __m128i p01 = _mm_packs_epi32(_mm256_castsi256_si128(qi[0]), _mm256_extracti128_si256(qi[0], 1));
@@ -371,9 +390,13 @@ ZMM_FN void quantize_act_row(const float* x, int64_t k, uint8_t* dst) {
     s16[2 * b] = d * (float)lo;
     s16[2 * b + 1] = d * (float)hi;
     s32[b] = d * (float)(lo + hi);
+    i32[b] = lo + hi;
   }
   std::memset(q + k, 0, (size_t)(kp - k));
-  for (int64_t b = k / 32; b < kp / 32; ++b) dx[b] = s32[b] = s16[2 * b] = s16[2 * b + 1] = 0.0f;
+  for (int64_t b = k / 32; b < kp / 32; ++b) {
+    dx[b] = s32[b] = s16[2 * b] = s16[2 * b + 1] = 0.0f;
+    i32[b] = 0;
+  }
 }
 
 ZMM_FN void compute_rows(const Problem& p, int64_t n0, int64_t n1) {
@@ -387,6 +410,8 @@ ZMM_FN void compute_rows(const Problem& p, int64_t n0, int64_t n1) {
   float* pd = (float*)(base + qbytes);
   float* pc = (float*)(base + qbytes + fbytes);
   const KernelFn* kern = G == 32 ? kKernels32 : kKernels16;
+  const int bt = base_type(p.type);
+  const int off = bt == T_Q4_0 ? 8 : bt == T_Q5_0 ? 16 : bt == T_Q8_0 ? 128 : 0;
   Act xa[PC];
   for (int64_t r0 = n0; r0 < n1; r0 += NR) {
     const int nrow = (int)((n1 - r0) < NR ? (n1 - r0) : NR);
@@ -394,7 +419,7 @@ ZMM_FN void compute_rows(const Problem& p, int64_t n0, int64_t n1) {
     for (int64_t m0 = 0; m0 < p.m; m0 += PC) {
       const int cc = (int)((p.m - m0) < PC ? (p.m - m0) : PC);
       for (int c = 0; c < cc; ++c) xa[c] = act_of(p.xq + (size_t)(m0 + c) * p.xq_stride, kp);
-      kern[cc - 1](pq, pd, pc, kp, xa, p.y + m0 * p.ldy + r0, p.ldy, nrow);
+      kern[cc - 1](pq, pd, pc, kp, xa, p.y + m0 * p.ldy + r0, p.ldy, nrow, off);
     }
   }
 }
