@@ -454,3 +454,20 @@ fn c_programs_call_every_function() {
         );
     }
 }
+
+/// In a build without a GPU backend, `MLXE_DEVICE_GPU` fails with `MLXE_ERROR` and an error
+/// that says so (and how to get one), before the model file is even read.
+#[cfg(not(any(feature = "cuda", target_os = "macos")))]
+#[test]
+fn c_gpu_request_without_a_gpu_backend_is_a_clear_error() {
+    let dir = tempfile::tempdir().unwrap();
+    let model = synthetic_model(dir.path(), 0);
+    let exe = compile_c("no_gpu", dir.path());
+    let out = run(&exe, &[model.to_str().unwrap()]);
+    let (status, message) = out.split_once('\n').unwrap();
+    assert_eq!(status, "1", "mlxe_backend_new status; stdout: {out}");
+    assert!(
+        message.contains("no GPU backend") && message.contains("--features cuda"),
+        "mlxe_last_error: {message}"
+    );
+}
