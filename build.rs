@@ -10,6 +10,7 @@ const KERNEL_SOURCES: &[&str] = &[
     "kernels/quant_scalar.cpp",
     "kernels/quant_avx2.cpp",
     "kernels/quant_vnni.cpp",
+    "kernels/quant_zmm.cpp",
     "kernels/repack.cpp",
     "kernels/threadpool.cpp",
     "kernels/qmatmul.cpp",

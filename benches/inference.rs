@@ -1,5 +1,6 @@
 //! Tokens/s of whole-model inference (criterion): prefill of 128 and 512 prompt tokens, decode
-//! of 64 tokens after a 128-token prompt, and load time, for the real Qwen2.5-Coder-0.5B
+//! of 64 tokens after a 128-token prompt, batched decode (B = 1, 4, 16 sequences after 128
+//! prompt tokens each, 16 steps; throughput counts all B tokens of a step), and load time, for the real Qwen2.5-Coder-0.5B
 //! Q4_K_M GGUF and synthetic TinyLlama-shaped models (22 layers, hidden 2048, 32/4 heads, FFN
 //! 5632, vocab 32,000) in llama.cpp's Q4_K_M recipe (Q4_K; Q6_K for the output and some
 //! attn_v / ffn_down) and in F16, generated deterministically by
@@ -8,7 +9,7 @@
 //! `cargo bench --bench inference` (set `MLX_ENGINE_BENCH_MODELS=qwen` to run one model).
 
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
-use mlx_engine::bench::{measure_generation, measure_prompt};
+use mlx_engine::bench::{measure_batched, measure_generation, measure_prompt};
 use mlx_engine::engine::{Engine, LoadOptions};
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -103,6 +104,25 @@ fn bench_inference(c: &mut Criterion) {
                 total
             })
         });
+        group.finish();
+
+        let mut group = c.benchmark_group(format!("{name}/batched_decode"));
+        group
+            .sample_size(10)
+            .measurement_time(Duration::from_secs(20));
+        for batch in [1usize, 4, 16] {
+            group.throughput(Throughput::Elements(16 * batch as u64));
+            group.bench_with_input(BenchmarkId::from_parameter(batch), &batch, |b, &batch| {
+                b.iter_custom(|iters| {
+                    let mut total = Duration::ZERO;
+                    for _ in 0..iters {
+                        let tps = measure_batched(&engine, batch, 128, 16).unwrap();
+                        total += Duration::from_secs_f64((16 * batch) as f64 / tps);
+                    }
+                    total
+                })
+            });
+        }
         group.finish();
 
         let mut group = c.benchmark_group(format!("{name}/load"));

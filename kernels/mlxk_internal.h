@@ -157,6 +157,22 @@ bool cpu_supported();
 void compute_rows(const Problem& p, int64_t n0, int64_t n1);
 }  // namespace vnni
 
+// ---- AVX-512 (zmm) kernels for M >= 2 activation rows (quant_zmm.cpp), on the VNNI path ----
+namespace zmm {
+// avx2 + fma + f16c + avx512f/bw/vl/dq/vnni.
+bool cpu_supported();
+// Whether the (possibly repacked) weight type has a zmm kernel: every 32-block type and K-quant.
+bool supports(int type);
+// Bytes of one activation row in the zmm format (the same for every weight type).
+size_t act_row_bytes(int64_t k);
+// Quantize activation row x[0:k] into dst (act_row_bytes bytes).
+void quantize_act_row(const float* x, int64_t k, uint8_t* dst);
+// Weight rows per panel (the row split's granularity).
+int row_tile();
+// y[m, n0:n1] for all m, activations in p.xq in the zmm format.
+void compute_rows(const Problem& p, int64_t n0, int64_t n1);
+}  // namespace zmm
+
 // ---- multi-weight entry (qmatmul.cpp) ----
 // One weight of a fused call: `n` rows of GGUF blocks of `type` at `w`, optional f32 bias [n].
 struct MultiWeight {

@@ -64,8 +64,43 @@ struct Scratch {
   }
 };
 
+// Activation rows from which the VNNI path runs the zmm kernels (quant_zmm.cpp) instead of its
+// 256-bit tiles: MLX_ENGINE_ZMM_MIN_ROWS, default 4 (a large value turns them off). Below 4 rows
+// the panel decode costs more than the 256-bit tiles (kernels/README.md).
+int64_t zmm_min_rows() {
+  static const int64_t v = [] {
+    const char* e = std::getenv("MLX_ENGINE_ZMM_MIN_ROWS");
+    const long long n = e ? std::atoll(e) : 0;
+    return n > 0 ? (int64_t)n : (int64_t)4;
+  }();
+  return v;
+}
+
+bool use_zmm(int path, int type, int64_t m) {
+  return path == MLXK_PATH_AVX512_VNNI && m >= zmm_min_rows() && zmm::supports(type) && zmm::cpu_supported();
+}
+
+// Bytes of one quantized activation row for this weight type and call (0: float activations).
+size_t act_bytes(int path, int type, int64_t k, int64_t m) {
+  return use_zmm(path, type, m) ? zmm::act_row_bytes(k) : avx2::act_row_bytes(type, k);
+}
+
+void quantize_act(int path, int type, int64_t m, const float* x, int64_t k, uint8_t* dst) {
+  if (use_zmm(path, type, m))
+    zmm::quantize_act_row(x, k, dst);
+  else
+    avx2::quantize_act_row(type, x, k, dst);
+}
+
+int64_t row_tile_of(int path, int type, int64_t m) {
+  if (!is_simd(path)) return 1;
+  return use_zmm(path, type, m) ? zmm::row_tile() : avx2::row_tile(type, m);
+}
+
 void compute(int path, const Problem& p, int64_t n0, int64_t n1) {
-  if (path == MLXK_PATH_AVX512_VNNI)
+  if (use_zmm(path, p.type, p.m))
+    zmm::compute_rows(p, n0, n1);
+  else if (path == MLXK_PATH_AVX512_VNNI)
     vnni::compute_rows(p, n0, n1);
   else if (path == MLXK_PATH_AVX2)
     avx2::compute_rows(p, n0, n1);
@@ -100,6 +135,7 @@ void row_job_fn(void* ctx) {
 
 struct QuantJob {
   const Problem* p;
+  int path;
   uint8_t* xq;
   int64_t chunk;
   int64_t nchunks;
@@ -115,7 +151,7 @@ void quant_job_fn(void* ctx) {
     const int64_t m0 = c * j->chunk;
     const int64_t m1 = m0 + j->chunk < p.m ? m0 + j->chunk : p.m;
     for (int64_t m = m0; m < m1; ++m)
-      avx2::quantize_act_row(p.type, p.x + m * p.ldx, p.k, j->xq + (size_t)m * p.xq_stride);
+      quantize_act(j->path, p.type, p.m, p.x + m * p.ldx, p.k, j->xq + (size_t)m * p.xq_stride);
   }
 }
 
@@ -137,9 +173,11 @@ int64_t chunk_rows(int64_t total_bytes, int64_t bytes_per_row, int64_t m, int nt
   return chunk;
 }
 
-// The activations a weight type reads on the AVX2 path: 0 f32 (float weights), 1 int8 in
-// blocks of 32 (quant_q8_32: Q4_0..Q8_0), 2 int8 in blocks of 256 (quant_q8_256: K-quants).
-int act_format(int type) {
+// The activations a weight type reads on the SIMD paths: 0 f32 (float weights), 1 int8 in
+// blocks of 32 (quant_q8_32: Q4_0..Q8_0), 2 int8 in blocks of 256 (quant_q8_256: K-quants), 3
+// the zmm kernels' format (any quantized type).
+int act_format(int path, int type, int64_t m) {
+  if (use_zmm(path, type, m)) return 3;
   switch (type) {
     case T_F32:
     case T_F16:
@@ -162,6 +200,7 @@ struct ActFormat {
 };
 
 struct MultiQuantJob {
+  int path;
   const float* x;
   int64_t m, k, ldx;
   const ActFormat* fmts;
@@ -180,7 +219,7 @@ void multi_quant_job_fn(void* ctx) {
     const int64_t m0 = (c % j->nchunks) * j->chunk;
     const int64_t m1 = m0 + j->chunk < j->m ? m0 + j->chunk : j->m;
     for (int64_t m = m0; m < m1; ++m)
-      avx2::quantize_act_row(f.type, j->x + m * j->ldx, j->k, f.xq + (size_t)m * f.row_bytes);
+      quantize_act(j->path, f.type, j->m, j->x + m * j->ldx, j->k, f.xq + (size_t)m * f.row_bytes);
   }
 }
 
@@ -307,7 +346,7 @@ int qmatmul_checked(const void* w, int type, int64_t n, int64_t k, const float* 
 
   int64_t tile = 1;
   if (is_simd(path)) {
-    const size_t arb = avx2::act_row_bytes(type, k);
+    const size_t arb = act_bytes(path, type, k, m);
     if (arb) {
       thread_local Scratch scratch;
       uint8_t* xq = scratch.get(arb * (size_t)m);
@@ -315,6 +354,7 @@ int qmatmul_checked(const void* w, int type, int64_t n, int64_t k, const float* 
       p.xq_stride = arb;
       QuantJob qj;
       qj.p = &p;
+      qj.path = path;
       qj.xq = xq;
       qj.chunk = m >= 64 ? 8 : m;
       qj.nchunks = (m + qj.chunk - 1) / qj.chunk;
@@ -323,7 +363,7 @@ int qmatmul_checked(const void* w, int type, int64_t n, int64_t k, const float* 
       else
         quant_job_fn(&qj);
     }
-    tile = avx2::row_tile(type, m);
+    tile = row_tile_of(path, type, m);
   }
 
   // Split the N rows into chunks (multiples of the row tile) pulled dynamically by the threads.
@@ -440,10 +480,10 @@ int qmatmul_multi_checked(const float* x, int64_t m, int64_t ldx, int64_t k, con
     int fmt_of[kMaxMultiWeights];
     for (int i = 0; i < count; ++i) {
       fmt_of[i] = -1;
-      const size_t arb = avx2::act_row_bytes(ws[i].type, k);
+      const size_t arb = act_bytes(path, ws[i].type, k, m);
       if (!arb) continue;  // float weights read f32 activations
       for (int f = 0; f < nfmts; ++f)
-        if (act_format(fmts[f].type) == act_format(ws[i].type)) fmt_of[i] = f;
+        if (act_format(path, fmts[f].type, m) == act_format(path, ws[i].type, m)) fmt_of[i] = f;
       if (fmt_of[i] < 0) {
         fmts[nfmts] = ActFormat{ws[i].type, arb, scratch[nfmts].get(arb * (size_t)m)};
         fmt_of[i] = nfmts++;
@@ -456,6 +496,7 @@ int qmatmul_multi_checked(const float* x, int64_t m, int64_t ldx, int64_t k, con
       }
     if (nfmts) {
       MultiQuantJob qj;
+      qj.path = path;
       qj.x = x;
       qj.m = m;
       qj.k = k;
@@ -485,11 +526,11 @@ int qmatmul_multi_checked(const float* x, int64_t m, int64_t ldx, int64_t k, con
     pt.p = probs[i];
     pt.bias = ws[i].bias;
     int64_t bpr = (int64_t)probs[i].row_bytes;
-    int64_t tile = is_simd(path) ? avx2::row_tile(ws[i].type, m) : 1;
+    int64_t tile = row_tile_of(path, ws[i].type, m);
     if (swiglu) {
       pt.up = probs[1];
       bpr += (int64_t)probs[1].row_bytes;
-      if (is_simd(path)) tile = std::lcm(tile, (int64_t)avx2::row_tile(ws[1].type, m));
+      tile = std::lcm(tile, row_tile_of(path, ws[1].type, m));
     }
     pt.chunk = chunk_rows(total_bytes, bpr, m, nthreads, tile);
     pt.c0 = c0;

@@ -30,6 +30,23 @@ pub struct BenchArgs {
         default_value = "64"
     )]
     pub n_gen: Vec<usize>,
+    /// Context already in the cache before each generation test, comma-separated (like
+    /// llama-bench's `-d`): `tg64 @ d2048` decodes 64 tokens after 2,048 positions.
+    #[arg(
+        short = 'd',
+        long = "n-depth",
+        value_delimiter = ',',
+        default_value = "0"
+    )]
+    pub n_depth: Vec<usize>,
+    /// Batched decode: for each B, B sequences are each prefilled with `--batch-prompt`
+    /// tokens, then every generation length is decoded in batched steps of B tokens (like
+    /// llama-batched-bench's `-npl`); aggregate tokens/s.
+    #[arg(long, value_delimiter = ',')]
+    pub batch: Vec<usize>,
+    /// Prompt length of each sequence in the batched tests.
+    #[arg(long, default_value_t = 128)]
+    pub batch_prompt: usize,
     /// Repetitions of each test.
     #[arg(short = 'r', long, default_value_t = 3)]
     pub repetitions: usize,
@@ -105,6 +122,45 @@ pub fn measure_generation(engine: &Engine, context: usize, n: usize) -> Result<f
     Ok(n as f64 / start.elapsed().as_secs_f64())
 }
 
+/// Prefills `batch` sequences with `prompt` tokens each (distinct token streams), then decodes
+/// `n` batched steps of one token per sequence (greedy, each step evaluated); returns the
+/// aggregate tokens/s of the decode steps (`batch · n / time`).
+pub fn measure_batched(engine: &Engine, batch: usize, prompt: usize, n: usize) -> Result<f64> {
+    if batch == 0 {
+        return Err(Error::InvalidArgument(
+            "--batch: a batch of 0 sequences".into(),
+        ));
+    }
+    let vocab = engine.config().vocab_size;
+    let mut caches: Vec<_> = (0..batch).map(|_| engine.new_cache()).collect();
+    let mut next = Vec::with_capacity(batch);
+    for (s, cache) in caches.iter_mut().enumerate() {
+        let tokens = bench_tokens(prompt.max(1) + s, vocab);
+        let prefilled = engine.prefill(&tokens[s..], cache, 512, LogitRows::Last)?;
+        next.push(argmax_host(&prefilled.data));
+    }
+    let start = Instant::now();
+    for _ in 0..n {
+        let logits = {
+            let mut refs: Vec<&mut _> = caches.iter_mut().collect();
+            engine.decode(&next, &mut refs)? // [B, 1, V]
+        };
+        let best = ops::argmax(&logits, -1, false)?; // [B, 1]
+        next = best.to_vec::<u32>()?;
+    }
+    Ok((batch * n) as f64 / start.elapsed().as_secs_f64())
+}
+
+fn argmax_host(row: &[f32]) -> u32 {
+    let mut best = 0;
+    for (i, &v) in row.iter().enumerate() {
+        if v > row[best] {
+            best = i;
+        }
+    }
+    best as u32
+}
+
 /// Peak resident set size of this process (Linux `VmHWM`), if the platform reports it.
 pub fn peak_rss_bytes() -> Option<u64> {
     let status = std::fs::read_to_string("/proc/self/status").ok()?;
@@ -139,13 +195,25 @@ pub fn run(args: &BenchArgs) -> Result<()> {
         });
     }
     for &n in args.n_gen.iter().filter(|&&n| n > 0) {
-        let samples = (0..args.repetitions)
-            .map(|_| measure_generation(&engine, 1, n))
-            .collect::<Result<Vec<_>>>()?;
-        results.push(BenchResult {
-            test: format!("tg{n}"),
-            samples,
-        });
+        for &d in &args.n_depth {
+            let samples = (0..args.repetitions)
+                .map(|_| measure_generation(&engine, d.max(1), n))
+                .collect::<Result<Vec<_>>>()?;
+            let test = match d {
+                0 => format!("tg{n}"),
+                d => format!("tg{n} @ d{d}"),
+            };
+            results.push(BenchResult { test, samples });
+        }
+        for &b in &args.batch {
+            let samples = (0..args.repetitions)
+                .map(|_| measure_batched(&engine, b, args.batch_prompt, n))
+                .collect::<Result<Vec<_>>>()?;
+            results.push(BenchResult {
+                test: format!("tg{n} B={b} @ d{}", args.batch_prompt),
+                samples,
+            });
+        }
     }
     let size = std::fs::metadata(&resolved.path)
         .map(|m| m.len())

@@ -1,5 +1,5 @@
 // Timing harness: memory bandwidth, GEMV / GEMM per type and path, a simulated decode token.
-// Usage: ./bench [quick]
+// Usage: ./bench [quick | kern | bw | decode TOKENS [r8|ggml] [M] [0.5b|1.5b] | small]
 #include <sys/mman.h>
 #include <immintrin.h>
 #include <algorithm>
@@ -120,69 +120,114 @@ static void kernel_throughput(std::mt19937_64& rng) {
   }
 }
 
-static void decode_sim(std::mt19937_64& rng, int tokens, bool repack) {
-  const int hw = mlxk_get_num_threads();
-  // Simulated decode token of Qwen2.5-0.5B Q4_K_M (tensor types as in the real GGUF):
-  // 24 layers x 7 GEMVs (ffn_down alternates Q6_K / Q4_K) + Q8_0 lm_head.
-  {
-    mlxk_force_path(MLXK_PATH_AUTO);
-    mlxk_set_num_threads(hw);
-    struct L {
-      const char* type;
-      int64_t k, n;
-    };
-    const L layer[] = {{"Q5_0", 896, 896},  {"Q5_0", 896, 128},  {"Q8_0", 896, 128}, {"Q5_0", 896, 896},
-                       {"Q5_0", 896, 4864}, {"Q5_0", 896, 4864}, {"Q6_K", 4864, 896}};
-    std::vector<std::vector<uint8_t>> ws;
-    std::vector<int> ids;
-    size_t total = 0;
-    for (int l = 0; l < 24; ++l)
-      for (auto& d : layer) {
-        const char* ty = (!strcmp(d.type, "Q6_K") && (l & 1)) ? "Q4_K" : d.type;
-        ws.push_back(random_weights(*find_type(ty), d.n, d.k, rng));
-        total += ws.back().size();
-        ids.push_back(find_type(ty)->id);
-        if (repack) {
-          std::vector<uint8_t> p(ws.back().size());
-          mlxk_repack_rows(ws.back().data(), ids.back(), d.n, d.k, p.data(), &ids.back());
-          ws.back().swap(p);
-        }
-      }
-    auto head = random_weights(*find_type("Q8_0"), 151936, 896, rng);
-    total += head.size();
-    int head_id = MLXK_TYPE_Q8_0;
-    if (repack) {
-      std::vector<uint8_t> p(head.size());
-      mlxk_repack_rows(head.data(), MLXK_TYPE_Q8_0, 151936, 896, p.data(), &head_id);
-      head.swap(p);
+// Few-row kernels with weights resident in L2 (1 thread, best of many calls): time per call for
+// M = 1..16 activation rows on the AVX2 and the VNNI path (which runs the zmm kernels for M >= 2).
+static void small_m(std::mt19937_64& rng) {
+  mlxk_set_num_threads(1);
+  const int Ms[] = {1, 2, 3, 4, 8, 16};
+  std::vector<float> x = random_acts(16, 2048, rng), y((size_t)16 * 64);
+  printf("%-8s %-5s", "type", "path");
+  for (int m : Ms) printf(" %8s", ("M=" + std::to_string(m) + " us").c_str());
+  printf("\n");
+  for (const char* name : {"Q5_0", "Q8_0", "Q4_K", "Q6_K"}) {
+    const TypeDesc& t = *find_type(name);
+    const int64_t k = 2048, n = 64;
+    auto w = random_weights(t, n, k, rng);
+    int id = t.id;
+    if (mlxk_repack_supported(t.id)) {
+      std::vector<uint8_t> p(w.size());
+      mlxk_repack_rows(w.data(), t.id, n, k, p.data(), &id);
+      w.swap(p);
     }
-    std::vector<float> xs(4864, 0.5f), ys(151936);
-    double best = 1e9, sum = 0;
-    for (int t = 0; t < tokens + 1; ++t) {
-      double t0 = now_s();
-      size_t i = 0;
-      for (int l = 0; l < 24; ++l)
-        for (auto& d : layer) {
-          mlxk_qmatmul_f32(ws[i].data(), ids[i], d.n, d.k, xs.data(), 1, d.k, ys.data(), d.n);
-          ++i;
+    for (int path : {MLXK_PATH_AVX2, MLXK_PATH_AVX512_VNNI}) {
+      mlxk_force_path(path);
+      printf("%-8s %-5s", name, path == MLXK_PATH_AVX2 ? "avx2" : "vnni");
+      for (int m : Ms) {
+        double best = 1e9;
+        for (int i = 0; i < 300; ++i) {
+          double t0 = now_s();
+          mlxk_qmatmul_f32(w.data(), id, n, k, x.data(), m, k, y.data(), n);
+          best = std::min(best, now_s() - t0);
         }
-      mlxk_qmatmul_f32(head.data(), head_id, 151936, 896, xs.data(), 1, 896, ys.data(), 151936);
-      double dt = now_s() - t0;
-      if (t > 0) {
-        best = std::min(best, dt);
-        sum += dt;
+        printf(" %8.2f", best * 1e6);
       }
+      printf("\n");
     }
-    printf("simulated decode token (%s, 169 GEMVs, %.0f MB weights, %d threads): mean %.2f ms (%.1f tok/s, %.1f GB/s), best %.2f ms\n",
-           repack ? "repacked" : "ggml layout", total / 1e6, hw, sum / tokens * 1e3, tokens / sum, total / (sum / tokens) / 1e9, best * 1e3);
   }
+  mlxk_force_path(MLXK_PATH_AUTO);
+}
+
+// A simulated decode step of M sequences (M activation rows per matmul) on the shapes and tensor
+// types of a real model: "0.5b" (Qwen2.5-0.5B Q4_K_M: mostly Q5_0, Q8_0 head) or "1.5b"
+// (Qwen2.5-1.5B Q4_K_M: Q4_K, with Q6_K in half the layers' V and down, and a Q6_K head).
+static void decode_sim(std::mt19937_64& rng, int tokens, bool repack, int m, const std::string& model) {
+  const int hw = mlxk_get_num_threads();
+  mlxk_force_path(MLXK_PATH_AUTO);
+  mlxk_set_num_threads(hw);
+  struct L {
+    const char *type, *alt;  // alt: the type in odd layers
+    int64_t k, n;
+  };
+  const bool big = model == "1.5b";
+  const std::vector<L> layer =
+      big ? std::vector<L>{{"Q4_K", "Q4_K", 1536, 1536}, {"Q4_K", "Q4_K", 1536, 256}, {"Q6_K", "Q4_K", 1536, 256},
+                           {"Q4_K", "Q4_K", 1536, 1536}, {"Q4_K", "Q4_K", 1536, 8960}, {"Q4_K", "Q4_K", 1536, 8960},
+                           {"Q6_K", "Q4_K", 8960, 1536}}
+          : std::vector<L>{{"Q5_0", "Q5_0", 896, 896},  {"Q5_0", "Q5_0", 896, 128},  {"Q8_0", "Q8_0", 896, 128},
+                           {"Q5_0", "Q5_0", 896, 896},  {"Q5_0", "Q5_0", 896, 4864}, {"Q5_0", "Q5_0", 896, 4864},
+                           {"Q6_K", "Q4_K", 4864, 896}};
+  const int layers = big ? 28 : 24;
+  const int64_t dim = big ? 1536 : 896, vocab = 151936;
+  const char* head_type = big ? "Q6_K" : "Q8_0";
+  std::vector<std::vector<uint8_t>> ws;
+  std::vector<int> ids;
+  size_t total = 0;
+  auto add = [&](const char* ty, int64_t n, int64_t k) {
+    ws.push_back(random_weights(*find_type(ty), n, k, rng));
+    total += ws.back().size();
+    ids.push_back(find_type(ty)->id);
+    if (repack && mlxk_repack_supported(ids.back())) {
+      std::vector<uint8_t> p(ws.back().size());
+      mlxk_repack_rows(ws.back().data(), ids.back(), n, k, p.data(), &ids.back());
+      ws.back().swap(p);
+    }
+  };
+  for (int l = 0; l < layers; ++l)
+    for (auto& d : layer) add((l & 1) ? d.alt : d.type, d.n, d.k);
+  add(head_type, vocab, dim);
+  std::vector<float> xs((size_t)m * 8960, 0.5f), ys((size_t)m * vocab);
+  for (size_t i = 0; i < xs.size(); ++i) xs[i] = (float)((i * 2654435761u) % 1000) / 500.0f - 1.0f;
+  double best = 1e9, sum = 0;
+  for (int t = 0; t < tokens + 1; ++t) {
+    double t0 = now_s();
+    size_t i = 0;
+    for (int l = 0; l < layers; ++l)
+      for (auto& d : layer) {
+        mlxk_qmatmul_f32(ws[i].data(), ids[i], d.n, d.k, xs.data(), m, d.k, ys.data(), d.n);
+        ++i;
+      }
+    mlxk_qmatmul_f32(ws[i].data(), ids[i], vocab, dim, xs.data(), m, dim, ys.data(), vocab);
+    double dt = now_s() - t0;
+    if (t > 0) {
+      best = std::min(best, dt);
+      sum += dt;
+    }
+  }
+  printf("simulated %s decode step, M=%d (%s, %.0f MB weights, %d threads): mean %.2f ms (%.1f rows/s, %.1f GB/s), best %.2f ms\n",
+         model.c_str(), m, repack ? "repacked" : "ggml layout", total / 1e6, hw, sum / tokens * 1e3, m * tokens / sum,
+         total / (sum / tokens) / 1e9, best * 1e3);
 }
 
 int main(int argc, char** argv) {
   const bool quick = argc > 1 && std::string(argv[1]) == "quick";
   std::mt19937_64 rng(42);
   if (argc > 1 && std::string(argv[1]) == "decode") {
-    decode_sim(rng, argc > 2 ? atoi(argv[2]) : 20, argc > 3 && std::string(argv[3]) == "r8");
+    decode_sim(rng, argc > 2 ? atoi(argv[2]) : 20, argc > 3 && std::string(argv[3]) == "r8", argc > 4 ? atoi(argv[4]) : 1,
+               argc > 5 ? argv[5] : "0.5b");
+    return 0;
+  }
+  if (argc > 1 && std::string(argv[1]) == "small") {
+    small_m(rng);
     return 0;
   }
   if (argc > 1 && std::string(argv[1]) == "bw") {
@@ -239,7 +284,7 @@ int main(int argc, char** argv) {
       row(s, t, MLXK_PATH_AVX2, hw, false);
     }
 
-  decode_sim(rng, quick ? 5 : 20, false);
-  decode_sim(rng, quick ? 5 : 20, true);
+  decode_sim(rng, quick ? 5 : 20, false, 1, "0.5b");
+  decode_sim(rng, quick ? 5 : 20, true, 1, "0.5b");
   return 0;
 }

@@ -53,7 +53,18 @@ int main(int argc, char** argv) {
     mlxk_force_path(MLXK_PATH_AUTO);
     return p == MLXK_PATH_AVX2;
   }();
-  printf("avx2 available: %d, default threads %d\n", have_avx2, mlxk_get_num_threads());
+  const int have_vnni = [] {
+    mlxk_force_path(MLXK_PATH_AVX512_VNNI);
+    int p = mlxk_kernel_path();
+    mlxk_force_path(MLXK_PATH_AUTO);
+    return p == MLXK_PATH_AVX512_VNNI;
+  }();
+  printf("avx2 available: %d, avx512-vnni available: %d, default threads %d\n", have_avx2, have_vnni,
+         mlxk_get_num_threads());
+  // The SIMD paths checked against the scalar one (VNNI includes the zmm kernels for m >= 2).
+  const int paths[2] = {MLXK_PATH_AVX2, MLXK_PATH_AVX512_VNNI};
+  const char* path_names[2] = {"avx2", "vnni"};
+  const int npaths = have_avx2 ? (have_vnni ? 2 : 1) : 0;
 
   // error handling
   {
@@ -82,9 +93,9 @@ int main(int argc, char** argv) {
           "type table %s: block %d bytes %lld", t.name, mlxk_block_size(t.id), (long long)rb);
   }
 
-  const int Ms[] = {1, 3, 64, 130};
+  const int Ms[] = {1, 2, 3, 4, 5, 16, 64, 130};
   for (auto& t : kTypes) {
-    Err err;
+    Err errs[2];
     std::vector<int64_t> Ks, Ns = {1, 37, 259};
     if (t.block == 1) Ks = {7, 64, 901};
     else if (t.block == 32) Ks = {32, 160, 896};
@@ -109,75 +120,78 @@ int main(int argc, char** argv) {
           for (int mm = 0; mm < m; ++mm)
             for (int64_t j = n; j < ldy; ++j) pad_ok &= yref[mm * ldy + j] == -777.f;
           CHECK(pad_ok, "%s padding overwritten", t.name);
-          if (!have_avx2) continue;
-          mlxk_force_path(MLXK_PATH_AVX2);
-          mlxk_set_num_threads(1);
-          rc = mlxk_qmatmul_f32(w.data(), t.id, n, k, x.data(), m, ldx, y1.data(), ldy);
-          CHECK(rc == 0, "%s avx2 rc=%d", t.name, rc);
-          mlxk_set_num_threads(3);
-          rc = mlxk_qmatmul_f32(w.data(), t.id, n, k, x.data(), m, ldx, y2.data(), ldy);
-          CHECK(memcmp(y1.data(), y2.data(), 4 * y1.size()) == 0, "%s avx2 1 vs 3 threads differ (m=%d n=%lld k=%lld)",
-                t.name, m, (long long)n, (long long)k);
-          // error vs scalar, relative to sum |w_i x_i| of the row pair
           std::vector<float> wr((size_t)(n * k));
           mlxk_dequantize_rows(w.data(), t.id, n, k, wr.data());
-          // Repacked layout: same results as the ggml rows, bit for bit, on both paths.
-          if (mlxk_repack_supported(t.id)) {
-            std::vector<uint8_t> wp(w.size());
-            int pt = -1;
-            CHECK(mlxk_repack_rows(w.data(), t.id, n, k, wp.data(), &pt) == 0 && pt == (t.id | MLXK_TYPE_REPACKED),
-                  "%s repack rc %s", t.name, mlxk_last_error());
-            std::vector<float> yp(yref), dp((size_t)(n * k)), dw((size_t)(n * k));
-            mlxk_dequantize_rows(w.data(), t.id, n, k, dw.data());
-            mlxk_dequantize_rows(wp.data(), pt, n, k, dp.data());
-            CHECK(memcmp(dw.data(), dp.data(), 4 * dw.size()) == 0, "%s repacked dequantize differs", t.name);
-            mlxk_set_num_threads(2);
-            mlxk_qmatmul_f32(wp.data(), pt, n, k, x.data(), m, ldx, yp.data(), ldy);
-            CHECK(memcmp(yp.data(), y2.data(), 4 * yp.size()) == 0, "%s avx2 repacked differs (m=%d n=%lld k=%lld)",
-                  t.name, m, (long long)n, (long long)k);
-            mlxk_force_path(MLXK_PATH_SCALAR);
-            std::vector<float> ysp(yref);
-            mlxk_qmatmul_f32(wp.data(), pt, n, k, x.data(), m, ldx, ysp.data(), ldy);
-            CHECK(memcmp(ysp.data(), yref.data(), 4 * ysp.size()) == 0, "%s scalar repacked differs", t.name);
-            mlxk_force_path(MLXK_PATH_AVX2);
-          }
-          bool ok = true;
-          for (int mm = 0; mm < m; ++mm)
-            for (int64_t j = 0; j < ldy; ++j) {
-              if (j >= n) {
-                ok &= y1[mm * ldy + j] == -777.f;
-                continue;
-              }
-              // Rigorous bound of the int8 activation rounding: sum over activation blocks of
-              // (amax_b / 127 / 2) * sum_{i in b} |w_i|, plus f32 accumulation slack.
-              const int ab = t.block == 256 ? 256 : 32;
-              double l1 = 0, bound = 0;
-              for (int64_t b0 = 0; b0 < k; b0 += ab) {
-                double amax = 0, wl1 = 0;
-                for (int64_t i = b0; i < b0 + ab && i < k; ++i) {
-                  amax = std::max(amax, (double)std::fabs(x[mm * ldx + i]));
-                  wl1 += std::fabs((double)wr[j * k + i]);
-                  l1 += std::fabs((double)wr[j * k + i] * x[mm * ldx + i]);
-                }
-                bound += 0.5 * amax / 127.0 * wl1;
-              }
-              if (t.block == 1) bound = 0;
-              const double ref = yref[mm * ldy + j], d = std::fabs(y1[mm * ldy + j] - ref);
-              err.max_abs = std::max(err.max_abs, d);
-              if (l1 > 0) err.max_rel_l1 = std::max(err.max_rel_l1, d / l1);
-              if (bound > 0) err.max_of_bound = std::max(err.max_of_bound, d / bound);
-              if (std::fabs(ref) > 0.25 * l1 && std::fabs(ref) > 0) err.max_rel = std::max(err.max_rel, d / std::fabs(ref));
-              const double tol = 1.001 * bound + 2e-6 * l1 + 1e-6;
-              if (!(d <= tol)) {
-                if (ok) printf("  %s m=%d n=%lld k=%lld row %lld col %d: got %g want %g (l1 %g bound %g)\n", t.name, m,
-                               (long long)n, (long long)k, (long long)j, mm, y1[mm * ldy + j], ref, l1, bound);
-                ok = false;
-              }
+          for (int pi = 0; pi < npaths; ++pi) {
+            const int path = paths[pi];
+            const char* pname = path_names[pi];
+            mlxk_force_path(path);
+            mlxk_set_num_threads(1);
+            rc = mlxk_qmatmul_f32(w.data(), t.id, n, k, x.data(), m, ldx, y1.data(), ldy);
+            CHECK(rc == 0, "%s %s rc=%d", t.name, pname, rc);
+            mlxk_set_num_threads(3);
+            rc = mlxk_qmatmul_f32(w.data(), t.id, n, k, x.data(), m, ldx, y2.data(), ldy);
+            CHECK(memcmp(y1.data(), y2.data(), 4 * y1.size()) == 0, "%s %s 1 vs 3 threads differ (m=%d n=%lld k=%lld)",
+                  t.name, pname, m, (long long)n, (long long)k);
+            // Repacked layout: same results as the ggml rows, bit for bit, on every path.
+            if (mlxk_repack_supported(t.id)) {
+              std::vector<uint8_t> wp(w.size());
+              int pt = -1;
+              CHECK(mlxk_repack_rows(w.data(), t.id, n, k, wp.data(), &pt) == 0 && pt == (t.id | MLXK_TYPE_REPACKED),
+                    "%s repack rc %s", t.name, mlxk_last_error());
+              std::vector<float> yp(yref), dp((size_t)(n * k)), dw((size_t)(n * k));
+              mlxk_dequantize_rows(w.data(), t.id, n, k, dw.data());
+              mlxk_dequantize_rows(wp.data(), pt, n, k, dp.data());
+              CHECK(memcmp(dw.data(), dp.data(), 4 * dw.size()) == 0, "%s repacked dequantize differs", t.name);
+              mlxk_set_num_threads(2);
+              mlxk_qmatmul_f32(wp.data(), pt, n, k, x.data(), m, ldx, yp.data(), ldy);
+              CHECK(memcmp(yp.data(), y2.data(), 4 * yp.size()) == 0, "%s %s repacked differs (m=%d n=%lld k=%lld)",
+                    t.name, pname, m, (long long)n, (long long)k);
+              mlxk_force_path(MLXK_PATH_SCALAR);
+              std::vector<float> ysp(yref);
+              mlxk_qmatmul_f32(wp.data(), pt, n, k, x.data(), m, ldx, ysp.data(), ldy);
+              CHECK(memcmp(ysp.data(), yref.data(), 4 * ysp.size()) == 0, "%s scalar repacked differs", t.name);
+              mlxk_force_path(path);
             }
-          CHECK(ok, "%s avx2 vs scalar m=%d n=%lld k=%lld", t.name, m, (long long)n, (long long)k);
+            bool ok = true;
+            for (int mm = 0; mm < m; ++mm)
+              for (int64_t j = 0; j < ldy; ++j) {
+                if (j >= n) {
+                  ok &= y1[mm * ldy + j] == -777.f;
+                  continue;
+                }
+                // Rigorous bound of the int8 activation rounding: sum over activation blocks of
+                // (amax_b / 127 / 2) * sum_{i in b} |w_i|, plus f32 accumulation slack.
+                const int ab = t.block == 256 ? 256 : 32;
+                double l1 = 0, bound = 0;
+                for (int64_t b0 = 0; b0 < k; b0 += ab) {
+                  double amax = 0, wl1 = 0;
+                  for (int64_t i = b0; i < b0 + ab && i < k; ++i) {
+                    amax = std::max(amax, (double)std::fabs(x[mm * ldx + i]));
+                    wl1 += std::fabs((double)wr[j * k + i]);
+                    l1 += std::fabs((double)wr[j * k + i] * x[mm * ldx + i]);
+                  }
+                  bound += 0.5 * amax / 127.0 * wl1;
+                }
+                if (t.block == 1) bound = 0;
+                const double ref = yref[mm * ldy + j], d = std::fabs(y1[mm * ldy + j] - ref);
+                errs[pi].max_abs = std::max(errs[pi].max_abs, d);
+                if (l1 > 0) errs[pi].max_rel_l1 = std::max(errs[pi].max_rel_l1, d / l1);
+                if (bound > 0) errs[pi].max_of_bound = std::max(errs[pi].max_of_bound, d / bound);
+                if (std::fabs(ref) > 0.25 * l1 && std::fabs(ref) > 0) errs[pi].max_rel = std::max(errs[pi].max_rel, d / std::fabs(ref));
+                const double tol = 1.001 * bound + 2e-6 * l1 + 1e-6;
+                if (!(d <= tol)) {
+                  if (ok) printf("  %s %s m=%d n=%lld k=%lld row %lld col %d: got %g want %g (l1 %g bound %g)\n", t.name, pname, m,
+                                 (long long)n, (long long)k, (long long)j, mm, y1[mm * ldy + j], ref, l1, bound);
+                  ok = false;
+                }
+              }
+            CHECK(ok, "%s %s vs scalar m=%d n=%lld k=%lld", t.name, pname, m, (long long)n, (long long)k);
+          }
         }
-    printf("%-5s avx2 vs scalar: max_abs %.3g  max |err|/sum|w*x| %.3g  max rel (|ref|>.25 sum|wx|) %.3g  max err/bound %.3g\n",
-           t.name, err.max_abs, err.max_rel_l1, err.max_rel, err.max_of_bound);
+    for (int pi = 0; pi < npaths; ++pi)
+      printf("%-5s %-4s vs scalar: max_abs %.3g  max |err|/sum|w*x| %.3g  max rel (|ref|>.25 sum|wx|) %.3g  max err/bound %.3g\n",
+             t.name, path_names[pi], errs[pi].max_abs, errs[pi].max_rel_l1, errs[pi].max_rel, errs[pi].max_of_bound);
   }
   mlxk_force_path(MLXK_PATH_AUTO);
   printf("%d passed, %d failed\n", g_pass, g_fail);
