@@ -36,17 +36,22 @@ fn profile_dir() -> PathBuf {
     exe.parent().unwrap().to_path_buf()
 }
 
-/// Directories holding libmlx (also in the cdylib's RUNPATH; repeated for clarity).
+/// The directory holding this build's libmlx (also in the cdylib's RUNPATH; repeated for
+/// clarity): only this build's flavor, since `external/deps/` may also hold another one (the
+/// CUDA wheel of a `--features cuda` build), whose libmlx.so must not be linked here.
 fn mlx_lib_dirs() -> Vec<PathBuf> {
-    let deps = common::repo_root().join("external/deps");
-    let flavors = std::fs::read_dir(&deps)
-        .map(|d| d.flatten().map(|e| e.path()).collect())
-        .unwrap_or_else(|_| vec![]);
-    flavors
-        .into_iter()
-        .map(|f| f.join("mlx/lib"))
-        .filter(|d| d.is_dir())
-        .collect()
+    let flavor = if cfg!(target_os = "macos") {
+        "macos"
+    } else if cfg!(feature = "cuda") {
+        "cuda12"
+    } else {
+        "cpu"
+    };
+    let dir = common::repo_root()
+        .join("external/deps")
+        .join(flavor)
+        .join("mlx/lib");
+    vec![dir].into_iter().filter(|d| d.is_dir()).collect()
 }
 
 /// Compiles `tests/c/{name}.c` against the header and the cdylib; returns the executable.

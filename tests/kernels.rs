@@ -134,8 +134,8 @@ fn every_type_and_path_matches_the_scalar_twin() {
             let (want, mag) = reference(case, &x, m);
             let mut avx2 = Vec::new(); // the AVX2 result per thread count
             let mut vnni = Vec::new(); // the VNNI result per thread count
-            // From 4 activation rows the VNNI path runs the 512-bit kernels (quant_zmm.cpp), whose
-            // float sums run in another order; below, the AVX2 kernels with vpdpbusd.
+                                       // From 4 activation rows the VNNI path runs the 512-bit kernels (quant_zmm.cpp), whose
+                                       // float sums run in another order; below, the AVX2 kernels with vpdpbusd.
             let zmm = m >= 4 && !matches!(quant.as_str(), "F32" | "F16" | "BF16");
             for (path, rel) in [
                 (KernelPath::Scalar, 1e-5),
