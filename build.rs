@@ -33,6 +33,14 @@ fn main() {
     if env::var("CARGO_CFG_TARGET_OS").as_deref() != Ok("windows") {
         println!("cargo:rustc-link-arg=-Wl,-rpath,{}", lib_dir.display());
     }
+    // The CUDA libmlx.so needs libcuda, cuBLAS, cuDNN, NVRTC, cuFFT and NCCL, which the build
+    // does not install (the GPU machine's driver and nvidia-* wheels provide them): the linker
+    // is told that a shared library's undefined symbols resolve at run time. Binaries, tests
+    // and the cdylib link; nothing of ours is left unresolved by this (it covers only symbols
+    // that libmlx.so itself references).
+    if env::var("DEP_MLXC_FLAVOR").as_deref() == Ok("cuda12") {
+        println!("cargo:rustc-link-arg=-Wl,--allow-shlib-undefined");
+    }
 
     if KERNEL_SOURCES.is_empty() {
         return;

@@ -67,7 +67,14 @@ fn run() -> BuildResult<()> {
 
     let cmake = find_cmake(&external)?;
     let compat = manifest_dir.join("compat");
-    let lib_dir = build_mlx_c(&mlx_c, &mlx_cmake_dir, &cmake, &compat);
+    // The CUDA wheel's MLXConfig.cmake demands a CUDA toolkit (find_dependency(CUDAToolkit),
+    // CUDNN); mlx-c, a static library, needs only MLX's headers, so it is configured against a
+    // minimal package describing the wheel's libmlx.so and include directory instead.
+    let mlxc_cmake_dir = match flavor {
+        Flavor::LinuxCuda12 => headers_only_package(&out_dir, &mlx_lib_dir, &mlx_include_dir)?,
+        Flavor::LinuxCpu | Flavor::MacOs => mlx_cmake_dir.clone(),
+    };
+    let lib_dir = build_mlx_c(&mlx_c, &mlxc_cmake_dir, &cmake, &compat);
     generate_bindings(&mlx_c, &external, &out_dir)?;
 
     println!("cargo:rustc-link-search=native={}", lib_dir.display());
@@ -88,7 +95,47 @@ fn run() -> BuildResult<()> {
         "cargo:compat_header={}",
         compat.join("mlx_c_compat_format.h").display()
     );
+    // DEP_MLXC_FLAVOR: the root build script tells the linker that the CUDA libmlx.so's own
+    // dependencies (libcuda, cuBLAS, cuDNN, NCCL: not installed at build time) resolve at run time.
+    println!("cargo:flavor={}", flavor.dir_name());
     Ok(())
+}
+
+/// Writes an `MLXConfig.cmake` that imports `libmlx.so` and MLX's headers as the target `mlx`,
+/// with none of the CUDA toolkit lookups of the wheel's own config; returns its directory.
+fn headers_only_package(
+    out_dir: &Path,
+    lib_dir: &Path,
+    include_dir: &Path,
+) -> BuildResult<PathBuf> {
+    let library = lib_dir.join("libmlx.so");
+    if !library.is_file() || !include_dir.join("mlx/mlx.h").is_file() {
+        return Err(format!(
+            "the CUDA MLX at {} lacks lib/libmlx.so or include/mlx/mlx.h",
+            lib_dir.parent().unwrap_or(lib_dir).display()
+        ));
+    }
+    let dir = out_dir.join("mlx-cmake-headers-only");
+    fs::create_dir_all(&dir).map_err(|e| format!("{}: {e}", dir.display()))?;
+    let config = format!(
+        "# Written by mlx-sys/build.rs: MLX's headers and library, without the CUDA toolkit\n\
+         # lookups of the wheel's own MLXConfig.cmake (mlx-c, a static library, needs none).\n\
+         if(NOT TARGET mlx)\n\
+         \x20 add_library(mlx SHARED IMPORTED)\n\
+         \x20 set_target_properties(mlx PROPERTIES\n\
+         \x20   IMPORTED_LOCATION \"{lib}\"\n\
+         \x20   IMPORTED_SONAME \"libmlx.so\"\n\
+         \x20   INTERFACE_COMPILE_FEATURES \"cxx_std_20\"\n\
+         \x20   INTERFACE_INCLUDE_DIRECTORIES \"{include}\")\n\
+         endif()\n\
+         set(MLX_INCLUDE_DIRS \"{include}\")\n\
+         set(MLX_LIBRARIES mlx)\n",
+        lib = library.display(),
+        include = include_dir.display(),
+    );
+    let path = dir.join("MLXConfig.cmake");
+    fs::write(&path, config).map_err(|e| format!("{}: {e}", path.display()))?;
+    Ok(dir)
 }
 
 /// Which prebuilt MLX to use.
@@ -130,8 +177,16 @@ impl Flavor {
                     .to_string(),
             ],
             Flavor::LinuxCpu => vec!["mlx-cpu==0.32.2".into()],
-            // The CUDA wheel pulls NVIDIA runtime wheels as dependencies; versions pinned, hashes
-            // not (they differ per platform).
+            // The wheel alone (pip runs with --no-deps): its nvidia-* runtime wheels are needed
+            // only to run on a GPU, not to compile and link (see the requirements file).
+            Flavor::LinuxCuda12 if cfg!(target_arch = "x86_64") => vec![
+                "--require-hashes".into(),
+                "-r".into(),
+                external
+                    .join("requirements-linux-x86_64-cuda12.txt")
+                    .display()
+                    .to_string(),
+            ],
             Flavor::LinuxCuda12 => vec!["mlx-cuda-12==0.32.2".into()],
             Flavor::MacOs => vec!["mlx==0.32.2".into()],
         }

@@ -5,7 +5,7 @@
 use crate::engine::{Engine, LoadOptions, LogitRows};
 use crate::error::{Error, Result};
 use crate::fetch::{self, FetchOptions};
-use crate::mlx::{ops, transforms, Array};
+use crate::mlx::{ops, transforms, Array, Device};
 use std::time::Instant;
 
 /// Arguments of `mlx-engine bench`.
@@ -53,6 +53,9 @@ pub struct BenchArgs {
     /// Threads for the CPU kernels (default: all cores).
     #[arg(short = 't', long)]
     pub threads: Option<usize>,
+    /// Where the model runs: `cpu` or `gpu` (a `--features cuda` build).
+    #[arg(long, value_enum, default_value = "cpu")]
+    pub device: Device,
     /// Output format: table, markdown or json.
     #[arg(short = 'o', long, default_value = "table")]
     pub output: String,
@@ -171,8 +174,13 @@ pub fn run(args: &BenchArgs) -> Result<()> {
     if let Some(threads) = args.threads {
         crate::mlx::kernels::set_num_threads(threads);
     }
+    crate::mlx::set_default_device(args.device)?;
     let resolved = fetch::resolve(&args.model, &FetchOptions::default())?;
-    let engine = Engine::load(&resolved.path, &LoadOptions::default())?;
+    let load = LoadOptions {
+        device: args.device,
+        ..LoadOptions::default()
+    };
+    let engine = Engine::load(&resolved.path, &load)?;
     let mut results = Vec::new();
     // One warm-up pass so that page faults of the mapped weights are not measured.
     measure_prompt(&engine, 16)?;

@@ -36,17 +36,22 @@ fn profile_dir() -> PathBuf {
     exe.parent().unwrap().to_path_buf()
 }
 
-/// Directories holding libmlx (also in the cdylib's RUNPATH; repeated for clarity).
+/// The directory holding this build's libmlx (also in the cdylib's RUNPATH; repeated for
+/// clarity): only this build's flavor, since `external/deps/` may also hold another one (the
+/// CUDA wheel of a `--features cuda` build), whose libmlx.so must not be linked here.
 fn mlx_lib_dirs() -> Vec<PathBuf> {
-    let deps = common::repo_root().join("external/deps");
-    let flavors = std::fs::read_dir(&deps)
-        .map(|d| d.flatten().map(|e| e.path()).collect())
-        .unwrap_or_else(|_| vec![]);
-    flavors
-        .into_iter()
-        .map(|f| f.join("mlx/lib"))
-        .filter(|d| d.is_dir())
-        .collect()
+    let flavor = if cfg!(target_os = "macos") {
+        "macos"
+    } else if cfg!(feature = "cuda") {
+        "cuda12"
+    } else {
+        "cpu"
+    };
+    let dir = common::repo_root()
+        .join("external/deps")
+        .join(flavor)
+        .join("mlx/lib");
+    vec![dir].into_iter().filter(|d| d.is_dir()).collect()
 }
 
 /// Compiles `tests/c/{name}.c` against the header and the cdylib; returns the executable.
@@ -453,4 +458,21 @@ fn c_programs_call_every_function() {
             "no C test calls {name}"
         );
     }
+}
+
+/// In a build without a GPU backend, `MLXE_DEVICE_GPU` fails with `MLXE_ERROR` and an error
+/// that says so (and how to get one), before the model file is even read.
+#[cfg(not(any(feature = "cuda", target_os = "macos")))]
+#[test]
+fn c_gpu_request_without_a_gpu_backend_is_a_clear_error() {
+    let dir = tempfile::tempdir().unwrap();
+    let model = synthetic_model(dir.path(), 0);
+    let exe = compile_c("no_gpu", dir.path());
+    let out = run(&exe, &[model.to_str().unwrap()]);
+    let (status, message) = out.split_once('\n').unwrap();
+    assert_eq!(status, "1", "mlxe_backend_new status; stdout: {out}");
+    assert!(
+        message.contains("no GPU backend") && message.contains("--features cuda"),
+        "mlxe_last_error: {message}"
+    );
 }

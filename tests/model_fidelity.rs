@@ -23,6 +23,7 @@
 mod common;
 
 use mlx_engine::engine::{Engine, LoadOptions};
+use mlx_engine::mlx::Device;
 use mlx_engine::model::Execution;
 use std::path::Path;
 
@@ -150,11 +151,19 @@ fn check_model(model: &Path, tokens: &[u32]) {
 
 fn check_model_with(model: &Path, tokens: &[u32], kernel: Tol) {
     let reference = reference_logits(model, tokens);
-    for (execution, tol) in [
-        (Execution::CpuDense, uniform(DENSE_TOL)),
-        (Execution::CpuKernel, kernel),
-    ] {
+    let mut runs = vec![
+        (Device::Cpu, Execution::CpuDense, uniform(DENSE_TOL)),
+        (Device::Cpu, Execution::CpuKernel, kernel),
+    ];
+    // `MLX_ENGINE_TEST_GPU=1` (a `--features cuda` build on an NVIDIA machine, or macOS): also
+    // MLX's affine `quantized_matmul` on the GPU, against the same reference and, until a GPU
+    // run says otherwise, the kernel tolerance (scripts/gpu_check.sh).
+    if std::env::var_os("MLX_ENGINE_TEST_GPU").is_some_and(|v| v == "1") {
+        runs.push((Device::Gpu, Execution::Gpu, kernel));
+    }
+    for (device, execution, tol) in runs {
         let options = LoadOptions {
+            device,
             execution: Some(execution),
             ..LoadOptions::default()
         };

@@ -7,6 +7,7 @@ use mlx_engine::chat_template::{ChatMessage, ChatTemplate};
 use mlx_engine::constraint::{Grammar, GrammarCompiler};
 use mlx_engine::engine::{Engine, GenerateOptions, LoadOptions};
 use mlx_engine::fetch::{self, FetchOptions};
+use mlx_engine::mlx::Device;
 use mlx_engine::registry;
 use mlx_engine::sampler::{Sampler, SamplerParams};
 use mlx_engine::speculative;
@@ -92,6 +93,10 @@ struct RunArgs {
     /// Threads for the CPU kernels (default: all cores).
     #[arg(long, short = 't')]
     threads: Option<usize>,
+    /// Where the model runs: `cpu` (our quantized kernels) or `gpu` (MLX's GPU backend, in a
+    /// `--features cuda` build).
+    #[arg(long, value_enum, default_value = "cpu")]
+    device: Device,
     /// Speculative decoding: `lookup` drafts from n-gram matches in the text so far, `draft`
     /// from a smaller model (--draft-model). The output is distributed as without it.
     #[arg(long, value_enum)]
@@ -153,6 +158,14 @@ fn main() {
 
 fn list_models() -> Result<()> {
     let opts = FetchOptions::default();
+    let gpu = if Device::Gpu.is_available() {
+        "gpu available"
+    } else if cfg!(feature = "cuda") {
+        "gpu: none found (no NVIDIA driver or device)"
+    } else {
+        "gpu: not in this build (see `--features cuda`)"
+    };
+    println!("devices: cpu (default), {gpu}\n");
     for card in registry::all() {
         let cached = fetch::cached(card, &opts);
         let state = match (&cached, card.runnable) {
@@ -240,7 +253,11 @@ fn make_drafter(
                 .as_deref()
                 .context("--speculative draft needs --draft-model NAME|PATH")?;
             let resolved = fetch::resolve(name, &FetchOptions::default())?;
-            let draft = Engine::load(&resolved.path, &LoadOptions::default())
+            let load = LoadOptions {
+                device: args.device,
+                ..LoadOptions::default()
+            };
+            let draft = Engine::load(&resolved.path, &load)
                 .with_context(|| format!("loading the draft model {}", resolved.path.display()))?;
             let model = speculative::DraftModel::new(target, draft)
                 .with_context(|| format!("--draft-model {name}"))?;
@@ -347,10 +364,16 @@ fn run(args: &RunArgs) -> Result<()> {
     if let Some(threads) = args.threads {
         mlx_engine::mlx::kernels::set_num_threads(threads);
     }
+    // Checked first, so that a missing GPU is reported before a model is fetched or read.
+    mlx_engine::mlx::set_default_device(args.device)?;
     let prompt = read_prompt(args)?;
     let resolved = fetch::resolve(&args.model, &FetchOptions::default())?;
     tracing::info!("model {} from {}", resolved.path.display(), resolved.source);
-    let engine = Engine::load(&resolved.path, &LoadOptions::default())?;
+    let load = LoadOptions {
+        device: args.device,
+        ..LoadOptions::default()
+    };
+    let engine = Engine::load(&resolved.path, &load)?;
     let tokenizer = engine.tokenizer()?;
     let text = render_prompt(args, &engine, &tokenizer, &prompt)?;
     let chat = args.chat || args.system.is_some();

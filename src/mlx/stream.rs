@@ -6,10 +6,30 @@ use crate::mlx::handler::{check, install_error_handler};
 use std::cell::RefCell;
 
 /// Where MLX runs an op.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
 pub enum Device {
+    /// The CPU (every build).
     Cpu,
+    /// MLX's GPU backend: CUDA in a `--features cuda` build on Linux, Metal on macOS.
     Gpu,
+}
+
+/// Why `device` cannot run in this build or on this machine, naming what to do about it.
+fn unavailable_message(device: Device) -> String {
+    match device {
+        Device::Cpu => "MLX reports no CPU device (a broken MLX installation?)".to_string(),
+        Device::Gpu if cfg!(target_os = "macos") => {
+            "MLX reports no Metal GPU on this Mac".to_string()
+        }
+        Device::Gpu if cfg!(feature = "cuda") => "MLX's CUDA backend found no usable GPU: \
+             no NVIDIA driver, or no CUDA device visible (check `nvidia-smi` and \
+             CUDA_VISIBLE_DEVICES)"
+            .to_string(),
+        Device::Gpu => "this build has no GPU backend (it links MLX's CPU-only wheel); \
+             rebuild with `cargo build --release --features cuda` on Linux with an NVIDIA GPU \
+             (see README, \"GPU\"), or run on the CPU"
+            .to_string(),
+    }
 }
 
 impl Device {
@@ -45,9 +65,7 @@ impl Stream {
     pub fn default_for(device: Device) -> Result<Stream> {
         install_error_handler();
         if !device.is_available() {
-            return Err(Error::Unsupported(format!(
-                "{device:?} is not available in this MLX build"
-            )));
+            return Err(Error::Unsupported(unavailable_message(device)));
         }
         // SAFETY: handles created here; the device handle is freed after use and the stream
         // handle is owned by the returned `Stream`.
