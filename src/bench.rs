@@ -137,7 +137,7 @@ pub fn measure_batched(engine: &Engine, batch: usize, prompt: usize, n: usize) -
     for (s, cache) in caches.iter_mut().enumerate() {
         let tokens = bench_tokens(prompt.max(1) + s, vocab);
         let prefilled = engine.prefill(&tokens[s..], cache, 512, LogitRows::Last)?;
-        next.push(argmax_host(&prefilled.data));
+        next.push(crate::sampler::argmax(&prefilled.data));
     }
     let start = Instant::now();
     for _ in 0..n {
@@ -149,16 +149,6 @@ pub fn measure_batched(engine: &Engine, batch: usize, prompt: usize, n: usize) -
         next = best.to_vec::<u32>()?;
     }
     Ok((batch * n) as f64 / start.elapsed().as_secs_f64())
-}
-
-fn argmax_host(row: &[f32]) -> u32 {
-    let mut best = 0;
-    for (i, &v) in row.iter().enumerate() {
-        if v > row[best] {
-            best = i;
-        }
-    }
-    best as u32
 }
 
 /// Peak resident set size of this process (Linux `VmHWM`), if the platform reports it.

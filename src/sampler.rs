@@ -437,7 +437,7 @@ fn log_sum_exp(logits: &[f32]) -> Result<f32> {
 }
 
 /// The id of the largest logit; the lowest id among equals.
-fn argmax(logits: &[f32]) -> u32 {
+pub fn argmax(logits: &[f32]) -> u32 {
     let mut best = 0;
     for (i, &l) in logits.iter().enumerate() {
         if l > logits[best] {
