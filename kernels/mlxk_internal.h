@@ -3,7 +3,9 @@
 
 #include <cstddef>
 #include <cstdint>
+#include <cstdlib>
 #include <cstring>
+#include <new>
 
 #include "mlx_engine_kernels.h"
 
@@ -106,6 +108,29 @@ inline void kquant_scale_min(const uint8_t* s, uint8_t sc[8], uint8_t mn[8]) {
     mn[j] = (uint8_t)((s[j + 4] >> 4) | ((s[j] >> 6) << 4));
   }
 }
+
+// A growable 64-byte-aligned scratch buffer (kept per thread by its users); get() throws
+// std::bad_alloc when the allocation fails.
+struct AlignedScratch {
+  uint8_t* p = nullptr;
+  size_t cap = 0;
+  AlignedScratch() = default;
+  AlignedScratch(const AlignedScratch&) = delete;
+  AlignedScratch& operator=(const AlignedScratch&) = delete;
+  ~AlignedScratch() { std::free(p); }
+  uint8_t* get(size_t n) {
+    if (n > cap) {
+      std::free(p);
+      cap = (n + 4095) / 4096 * 4096;
+      p = (uint8_t*)std::aligned_alloc(64, cap);
+      if (!p) {
+        cap = 0;
+        throw std::bad_alloc();
+      }
+    }
+    return p;
+  }
+};
 
 // ---- the problem description handed to a kernel path ----
 struct Problem {

@@ -45,25 +45,6 @@ int current_path() {
   return f;
 }
 
-// A 64-byte aligned growable scratch buffer, one per calling thread.
-struct Scratch {
-  uint8_t* p = nullptr;
-  size_t cap = 0;
-  ~Scratch() { std::free(p); }
-  uint8_t* get(size_t n) {
-    if (n > cap) {
-      std::free(p);
-      p = nullptr;
-      cap = 0;
-      size_t c = (n + 63) / 64 * 64;
-      p = (uint8_t*)std::aligned_alloc(64, c);
-      if (!p) throw std::bad_alloc();
-      cap = c;
-    }
-    return p;
-  }
-};
-
 // Activation rows from which the VNNI path runs the zmm kernels (quant_zmm.cpp) instead of its
 // 256-bit tiles: MLX_ENGINE_ZMM_MIN_ROWS, default 4 (a large value turns them off). Below 4 rows
 // the panel decode costs more than the 256-bit tiles (kernels/README.md).
@@ -250,7 +231,7 @@ void multi_chunk(const MultiJob& j, const MultiPart& pt, int64_t r0, int64_t r1)
     // place while both are in cache. The sub-problem starts at row r0 but keeps the end of
     // the weights (the GEMV prefetch bound) where the full problem has it.
     const int64_t w = r1 - r0;
-    thread_local Scratch scratch;
+    thread_local AlignedScratch scratch;
     float* u = (float*)scratch.get(sizeof(float) * (size_t)(w * p.m));
     Problem up = pt.up;
     up.w += (size_t)r0 * up.row_bytes;
@@ -348,7 +329,7 @@ int qmatmul_checked(const void* w, int type, int64_t n, int64_t k, const float* 
   if (is_simd(path)) {
     const size_t arb = act_bytes(path, type, k, m);
     if (arb) {
-      thread_local Scratch scratch;
+      thread_local AlignedScratch scratch;
       uint8_t* xq = scratch.get(arb * (size_t)m);
       p.xq = xq;
       p.xq_stride = arb;
@@ -474,7 +455,7 @@ int qmatmul_multi_checked(const float* x, int64_t m, int64_t ldx, int64_t k, con
 
   // Quantize the activations once per format the weights need (AVX2 path).
   if (is_simd(path)) {
-    thread_local Scratch scratch[2];
+    thread_local AlignedScratch scratch[2];
     ActFormat fmts[2];
     int nfmts = 0;
     int fmt_of[kMaxMultiWeights];

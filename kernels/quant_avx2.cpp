@@ -652,26 +652,9 @@ const PanelTable* panel_table_for(int type) {
   }
 }
 
-struct AlignedBuf {
-  uint8_t* p = nullptr;
-  size_t cap = 0;
-  ~AlignedBuf() { std::free(p); }
-  uint8_t* get(size_t n) {
-    if (n > cap) {
-      std::free(p);
-      cap = (n + 4095) / 4096 * 4096;
-      p = (uint8_t*)std::aligned_alloc(64, cap);
-      if (!p) {
-        cap = 0;
-        throw std::bad_alloc();
-      }
-    }
-    return p;
-  }
-};
 
 void panel_gemm(const Problem& p, const PanelTable* pt, int64_t n0, int64_t n1) {
-  thread_local AlignedBuf buf;
+  thread_local AlignedScratch buf;
   const int64_t nb = p.k / 32;
   const size_t qbytes = (size_t)PR * p.k, fbytes = (size_t)PR * nb * 4;
   uint8_t* base = buf.get(qbytes + 2 * fbytes + 64);
@@ -1007,7 +990,7 @@ typedef void (*KDecodeFn)(const uint8_t*, size_t, int, const KPanel&);
 const KPanelFn kKPanel[KR][KC] = {MLXK_KPROW(1), MLXK_KPROW(2), MLXK_KPROW(3), MLXK_KPROW(4)};
 
 void kq_panel_gemm(const Problem& p, int64_t n0, int64_t n1) {
-  thread_local AlignedBuf buf;
+  thread_local AlignedScratch buf;
   const int64_t nsb = p.k / 256;
   const size_t qb = (size_t)KR * p.k, svb = (size_t)KR * (p.k / 32) * 32, mnb = (size_t)KR * nsb * 32,
                fb = (size_t)KR * nsb * 4;

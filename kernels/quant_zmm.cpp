@@ -263,23 +263,6 @@ typedef void (*KernelFn)(const uint8_t*, const float*, const float*, int64_t, co
 const KernelFn kKernels32[PC] = {&kernel<1, 32>, &kernel<2, 32>, &kernel<3, 32>, &kernel<4, 32>};
 const KernelFn kKernels16[PC] = {&kernel<1, 16>, &kernel<2, 16>, &kernel<3, 16>, &kernel<4, 16>};
 
-struct Buf {
-  uint8_t* p = nullptr;
-  size_t cap = 0;
-  ~Buf() { std::free(p); }
-  uint8_t* get(size_t n) {
-    if (n > cap) {
-      std::free(p);
-      cap = (n + 4095) / 4096 * 4096;
-      p = (uint8_t*)std::aligned_alloc(64, cap);
-      if (!p) {
-        cap = 0;
-        throw std::bad_alloc();
-      }
-    }
-    return p;
-  }
-};
 
 ZMM_INL int hsum_i(__m256i s) {
   __m128i t = _mm_add_epi32(_mm256_castsi256_si128(s), _mm256_extracti128_si256(s, 1));
@@ -400,7 +383,7 @@ ZMM_FN void quantize_act_row(const float* x, int64_t k, uint8_t* dst) {
 }
 
 ZMM_FN void compute_rows(const Problem& p, int64_t n0, int64_t n1) {
-  thread_local Buf buf;
+  thread_local AlignedScratch buf;
   thread_local Tile tile;
   const int64_t kp = padded(p.k);
   const int G = base_type(p.type) == T_Q6_K ? 16 : 32;
