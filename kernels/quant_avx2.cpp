@@ -36,6 +36,8 @@
 
 #define AVX2_FN __attribute__((target(MLXK_SIMD_TARGET)))
 #define AVX2_INL static inline __attribute__((always_inline, target(MLXK_SIMD_TARGET)))
+// The same for member functions (no `static`).
+#define AVX2_MEM inline __attribute__((always_inline, target(MLXK_SIMD_TARGET)))
 
 namespace mlxe {
 namespace MLXK_SIMD_NS {
@@ -261,10 +263,23 @@ AVX2_INL void load_scales8(const uint8_t* p, int nv, __m256* d, __m256* m, bool 
   if (want_m) *m = _mm256_cvtph_ps(_mm_set_epi64x((long long)mh, (long long)ml));
 }
 
-template <int TYPE, int R, int C, bool FULL>
-AVX2_INL void b32_group(const uint8_t* w, size_t ws, int64_t g, int nv, const int8_t* const* xq,
-                        const float* const* xd, const float* const* xs, const int32_t* const* xi,
-                        __m256 (&acc)[R][C]) {
+// Where b32_group reads a block's bytes and the scales (and mins) of a group of 8 blocks: ggml
+// rows, decoded as they are read (GEMV and small-M tiles), or a panel decoded once (GEMM). Both
+// give the same values, so the same arithmetic follows and results do not depend on M.
+template <int TYPE>
+struct GgmlRows {
+  const uint8_t* w;
+  size_t ws;
+  AVX2_MEM __m256i block(int r, int64_t b) const { return B32<TYPE>::decode(w + r * ws + b * B32<TYPE>::bytes); }
+  template <bool FULL>
+  AVX2_MEM void scales8(int r, int64_t g, int nv, __m256i, __m256* d, __m256* m) const {
+    load_scales8<B32<TYPE>::bytes, FULL>(w + r * ws + 8 * g * B32<TYPE>::bytes, nv, d, m, B32<TYPE>::has_min);
+  }
+};
+
+template <int TYPE, int R, int C, bool FULL, class SRC>
+AVX2_INL void b32_group(const SRC& src, int64_t g, int nv, const int8_t* const* xq, const float* const* xd,
+                        const float* const* xs, const int32_t* const* xi, __m256 (&acc)[R][C]) {
   typedef B32<TYPE> F;
   const __m256i ones = _mm256_set1_epi16(1);
   const __m256i lane = _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7);
@@ -278,7 +293,7 @@ AVX2_INL void b32_group(const uint8_t* w, size_t ws, int64_t g, int nv, const in
 #pragma GCC unroll 8
     for (int r = 0; r < R; ++r) {
       if (valid) {
-        wv[r] = F::decode(w + r * ws + (8 * g + b) * F::bytes);
+        wv[r] = src.block(r, 8 * g + b);
         if constexpr (F::is_signed) wu[r] = _mm256_sign_epi8(wv[r], wv[r]);
       } else {
         wv[r] = wu[r] = _mm256_setzero_si256();
@@ -309,7 +324,7 @@ AVX2_INL void b32_group(const uint8_t* w, size_t ws, int64_t g, int nv, const in
   }
   __m256 dw[R], mw[R];
 #pragma GCC unroll 8
-  for (int r = 0; r < R; ++r) load_scales8<F::bytes, FULL>(w + r * ws + 8 * g * F::bytes, nv, &dw[r], &mw[r], F::has_min);
+  for (int r = 0; r < R; ++r) src.template scales8<FULL>(r, g, nv, mask, &dw[r], &mw[r]);
 #pragma GCC unroll 8
   for (int c = 0; c < C; ++c) {
     const __m256 dx = FULL ? _mm256_loadu_ps(xd[c] + 8 * g) : _mm256_maskload_ps(xd[c] + 8 * g, mask);
@@ -473,9 +488,9 @@ AVX2_FN void tile_b32(const uint8_t* w, size_t ws, const uint8_t* const* xa, int
     if constexpr (REPACKED)
       r8_group<TYPE, R, C>(w, ws, g, xq, xd, xi, acc);
     else
-      b32_group<TYPE, R, C, true>(w, ws, g, 8, xq, xd, xs, xi, acc);
+      b32_group<TYPE, R, C, true>(GgmlRows<TYPE>{w, ws}, g, 8, xq, xd, xs, xi, acc);
   }
-  if (nb % 8) b32_group<TYPE, R, C, false>(w, ws, ng, (int)(nb % 8), xq, xd, xs, xi, acc);
+  if (nb % 8) b32_group<TYPE, R, C, false>(GgmlRows<TYPE>{w, ws}, ng, (int)(nb % 8), xq, xd, xs, xi, acc);
 #pragma GCC unroll 8
   for (int c = 0; c < C; ++c)
 #pragma GCC unroll 8
@@ -553,66 +568,46 @@ AVX2_FN void r8_decode_panel(const uint8_t* w, size_t ws, int rows, const Panel&
   }
 }
 
+// A decoded panel as b32_group's weight source.
+template <int TYPE>
+struct PanelRows {
+  const Panel& P;
+  AVX2_MEM __m256i block(int r, int64_t b) const { return _mm256_load_si256((const __m256i*)(P.q + r * P.k + 32 * b)); }
+  template <bool FULL>
+  AVX2_MEM void scales8(int r, int64_t g, int, __m256i mask, __m256* d, __m256* m) const {
+    const float* dp = P.d + r * P.nb + 8 * g;
+    *d = FULL ? _mm256_loadu_ps(dp) : _mm256_maskload_ps(dp, mask);
+    if constexpr (B32<TYPE>::has_min) {
+      const float* mp = P.m + r * P.nb + 8 * g;
+      *m = FULL ? _mm256_loadu_ps(mp) : _mm256_maskload_ps(mp, mask);
+    }
+  }
+};
+
+// The panel's rows against C activation rows: tile_b32's arithmetic on decoded bytes.
 template <int TYPE, int R, int C>
 AVX2_FN void b32_panel_kernel(const Panel& P, const uint8_t* const* xa, float* y, int64_t ldy) {
-  typedef B32<TYPE> F;
   const int64_t k = P.k, nb = P.nb;
   const int8_t* xq[C];
   const float* xd[C];
   const float* xs[C];
+  const int32_t* xi[C];
 #pragma GCC unroll 8
   for (int c = 0; c < C; ++c) {
     xq[c] = (const int8_t*)xa[c];
     xd[c] = (const float*)(xa[c] + k);
     xs[c] = xd[c] + nb;
+    xi[c] = (const int32_t*)(xs[c] + nb);
   }
-  const __m256i ones = _mm256_set1_epi16(1);
   __m256 acc[R][C];
 #pragma GCC unroll 8
   for (int r = 0; r < R; ++r)
 #pragma GCC unroll 8
     for (int c = 0; c < C; ++c) acc[r][c] = _mm256_setzero_ps();
-  for (int64_t b = 0; b < nb; ++b) {
-    __m256 dx[C];
-#pragma GCC unroll 8
-    for (int c = 0; c < C; ++c) dx[c] = _mm256_broadcast_ss(xd[c] + b);
-#pragma GCC unroll 8
-    for (int r = 0; r < R; ++r) {
-      const __m256i wv = _mm256_load_si256((const __m256i*)(P.q + r * k + 32 * b));
-      __m256i wu;
-      if constexpr (F::is_signed) wu = _mm256_sign_epi8(wv, wv);
-      const __m256 dw = _mm256_broadcast_ss(P.d + r * nb + b);
-#pragma GCC unroll 8
-      for (int c = 0; c < C; ++c) {
-        const __m256i xv = _mm256_load_si256((const __m256i*)(xq[c] + 32 * b));
-        __m256i i;
-        if constexpr (F::is_signed)
-          i = dot_u8s8(wu, _mm256_sign_epi8(xv, wv), ones);
-        else
-          i = dot_u8s8(wv, xv, ones);
-        const __m256 f = _mm256_cvtepi32_ps(i);
-        acc[r][c] = _mm256_fmadd_ps(f, _mm256_mul_ps(dw, dx[c]), acc[r][c]);
-      }
-    }
-  }
-  // Offset (-OFF * sum_b d_b * s_b) and min (sum_b m_b * s_b) terms: dots over blocks.
-  if constexpr (F::off != 0 || F::has_min) {
-    const float* src = F::has_min ? P.m : P.d;
-    const __m256 sc = _mm256_set1_ps(F::has_min ? 1.0f : -(float)F::off);
-#pragma GCC unroll 8
-    for (int r = 0; r < R; ++r)
-#pragma GCC unroll 8
-      for (int c = 0; c < C; ++c) {
-        __m256 t = _mm256_setzero_ps();
-        int64_t b = 0;
-        for (; b + 8 <= nb; b += 8)
-          t = _mm256_fmadd_ps(_mm256_loadu_ps(src + r * nb + b), _mm256_loadu_ps(xs[c] + b), t);
-        float tail = 0.f;
-        for (; b < nb; ++b) tail += src[r * nb + b] * xs[c][b];
-        acc[r][c] = _mm256_fmadd_ps(sc, t, acc[r][c]);
-        acc[r][c] = _mm256_add_ps(acc[r][c], _mm256_setr_ps(tail * sc[0], 0, 0, 0, 0, 0, 0, 0));
-      }
-  }
+  const PanelRows<TYPE> src{P};
+  const int64_t ng = nb / 8;
+  for (int64_t g = 0; g < ng; ++g) b32_group<TYPE, R, C, true>(src, g, 8, xq, xd, xs, xi, acc);
+  if (nb % 8) b32_group<TYPE, R, C, false>(src, ng, (int)(nb % 8), xq, xd, xs, xi, acc);
 #pragma GCC unroll 8
   for (int c = 0; c < C; ++c)
 #pragma GCC unroll 8
@@ -928,7 +923,10 @@ AVX2_FN void kq_decode_panel(const uint8_t* w, size_t ws, int rows, const KPanel
   }
 }
 
-template <int R, int C>
+// Q6 (Q6_K): mn holds the sub-block scales and the -32 offset comes off the int32 sums, as in
+// tile_q6k; otherwise (Q4_K, Q5_K) mn holds the mins, as in tile_q45k. Either way the tile's
+// arithmetic, so results do not depend on M.
+template <int R, int C, bool Q6>
 AVX2_FN void kq_panel_kernel(const KPanel& P, const uint8_t* const* xa, float* y, int64_t ldy) {
   const int64_t k = P.k, nsb = P.nsb;
   const int8_t* xq[C];
@@ -972,9 +970,14 @@ AVX2_FN void kq_panel_kernel(const KPanel& P, const uint8_t* const* xa, float* y
 #pragma GCC unroll 8
       for (int r = 0; r < R; ++r) {
         const int64_t o = r * nsb + sb;
-        acc[r][c] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(iacc[r][c]), _mm256_set1_ps(P.d[o] * dx), acc[r][c]);
-        const __m256 mins = _mm256_cvtepi32_ps(_mm256_madd_epi16(_mm256_load_si256(P.mn + o), bsv));
-        acc[r][c] = _mm256_fnmadd_ps(mins, _mm256_set1_ps(P.dm[o] * dx), acc[r][c]);
+        const __m256i mb = _mm256_madd_epi16(_mm256_load_si256(P.mn + o), bsv);
+        if constexpr (Q6) {  // q - 32 taken off in int32, as tile_q6k does
+          const __m256i t = _mm256_sub_epi32(iacc[r][c], _mm256_slli_epi32(mb, 5));
+          acc[r][c] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(t), _mm256_set1_ps(P.d[o] * dx), acc[r][c]);
+        } else {
+          acc[r][c] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(iacc[r][c]), _mm256_set1_ps(P.d[o] * dx), acc[r][c]);
+          acc[r][c] = _mm256_fnmadd_ps(_mm256_cvtepi32_ps(mb), _mm256_set1_ps(P.dm[o] * dx), acc[r][c]);
+        }
       }
     }
   }
@@ -986,8 +989,11 @@ AVX2_FN void kq_panel_kernel(const KPanel& P, const uint8_t* const* xa, float* y
 
 typedef void (*KPanelFn)(const KPanel&, const uint8_t* const*, float*, int64_t);
 typedef void (*KDecodeFn)(const uint8_t*, size_t, int, const KPanel&);
-#define MLXK_KPROW(R) {&kq_panel_kernel<R, 1>, &kq_panel_kernel<R, 2>}
-const KPanelFn kKPanel[KR][KC] = {MLXK_KPROW(1), MLXK_KPROW(2), MLXK_KPROW(3), MLXK_KPROW(4)};
+#define MLXK_KPROW(R, Q6) {&kq_panel_kernel<R, 1, Q6>, &kq_panel_kernel<R, 2, Q6>}
+const KPanelFn kKPanel[KR][KC] = {MLXK_KPROW(1, false), MLXK_KPROW(2, false), MLXK_KPROW(3, false),
+                                  MLXK_KPROW(4, false)};
+const KPanelFn kKPanel6[KR][KC] = {MLXK_KPROW(1, true), MLXK_KPROW(2, true), MLXK_KPROW(3, true),
+                                   MLXK_KPROW(4, true)};
 
 void kq_panel_gemm(const Problem& p, int64_t n0, int64_t n1) {
   thread_local AlignedScratch buf;
@@ -1007,7 +1013,7 @@ void kq_panel_gemm(const Problem& p, int64_t n0, int64_t n1) {
     for (int64_t m0 = 0; m0 < p.m; m0 += KC) {
       const int cc = (int)((p.m - m0) < KC ? (p.m - m0) : KC);
       for (int c = 0; c < cc; ++c) xa[c] = p.xq + (size_t)(m0 + c) * p.xq_stride;
-      kKPanel[rr - 1][cc - 1](P, xa, p.y + m0 * p.ldy + r0, p.ldy);
+      (p.type == T_Q6_K ? kKPanel6 : kKPanel)[rr - 1][cc - 1](P, xa, p.y + m0 * p.ldy + r0, p.ldy);
     }
   }
 }

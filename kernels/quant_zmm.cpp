@@ -20,8 +20,11 @@
 //
 // The decode goes through a per-thread tile of 16 rows x 256 elements (each row's chunk decoded
 // with 32-byte stores), then each block is transposed into the panel with 8x8 dword transposes
-// in both halves of a zmm. Results differ from the AVX2 path only by the activation blocks of
-// the K-quants (32 here, 256 there) and the order of the float sums.
+// in both halves of a zmm. For the 32-block types kernel32 keeps the AVX2 GEMV's arithmetic
+// (block b into accumulator b % 8, offsets off in int32, the same final sum order), so results
+// equal the AVX2 path bit for bit and do not depend on M. The opt-in K-quant kernels
+// (MLX_ENGINE_ZMM_KQUANTS=1) differ by the activation blocks (32 here, 256 there) and the order
+// of the float sums.
 #include <cstdlib>
 #include <new>
 
@@ -259,8 +262,56 @@ ZMM_FN void kernel(const uint8_t* pq, const float* pd, const float* pc, int64_t 
   for (int c = 0; c < C; ++c) _mm512_mask_storeu_ps(y + c * ldy, mask, _mm512_add_ps(acc[c], cor[c]));
 }
 
+// The 32-element block types, bit for bit as the AVX2 path (quant_avx2.cpp, tile_b32) computes
+// them, so a result does not depend on how many rows are multiplied at once (batch invariance:
+// a prompt read whole, or token by token after a prefix-cache hit, gives the same logits):
+// block b goes to accumulator b % 8 with the same FMA (and the min's FMA right after it, MIN),
+// and the 8 accumulators are summed in hsum_ps's order, ((a0 + a4) + (a2 + a6)) + ((a1 + a5) +
+// (a3 + a7)). kp is a multiple of 256, so the blocks come in whole groups of 8.
+template <int C, bool MIN>
+ZMM_FN void kernel32(const uint8_t* pq, const float* pd, const float* pc, int64_t kp, const Act* xa, float* y,
+                     int64_t ldy, int nrow, int off) {
+  __m512 acc[8][C];
+#pragma GCC unroll 8
+  for (int j = 0; j < 8; ++j)
+#pragma GCC unroll 4
+    for (int c = 0; c < C; ++c) acc[j][c] = _mm512_setzero_ps();
+  for (int64_t u0 = 0; u0 < kp / 32; u0 += 8) {
+#pragma GCC unroll 8
+    for (int j = 0; j < 8; ++j) {
+      const int64_t u = u0 + j;
+      __m512i ia[C];
+#pragma GCC unroll 4
+      for (int c = 0; c < C; ++c) ia[c] = _mm512_setzero_si512();
+#pragma GCC unroll 8
+      for (int g = 0; g < 8; ++g) {
+        const __m512i wv = _mm512_load_si512((const void*)(pq + (u * 8 + g) * 64));
+#pragma GCC unroll 4
+        for (int c = 0; c < C; ++c)
+          ia[c] = _mm512_dpbusd_epi32(ia[c], wv, _mm512_set1_epi32((int)load_u32((const uint8_t*)xa[c].q + u * 32 + 4 * g)));
+      }
+      const __m512 dv = _mm512_load_ps(pd + 16 * u);
+#pragma GCC unroll 4
+      for (int c = 0; c < C; ++c) {
+        if (off) ia[c] = _mm512_sub_epi32(ia[c], _mm512_set1_epi32(off * xa[c].i32[u]));
+        acc[j][c] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(ia[c]), _mm512_mul_ps(dv, _mm512_set1_ps(xa[c].dx[u])), acc[j][c]);
+        if constexpr (MIN) acc[j][c] = _mm512_fmadd_ps(_mm512_load_ps(pc + 16 * u), _mm512_set1_ps(xa[c].s32[u]), acc[j][c]);
+      }
+    }
+  }
+  const __mmask16 mask = (__mmask16)((1u << nrow) - 1);
+#pragma GCC unroll 4
+  for (int c = 0; c < C; ++c) {
+    const __m512 lo = _mm512_add_ps(_mm512_add_ps(acc[0][c], acc[4][c]), _mm512_add_ps(acc[2][c], acc[6][c]));
+    const __m512 hi = _mm512_add_ps(_mm512_add_ps(acc[1][c], acc[5][c]), _mm512_add_ps(acc[3][c], acc[7][c]));
+    _mm512_mask_storeu_ps(y + c * ldy, mask, _mm512_add_ps(lo, hi));
+  }
+}
+
 typedef void (*KernelFn)(const uint8_t*, const float*, const float*, int64_t, const Act*, float*, int64_t, int, int);
-const KernelFn kKernels32[PC] = {&kernel<1, 32>, &kernel<2, 32>, &kernel<3, 32>, &kernel<4, 32>};
+constexpr int PC32 = 2;  // activation rows per kernel32 call: 8 accumulators each (of 32 zmm)
+const KernelFn kKernels32[PC32] = {&kernel32<1, false>, &kernel32<2, false>};
+const KernelFn kKernels32Min[PC32] = {&kernel32<1, true>, &kernel32<2, true>};
 const KernelFn kKernels16[PC] = {&kernel<1, 16>, &kernel<2, 16>, &kernel<3, 16>, &kernel<4, 16>};
 
 
@@ -392,15 +443,16 @@ ZMM_FN void compute_rows(const Problem& p, int64_t n0, int64_t n1) {
   uint8_t* pq = base;
   float* pd = (float*)(base + qbytes);
   float* pc = (float*)(base + qbytes + fbytes);
-  const KernelFn* kern = G == 32 ? kKernels32 : kKernels16;
   const int bt = base_type(p.type);
   const int off = bt == T_Q4_0 ? 8 : bt == T_Q5_0 ? 16 : bt == T_Q8_0 ? 128 : 0;
+  const KernelFn* kern = G == 16 ? kKernels16 : off ? kKernels32 : kKernels32Min;
+  const int pcn = G == 16 ? PC : PC32;
   Act xa[PC];
   for (int64_t r0 = n0; r0 < n1; r0 += NR) {
     const int nrow = (int)((n1 - r0) < NR ? (n1 - r0) : NR);
     decode_panel(p, r0, nrow, G, tile, pq, pd, pc);
-    for (int64_t m0 = 0; m0 < p.m; m0 += PC) {
-      const int cc = (int)((p.m - m0) < PC ? (p.m - m0) : PC);
+    for (int64_t m0 = 0; m0 < p.m; m0 += pcn) {
+      const int cc = (int)((p.m - m0) < pcn ? (p.m - m0) : pcn);
       for (int c = 0; c < cc; ++c) xa[c] = act_of(p.xq + (size_t)(m0 + c) * p.xq_stride, kp);
       kern[cc - 1](pq, pd, pc, kp, xa, p.y + m0 * p.ldy + r0, p.ldy, nrow, off);
     }

@@ -5,11 +5,8 @@
 //!
 //! Tolerances: `EXACT_TOL` (1e-4) where both sides run the same ops in the same order on the
 //! same KV (differences come only from float32 reassociation inside MLX kernels);
-//! `BATCH_TOL` (0.05) where batching changes the matmul shape: from 4 activation rows the CPU
-//! kernels run their 512-bit path, which computes the same int8 dot products but sums the
-//! floats in another order, so a one-ulp difference upstream can move a downstream int8
-//! activation rounding by one step (the synthetic model's logits then move by ~0.01–0.02); the
-//! greedy tokens must still be equal.
+//! `BATCH_TOL` (1e-3, as in tests/kv_consistency.rs) where batching changes the matmul shape
+//! (the CPU kernels are batch-invariant, so what remains is MLX's attention and reductions).
 
 mod common;
 
@@ -20,7 +17,7 @@ use std::sync::{Mutex, MutexGuard};
 use std::time::Instant;
 
 const EXACT_TOL: f32 = 1e-4;
-const BATCH_TOL: f32 = 0.05;
+const BATCH_TOL: f32 = 1e-3;
 const PROMPT: [u32; 13] = [1, 17, 42, 99, 3, 250, 7, 311, 64, 5, 480, 12, 90];
 /// Arguments of `make_synthetic.py` for a 2-layer llama with grouped-query attention.
 const SYNTHETIC_SHAPE: &str = "--arch llama --quant Q8_0 --layers 2 --hidden 256 --heads 4 \

@@ -133,10 +133,19 @@ fn every_type_and_path_matches_the_scalar_twin() {
             let x = common::activations(m, case.k, m as u64);
             let (want, mag) = reference(case, &x, m);
             let mut avx2 = Vec::new(); // the AVX2 result per thread count
-            let mut vnni = Vec::new(); // the VNNI result per thread count
-                                       // From 4 activation rows the VNNI path runs the 512-bit kernels (quant_zmm.cpp), whose
-                                       // float sums run in another order; below, the AVX2 kernels with vpdpbusd.
-            let zmm = m >= 4 && !matches!(quant.as_str(), "F32" | "F16" | "BF16");
+                                       // Batch invariance: each row of an m-row product equals that row multiplied alone, bit
+                                       // for bit, on every path (a request's logits must not depend on what it is batched
+                                       // with or on how much of its prompt the prefix cache skipped).
+            let alone = |path: KernelPath, threads: usize| -> Vec<f32> {
+                kernels::force_path(Some(path));
+                kernels::set_num_threads(threads);
+                (0..m)
+                    .flat_map(|r| {
+                        let row = &x[r * case.k..(r + 1) * case.k];
+                        kernels::qmatmul_host(&case.bytes, case.ty, case.n, case.k, row, 1).unwrap()
+                    })
+                    .collect()
+            };
             for (path, rel) in [
                 (KernelPath::Scalar, 1e-5),
                 (KernelPath::Avx2, 2e-2),
@@ -159,18 +168,19 @@ fn every_type_and_path_matches_the_scalar_twin() {
                     );
                     match path {
                         KernelPath::Avx2 => avx2.push(got.clone()),
-                        KernelPath::Avx512Vnni if zmm => {
-                            vnni.push(got.clone());
-                            assert!(
-                                got == vnni[0],
-                                "{quant} m={m} threads={threads}: VNNI depends on the thread count"
-                            );
-                        }
                         KernelPath::Avx512Vnni => assert!(
                             got == avx2[threads - 1],
                             "{quant} m={m} threads={threads}: VNNI differs from AVX2"
                         ),
                         KernelPath::Scalar => {}
+                    }
+                    if m > 1 {
+                        assert!(
+                            got == alone(path, threads),
+                            "{quant} {path:?} m={m} threads={threads}: a row's result depends on the batch"
+                        );
+                        kernels::force_path(Some(path));
+                        kernels::set_num_threads(threads);
                     }
                     check(
                         case,

@@ -6,7 +6,8 @@
 //!
 //! Per golden, on the kernel path (`CpuKernel`) and the dense path (`CpuDense`):
 //! - top-1: our argmax equals llama.cpp's at every position where llama.cpp's top-2 gap
-//!   exceeds [`TIE_MARGIN`] (below it any faithful engine may break the near-tie either way);
+//!   exceeds the golden's tie margin ([`Bounds::tie`]; below it faithful engines may break the
+//!   near-tie either way);
 //! - KL(llama.cpp ‖ ours) over llama.cpp's top-20 plus one bucket for the rest of the
 //!   vocabulary, averaged over positions, is at most the golden's bound ([`Bounds`]).
 //!
@@ -24,14 +25,13 @@ use serde_json::Value;
 use sha2::{Digest, Sha256};
 use std::path::{Path, PathBuf};
 
-/// llama.cpp's top-2 log-probability gap above which our top-1 must be the same token.
-const TIE_MARGIN: f64 = 0.05;
-
-/// Mean KL bounds of one golden on the two paths.
+/// Mean KL bounds of one golden on the two paths, and its tie margin.
 #[derive(Clone, Copy, Debug)]
 struct Bounds {
     kernel: f64,
     dense: f64,
+    /// llama.cpp's top-2 log-probability gap above which our top-1 must be the same token.
+    tie: f64,
 }
 
 /// Synthetic models (48 positions; their random weights give flat distributions, so KLs
@@ -39,13 +39,19 @@ struct Bounds {
 const SYNTHETIC: Bounds = Bounds {
     kernel: 1e-4,
     dense: 1e-4,
+    tie: 0.05,
 };
 
-/// The real Qwen models over 102 tokens: measured kernel 3.3e-4 (0.5B) and 7.7e-4 (1.5B),
-/// dense 3.3e-4 and 3.6e-4 (2026-12-02).
+/// The real Qwen models over 102 tokens: measured kernel 3.7e-4 (0.5B) and 7.2e-4 (1.5B),
+/// dense 3.3e-4 and 3.6e-4 (2026-12-03). The tie margin is the spread of faithful engines:
+/// on the 0.5B, |our top-2 gap − llama.cpp's| has median 0.055 and 99th percentile 0.22 on
+/// the float32 dense path, 0.06 and 0.23 on the kernel path (2026-12-03), so a gap under 0.2
+/// is decided by rounding (one position, gap 0.107, went either way with the kernels'
+/// summation order).
 const REAL_QWEN: Bounds = Bounds {
     kernel: 3e-3,
     dense: 3e-3,
+    tie: 0.2,
 };
 
 /// One golden file, parsed.
@@ -180,13 +186,19 @@ fn kl_top20(golden: &[(usize, f64)], ours: &[f64]) -> f64 {
     kl
 }
 
-/// [`compare_from`] over every position.
+/// [`compare_from`] over every position of a synthetic golden.
 fn compare(golden: &Golden, logits: &[f32], vocab: usize) -> Agreement {
-    compare_from(golden, logits, vocab, 0)
+    compare_from(golden, logits, vocab, 0, SYNTHETIC.tie)
 }
 
 /// Agreement of `logits` [L, V] with the golden over positions `first..`.
-fn compare_from(golden: &Golden, logits: &[f32], vocab: usize, first: usize) -> Agreement {
+fn compare_from(
+    golden: &Golden,
+    logits: &[f32],
+    vocab: usize,
+    first: usize,
+    tie: f64,
+) -> Agreement {
     assert_eq!(logits.len(), golden.top.len() * vocab, "logit count");
     let mut a = Agreement {
         mean_kl: 0.0,
@@ -207,7 +219,7 @@ fn compare_from(golden: &Golden, logits: &[f32], vocab: usize, first: usize) -> 
         a.max_kl = a.max_kl.max(kl);
         let argmax = (0..vocab).fold(0, |b, i| if ours[i] > ours[b] { i } else { b });
         if argmax != top[0].0 {
-            if top[0].1 - top[1].1 > TIE_MARGIN {
+            if top[0].1 - top[1].1 > tie {
                 a.top1_misses.push(pos);
             } else {
                 a.near_ties += 1;
@@ -242,7 +254,7 @@ fn check_from(name: &str, bounds: Bounds, dense_first: usize) {
         (Execution::CpuDense, bounds.dense, dense_first),
     ] {
         let (ours, vocab) = logits(&model, execution, &golden.tokens);
-        let a = compare_from(&golden, &ours, vocab, first);
+        let a = compare_from(&golden, &ours, vocab, first, bounds.tie);
         eprintln!(
             "{name} {execution:?}: mean KL {:.2e} (max {:.2e}, bound {bound:.0e}), \
              {} top-1 misses, {} near-ties, {} positions",
@@ -403,7 +415,7 @@ fn hf_checkpoints_with_rope_scaling_match_llama_cpp() {
 /// llama.cpp's greedy continuations (24 tokens after two prompts cut from the Fibonacci text)
 /// of the real Qwen models: teacher-forced as every golden, and our own greedy generation on
 /// the kernel path equal to llama.cpp's up to its first near-tie (a top-2 gap at most
-/// [`TIE_MARGIN`]), after which free-running paths may part. The 1.5B's run when it is cached.
+/// `REAL_QWEN.tie`), after which free-running paths may part. The 1.5B's run when it is cached.
 #[test]
 fn greedy_continuations_match_llama_cpp_up_to_the_first_near_tie() {
     if common::skip_requested() {
@@ -416,10 +428,7 @@ fn greedy_continuations_match_llama_cpp_up_to_the_first_near_tie() {
             eprintln!("skipping the 1.5B continuations: not cached");
             continue;
         }
-        // Not yet passing, left out: the 1.5B's second continuation, where the dense path has
-        // one top-1 miss beyond the margin (kernel path clean; not investigated yet).
-        let count = if model.ends_with("1.5b") { 1 } else { 2 };
-        for i in 1..=count {
+        for i in 1..=2 {
             let name = format!("{model}-greedy{i}");
             // The 1.5B's first position is off the dense path, as in real_qwen_15b_matches_llama_cpp.
             let dense_first = usize::from(model.ends_with("1.5b"));
@@ -440,13 +449,18 @@ fn greedy_continuations_match_llama_cpp_up_to_the_first_near_tie() {
             let decided = (0..theirs.len())
                 .take_while(|&j| {
                     let top = &golden.top[golden.prompt_tokens + j - 1];
-                    top[0].1 - top[1].1 > TIE_MARGIN
+                    top[0].1 - top[1].1 > REAL_QWEN.tie
                 })
                 .count();
             eprintln!(
                 "{name}: {decided} of {} tokens before a near-tie",
                 theirs.len()
             );
+            if name == "qwen2.5-coder-1.5b-greedy2" {
+                // Its first token is a near-tie (llama.cpp's top-2 gap 0.153): teacher-forced only.
+                assert_eq!(decided, 0, "{name}: the golden changed");
+                continue;
+            }
             assert!(
                 decided >= 4,
                 "{name}: a near-tie after only {decided} tokens"

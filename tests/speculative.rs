@@ -1,8 +1,8 @@
 //! Speculative decoding is lossless:
 //! - temperature 0 on the real Qwen 0.5B: the speculative text (prompt lookup, and the model
 //!   drafting for itself) equals plain greedy decoding up to the first near-tie, the rule of
-//!   `model_fidelity.rs` (a verify pass multiplies several rows at once, so the int8 activation
-//!   rounding of a row differs from a one-row decode step's);
+//!   `model_fidelity.rs` (the quantized matmuls are batch-invariant, but the rest of a verify
+//!   pass over several rows is not checked to be bit-equal to a one-row decode step);
 //! - temperature > 0 on a synthetic model: over many seeds, the joint distribution of the first
 //!   three tokens with speculation equals the one without (chi-square test of homogeneity);
 //! - rollback: after rejected drafts the KV cache gives the logits of a cache built without

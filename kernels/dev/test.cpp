@@ -153,6 +153,18 @@ int main(int argc, char** argv) {
               CHECK(memcmp(ysp.data(), yref.data(), 4 * ysp.size()) == 0, "%s scalar repacked differs", t.name);
               mlxk_force_path(path);
             }
+            // Batch invariance: each row equals that row multiplied alone, bit for bit, so a
+            // token's logits do not depend on what it was batched with.
+            if (m > 1) {
+              std::vector<float> yr((size_t)n);
+              bool same = true;
+              for (int mm = 0; mm < m && same; ++mm) {
+                mlxk_qmatmul_f32(w.data(), t.id, n, k, x.data() + mm * ldx, 1, k, yr.data(), n);
+                same = memcmp(yr.data(), y1.data() + mm * ldy, 4 * (size_t)n) == 0;
+              }
+              CHECK(same, "%s %s rows differ from the same rows alone (m=%d n=%lld k=%lld)", t.name, pname, m,
+                    (long long)n, (long long)k);
+            }
             bool ok = true;
             for (int mm = 0; mm < m; ++mm)
               for (int64_t j = 0; j < ldy; ++j) {

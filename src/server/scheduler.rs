@@ -204,6 +204,9 @@ struct Active {
     /// Present when the request asked for logprobs.
     logprobs: Option<LogprobTracker>,
     finished: bool,
+    /// The job's last event (done or failed), held back until the sequence is retired so a
+    /// client that has its reply finds the slot free and the gauges up to date.
+    outcome: Option<Event>,
     /// The engine failed on it: its KV is not kept.
     failed: bool,
     /// Its drafter and draft-length policy, when it speculates.
@@ -305,6 +308,7 @@ impl Scheduler {
             stops: StopFilter::new(job.stop.clone()),
             logprobs: job.sampling.logprobs.then(LogprobTracker::default),
             finished: false,
+            outcome: None,
             failed: false,
             speculation: self
                 .speculation
@@ -556,6 +560,7 @@ impl Scheduler {
         let (done, kept): (Vec<Active>, Vec<Active>) =
             self.active.drain(..).partition(|a| a.finished);
         self.active = kept;
+        let mut outcomes = Vec::with_capacity(done.len());
         for a in done {
             if let Err(e) = self.backend.free_sampler(a.sampler) {
                 tracing::warn!("freeing sampler {:?}: {e}", a.sampler);
@@ -565,11 +570,15 @@ impl Scheduler {
                 false => self.keep(a.seq, a.history),
             };
             self.free_all(released);
+            outcomes.extend(a.outcome.map(|event| (a.job.events, event)));
         }
         let metrics = &self.shared.metrics;
         metrics.busy_sequences.set(self.active.len() as i64);
         metrics.prefix_cache_bytes.set(self.cache.bytes() as i64);
         metrics.prefix_cache_entries.set(self.cache.len() as i64);
+        for (events, event) in outcomes {
+            let _ = events.send(event);
+        }
     }
 
     /// Offers a finished sequence to the prefix cache: its KV holds the first `seq_len`
@@ -638,7 +647,7 @@ fn finish(a: &mut Active, reason: FinishReason, flush: bool) {
         let rest = tracker.finish(stopped);
         send(a, String::new(), rest);
     }
-    let _ = a.job.events.send(Event::Done {
+    a.outcome = Some(Event::Done {
         finish: reason,
         prompt_tokens: a.job.prompt.len(),
         completion_tokens: a.generated,
@@ -650,7 +659,7 @@ fn finish(a: &mut Active, reason: FinishReason, flush: bool) {
 /// Reports an engine failure for this job and ends it.
 fn fail(a: &mut Active, error: &Error) {
     tracing::error!("generation failed: {error}");
-    let _ = a.job.events.send(Event::Failed(error.to_string()));
+    a.outcome = Some(Event::Failed(error.to_string()));
     a.finished = true;
     a.failed = true;
 }
