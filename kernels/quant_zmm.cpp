@@ -309,9 +309,9 @@ ZMM_FN void kernel32(const uint8_t* pq, const float* pd, const float* pc, int64_
 }
 
 typedef void (*KernelFn)(const uint8_t*, const float*, const float*, int64_t, const Act*, float*, int64_t, int, int);
-constexpr int PC32 = 2;  // activation rows per kernel32 call: 8 accumulators each (of 32 zmm)
-const KernelFn kKernels32[PC32] = {&kernel32<1, false>, &kernel32<2, false>};
-const KernelFn kKernels32Min[PC32] = {&kernel32<1, true>, &kernel32<2, true>};
+constexpr int PC32 = 3;  // activation rows per kernel32 call: 8 accumulators each, 24 of the 32 zmm
+const KernelFn kKernels32[PC32] = {&kernel32<1, false>, &kernel32<2, false>, &kernel32<3, false>};
+const KernelFn kKernels32Min[PC32] = {&kernel32<1, true>, &kernel32<2, true>, &kernel32<3, true>};
 const KernelFn kKernels16[PC] = {&kernel<1, 16>, &kernel<2, 16>, &kernel<3, 16>, &kernel<4, 16>};
 
 
