@@ -133,9 +133,10 @@ fn every_type_and_path_matches_the_scalar_twin() {
             let x = common::activations(m, case.k, m as u64);
             let (want, mag) = reference(case, &x, m);
             let mut avx2 = Vec::new(); // the AVX2 result per thread count
-                                       // Batch invariance: each row of an m-row product equals that row multiplied alone, bit
-                                       // for bit, on every path (a request's logits must not depend on what it is batched
-                                       // with or on how much of its prompt the prefix cache skipped).
+
+            // Batch invariance: each row of an m-row product equals that row multiplied alone,
+            // bit for bit, on every path (a request's logits must not depend on what it is
+            // batched with or on how much of its prompt the prefix cache skipped).
             let alone = |path: KernelPath, threads: usize| -> Vec<f32> {
                 kernels::force_path(Some(path));
                 kernels::set_num_threads(threads);
