@@ -434,17 +434,7 @@ fn greedy_continuations_match_llama_cpp_up_to_the_first_near_tie() {
             let dense_first = usize::from(model.ends_with("1.5b"));
             check_from(&name, REAL_QWEN, dense_first);
             let golden = load_golden(&name);
-            let path = model_of(&golden);
-            let options = LoadOptions {
-                execution: Some(Execution::CpuKernel),
-                ..LoadOptions::default()
-            };
-            let engine = Engine::load(&path, &options).unwrap();
-            let prompt = &golden.tokens[..golden.prompt_tokens];
             let theirs = &golden.tokens[golden.prompt_tokens..];
-            let ours = engine
-                .generate_greedy(prompt, theirs.len(), |_| false)
-                .unwrap();
             // The row predicting continuation token j is the one at position prompt + j − 1.
             let decided = (0..theirs.len())
                 .take_while(|&j| {
@@ -465,6 +455,13 @@ fn greedy_continuations_match_llama_cpp_up_to_the_first_near_tie() {
                 decided >= 4,
                 "{name}: a near-tie after only {decided} tokens"
             );
+            let options = LoadOptions {
+                execution: Some(Execution::CpuKernel),
+                ..LoadOptions::default()
+            };
+            let engine = Engine::load(&model_of(&golden), &options).unwrap();
+            let prompt = &golden.tokens[..golden.prompt_tokens];
+            let ours = engine.generate_greedy(prompt, decided, |_| false).unwrap();
             assert_eq!(
                 &ours[..decided],
                 &theirs[..decided],
