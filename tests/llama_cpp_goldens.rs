@@ -341,6 +341,60 @@ fn rope_scaling_goldens_fail_without_the_feature() {
     }
 }
 
+/// Llama 3 scaling given as metadata constants instead of `rope_freqs.weight` (the golden's
+/// own model with the tensor swapped for `llama.rope.scaling.*` keys of the same values; the
+/// weights are the same bytes): the factors computed from them agree with llama.cpp's run of
+/// the tensor, on both paths, with the synthetic bounds. (llama.cpp itself reads only the
+/// tensor, so this is the one llama3 file it could not have run.)
+#[test]
+fn llama3_constants_in_metadata_match_the_factor_tensor_golden() {
+    if common::skip_requested() {
+        return;
+    }
+    let golden = load_golden("llama32-style");
+    let mut args = golden.synthetic.clone().expect("a synthetic golden");
+    let i = args
+        .iter()
+        .position(|a| a == "--llama3-rope")
+        .expect("the flag");
+    let spec: Vec<String> = args
+        .drain(i..i + 2)
+        .nth(1)
+        .unwrap()
+        .split(':')
+        .map(String::from)
+        .collect();
+    let [factor, low, high, original] = <[String; 4]>::try_from(spec).expect("four constants");
+    for kv in [
+        "llama.rope.scaling.type=str:llama3".to_string(),
+        format!("llama.rope.scaling.factor=f32:{factor}"),
+        format!("llama.rope.scaling.low_freq_factor=f32:{low}"),
+        format!("llama.rope.scaling.high_freq_factor=f32:{high}"),
+        format!("llama.rope.scaling.original_context_length=u32:{original}"),
+    ] {
+        args.extend(["--kv".to_string(), kv]);
+    }
+    let model = synthetic_model("golden-llama32-style-keys", &args);
+    for (execution, bound) in [
+        (Execution::CpuKernel, SYNTHETIC.kernel),
+        (Execution::CpuDense, SYNTHETIC.dense),
+    ] {
+        let (ours, vocab) = logits(&model, execution, &golden.tokens);
+        let a = compare_from(&golden, &ours, vocab, 0, SYNTHETIC.tie);
+        eprintln!("llama3 from keys {execution:?}: mean KL {:.2e}", a.mean_kl);
+        assert!(
+            a.top1_misses.is_empty(),
+            "{execution:?}: top-1 misses at {:?}",
+            a.top1_misses
+        );
+        assert!(
+            a.mean_kl <= bound,
+            "{execution:?}: mean KL {} above {bound}",
+            a.mean_kl
+        );
+    }
+}
+
 /// The second real model is 1.1 GB: checked when it is cached (`mlx-engine pull
 /// qwen2.5-coder-1.5b`), skipped with a message otherwise.
 ///

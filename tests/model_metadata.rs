@@ -49,7 +49,22 @@ fn unchanged_and_neutral_metadata_loads() {
     if common::skip_requested() {
         return;
     }
-    let cases: [(&str, &[&str]); 4] = [
+    let cases: [(&str, &[&str]); 5] = [
+        (
+            "scaling-llama3-from-keys",
+            &[
+                "--kv",
+                "llama.rope.scaling.type=str:llama3",
+                "--kv",
+                "llama.rope.scaling.factor=f32:8",
+                "--kv",
+                "llama.rope.scaling.low_freq_factor=f32:1",
+                "--kv",
+                "llama.rope.scaling.high_freq_factor=f32:4",
+                "--kv",
+                "llama.rope.scaling.original_context_length=u32:64",
+            ],
+        ),
         ("plain", &[]),
         (
             "scaling-none",
@@ -250,6 +265,27 @@ fn unimplemented_rope_variants_are_refused_for_every_architecture() {
             "llama.rope.scaling.type",
             "llama3",
             "rope_freqs.weight",
+            "not implemented",
+        ],
+    );
+    let llama3_partial = llama_with(
+        "scaling-llama3-no-low",
+        &[
+            "--kv",
+            "llama.rope.scaling.type=str:llama3",
+            "--kv",
+            "llama.rope.scaling.factor=f32:8",
+            "--kv",
+            "llama.rope.scaling.high_freq_factor=f32:4",
+            "--kv",
+            "llama.rope.scaling.original_context_length=u32:64",
+        ],
+    );
+    assert_refused(
+        &llama3_partial,
+        &[
+            "llama.rope.scaling.low_freq_factor",
+            "llama3",
             "not implemented",
         ],
     );

@@ -226,7 +226,7 @@ struct GgufRope {
 
 /// Reads `{arch}.rope.scaling.*` as llama.cpp does (a factor without a type is linear; a
 /// factor of 0 or 1 is none) and refuses what the forward pass does not implement (LongRoPE,
-/// unknown types, llama3 without its factor tensor, YaRN's tuning keys, rotation of part of
+/// unknown types, llama3 with neither its factor tensor nor its constants, YaRN's tuning keys, rotation of part of
 /// each head, value heads of another width, soft-capping) rather than running it wrongly.
 fn gguf_rope(file: &GgufFile, arch: Arch, head_dim: usize, context: usize) -> Result<GgufRope> {
     let name = arch.gguf_name();
@@ -310,16 +310,48 @@ fn gguf_rope(file: &GgufFile, arch: Arch, head_dim: usize, context: usize) -> Re
                 beta_slow: YARN_BETA_SLOW,
             }
         }
-        // Llama 3's factors travel as a tensor; llama.cpp itself does not know the type name.
+        // Llama 3's factors usually travel as a tensor (llama.cpp reads only that); without
+        // it they are computed from the constants HF's `rope_scaling` holds, under the same
+        // names, all required.
         (Some("llama3"), _) if freqs_tensor => RopeScaling::None,
-        (Some("llama3"), _) => {
+        (Some("llama3"), Some(factor)) => {
+            let constant = |k: &str| -> Result<f64> {
+                match file.get(&key(k)) {
+                    Some(_) => file.get_f64(&key(k)),
+                    None => Err(Error::Unsupported(format!(
+                        "{}: key '{type_key}' = \"llama3\" without the tensor \
+                         'rope_freqs.weight' or the key '{}' is not implemented (its factors \
+                         are computed from factor, low_freq_factor, high_freq_factor and \
+                         original_context_length)",
+                        file.path().display(),
+                        key(k)
+                    ))),
+                }
+            };
+            let low_freq_factor = constant("rope.scaling.low_freq_factor")? as f32;
+            let high_freq_factor = constant("rope.scaling.high_freq_factor")? as f32;
+            constant("rope.scaling.original_context_length")?;
+            let original = file.get_u64(&key("rope.scaling.original_context_length"))?;
+            RopeScaling::Llama3 {
+                factor,
+                low_freq_factor,
+                high_freq_factor,
+                original_context: usize::try_from(original).unwrap_or(usize::MAX),
+            }
+        }
+        (Some("llama3"), None) => {
             return refuse(format!(
-                "key '{type_key}' = \"llama3\" without the tensor 'rope_freqs.weight' (its factors)"
+                "key '{type_key}' = \"llama3\" without the tensor 'rope_freqs.weight' or the key \
+                 '{}' (its factors)",
+                key("rope.scaling.factor")
             ))
         }
         (Some(other), _) => return refuse(format!("key '{type_key}' = \"{other}\": RoPE scaling")),
     };
     if let RopeScaling::Yarn {
+        original_context, ..
+    }
+    | RopeScaling::Llama3 {
         original_context, ..
     } = scaling
     {
@@ -336,6 +368,9 @@ fn gguf_rope(file: &GgufFile, arch: Arch, head_dim: usize, context: usize) -> Re
     }
     if arch.is_gemma() && matches!(scaling, RopeScaling::Yarn { .. }) {
         return refuse(format!("key '{type_key}' = \"yarn\" for gemma3"));
+    }
+    if matches!(scaling, RopeScaling::Llama3 { .. }) && arch != Arch::Llama {
+        return refuse(format!("key '{type_key}' = \"llama3\" for {name}"));
     }
     if freqs_tensor && arch != Arch::Llama {
         return refuse(format!(
