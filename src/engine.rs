@@ -6,7 +6,7 @@ use crate::kv_cache::KvCache;
 use crate::loader::gguf::GgufFile;
 use crate::loader::safetensors::SafetensorsModel;
 use crate::mlx::{ops, Array, Device};
-use crate::model::{Execution, GgufWeights, HfWeights, Llama, ModelConfig};
+use crate::model::{Execution, GgufWeights, HfWeights, ModelConfig, Transformer};
 use crate::sampler::{Sampler, SamplerParams};
 use crate::tokenizer::{Tokenizer, Vocab};
 use std::path::{Path, PathBuf};
@@ -48,7 +48,7 @@ pub enum ModelSource {
 /// A loaded model ready to run.
 pub struct Engine {
     /// The transformer.
-    pub model: Llama,
+    pub model: Transformer,
     /// The file or directory it was loaded from.
     pub source: ModelSource,
     /// How projections execute.
@@ -67,27 +67,31 @@ impl Engine {
         let execution = options
             .execution
             .unwrap_or_else(|| Execution::for_device(options.device));
-        let (model, source) =
-            if path.is_dir() || path.extension().is_some_and(|e| e == "safetensors") {
-                let dir = if path.is_dir() {
-                    path.to_path_buf()
-                } else {
-                    path.parent().unwrap_or(Path::new(".")).to_path_buf()
-                };
-                let config_path = dir.join("config.json");
-                let text = std::fs::read_to_string(&config_path)
-                    .map_err(|e| Error::io(&config_path, e))?;
-                let json: serde_json::Value = serde_json::from_str(&text)
-                    .map_err(|e| Error::format(&config_path, e.to_string()))?;
-                let config = ModelConfig::from_hf_json(&config_path, &json)?;
-                let weights = HfWeights::new(SafetensorsModel::open(path)?, execution);
-                (Llama::load(config, &weights)?, ModelSource::Hf { dir })
+        let (model, source) = if path.is_dir()
+            || path.extension().is_some_and(|e| e == "safetensors")
+        {
+            let dir = if path.is_dir() {
+                path.to_path_buf()
             } else {
-                let file = Arc::new(GgufFile::open(path)?);
-                let config = ModelConfig::from_gguf(&file)?;
-                let model = Llama::load(config, &GgufWeights::new(Arc::clone(&file), execution))?;
-                (model, ModelSource::Gguf(file))
+                path.parent().unwrap_or(Path::new(".")).to_path_buf()
             };
+            let config_path = dir.join("config.json");
+            let text =
+                std::fs::read_to_string(&config_path).map_err(|e| Error::io(&config_path, e))?;
+            let json: serde_json::Value = serde_json::from_str(&text)
+                .map_err(|e| Error::format(&config_path, e.to_string()))?;
+            let config = ModelConfig::from_hf_json(&config_path, &json)?;
+            let weights = HfWeights::new(SafetensorsModel::open(path)?, execution);
+            (
+                Transformer::load(config, &weights)?,
+                ModelSource::Hf { dir },
+            )
+        } else {
+            let file = Arc::new(GgufFile::open(path)?);
+            let config = ModelConfig::from_gguf(&file)?;
+            let model = Transformer::load(config, &GgufWeights::new(Arc::clone(&file), execution))?;
+            (model, ModelSource::Gguf(file))
+        };
         let context = options
             .max_context
             .map_or(model.config.context_length, |m| {

@@ -48,20 +48,10 @@ impl Arch {
         }
     }
 
-    /// Whether Q, K and V carry biases.
-    pub fn has_qkv_bias(self) -> bool {
-        self == Arch::Qwen2
-    }
-
     /// Whether the layout is Gemma's: Q/K norms, post-attention and post-MLP norms, GELU MLP,
     /// embedding scaled by √D.
     pub fn is_gemma(self) -> bool {
         self == Arch::Gemma3
-    }
-
-    /// Whether every Q and K head is RMS-normalised before RoPE (Gemma 3, Qwen3).
-    pub fn has_qk_norm(self) -> bool {
-        matches!(self, Arch::Gemma3 | Arch::Qwen3)
     }
 
     /// Whether Q/K/V and gate/up are stored fused (Phi-3).
