@@ -6,6 +6,7 @@
 // after an RMSNorm prologue.
 #include <sys/mman.h>
 
+#include <algorithm>
 #include <array>
 #include <cmath>
 #include <atomic>
@@ -223,6 +224,27 @@ class GgufQMatmul : public mx::UnaryPrimitive {
         "(e.g. mlx_default_cpu_stream_new())");
   }
 
+  // The weight is frozen: for y = x . W^T (+ r), dx = dy . W (the blocks dequantized to float32
+  // by GgufDequantize for this product only, then MLX's matmul) and dr = dy. A gradient with
+  // respect to the blocks themselves is refused.
+  std::vector<mx::array> vjp(const std::vector<mx::array>& primals, const std::vector<mx::array>& cotangents,
+                             const std::vector<int>& argnums, const std::vector<mx::array>&) override {
+    std::vector<mx::array> grads;
+    for (int a : argnums) {
+      if (a == 0) {
+        mx::array w = dequantized(primals[1]);
+        mx::array dx = mx::matmul(cotangents[0], w, stream());  // [..., M, N] . [N, K]
+        grads.push_back(dx.dtype() == primals[0].dtype() ? dx : mx::astype(dx, primals[0].dtype(), stream()));
+      } else if (a == 2) {
+        const mx::array& r = primals[2];
+        grads.push_back(r.dtype() == mx::float32 ? cotangents[0] : mx::astype(cotangents[0], r.dtype(), stream()));
+      } else {
+        throw std::invalid_argument("GgufQMatmul: the GGUF weight blocks are frozen and have no gradient");
+      }
+    }
+    return grads;
+  }
+
   const char* name() const override { return "GgufQMatmul"; }
 
   bool is_equivalent(const mx::Primitive& other) const override {
@@ -239,10 +261,89 @@ class GgufQMatmul : public mx::UnaryPrimitive {
   int type() const { return type_; }
 
  private:
+  // The blocks w [N, row_bytes] as a float32 [N, K] array (lazy).
+  mx::array dequantized(const mx::array& w);
+
   int type_;
   int64_t n_, k_;
   bool has_residual_;
 };
+
+// W [N, row_bytes] uint8 GGUF blocks (any layout the kernels take) → float32 [N, K]: the
+// frozen weight as GgufQMatmul's backward pass multiplies by it, materialised only for that
+// product. Rows are decoded by the scalar reference decoder, threaded over rows.
+class GgufDequantize : public mx::UnaryPrimitive {
+ public:
+  GgufDequantize(mx::Stream s, int type, int64_t n, int64_t k) : mx::UnaryPrimitive(s), type_(type), n_(n), k_(k) {}
+
+  void eval_cpu(const std::vector<mx::array>& inputs, mx::array& out) override {
+    out.set_data(mx::allocator::malloc(out.nbytes()));
+    auto& enc = mx::cpu::get_command_encoder(stream());
+    enc.set_input_array(inputs[0]);
+    enc.set_output_array(out);
+    struct Job {
+      const uint8_t* w;
+      size_t row_bytes;
+      int type;
+      int64_t n, k, chunk;
+      float* y;
+      std::atomic<int64_t> next{0};
+    };
+    const WSource wsrc(inputs[0]);
+    float* y = out.data<float>();
+    enc.dispatch([wsrc, y, type = type_, n = n_, k = k_]() {
+      try {
+        std::vector<uint8_t> wbuf;
+        Job job;
+        job.w = wsrc.data(wbuf);
+        job.row_bytes = n > 0 ? (size_t)(wsrc.shape.back()) : 0;
+        job.type = type;
+        job.n = n;
+        job.k = k;
+        job.chunk = 64;
+        job.y = y;
+        auto run = [](void* ctx) {
+          Job& j = *(Job*)ctx;
+          for (;;) {
+            const int64_t c = j.next.fetch_add(1);
+            const int64_t r0 = c * j.chunk;
+            if (r0 >= j.n) return;
+            const int64_t r1 = std::min(j.n, r0 + j.chunk);
+            for (int64_t r = r0; r < r1; ++r)
+              mlxe::scalar::dequantize_row(j.type, j.w + (size_t)r * j.row_bytes, j.k, j.y + r * j.k);
+          }
+        };
+        mlxe::parallel_run(run, &job, mlxe::pool_num_threads());
+      } catch (const std::exception& e) {
+        std::fprintf(stderr, "GgufDequantize: %s\n", e.what());
+      }
+    });
+  }
+
+  void eval_gpu(const std::vector<mx::array>&, mx::array&) override {
+    throw std::runtime_error("GgufDequantize has no GPU implementation: evaluate it on a CPU stream");
+  }
+
+  const char* name() const override { return "GgufDequantize"; }
+
+  bool is_equivalent(const mx::Primitive& other) const override {
+    const auto* o = dynamic_cast<const GgufDequantize*>(&other);
+    return o && o->type_ == type_ && o->n_ == n_ && o->k_ == k_;
+  }
+
+  std::vector<mx::Shape> output_shapes(const std::vector<mx::array>&) override {
+    return {mx::Shape{(int32_t)n_, (int32_t)k_}};
+  }
+
+ private:
+  int type_;
+  int64_t n_, k_;
+};
+
+mx::array GgufQMatmul::dequantized(const mx::array& w) {
+  return mx::array(mx::Shape{(int32_t)n_, (int32_t)k_}, mx::float32,
+                   std::make_shared<GgufDequantize>(stream(), type_, n_, k_), {w});
+}
 
 // Up to 4 projections of one x in one kernel call (mlxe::qmatmul_multi_checked). Inputs:
 // x, the `count` weight block arrays, then the biases of the weights that have one (float32

@@ -50,6 +50,9 @@ pub struct BenchArgs {
     /// Repetitions of each test.
     #[arg(short = 'r', long, default_value_t = 3)]
     pub repetitions: usize,
+    /// A LoRA adapter directory (written by `mlx-engine finetune`) applied to the model.
+    #[arg(long, value_name = "DIR")]
+    pub adapter: Option<std::path::PathBuf>,
     /// Threads for the CPU kernels (default: all cores).
     #[arg(short = 't', long)]
     pub threads: Option<usize>,
@@ -168,6 +171,7 @@ pub fn run(args: &BenchArgs) -> Result<()> {
     let resolved = fetch::resolve(&args.model, &FetchOptions::default())?;
     let load = LoadOptions {
         device: args.device,
+        adapter: args.adapter.clone(),
         ..LoadOptions::default()
     };
     let engine = Engine::load(&resolved.path, &load)?;

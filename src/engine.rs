@@ -22,6 +22,9 @@ pub struct LoadOptions {
     pub execution: Option<Execution>,
     /// Cap on the context (positions per sequence); `None` uses the model's.
     pub max_context: Option<usize>,
+    /// A LoRA adapter directory (written by `mlx-engine finetune`) applied to every forward
+    /// pass; refused when it was trained on another model.
+    pub adapter: Option<PathBuf>,
 }
 
 impl Default for LoadOptions {
@@ -30,6 +33,7 @@ impl Default for LoadOptions {
             device: Device::Cpu,
             execution: None,
             max_context: None,
+            adapter: None,
         }
     }
 }
@@ -56,6 +60,8 @@ pub struct Engine {
     /// Time spent in [`Engine::load`].
     pub load_time: Duration,
     context: usize,
+    /// The SHA-256 of the applied adapter's files, when one is applied.
+    adapter_digest: Option<[u8; 32]>,
 }
 
 impl Engine {
@@ -97,13 +103,38 @@ impl Engine {
             .map_or(model.config.context_length, |m| {
                 m.min(model.config.context_length)
             });
-        Ok(Engine {
+        let mut engine = Engine {
             model,
             source,
             execution,
             load_time: start.elapsed(),
             context,
-        })
+            adapter_digest: None,
+        };
+        if let Some(dir) = &options.adapter {
+            engine.apply_adapter(dir)?;
+        }
+        engine.load_time = start.elapsed();
+        Ok(engine)
+    }
+
+    /// Applies the LoRA adapters in `dir` to every later forward pass, after checking that
+    /// they were made for this model's weights and shapes.
+    pub fn apply_adapter(&mut self, dir: &Path) -> Result<()> {
+        use sha2::{Digest, Sha256};
+        let base = self.base_fingerprint();
+        let adapters = crate::finetune::checkpoint::load_adapters(dir, &self.model.config, &base)?;
+        let mut hash = Sha256::new();
+        for name in [
+            crate::finetune::checkpoint::CONFIG_FILE,
+            crate::finetune::checkpoint::ADAPTERS_FILE,
+        ] {
+            let path = dir.join(name);
+            hash.update(std::fs::read(&path).map_err(|e| Error::io(&path, e))?);
+        }
+        self.adapter_digest = Some(hash.finalize().into());
+        self.model.set_adapters(Some(adapters));
+        Ok(())
     }
 
     /// The GGUF file, when the model came from one.
@@ -152,7 +183,24 @@ impl Engine {
     /// A digest identifying the model's weights and shapes (for KV snapshots): the GGUF header
     /// and a sample of every tensor, or the HF config and every tensor's name, type, shape and a
     /// sample of its data.
+    /// With an adapter applied, the adapter's digest is part of it (its KV states differ).
     pub fn fingerprint(&self) -> [u8; 32] {
+        use sha2::{Digest, Sha256};
+        let base = self.base_fingerprint();
+        match self.adapter_digest {
+            None => base,
+            Some(adapter) => {
+                let mut hash = Sha256::new();
+                hash.update(base);
+                hash.update(adapter);
+                hash.finalize().into()
+            }
+        }
+    }
+
+    /// [`Engine::fingerprint`] of the base weights alone, without any adapter: what an
+    /// adapter records as the model it was trained on.
+    pub fn base_fingerprint(&self) -> [u8; 32] {
         use sha2::{Digest, Sha256};
         let mut hash = Sha256::new();
         hash.update(b"mlx-engine model fingerprint v1");

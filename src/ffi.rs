@@ -489,6 +489,7 @@ fn options_from_c(o: &mlxe_backend_options) -> FfiResult<BackendOptions> {
         } else {
             defaults.prefill_chunk
         },
+        adapter: None,
     })
 }
 

@@ -15,6 +15,7 @@ pub mod error;
 pub mod fetch;
 #[allow(unsafe_code)]
 pub mod ffi;
+pub mod finetune;
 pub mod fuzz_targets;
 pub mod ggml_type;
 pub mod kv_cache;

@@ -55,6 +55,8 @@ pub struct BackendOptions {
     pub max_context: Option<usize>,
     /// Positions per forward pass during prefill (bounds peak memory on long prompts).
     pub prefill_chunk: usize,
+    /// A LoRA adapter directory applied to the model (see [`LoadOptions::adapter`]).
+    pub adapter: Option<std::path::PathBuf>,
 }
 
 impl Default for BackendOptions {
@@ -64,6 +66,7 @@ impl Default for BackendOptions {
             execution: None,
             max_context: None,
             prefill_chunk: 512,
+            adapter: None,
         }
     }
 }
@@ -136,6 +139,7 @@ impl Backend {
             device: options.device,
             execution: options.execution,
             max_context: options.max_context,
+            adapter: options.adapter.clone(),
         };
         let engine = with_device(options.device, || Engine::load(&spec.path, &load))?;
         Ok(Backend {

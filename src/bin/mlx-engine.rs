@@ -46,6 +46,8 @@ enum Command {
     Bench(mlx_engine::bench::BenchArgs),
     /// Serve the model over an OpenAI-compatible HTTP API (chat, completions, streaming).
     Serve(mlx_engine::server::ServeArgs),
+    /// Train LoRA adapters on the quantized model (then run them with --adapter DIR).
+    Finetune(mlx_engine::finetune::cli::FinetuneArgs),
 }
 
 #[derive(Args)]
@@ -90,6 +92,9 @@ struct RunArgs {
     /// (`--logit-bias 15=-100` all but bans token 15).
     #[arg(long = "logit-bias", value_name = "ID=BIAS", value_parser = parse_logit_bias)]
     logit_bias: Vec<(u32, f32)>,
+    /// A LoRA adapter directory (written by `mlx-engine finetune`) applied to the model.
+    #[arg(long, value_name = "DIR")]
+    adapter: Option<std::path::PathBuf>,
     /// Threads for the CPU kernels (default: all cores).
     #[arg(long, short = 't')]
     threads: Option<usize>,
@@ -148,6 +153,9 @@ fn main() {
         Some(Command::Pull { name }) => pull(name),
         Some(Command::Bench(args)) => mlx_engine::bench::run(args).map_err(Into::into),
         Some(Command::Serve(args)) => mlx_engine::server::serve(args).map_err(Into::into),
+        Some(Command::Finetune(args)) => mlx_engine::finetune::cli::run(args)
+            .map(|_| ())
+            .map_err(Into::into),
         None => run(&cli.run),
     };
     if let Err(err) = result {
@@ -371,6 +379,7 @@ fn run(args: &RunArgs) -> Result<()> {
     tracing::info!("model {} from {}", resolved.path.display(), resolved.source);
     let load = LoadOptions {
         device: args.device,
+        adapter: args.adapter.clone(),
         ..LoadOptions::default()
     };
     let engine = Engine::load(&resolved.path, &load)?;

@@ -63,27 +63,8 @@ unsafe extern "C" fn call_closure(
     // `drop_closure` runs.
     let f = unsafe { &*(payload as *const Box<ArrayFn>) };
     // No panic may unwind into C++.
-    let result = catch_unwind(AssertUnwindSafe(|| -> Result<()> {
-        // SAFETY: `input` is valid for this call; each get returns a handle we own.
-        let n = unsafe { mlx_sys::mlx_vector_array_size(input) };
-        let args = (0..n)
-            .map(|i| try_array(|res| unsafe { mlx_sys::mlx_vector_array_get(res, input, i) }))
-            .collect::<Result<Vec<_>>>()?;
-        let outputs = f(&args)?;
-        let refs: Vec<&Array> = outputs.iter().collect();
-        let vec = VectorArray::new(&refs);
-        // SAFETY: `out` points to a vector handle owned by mlx-c; set shares ours into it.
-        check(unsafe { mlx_sys::mlx_vector_array_set(out, vec.0) })
-    }))
-    .unwrap_or_else(|panic| Err(panic_error(panic.as_ref())));
-    match result {
-        Ok(()) => 0,
-        Err(err) => {
-            // mlx-c turns the status into an exception of its own; `Compiled::call` returns this.
-            keep_callback_error(err);
-            1
-        }
-    }
+    // SAFETY: forwarded unchanged.
+    unsafe { run_closure(out, input, f.as_ref()) }
 }
 
 /// The error for a compiled function that panicked, with the panic's message.
@@ -152,6 +133,140 @@ impl Drop for Compiled {
     fn drop(&mut self) {
         // SAFETY: we own the closure handle.
         unsafe { mlx_sys::mlx_closure_free(self.raw) };
+    }
+}
+
+/// A function and its gradient, built by [`value_and_grad`]: one call gives the function's
+/// outputs and the gradient of its first output (a scalar) with respect to the chosen inputs.
+pub struct ValueAndGrad {
+    raw: mlx_sys::mlx_closure_value_and_grad,
+}
+
+// SAFETY: as for `Compiled`: the closure owns a `Send + Sync` Rust function.
+unsafe impl Send for ValueAndGrad {}
+
+/// Wraps `f` (whose first output must be a scalar) so that calls return its outputs and the
+/// gradient of that scalar with respect to the inputs at positions `argnums`, by MLX's reverse
+/// mode (`mlx::core::value_and_grad`) over the graph `f` builds.
+pub fn value_and_grad(f: Box<ArrayFn>, argnums: &[i32]) -> Result<ValueAndGrad> {
+    install_error_handler();
+    let payload = Box::into_raw(Box::new(f)) as *mut c_void;
+    // SAFETY: as in `compile`: the payload lives until `drop_closure`; the plain closure is
+    // freed once `mlx_value_and_grad` holds its own reference.
+    unsafe {
+        let plain =
+            mlx_sys::mlx_closure_new_func_payload(Some(call_closure), payload, Some(drop_closure));
+        let mut raw = mlx_sys::mlx_closure_value_and_grad_new();
+        let status = mlx_sys::mlx_value_and_grad(&mut raw, plain, argnums.as_ptr(), argnums.len());
+        mlx_sys::mlx_closure_free(plain);
+        if let Err(err) = check(status) {
+            mlx_sys::mlx_closure_value_and_grad_free(raw);
+            return Err(err);
+        }
+        Ok(ValueAndGrad { raw })
+    }
+}
+
+impl ValueAndGrad {
+    /// The outputs of the function at `inputs` and the gradients of the first output with
+    /// respect to the `argnums` inputs, in that order (lazy, like any MLX result).
+    pub fn call(&self, inputs: &[&Array]) -> Result<(Vec<Array>, Vec<Array>)> {
+        install_error_handler();
+        let input = VectorArray::new(inputs);
+        // SAFETY: valid handles; both result vectors are ours.
+        let mut values = VectorArray(unsafe { mlx_sys::mlx_vector_array_new() });
+        let mut grads = VectorArray(unsafe { mlx_sys::mlx_vector_array_new() });
+        clear_callback_error();
+        // SAFETY: as above; the closure runs `call_closure` on this thread while tracing.
+        check_callback_call(unsafe {
+            mlx_sys::mlx_closure_value_and_grad_apply(
+                &mut values.0,
+                &mut grads.0,
+                self.raw,
+                input.0,
+            )
+        })?;
+        Ok((values.to_arrays()?, grads.to_arrays()?))
+    }
+}
+
+impl Drop for ValueAndGrad {
+    fn drop(&mut self) {
+        // SAFETY: we own the closure handle.
+        unsafe { mlx_sys::mlx_closure_value_and_grad_free(self.raw) };
+    }
+}
+
+unsafe extern "C" fn call_borrowed<F>(
+    out: *mut mlx_sys::mlx_vector_array,
+    input: mlx_sys::mlx_vector_array,
+    payload: *mut c_void,
+) -> c_int
+where
+    F: Fn(&[Array]) -> Result<Vec<Array>>,
+{
+    // SAFETY: `payload` is the `&F` that `value_and_grad_of` borrows for the whole call.
+    let f = unsafe { &*(payload as *const F) };
+    // SAFETY: forwarded unchanged; `run_closure` reads `input` and writes `out`.
+    unsafe { run_closure(out, input, &|args| f(args)) }
+}
+
+/// The body of both closure trampolines: arrays in, `f`, arrays out; errors and panics are
+/// kept for the caller and reported to mlx-c as a failed status.
+unsafe fn run_closure(
+    out: *mut mlx_sys::mlx_vector_array,
+    input: mlx_sys::mlx_vector_array,
+    f: &dyn Fn(&[Array]) -> Result<Vec<Array>>,
+) -> c_int {
+    let result = catch_unwind(AssertUnwindSafe(|| -> Result<()> {
+        // SAFETY: `input` is valid for this call; each get returns a handle we own.
+        let n = unsafe { mlx_sys::mlx_vector_array_size(input) };
+        let args = (0..n)
+            .map(|i| try_array(|res| unsafe { mlx_sys::mlx_vector_array_get(res, input, i) }))
+            .collect::<Result<Vec<_>>>()?;
+        let outputs = f(&args)?;
+        let refs: Vec<&Array> = outputs.iter().collect();
+        let vec = VectorArray::new(&refs);
+        // SAFETY: `out` points to a vector handle owned by mlx-c; set shares ours into it.
+        check(unsafe { mlx_sys::mlx_vector_array_set(out, vec.0) })
+    }))
+    .unwrap_or_else(|panic| Err(panic_error(panic.as_ref())));
+    match result {
+        Ok(()) => 0,
+        Err(err) => {
+            keep_callback_error(err);
+            1
+        }
+    }
+}
+
+/// `f`'s outputs at `inputs` and the gradient of its first output (a scalar) with respect to
+/// the inputs at `argnums`, for a function that borrows (the model, the batch): the closure
+/// handles live only inside this call.
+pub fn value_and_grad_of<F>(
+    f: &F,
+    inputs: &[&Array],
+    argnums: &[i32],
+) -> Result<(Vec<Array>, Vec<Array>)>
+where
+    F: Fn(&[Array]) -> Result<Vec<Array>>,
+{
+    install_error_handler();
+    let payload = f as *const F as *mut c_void;
+    // SAFETY: the payload is `f`, borrowed for this whole function; no destructor is given,
+    // and both closure handles are freed before returning, so mlx-c never calls `f` later
+    // (the gradient graph holds arrays, not the function).
+    unsafe {
+        let plain = mlx_sys::mlx_closure_new_func_payload(Some(call_borrowed::<F>), payload, None);
+        let mut raw = mlx_sys::mlx_closure_value_and_grad_new();
+        let status = mlx_sys::mlx_value_and_grad(&mut raw, plain, argnums.as_ptr(), argnums.len());
+        mlx_sys::mlx_closure_free(plain);
+        if let Err(err) = check(status) {
+            mlx_sys::mlx_closure_value_and_grad_free(raw);
+            return Err(err);
+        }
+        let vg = ValueAndGrad { raw };
+        vg.call(inputs)
     }
 }
 

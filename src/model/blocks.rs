@@ -10,6 +10,7 @@ use crate::mlx::{ops, Array};
 use crate::model::config::ModelConfig;
 use crate::model::dump::Taps;
 use crate::model::linear::{self, Linear};
+use crate::model::lora::{self, LayerLora, Target};
 use crate::model::rope::Rope;
 use crate::model::weights::{Execution, WeightSource};
 
@@ -22,6 +23,37 @@ pub struct Layer<'a> {
     pub config: &'a ModelConfig,
     /// Whether the weights are GGUF blocks for our kernels or MLX arrays.
     pub execution: Execution,
+    /// The layer's LoRA adapters, added to the projections they sit on.
+    pub lora: Option<&'a LayerLora>,
+    /// A differentiable pass for training ([`crate::finetune`]): no cache (each sequence is
+    /// whole, from position 0), attention and norms on MLX ops, every projection its own
+    /// kernel op (the fused multi-weight ops have no backward).
+    pub train: bool,
+}
+
+impl Layer<'_> {
+    /// Whether the projections of `targets` must run one by one (training, or an adapter on
+    /// one of them).
+    fn unfused(&self, targets: &[Target]) -> bool {
+        self.train || self.lora.is_some_and(|l| l.has_any(targets))
+    }
+}
+
+/// `lin`(x) with the layer's adapter on `t` added.
+pub fn project(at: &Layer, t: Target, lin: &Linear, x: &Array) -> Result<Array> {
+    lora::apply(at.lora, t, x, lin.forward(x)?)
+}
+
+/// residual + `lin`(x) with the layer's adapter on `t` added (the skip connection inside the
+/// kernel op when it can be).
+pub fn project_add(
+    at: &Layer,
+    t: Target,
+    lin: &Linear,
+    x: &Array,
+    residual: &Array,
+) -> Result<Array> {
+    lora::apply(at.lora, t, x, lin.forward_add(x, residual)?)
 }
 
 /// One transformer block of some architecture: x [B, L, D] → [B, L, D], extending each
@@ -145,8 +177,17 @@ impl Attention {
             weight: &self.norm,
             eps: c.rms_eps,
         };
-        let (normed, qkv) =
-            linear::forward_all_normed(&[&self.wq, &self.wk, &self.wv], x, Some(norm))?;
+        let (normed, qkv) = if at.unfused(&[Target::Q, Target::K, Target::V]) {
+            let n = fast::rms_norm(x, norm.weight, norm.eps)?; // [B, L, D]
+            let qkv = vec![
+                project(at, Target::Q, &self.wq, &n)?,
+                project(at, Target::K, &self.wk, &n)?,
+                project(at, Target::V, &self.wv, &n)?,
+            ];
+            (Some(n), qkv)
+        } else {
+            linear::forward_all_normed(&[&self.wq, &self.wk, &self.wv], x, Some(norm))?
+        };
         let [mut q, mut k, v] = <[Array; 3]>::try_from(qkv)
             .map_err(|_| Error::InvalidArgument("expected three projections".into()))?;
         // q [B, L, Hq·hd], k and v [B, L, Hkv·hd]
@@ -163,7 +204,13 @@ impl Attention {
             k: &n.k_norm,
             eps: c.rms_eps,
         });
-        let kqv = if at.execution == Execution::CpuKernel {
+        let kqv = if at.train {
+            if let Some(n) = qk_norm {
+                q = head_norm(c, &q, n.q, c.n_heads)?; // [B, L, Hq·hd]
+                k = head_norm(c, &k, n.k, c.n_kv_heads)?; // [B, L, Hkv·hd]
+            }
+            self.attend_whole(at, &q, &k, &v)?
+        } else if at.execution == Execution::CpuKernel {
             self.attend_fused(at, &q, &k, &v, qk_norm, caches)?
         } else {
             if let Some(n) = qk_norm {
@@ -222,6 +269,41 @@ impl Attention {
             })?); // [1, L, Hq·hd]
         }
         concat_batch(outputs)
+    }
+
+    /// Causal attention of whole sequences (positions 0..L, no cache) with MLX's own ops, the
+    /// differentiable path of training: q [B, L, Hq·hd], k, v [B, L, Hkv·hd] → [B, L, Hq·hd].
+    fn attend_whole(&self, at: &Layer, q: &Array, k: &Array, v: &Array) -> Result<Array> {
+        let (c, rope) = (at.config, &self.rope);
+        let (b, l) = (q.dim(0)?, q.dim(1)?);
+        let (hq, hkv, hd) = (c.n_heads as i32, c.n_kv_heads as i32, c.head_dim as i32);
+        let heads = |y: &Array, h: i32| -> Result<Array> {
+            let y = ops::reshape(y, &[b, l, h, hd])?; // [B, L, H, hd]
+            ops::transpose(&y, &[0, 2, 1, 3]) // [B, H, L, hd]
+        };
+        let rotate = |x: &Array| match &rope.periods {
+            Some(periods) => {
+                fast::rope_with_periods(x, hd, c.rope_traditional, rope.rope.scale, 0, periods)
+            }
+            None => fast::rope(
+                x,
+                hd,
+                c.rope_traditional,
+                rope.rope.base,
+                rope.rope.scale,
+                0,
+            ),
+        };
+        let q = rotate(&heads(q, hq)?)?; // [B, Hq, L, hd]
+        let k = rotate(&heads(k, hkv)?)?; // [B, Hkv, L, hd]
+        let v = heads(v, hkv)?; // [B, Hkv, L, hd]
+        let scale = rope.rope.logit_scale() / (c.head_dim as f32).sqrt();
+        let out = match c.window_of(at.index) {
+            Some(w) if l as usize > w => window_attention(&q, &k, &v, scale, 0, w)?,
+            _ => fast::scaled_dot_product_attention(&q, &k, &v, scale, AttentionMask::Causal)?,
+        }; // [B, Hq, L, hd]
+        let out = ops::transpose(&out, &[0, 2, 1, 3])?; // [B, L, Hq, hd]
+        ops::reshape(&out, &[b, l, hq * hd]) // [B, L, Hq·hd]
     }
 
     /// Attention with MLX's own ops (RoPE, cache `slice_update`, SDPA): the reference path and
@@ -342,7 +424,14 @@ impl Mlp {
             weight: &self.norm,
             eps: at.config.rms_eps,
         };
-        let (normed, par) = linear::gated_normed(self.act, &self.gate, &self.up, x, Some(norm))?; // [B, L, F]
+        let (normed, par) = if at.unfused(&[Target::Gate, Target::Up]) {
+            let n = fast::rms_norm(x, norm.weight, norm.eps)?; // [B, L, D]
+            let g = project(at, Target::Gate, &self.gate, &n)?; // [B, L, F]
+            let u = project(at, Target::Up, &self.up, &n)?; // [B, L, F]
+            (Some(n), ops::multiply(&self.act.apply(&g)?, &u)?)
+        } else {
+            linear::gated_normed(self.act, &self.gate, &self.up, x, Some(norm))?
+        }; // [B, L, F]
         if let Some(n) = &normed {
             taps.put("ffn_norm", Some(il), n); // [B, L, D]
         }

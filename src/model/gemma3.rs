@@ -7,9 +7,10 @@ use crate::error::Result;
 use crate::kv_cache::KvCache;
 use crate::mlx::kernels::Gate;
 use crate::mlx::{fast, ops, Array};
-use crate::model::blocks::{Attention, Block, Layer, Mlp, QkvLayout};
+use crate::model::blocks::{project, Attention, Block, Layer, Mlp, QkvLayout};
 use crate::model::config::ModelConfig;
 use crate::model::dump::Taps;
+use crate::model::lora::Target;
 use crate::model::weights::WeightSource;
 
 /// A Gemma 3 block: norms before and after attention and MLP.
@@ -46,7 +47,7 @@ impl Block for Gemma3Block {
         let kqv = self.attention.forward(at, x, caches, taps)?; // [B, L, Hq·hd]
         let ffn_inp = {
             let _span = tracing::trace_span!("ffn_inp", il).entered();
-            let out = self.attention.wo.forward(&kqv)?; // [B, L, D]
+            let out = project(at, Target::O, &self.attention.wo, &kqv)?; // [B, L, D]
             let out = fast::rms_norm(&out, &self.post_attn_norm, eps)?; // [B, L, D]
             taps.put("attn_post_norm", Some(il), &out);
             ops::add(x, &out)? // [B, L, D]
@@ -54,7 +55,7 @@ impl Block for Gemma3Block {
         taps.put("ffn_inp", Some(il), &ffn_inp);
         let par = self.mlp.forward(at, &ffn_inp, taps)?; // [B, L, F]
         let _span = tracing::trace_span!("l_out", il).entered();
-        let out = self.mlp.down.forward(&par)?; // [B, L, D]
+        let out = project(at, Target::Down, &self.mlp.down, &par)?; // [B, L, D]
         let out = fast::rms_norm(&out, &self.post_ffw_norm, eps)?; // [B, L, D]
         taps.put("ffn_post_norm", Some(il), &out);
         let l_out = ops::add(&ffn_inp, &out)?; // [B, L, D]

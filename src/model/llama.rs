@@ -6,9 +6,10 @@ use crate::error::Result;
 use crate::kv_cache::KvCache;
 use crate::mlx::kernels::Gate;
 use crate::mlx::Array;
-use crate::model::blocks::{Attention, Block, Layer, Mlp, QkvLayout};
+use crate::model::blocks::{project_add, Attention, Block, Layer, Mlp, QkvLayout};
 use crate::model::config::{Arch, ModelConfig};
 use crate::model::dump::Taps;
+use crate::model::lora::Target;
 use crate::model::weights::WeightSource;
 
 /// A pre-norm transformer block: attention and a SwiGLU MLP, each with its input norm and a
@@ -50,12 +51,12 @@ impl Block for LlamaBlock {
         let kqv = self.attention.forward(at, x, caches, taps)?; // [B, L, Hq·hd]
         let ffn_inp = {
             let _span = tracing::trace_span!("ffn_inp", il).entered();
-            self.attention.wo.forward_add(&kqv, x)? // x + wo(kqv) [B, L, D]
+            project_add(at, Target::O, &self.attention.wo, &kqv, x)? // x + wo(kqv) [B, L, D]
         };
         taps.put("ffn_inp", Some(il), &ffn_inp);
         let par = self.mlp.forward(at, &ffn_inp, taps)?; // [B, L, F]
         let _span = tracing::trace_span!("l_out", il).entered();
-        let l_out = self.mlp.down.forward_add(&par, &ffn_inp)?; // ffn_inp + down(par) [B, L, D]
+        let l_out = project_add(at, Target::Down, &self.mlp.down, &par, &ffn_inp)?; // ffn_inp + down(par) [B, L, D]
         taps.put("l_out", Some(il), &l_out);
         Ok(l_out)
     }

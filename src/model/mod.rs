@@ -9,6 +9,7 @@ pub mod gemma3;
 pub mod hf_weights;
 pub mod linear;
 pub mod llama;
+pub mod lora;
 pub mod phi3;
 pub mod qwen3;
 pub mod rope;

@@ -20,6 +20,7 @@ use crate::model::blocks::{Block, Layer};
 use crate::model::config::{Arch, ModelConfig};
 use crate::model::dump::Taps;
 use crate::model::linear::Linear;
+use crate::model::lora::Adapters;
 use crate::model::weights::{Embedding, Execution, WeightSource};
 use crate::model::{gemma3, llama, phi3, qwen3};
 
@@ -32,6 +33,7 @@ pub struct Transformer {
     output_norm: Array, // [D]
     output: Linear,     // [V, D] (the embedding itself when tied)
     execution: Execution,
+    adapters: Option<Adapters>,
 }
 
 impl Transformer {
@@ -67,6 +69,7 @@ impl Transformer {
             output_norm: w.vector("output_norm.weight", c.hidden)?,
             output: w.linear(output_name, c.vocab_size, c.hidden, None)?,
             execution: w.execution(),
+            adapters: None,
             config,
         };
         w.check_all_used()?;
@@ -83,7 +86,6 @@ impl Transformer {
         caches: &mut [&mut KvCache],
         last_only: bool,
     ) -> Result<Array> {
-        let c = &self.config;
         let b = caches.len();
         if b == 0 || !tokens.len().is_multiple_of(b) {
             return Err(Error::InvalidArgument(format!(
@@ -95,6 +97,49 @@ impl Transformer {
         for cache in caches.iter_mut() {
             cache.reserve(l)?;
         }
+        let adapters = self.adapters.as_ref();
+        let x = self.blocks_forward(tokens, b, caches, adapters, last_only)?;
+        for cache in caches.iter_mut() {
+            cache.advance(l);
+        }
+        Ok(x)
+    }
+
+    /// Adapters applied by every later [`Transformer::forward`] (`None` removes them). The
+    /// caller checks they fit the model ([`crate::finetune::checkpoint::load_adapters`] does).
+    pub fn set_adapters(&mut self, adapters: Option<Adapters>) {
+        self.adapters = adapters;
+    }
+
+    /// The adapters [`Transformer::forward`] applies, if any.
+    pub fn adapters(&self) -> Option<&Adapters> {
+        self.adapters.as_ref()
+    }
+
+    /// The differentiable pass of training: B whole sequences (`tokens` [B, L] row-major, each
+    /// from position 0, no cache) with `adapters` on their projections → logits [B, L, V].
+    pub fn forward_train(&self, tokens: &[u32], b: usize, adapters: &Adapters) -> Result<Array> {
+        if b == 0 || !tokens.len().is_multiple_of(b) {
+            return Err(Error::InvalidArgument(format!(
+                "{} tokens for {b} sequences",
+                tokens.len()
+            )));
+        }
+        self.blocks_forward(tokens, b, &mut [], Some(adapters), false)
+    }
+
+    /// Embedding, blocks, final norm and head for B = `b` sequences of `tokens`; no cache
+    /// (`caches` empty) means the training pass.
+    fn blocks_forward(
+        &self,
+        tokens: &[u32],
+        b: usize,
+        caches: &mut [&mut KvCache],
+        adapters: Option<&Adapters>,
+        last_only: bool,
+    ) -> Result<Array> {
+        let c = &self.config;
+        let l = tokens.len() / b;
         let mut taps = Taps::for_next_forward();
         let span = tracing::trace_span!("inp_embd").entered();
         let mut x = self.embed.lookup(tokens)?; // [B·L, D]
@@ -111,11 +156,10 @@ impl Transformer {
                 index: il,
                 config: c,
                 execution: self.execution,
+                lora: adapters.and_then(|a| a.layer(il)),
+                train: caches.is_empty(),
             };
             x = block.forward(&at, &x, caches, &mut taps)?; // [B, L, D]
-        }
-        for cache in caches.iter_mut() {
-            cache.advance(l);
         }
         if last_only && l > 1 {
             x = ops::slice(

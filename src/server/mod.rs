@@ -54,6 +54,9 @@ pub struct ServeArgs {
     /// Require `Authorization: Bearer KEY` on every API route.
     #[arg(long)]
     pub api_key: Option<String>,
+    /// A LoRA adapter directory (written by `mlx-engine finetune`) applied to the model.
+    #[arg(long, value_name = "DIR")]
+    pub adapter: Option<std::path::PathBuf>,
     /// Threads for the CPU kernels (default: all cores).
     #[arg(long, short = 't')]
     pub threads: Option<usize>,
@@ -211,6 +214,7 @@ fn spawn_engine(
     let spec = args.model.clone();
     let (parallel, ctx_size) = (args.parallel, args.ctx_size);
     let prefix_cache_bytes = args.prefix_cache_bytes;
+    let adapter = args.adapter.clone();
     let speculation = args.speculative.map(|_| SpeculativeOptions {
         draft_max: args.draft_max,
         adaptive: true,
@@ -229,6 +233,7 @@ fn spawn_engine(
                     prefill_chunk_while_decoding: 64,
                     prefix_cache_bytes,
                     speculation,
+                    adapter,
                 };
                 scheduler::run(&config, queue, shared, |model| {
                     let _ = info.set(model);

@@ -58,6 +58,8 @@ pub struct EngineConfig {
     pub prefix_cache_bytes: usize,
     /// Prompt-lookup speculation for a sequence that decodes alone; `None` never speculates.
     pub speculation: Option<SpeculativeOptions>,
+    /// A LoRA adapter directory applied to the model.
+    pub adapter: Option<PathBuf>,
 }
 
 /// What the engine thread shares with the HTTP side.
@@ -150,6 +152,7 @@ pub fn run(
     let options = BackendOptions {
         max_context: config.ctx_size,
         prefill_chunk: config.prefill_chunk,
+        adapter: config.adapter.clone(),
         ..BackendOptions::default()
     };
     let backend = Backend::load(&ModelSpec::new(&config.model), &options)?;
