@@ -16,6 +16,9 @@ const KERNEL_SOURCES: &[&str] = &[
     "kernels/qmatmul.cpp",
     "kernels/mlx_primitive.cpp",
     "kernels/attention.cpp",
+    "kernels/backward.cpp",
+    "kernels/gemm.cpp",
+    "kernels/cross_entropy.cpp",
 ];
 
 fn main() {

@@ -37,6 +37,11 @@ void set_last_error(const std::string& msg);
 int qmatmul_checked(const void* w, int type, int64_t n, int64_t k, const float* x, int64_t m, int64_t ldx,
                     float* y, int64_t ldy);
 int validate(int type, int64_t n, int64_t k, int64_t* row_bytes);
+int qmatmul_t_checked(const void* w, int type, int64_t n, int64_t k, const float* dy, int64_t m, int64_t lddy,
+                      float* dx);
+void gemm_f32(int64_t batch, int64_t m, int64_t n, int64_t k, const float* a, const float* b, float* c);
+void cross_entropy_f32(int64_t m, int64_t v, const float* z, const int32_t* t, const float* w, const float* g,
+                       float* out);
 }  // namespace mlxe
 
 namespace mlx_engine {
@@ -224,16 +229,14 @@ class GgufQMatmul : public mx::UnaryPrimitive {
         "(e.g. mlx_default_cpu_stream_new())");
   }
 
-  // The weight is frozen: for y = x . W^T (+ r), dx = dy . W (the blocks dequantized to float32
-  // by GgufDequantize for this product only, then MLX's matmul) and dr = dy. A gradient with
-  // respect to the blocks themselves is refused.
+  // The weight is frozen: for y = x . W^T (+ r), dx = dy . W (GgufQMatmulT over the same
+  // blocks) and dr = dy. A gradient with respect to the blocks themselves is refused.
   std::vector<mx::array> vjp(const std::vector<mx::array>& primals, const std::vector<mx::array>& cotangents,
                              const std::vector<int>& argnums, const std::vector<mx::array>&) override {
     std::vector<mx::array> grads;
     for (int a : argnums) {
       if (a == 0) {
-        mx::array w = dequantized(primals[1]);
-        mx::array dx = mx::matmul(cotangents[0], w, stream());  // [..., M, N] . [N, K]
+        mx::array dx = input_grad(cotangents[0], primals[1]);  // [..., M, N] . [N, K]
         grads.push_back(dx.dtype() == primals[0].dtype() ? dx : mx::astype(dx, primals[0].dtype(), stream()));
       } else if (a == 2) {
         const mx::array& r = primals[2];
@@ -261,78 +264,58 @@ class GgufQMatmul : public mx::UnaryPrimitive {
   int type() const { return type_; }
 
  private:
-  // The blocks w [N, row_bytes] as a float32 [N, K] array (lazy).
-  mx::array dequantized(const mx::array& w);
+  // dy [..., M, N] . W as a float32 [..., M, K] array (lazy).
+  mx::array input_grad(const mx::array& dy, const mx::array& w);
 
   int type_;
   int64_t n_, k_;
   bool has_residual_;
 };
 
-// W [N, row_bytes] uint8 GGUF blocks (any layout the kernels take) → float32 [N, K]: the
-// frozen weight as GgufQMatmul's backward pass multiplies by it, materialised only for that
-// product. Rows are decoded by the scalar reference decoder, threaded over rows.
-class GgufDequantize : public mx::UnaryPrimitive {
+// dx [..., M, K] = dy [..., M, N] . W for W [N, row_bytes] uint8 GGUF blocks: GgufQMatmul's
+// backward with respect to x (mlxe::qmatmul_t_checked, backward.cpp), reading the blocks in
+// place as the forward does.
+class GgufQMatmulT : public mx::UnaryPrimitive {
  public:
-  GgufDequantize(mx::Stream s, int type, int64_t n, int64_t k) : mx::UnaryPrimitive(s), type_(type), n_(n), k_(k) {}
+  GgufQMatmulT(mx::Stream s, int type, int64_t n, int64_t k) : mx::UnaryPrimitive(s), type_(type), n_(n), k_(k) {}
 
   void eval_cpu(const std::vector<mx::array>& inputs, mx::array& out) override {
     out.set_data(mx::allocator::malloc(out.nbytes()));
     auto& enc = mx::cpu::get_command_encoder(stream());
-    enc.set_input_array(inputs[0]);
+    for (const auto& in : inputs) enc.set_input_array(in);
     enc.set_output_array(out);
-    struct Job {
-      const uint8_t* w;
-      size_t row_bytes;
-      int type;
-      int64_t n, k, chunk;
-      float* y;
-      std::atomic<int64_t> next{0};
-    };
-    const WSource wsrc(inputs[0]);
-    float* y = out.data<float>();
-    enc.dispatch([wsrc, y, type = type_, n = n_, k = k_]() {
+    const XSource ds(inputs[0], n_);
+    const WSource wsrc(inputs[1]);
+    float* dx = out.data<float>();
+    enc.dispatch([=, type = type_, n = n_, k = k_]() {
       try {
+        std::vector<float> dbuf;
+        const float* d = ds.data(n, dbuf);
         std::vector<uint8_t> wbuf;
-        Job job;
-        job.w = wsrc.data(wbuf);
-        job.row_bytes = n > 0 ? (size_t)(wsrc.shape.back()) : 0;
-        job.type = type;
-        job.n = n;
-        job.k = k;
-        job.chunk = 64;
-        job.y = y;
-        auto run = [](void* ctx) {
-          Job& j = *(Job*)ctx;
-          for (;;) {
-            const int64_t c = j.next.fetch_add(1);
-            const int64_t r0 = c * j.chunk;
-            if (r0 >= j.n) return;
-            const int64_t r1 = std::min(j.n, r0 + j.chunk);
-            for (int64_t r = r0; r < r1; ++r)
-              mlxe::scalar::dequantize_row(j.type, j.w + (size_t)r * j.row_bytes, j.k, j.y + r * j.k);
-          }
-        };
-        mlxe::parallel_run(run, &job, mlxe::pool_num_threads());
+        const uint8_t* wf = wsrc.data(wbuf);
+        const int rc = mlxe::qmatmul_t_checked(wf, type, n, k, d, ds.rows, ds.ldx, dx);
+        if (rc) std::fprintf(stderr, "GgufQMatmulT: kernel error %d: %s\n", rc, mlxk_last_error());
       } catch (const std::exception& e) {
-        std::fprintf(stderr, "GgufDequantize: %s\n", e.what());
+        std::fprintf(stderr, "GgufQMatmulT: %s\n", e.what());
       }
     });
   }
 
   void eval_gpu(const std::vector<mx::array>&, mx::array&) override {
-    throw std::runtime_error("GgufDequantize has no GPU implementation: evaluate it on a CPU stream");
+    throw std::runtime_error("GgufQMatmulT has no GPU implementation: evaluate it on a CPU stream");
   }
 
-  const char* name() const override { return "GgufDequantize"; }
+  const char* name() const override { return "GgufQMatmulT"; }
 
   bool is_equivalent(const mx::Primitive& other) const override {
-    const auto* o = dynamic_cast<const GgufDequantize*>(&other);
+    const auto* o = dynamic_cast<const GgufQMatmulT*>(&other);
     return o && o->type_ == type_ && o->n_ == n_ && o->k_ == k_;
   }
 
-  std::vector<mx::Shape> output_shapes(const std::vector<mx::array>&) override {
-    return {mx::Shape{(int32_t)n_, (int32_t)k_}};
+  std::vector<mx::Shape> output_shapes(const std::vector<mx::array>& inputs) override {
+    mx::Shape s = inputs[0].shape();
+    s.back() = (int32_t)k_;
+    return {s};
   }
 
  private:
@@ -340,9 +323,153 @@ class GgufDequantize : public mx::UnaryPrimitive {
   int64_t n_, k_;
 };
 
-mx::array GgufQMatmul::dequantized(const mx::array& w) {
-  return mx::array(mx::Shape{(int32_t)n_, (int32_t)k_}, mx::float32,
-                   std::make_shared<GgufDequantize>(stream(), type_, n_, k_), {w});
+// c [..., M, N] = a [..., M, K] . b [..., K, N] in float32 (mlxe::gemm_f32, gemm.cpp), the
+// leading axes equal; differentiable (its vjp is two more of itself).
+class F32Matmul : public mx::UnaryPrimitive {
+ public:
+  explicit F32Matmul(mx::Stream s) : mx::UnaryPrimitive(s) {}
+
+  // The product of a and b as an array of this primitive (inputs made float32 and contiguous).
+  static mx::array make(mx::array a, mx::array b, mx::Stream s) {
+    if (a.ndim() < 2 || a.ndim() != b.ndim())
+      throw std::invalid_argument("matmul_f32: a and b need the same rank, at least 2");
+    for (size_t i = 0; i + 2 < a.ndim(); ++i)
+      if (a.shape(i) != b.shape(i)) throw std::invalid_argument("matmul_f32: the leading axes must be equal");
+    if (a.shape(-1) != b.shape(-2))
+      throw std::invalid_argument("matmul_f32: a is [..., M, " + std::to_string(a.shape(-1)) + "], b is [..., " +
+                                  std::to_string(b.shape(-2)) + ", N]");
+    if (a.dtype() != mx::float32) a = mx::astype(a, mx::float32, s);
+    if (b.dtype() != mx::float32) b = mx::astype(b, mx::float32, s);
+    a = mx::contiguous(a, false, s);
+    b = mx::contiguous(b, false, s);
+    mx::Shape shape = a.shape();
+    shape.back() = b.shape(-1);
+    return mx::array(std::move(shape), mx::float32, std::make_shared<F32Matmul>(s), {a, b});
+  }
+
+  void eval_cpu(const std::vector<mx::array>& inputs, mx::array& out) override {
+    out.set_data(mx::allocator::malloc(out.nbytes()));
+    auto& enc = mx::cpu::get_command_encoder(stream());
+    for (const auto& in : inputs) enc.set_input_array(in);
+    enc.set_output_array(out);
+    const XSource as(inputs[0], inputs[0].shape(-1)), bs(inputs[1], inputs[1].shape(-1));
+    const bool a_plain = inputs[0].flags().row_contiguous, b_plain = inputs[1].flags().row_contiguous;
+    const int64_t m = inputs[0].shape(-2), k = inputs[0].shape(-1), n = inputs[1].shape(-1);
+    const int64_t batch = m * k > 0 ? (int64_t)inputs[0].size() / (m * k) : 0;
+    float* c = out.data<float>();
+    enc.dispatch([=]() {
+      try {
+        // Inputs are made contiguous at graph build; gathered here only defensively.
+        std::vector<float> abuf, bbuf;
+        const float* a = (const float*)as.p;
+        const float* b = (const float*)bs.p;
+        if (!a_plain) {
+          abuf.resize((size_t)(batch * m * k));
+          as.gather_any(abuf.data());
+          a = abuf.data();
+        }
+        if (!b_plain) {
+          bbuf.resize((size_t)(batch * k * n));
+          bs.gather_any(bbuf.data());
+          b = bbuf.data();
+        }
+        mlxe::gemm_f32(batch, m, n, k, a, b, c);
+      } catch (const std::exception& e) {
+        std::fprintf(stderr, "F32Matmul: %s\n", e.what());
+      }
+    });
+  }
+
+  void eval_gpu(const std::vector<mx::array>&, mx::array&) override {
+    throw std::runtime_error("F32Matmul has no GPU implementation: evaluate it on a CPU stream");
+  }
+
+  // dA = dC . B^T, dB = A^T . dC.
+  std::vector<mx::array> vjp(const std::vector<mx::array>& primals, const std::vector<mx::array>& cotangents,
+                             const std::vector<int>& argnums, const std::vector<mx::array>&) override {
+    std::vector<mx::array> grads;
+    const int nd = (int)primals[0].ndim();
+    for (int i : argnums) {
+      if (i == 0)
+        grads.push_back(make(cotangents[0], mx::swapaxes(primals[1], nd - 1, nd - 2, stream()), stream()));
+      else
+        grads.push_back(make(mx::swapaxes(primals[0], nd - 1, nd - 2, stream()), cotangents[0], stream()));
+    }
+    return grads;
+  }
+
+  const char* name() const override { return "F32Matmul"; }
+
+  bool is_equivalent(const mx::Primitive& other) const override {
+    return dynamic_cast<const F32Matmul*>(&other) != nullptr;
+  }
+
+  std::vector<mx::Shape> output_shapes(const std::vector<mx::array>& inputs) override {
+    mx::Shape s = inputs[0].shape();
+    s.back() = inputs[1].shape(-1);
+    return {s};
+  }
+};
+
+// Weighted cross-entropy of logits z [M, V] against targets t [M] (int32) with weights w [M]
+// (float32): loss [M] (mlxe::cross_entropy_f32, cross_entropy.cpp); with a fourth input, the
+// cotangent g [M], it is the backward instead: dz [M, V]. Inputs are contiguous (made so at
+// graph build).
+class CrossEntropy : public mx::UnaryPrimitive {
+ public:
+  CrossEntropy(mx::Stream s, bool backward) : mx::UnaryPrimitive(s), backward_(backward) {}
+
+  void eval_cpu(const std::vector<mx::array>& inputs, mx::array& out) override {
+    out.set_data(mx::allocator::malloc(out.nbytes()));
+    auto& enc = mx::cpu::get_command_encoder(stream());
+    for (const auto& in : inputs) enc.set_input_array(in);
+    enc.set_output_array(out);
+    const int64_t m = inputs[0].shape(0), v = inputs[0].shape(1);
+    const float* z = inputs[0].data<float>();
+    const int32_t* t = inputs[1].data<int32_t>();
+    const float* w = inputs[2].data<float>();
+    const float* g = backward_ ? inputs[3].data<float>() : nullptr;
+    float* o = out.data<float>();
+    enc.dispatch([=]() { mlxe::cross_entropy_f32(m, v, z, t, w, g, o); });
+  }
+
+  void eval_gpu(const std::vector<mx::array>&, mx::array&) override {
+    throw std::runtime_error("CrossEntropy has no GPU implementation: evaluate it on a CPU stream");
+  }
+
+  std::vector<mx::array> vjp(const std::vector<mx::array>& primals, const std::vector<mx::array>& cotangents,
+                             const std::vector<int>& argnums, const std::vector<mx::array>&) override {
+    if (backward_) throw std::invalid_argument("CrossEntropy: no second derivative");
+    std::vector<mx::array> grads;
+    for (int a : argnums) {
+      if (a != 0) throw std::invalid_argument("CrossEntropy: only the logits have a gradient");
+      mx::array g = mx::contiguous(mx::astype(cotangents[0], mx::float32, stream()), false, stream());
+      grads.push_back(mx::array(primals[0].shape(), mx::float32, std::make_shared<CrossEntropy>(stream(), true),
+                                {primals[0], primals[1], primals[2], g}));
+    }
+    return grads;
+  }
+
+  const char* name() const override { return backward_ ? "CrossEntropyVjp" : "CrossEntropy"; }
+
+  bool is_equivalent(const mx::Primitive& other) const override {
+    const auto* o = dynamic_cast<const CrossEntropy*>(&other);
+    return o && o->backward_ == backward_;
+  }
+
+  std::vector<mx::Shape> output_shapes(const std::vector<mx::array>& inputs) override {
+    if (backward_) return {inputs[0].shape()};
+    return {mx::Shape{inputs[0].shape(0)}};
+  }
+
+ private:
+  bool backward_;
+};
+
+mx::array GgufQMatmul::input_grad(const mx::array& dy, const mx::array& w) {
+  mx::Shape s = dy.shape();
+  s.back() = (int32_t)k_;
+  return mx::array(std::move(s), mx::float32, std::make_shared<GgufQMatmulT>(stream(), type_, n_, k_), {dy, w});
 }
 
 // Up to 4 projections of one x in one kernel call (mlxe::qmatmul_multi_checked). Inputs:
@@ -730,6 +857,56 @@ extern "C" int mlxk_gguf_qmatmul_multi_norm(mlx_array* res, const mlx_array x, c
     mlxe::set_last_error(std::string("mlxk_gguf_qmatmul_multi: ") + e.what());
   } catch (...) {
     mlxe::set_last_error("mlxk_gguf_qmatmul_multi: unknown exception");
+  }
+  return 1;
+}
+
+extern "C" int mlxk_matmul_f32(mlx_array* res, const mlx_array a, const mlx_array b, const mlx_stream s) {
+  namespace mx = mlx::core;
+  try {
+    if (!res) {
+      mlxe::set_last_error("mlxk_matmul_f32: null result pointer");
+      return 1;
+    }
+    const mx::Stream st = mlx_stream_get_(s);
+    if (st.device.type != mx::Device::cpu)
+      throw std::invalid_argument("F32Matmul runs on CPU streams only (got a GPU stream)");
+    mlx_array_set_(*res, mlx_engine::F32Matmul::make(mlx_array_get_(a), mlx_array_get_(b), st));
+    return 0;
+  } catch (const std::exception& e) {
+    mlxe::set_last_error(std::string("mlxk_matmul_f32: ") + e.what());
+  } catch (...) {
+    mlxe::set_last_error("mlxk_matmul_f32: unknown exception");
+  }
+  return 1;
+}
+
+extern "C" int mlxk_cross_entropy(mlx_array* res, const mlx_array logits, const mlx_array targets,
+                                  const mlx_array weights, const mlx_stream s) {
+  namespace mx = mlx::core;
+  try {
+    if (!res) {
+      mlxe::set_last_error("mlxk_cross_entropy: null result pointer");
+      return 1;
+    }
+    const mx::Stream st = mlx_stream_get_(s);
+    if (st.device.type != mx::Device::cpu)
+      throw std::invalid_argument("CrossEntropy runs on CPU streams only (got a GPU stream)");
+    mx::array z = mlx_array_get_(logits), t = mlx_array_get_(targets), w = mlx_array_get_(weights);
+    if (z.ndim() != 2 || t.ndim() != 1 || w.ndim() != 1 || t.shape(0) != z.shape(0) || w.shape(0) != z.shape(0))
+      throw std::invalid_argument("logits must be [M, V] with targets and weights [M]");
+    if (!mx::issubdtype(t.dtype(), mx::integer)) throw std::invalid_argument("targets must be integers");
+    z = mx::contiguous(mx::astype(z, mx::float32, st), false, st);
+    t = mx::contiguous(mx::astype(t, mx::int32, st), false, st);
+    w = mx::contiguous(mx::astype(w, mx::float32, st), false, st);
+    mx::Shape shape{z.shape(0)};
+    mlx_array_set_(*res, mx::array(std::move(shape), mx::float32,
+                                   std::make_shared<mlx_engine::CrossEntropy>(st, false), {z, t, w}));
+    return 0;
+  } catch (const std::exception& e) {
+    mlxe::set_last_error(std::string("mlxk_cross_entropy: ") + e.what());
+  } catch (...) {
+    mlxe::set_last_error("mlxk_cross_entropy: unknown exception");
   }
   return 1;
 }

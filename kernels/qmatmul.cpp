@@ -9,6 +9,10 @@
 #include <vector>
 
 #include "mlx_engine_kernels.h"
+#if defined(__GLIBC__)
+#include <malloc.h>
+#endif
+
 #include "mlxk_internal.h"
 
 namespace mlxe {
@@ -653,6 +657,13 @@ void mlxk_force_path(int path) {
 }
 
 void mlxk_set_num_threads(int n) { pool_set_num_threads(n); }
+
+void mlxk_retain_freed_memory(void) {
+#if defined(__GLIBC__)
+  mallopt(M_MMAP_THRESHOLD, 32 << 20);  // glibc's largest allowed value
+  mallopt(M_TRIM_THRESHOLD, 1 << 30);
+#endif
+}
 int mlxk_get_num_threads(void) { return pool_num_threads(); }
 
 }  // extern "C"

@@ -1,4 +1,5 @@
 //! Fine-tuning (`mlx_engine::finetune`): the kernel's backward against the dequantized weight,
+//! the float32 matmul and cross-entropy kernels (with their gradients) against f64 host values,
 //! AdamW and the schedule against hand-computed values, the loss falling on a learnable task,
 //! bit-exact resume, chat data masks, bad data lines, and adapters at inference (applied,
 //! consistent with training, refused when foreign). The whole training step against numpy is
@@ -84,6 +85,124 @@ fn kernel_backward_is_dy_times_the_dequantized_weight() {
         let err = transforms::value_and_grad_of(&g, &[&blocks], &[0])
             .and_then(|(_, gs)| transforms::eval(&gs.iter().collect::<Vec<_>>()));
         assert!(err.is_err(), "{quant}: a gradient of the weight blocks");
+    }
+}
+
+/// Host f64 product of a [batch, m, k] and b [batch, k, n].
+fn product(a: &[f32], b: &[f32], batch: usize, m: usize, k: usize, n: usize) -> Vec<f64> {
+    let mut c = vec![0f64; batch * m * n];
+    for z in 0..batch {
+        for i in 0..m {
+            for t in 0..k {
+                for j in 0..n {
+                    c[(z * m + i) * n + j] +=
+                        a[(z * m + i) * k + t] as f64 * b[(z * k + t) * n + j] as f64;
+                }
+            }
+        }
+    }
+    c
+}
+
+#[test]
+fn the_float32_matmul_and_cross_entropy_match_f64_with_their_gradients() {
+    // Shapes that reach every column tail (16-, 8- and 1-wide) and row remainder, batched.
+    for (batch, m, k, n) in [
+        (3, 7, 5, 37),
+        (2, 33, 64, 8),
+        (1, 1, 300, 270),
+        (2, 6, 9, 1),
+    ] {
+        let a = common::activations(batch * m, k, 1);
+        let b = common::activations(batch * k, n, 2);
+        let c = common::activations(batch * m, n, 3); // the cotangent
+        let shape = |r: usize, c: usize| [batch as i32, r as i32, c as i32];
+        let (aa, ba) = (
+            Array::from_slice(&a, &shape(m, k)).unwrap(),
+            Array::from_slice(&b, &shape(k, n)).unwrap(),
+        );
+        let ca = Array::from_slice(&c, &shape(m, n)).unwrap();
+        let got = kernels::matmul_f32(&aa, &ba)
+            .unwrap()
+            .to_vec::<f32>()
+            .unwrap();
+        let want = product(&a, &b, batch, m, k, n);
+        for (g, w) in got.iter().zip(&want) {
+            assert!((*g as f64 - w).abs() < 1e-5 * (1.0 + w.abs()), "{g} vs {w}");
+        }
+        // L = Σ C ⊙ (A·B): dA = C·Bᵀ, dB = Aᵀ·C.
+        let f = |x: &[Array]| -> mlx_engine::Result<Vec<Array>> {
+            let y = ops::multiply(&kernels::matmul_f32(&x[0], &x[1])?, &ca)?;
+            Ok(vec![ops::sum(&ops::reshape(&y, &[-1])?, 0, false)?])
+        };
+        let (_, grads) = transforms::value_and_grad_of(&f, &[&aa, &ba], &[0, 1]).unwrap();
+        let (da, db) = (
+            grads[0].to_vec::<f32>().unwrap(),
+            grads[1].to_vec::<f32>().unwrap(),
+        );
+        for z in 0..batch {
+            for i in 0..m {
+                for t in 0..k {
+                    let w: f64 = (0..n)
+                        .map(|j| c[(z * m + i) * n + j] as f64 * b[(z * k + t) * n + j] as f64)
+                        .sum();
+                    let g = da[(z * m + i) * k + t] as f64;
+                    assert!((g - w).abs() < 1e-5 * (1.0 + w.abs()), "dA {g} vs {w}");
+                }
+            }
+            for t in 0..k {
+                for j in 0..n {
+                    let w: f64 = (0..m)
+                        .map(|i| a[(z * m + i) * k + t] as f64 * c[(z * m + i) * n + j] as f64)
+                        .sum();
+                    let g = db[(z * k + t) * n + j] as f64;
+                    assert!((g - w).abs() < 1e-5 * (1.0 + w.abs()), "dB {g} vs {w}");
+                }
+            }
+        }
+    }
+
+    // Cross-entropy of 19 rows over 300 logits (the SIMD body and its scalar tail), weighted.
+    let (m, v) = (19usize, 300usize);
+    let z: Vec<f32> = common::activations(m, v, 4)
+        .iter()
+        .map(|x| 3.0 * x)
+        .collect();
+    let t: Vec<u32> = (0..m as u32).map(|i| (i * 37) % v as u32).collect();
+    let w: Vec<f32> = (0..m).map(|i| [1.0, 0.0, 0.5][i % 3]).collect();
+    let g: Vec<f32> = (0..m).map(|i| 1.0 + i as f32 / 10.0).collect();
+    let za = Array::from_slice(&z, &[m as i32, v as i32]).unwrap();
+    let (ta, wa) = (
+        Array::from_slice(&t, &[m as i32]).unwrap(),
+        Array::from_slice(&w, &[m as i32]).unwrap(),
+    );
+    let ga = Array::from_slice(&g, &[m as i32]).unwrap();
+    let loss = kernels::cross_entropy(&za, &ta, &wa)
+        .unwrap()
+        .to_vec::<f32>()
+        .unwrap();
+    let f = |x: &[Array]| -> mlx_engine::Result<Vec<Array>> {
+        let l = ops::multiply(&kernels::cross_entropy(&x[0], &ta, &wa)?, &ga)?;
+        Ok(vec![ops::sum(&l, 0, false)?])
+    };
+    let (_, grads) = transforms::value_and_grad_of(&f, &[&za], &[0]).unwrap();
+    let dz = grads[0].to_vec::<f32>().unwrap();
+    for r in 0..m {
+        let row: Vec<f64> = z[r * v..(r + 1) * v].iter().map(|&x| x as f64).collect();
+        let mx = row.iter().cloned().fold(f64::MIN, f64::max);
+        let sum: f64 = row.iter().map(|x| (x - mx).exp()).sum();
+        let lse = mx + sum.ln();
+        let want = w[r] as f64 * (lse - row[t[r] as usize]);
+        assert!(
+            (loss[r] as f64 - want).abs() < 1e-5 * (1.0 + want.abs()),
+            "row {r}"
+        );
+        for (j, x) in row.iter().enumerate() {
+            let p = (x - lse).exp() - if j == t[r] as usize { 1.0 } else { 0.0 };
+            let want = g[r] as f64 * w[r] as f64 * p;
+            let got = dz[r * v + j] as f64;
+            assert!((got - want).abs() < 1e-6, "dz[{r}, {j}] {got} vs {want}");
+        }
     }
 }
 

@@ -109,6 +109,11 @@ void mlxk_force_path(int path);
 void mlxk_set_num_threads(int n);
 int mlxk_get_num_threads(void);
 
+/* Keeps freed memory in the process's heap for reuse instead of returning it to the system
+ * (glibc: large mmap and trim thresholds). A training step frees and reallocates the same
+ * large buffers every step; fresh pages from the system would be zeroed each time. */
+void mlxk_retain_freed_memory(void);
+
 #ifndef MLXK_NO_MLX_C
 #include "mlx/c/array.h"
 #include "mlx/c/stream.h"
@@ -134,6 +139,19 @@ int64_t mlxk_weight_arena_bytes(void);
  * conventions: create it with mlx_array_new() and free it with mlx_array_free(). */
 int mlxk_gguf_qmatmul(mlx_array* res, const mlx_array x, const mlx_array w, int ggml_type, int64_t n,
                       int64_t k, const mlx_stream s);
+
+/* *res = a . b over the last two axes in float32 (a [..., M, K], b [..., K, N], the leading
+ * axes equal; other float types are converted): our threaded AVX2 product, differentiable by
+ * MLX's autodiff, for the small dense products of training (attention, LoRA). CPU streams only.
+ * Returns 0 on success, 1 on error (message in mlxk_last_error()). */
+int mlxk_matmul_f32(mlx_array* res, const mlx_array a, const mlx_array b, const mlx_stream s);
+
+/* *res = the weighted cross-entropy per row, w[m] * (logsumexp(z[m]) - z[m, t[m]]) for logits
+ * z [M, V], integer targets t [M] and weights w [M] ([M] float32; a target outside [0, V) gives
+ * NaN): the training loss, differentiable with respect to z by MLX's autodiff (one fused pass
+ * each way). CPU streams only. Returns 0 on success, 1 on error (message in mlxk_last_error()). */
+int mlxk_cross_entropy(mlx_array* res, const mlx_array logits, const mlx_array targets, const mlx_array weights,
+                       const mlx_stream s);
 
 /* mlxk_gguf_qmatmul followed by a residual add in the same op: *res = x . w^T + residual, with
  * residual of the output's shape [..., M, N] (float32 / float16 / bfloat16, any strides).

@@ -120,6 +120,7 @@ pub fn run(args: &FinetuneArgs) -> Result<Summary> {
             "--lr must be positive and --alpha finite".into(),
         ));
     }
+    crate::mlx::kernels::retain_freed_memory();
     let resolved = fetch::resolve(&args.model, &FetchOptions::default())?;
     let engine = Engine::load(&resolved.path, &LoadOptions::default())?;
     let tokenizer = engine.tokenizer()?;

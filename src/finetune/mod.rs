@@ -342,14 +342,14 @@ pub fn batch_loss(
     adapters: &crate::model::lora::Adapters,
     batch: &Batch,
 ) -> Result<Array> {
-    let (b, l) = (batch.b as i32, batch.l as i32);
     let logits = model.forward_train(&batch.inputs, batch.b, adapters)?; // [B, L, V]
-    let lse = ops::logsumexp(&logits, -1, false)?; // [B, L]
-    let targets = Array::from_slice(&batch.targets, &[b, l, 1])?;
-    let picked = ops::squeeze(&ops::take_along_axis(&logits, &targets, -1)?, -1)?; // [B, L]
-    let weights = Array::from_slice(&batch.weights, &[b, l])?;
-    let ce = ops::multiply(&ops::subtract(&lse, &picked)?, &weights)?; // [B, L]
-    ops::sum(&ops::reshape(&ce, &[-1])?, 0, false)
+    let v = model.config.vocab_size as i32;
+    let logits = ops::reshape(&logits, &[-1, v])?; // [B·L, V]
+    let n = batch.targets.len() as i32;
+    let targets = Array::from_slice(&batch.targets, &[n])?;
+    let weights = Array::from_slice(&batch.weights, &[n])?;
+    let ce = crate::mlx::kernels::cross_entropy(&logits, &targets, &weights)?; // [B·L]
+    ops::sum(&ce, 0, false)
 }
 
 /// The summed loss of `batch` and its gradient with respect to every adapter parameter.

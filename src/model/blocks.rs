@@ -271,12 +271,14 @@ impl Attention {
         concat_batch(outputs)
     }
 
-    /// Causal attention of whole sequences (positions 0..L, no cache) with MLX's own ops, the
-    /// differentiable path of training: q [B, L, Hq·hd], k, v [B, L, Hkv·hd] → [B, L, Hq·hd].
+    /// Causal attention of whole sequences (positions 0..L, no cache), the differentiable path
+    /// of training: MLX's RoPE and softmax, the two products on our float32 kernel (MLX's CPU
+    /// matmul is a reference BLAS). q [B, L, Hq·hd], k, v [B, L, Hkv·hd] → [B, L, Hq·hd].
     fn attend_whole(&self, at: &Layer, q: &Array, k: &Array, v: &Array) -> Result<Array> {
         let (c, rope) = (at.config, &self.rope);
         let (b, l) = (q.dim(0)?, q.dim(1)?);
         let (hq, hkv, hd) = (c.n_heads as i32, c.n_kv_heads as i32, c.head_dim as i32);
+        let g = hq / hkv;
         let heads = |y: &Array, h: i32| -> Result<Array> {
             let y = ops::reshape(y, &[b, l, h, hd])?; // [B, L, H, hd]
             ops::transpose(&y, &[0, 2, 1, 3]) // [B, H, L, hd]
@@ -297,11 +299,27 @@ impl Attention {
         let q = rotate(&heads(q, hq)?)?; // [B, Hq, L, hd]
         let k = rotate(&heads(k, hkv)?)?; // [B, Hkv, L, hd]
         let v = heads(v, hkv)?; // [B, Hkv, L, hd]
+                                // Query head h reads key head h / G: the G query heads of a key head as G·L rows.
+        let q = ops::reshape(&q, &[b, hkv, g * l, hd])?; // [B, Hkv, G·L, hd]
+        let kt = ops::transpose(&k, &[0, 1, 3, 2])?; // [B, Hkv, hd, L]
         let scale = rope.rope.logit_scale() / (c.head_dim as f32).sqrt();
-        let out = match c.window_of(at.index) {
-            Some(w) if l as usize > w => window_attention(&q, &k, &v, scale, 0, w)?,
-            _ => fast::scaled_dot_product_attention(&q, &k, &v, scale, AttentionMask::Causal)?,
-        }; // [B, Hq, L, hd]
+        let scores = kernels::matmul_f32(&q, &kt)?; // [B, Hkv, G·L, L]
+        let scores = ops::multiply(&scores, &Array::scalar(scale)?)?;
+        let scores = ops::reshape(&scores, &[b, hkv, g, l, l])?; // [B, Hkv, G, L, L]
+        let window = c.window_of(at.index).unwrap_or(usize::MAX);
+        let mask: Vec<f32> = (0..l as usize)
+            .flat_map(|i| {
+                (0..l as usize).map(move |j| match j <= i && i - j < window {
+                    true => 0.0,
+                    false => f32::NEG_INFINITY,
+                })
+            })
+            .collect();
+        let scores = ops::add(&scores, &Array::from_slice(&mask, &[l, l])?)?;
+        let probs = ops::softmax(&scores, -1, true)?; // [B, Hkv, G, L, L]
+        let probs = ops::reshape(&probs, &[b, hkv, g * l, l])?; // [B, Hkv, G·L, L]
+        let out = kernels::matmul_f32(&probs, &v)?; // [B, Hkv, G·L, hd]
+        let out = ops::reshape(&out, &[b, hq, l, hd])?; // [B, Hq, L, hd]
         let out = ops::transpose(&out, &[0, 2, 1, 3])?; // [B, L, Hq, hd]
         ops::reshape(&out, &[b, l, hq * hd]) // [B, L, Hq·hd]
     }

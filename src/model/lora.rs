@@ -145,9 +145,17 @@ impl LayerLora {
         let Some(p) = self.get(t) else {
             return Ok(None);
         };
-        let xa = ops::matmul(x, &ops::transpose(&p.a, &[1, 0])?)?; // [.., r]
-        let xab = ops::matmul(&xa, &ops::transpose(&p.b, &[1, 0])?)?; // [.., N]
+        let xa = dense(x, &ops::transpose(&p.a, &[1, 0])?)?; // [.., r]
+        let xab = dense(&xa, &ops::transpose(&p.b, &[1, 0])?)?; // [.., N]
         Ok(Some(ops::multiply(&xab, &Array::scalar(self.scale)?)?))
+    }
+}
+
+/// x [.., K] · w [K, N]: our float32 kernel on the CPU, MLX's matmul elsewhere.
+fn dense(x: &Array, w: &Array) -> Result<Array> {
+    match crate::mlx::current_device() {
+        crate::mlx::Device::Cpu => crate::mlx::kernels::matmul_f32(x, w),
+        _ => ops::matmul(x, w),
     }
 }
 

@@ -8,6 +8,19 @@ use crate::mlx::Array;
 use std::ffi::{c_char, c_int, c_void, CStr};
 
 extern "C" {
+    pub(super) fn mlxk_cross_entropy(
+        res: *mut mlx_sys::mlx_array,
+        logits: mlx_sys::mlx_array,
+        targets: mlx_sys::mlx_array,
+        weights: mlx_sys::mlx_array,
+        s: mlx_sys::mlx_stream,
+    ) -> c_int;
+    pub(super) fn mlxk_matmul_f32(
+        res: *mut mlx_sys::mlx_array,
+        a: mlx_sys::mlx_array,
+        b: mlx_sys::mlx_array,
+        s: mlx_sys::mlx_stream,
+    ) -> c_int;
     #[allow(clippy::too_many_arguments)]
     pub(super) fn mlxk_gguf_qmatmul_add(
         res: *mut mlx_sys::mlx_array,
@@ -100,6 +113,7 @@ extern "C" {
     pub(super) fn mlxk_force_path(path: c_int);
     pub(super) fn mlxk_set_num_threads(n: c_int);
     pub(super) fn mlxk_get_num_threads() -> c_int;
+    pub(super) fn mlxk_retain_freed_memory();
 }
 
 /// Turns the status of a kernel entry called by `op` into a `Result` (0 = success; any other

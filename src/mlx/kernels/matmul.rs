@@ -69,3 +69,36 @@ fn qmatmul_add(
         )
     })
 }
+
+/// a · b over the last two axes in float32 on our threaded kernel (differentiable): a [.., M, K]
+/// with b [.., K, N] of the same leading axes, or b [K, N] for any a. The dense products of
+/// training (attention, LoRA) go here since MLX's CPU float32 matmul is a reference BLAS.
+pub fn matmul_f32(a: &Array, b: &Array) -> Result<Array> {
+    let (ashape, bshape) = (a.shape(), b.shape());
+    if bshape.len() == 2 && ashape.len() != 2 {
+        let k = *ashape.last().unwrap_or(&0);
+        let flat = crate::mlx::ops::reshape(a, &[-1, k])?; // [prod, K]
+        let y = matmul_f32(&flat, b)?; // [prod, N]
+        let mut out = ashape.clone();
+        if let Some(last) = out.last_mut() {
+            *last = bshape[1];
+        }
+        return crate::mlx::ops::reshape(&y, &out);
+    }
+    let s = current_stream();
+    // SAFETY: valid handles and stream; the entry checks shapes and reports through its status.
+    ffi::kernel_array("matmul_f32", |res| unsafe {
+        ffi::mlxk_matmul_f32(res, a.raw(), b.raw(), s)
+    })
+}
+
+/// The weighted cross-entropy per row, w·(logsumexp(z) − z[t]), of logits [M, V] against
+/// targets [M] (integers) with weights [M]: [M] float32, differentiable with respect to the
+/// logits (one fused pass each way on our kernel).
+pub fn cross_entropy(logits: &Array, targets: &Array, weights: &Array) -> Result<Array> {
+    let s = current_stream();
+    // SAFETY: valid handles and stream; the entry checks shapes and types.
+    ffi::kernel_array("cross_entropy", |res| unsafe {
+        ffi::mlxk_cross_entropy(res, logits.raw(), targets.raw(), weights.raw(), s)
+    })
+}

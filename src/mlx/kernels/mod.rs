@@ -25,6 +25,8 @@ pub use fused::{
 };
 pub use host::{dequantize_host, qmatmul_host, repack_host};
 pub use layout::{row_bytes, supports, BlockLayout};
-pub use matmul::{gguf_matmul, gguf_matmul_add};
-pub use settings::{force_path, num_threads, path, set_num_threads, KernelPath};
+pub use matmul::{cross_entropy, gguf_matmul, gguf_matmul_add, matmul_f32};
+pub use settings::{
+    force_path, num_threads, path, retain_freed_memory, set_num_threads, KernelPath,
+};
 pub use weights::{load_blocks, weight_bytes};

@@ -2,7 +2,10 @@
 //! the weight arena and the pool's spin time are read from the environment by the kernels:
 //! `MLX_ENGINE_HUGEPAGES`, `MLX_ENGINE_SPIN_US`.)
 
-use super::ffi::{mlxk_force_path, mlxk_get_num_threads, mlxk_kernel_path, mlxk_set_num_threads};
+use super::ffi::{
+    mlxk_force_path, mlxk_get_num_threads, mlxk_kernel_path, mlxk_retain_freed_memory,
+    mlxk_set_num_threads,
+};
 use std::ffi::c_int;
 
 /// The kernel's SIMD path.
@@ -56,4 +59,11 @@ pub fn set_num_threads(threads: usize) {
 pub fn num_threads() -> usize {
     // SAFETY: a pure query.
     unsafe { mlxk_get_num_threads() }.max(1) as usize
+}
+
+/// Keeps freed memory in the heap for reuse (see `mlxk_retain_freed_memory`): for loops that
+/// allocate the same large buffers over and over, such as training steps.
+pub fn retain_freed_memory() {
+    // SAFETY: no arguments; only adjusts the C allocator's thresholds.
+    unsafe { mlxk_retain_freed_memory() }
 }
