@@ -88,6 +88,7 @@ typedef struct mlxe_backend_options {
   int execution;        /* MLXE_EXECUTION_* */
   size_t max_context;   /* cap on positions per sequence; 0 = the model's context */
   size_t prefill_chunk; /* positions per forward pass in prefill; 0 = 512 */
+  const char* adapter;  /* LoRA adapter directory (`mlx-engine finetune --out`); NULL = none */
 } mlxe_backend_options;
 
 /* What a backend supports (true only for what works end to end). */

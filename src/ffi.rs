@@ -101,6 +101,8 @@ pub struct mlxe_backend_options {
     pub max_context: usize,
     /// Positions per forward pass during prefill; 0 = the default (512).
     pub prefill_chunk: usize,
+    /// A LoRA adapter directory (UTF-8, NUL-terminated); null for none.
+    pub adapter: *const c_char,
 }
 
 /// What a backend supports.
@@ -478,8 +480,17 @@ fn execution_to_c(execution: Execution) -> c_int {
     }
 }
 
-fn options_from_c(o: &mlxe_backend_options) -> FfiResult<BackendOptions> {
+/// # Safety
+/// `o.adapter` is null or a NUL-terminated string.
+unsafe fn options_from_c(o: &mlxe_backend_options) -> FfiResult<BackendOptions> {
     let defaults = BackendOptions::default();
+    let adapter = match o.adapter.is_null() {
+        true => None,
+        // SAFETY: non-null, NUL-terminated by the caller's contract.
+        false => Some(std::path::PathBuf::from(unsafe {
+            input_cstr(o.adapter, "options.adapter")
+        }?)),
+    };
     Ok(BackendOptions {
         device: device_from_c(o.device)?,
         execution: execution_from_c(o.execution)?,
@@ -489,7 +500,7 @@ fn options_from_c(o: &mlxe_backend_options) -> FfiResult<BackendOptions> {
         } else {
             defaults.prefill_chunk
         },
-        adapter: None,
+        adapter,
     })
 }
 
@@ -622,6 +633,7 @@ pub unsafe extern "C" fn mlxe_backend_options_default(res: *mut mlxe_backend_opt
         execution: MLXE_EXECUTION_DEFAULT,
         max_context: 0,
         prefill_chunk: d.prefill_chunk,
+        adapter: std::ptr::null(),
     };
     // SAFETY: caller's contract.
     guard(|| unsafe { write(res, options) })
@@ -662,8 +674,8 @@ pub unsafe extern "C" fn mlxe_backend_new(
             })?;
         let options = match options.is_null() {
             true => BackendOptions::default(),
-            // SAFETY: non-null and valid by the caller's contract.
-            false => options_from_c(unsafe { &*options })?,
+            // SAFETY: non-null and valid by the caller's contract (its adapter pointer too).
+            false => unsafe { options_from_c(&*options) }?,
         };
         let loaded = Backend::load(&ModelSpec::new(path), &options)?;
         let handle = mlxe_backend {

@@ -29,6 +29,39 @@ fn synthetic_model(dir: &Path, seed: u32) -> PathBuf {
     path
 }
 
+/// A LoRA adapter for `model`, trained for a few steps by the finetune command's code.
+fn train_adapter(model: &Path, dir: &Path) -> PathBuf {
+    let data = dir.join("train.jsonl");
+    std::fs::write(&data, "{\"text\": \"1 2 3 4 5 6 7 8 9\"}\n").unwrap();
+    let out = dir.join("adapter");
+    let args = mlx_engine::finetune::cli::FinetuneArgs {
+        model: model.to_str().unwrap().to_string(),
+        data,
+        valid: None,
+        rank: 4,
+        alpha: 8.0,
+        targets: "q,k,v,o,gate,up,down".into(),
+        layers: "all".into(),
+        lr: 1e-2,
+        warmup: 0,
+        steps: Some(4),
+        epochs: None,
+        batch: 1,
+        seq_len: 32,
+        grad_accum: 1,
+        max_grad_norm: 1.0,
+        weight_decay: 0.0,
+        seed: 0,
+        valid_every: 0,
+        save_every: 0,
+        out: out.clone(),
+        resume: None,
+        threads: None,
+    };
+    mlx_engine::finetune::cli::run(&args).unwrap();
+    out
+}
+
 /// target/{profile}/deps: where `cargo test` builds the cdylib (this test binary lives there
 /// too; `cargo build` also copies the library up to target/{profile}, `cargo test` does not).
 fn profile_dir() -> PathBuf {
@@ -175,11 +208,10 @@ fn c_program_exercises_every_function() {
     let dir = tempfile::tempdir().unwrap();
     let model = synthetic_model(dir.path(), 0);
     let other = synthetic_model(dir.path(), 1);
+    let adapter = train_adapter(&model, dir.path());
     let exe = compile_c("abi_all", dir.path());
-    assert_eq!(
-        run(&exe, &[model.to_str().unwrap(), other.to_str().unwrap()]).trim(),
-        "ok"
-    );
+    let args = [&model, &other, &adapter].map(|p| p.to_str().unwrap());
+    assert_eq!(run(&exe, &args).trim(), "ok");
 }
 
 #[test]

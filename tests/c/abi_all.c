@@ -57,6 +57,39 @@ static size_t seq_len(mlxe_backend b, mlxe_seq seq) {
   return n;
 }
 
+/* options.adapter: a LoRA adapter changes the logits; a missing one fails the load, by name. */
+static void check_adapter(const char* path, const char* adapter_dir) {
+  mlxe_backend_options options;
+  CHECK(mlxe_backend_options_default(&options));
+  EXPECT(options.adapter == NULL);
+  options.adapter = "/nonexistent/adapter";
+  mlxe_backend b;
+  FAILS(mlxe_backend_new(&b, path, &options), MLXE_ERROR);
+  EXPECT(strstr(mlxe_last_error(), "adapter_config.json") != NULL);
+  float* logits[2];
+  for (int with = 0; with < 2; ++with) {
+    options.adapter = with ? adapter_dir : NULL;
+    CHECK(mlxe_backend_new(&b, path, &options));
+    size_t vocab = 0;
+    CHECK(mlxe_backend_vocab_size(&vocab, b));
+    logits[with] = malloc(vocab * sizeof(float));
+    mlxe_seq s;
+    CHECK(mlxe_seq_new(&s, b));
+    CHECK(mlxe_prefill(logits[with], vocab, b, s, PROMPT, 5, false));
+    CHECK(mlxe_backend_free(b));
+    if (with) {
+      float moved = 0;
+      for (size_t i = 0; i < vocab; ++i) {
+        const float d = logits[0][i] > logits[1][i] ? logits[0][i] - logits[1][i] : logits[1][i] - logits[0][i];
+        if (d > moved) moved = d;
+      }
+      EXPECT(moved > 1e-3f);
+    }
+  }
+  free(logits[0]);
+  free(logits[1]);
+}
+
 /* prefill, decode, copy_prefix, truncate, reset and their failure paths. */
 static void check_sequences(mlxe_backend b, size_t vocab) {
   float* logits = malloc(5 * vocab * sizeof(float));
@@ -167,8 +200,8 @@ static void check_sampler(size_t vocab) {
 }
 
 int main(int argc, char** argv) {
-  if (argc != 3) {
-    fprintf(stderr, "usage: %s MODEL.gguf OTHER_MODEL.gguf\n", argv[0]);
+  if (argc != 4) {
+    fprintf(stderr, "usage: %s MODEL.gguf OTHER_MODEL.gguf ADAPTER_DIR\n", argv[0]);
     return 2;
   }
   EXPECT(strlen(mlxe_last_error()) == 0);
@@ -180,6 +213,7 @@ int main(int argc, char** argv) {
   EXPECT(missing.ctx == NULL);
   FAILS(mlxe_backend_new(NULL, argv[1], NULL), MLXE_ERROR);
 
+  check_adapter(argv[1], argv[3]);
   mlxe_backend b = load(argv[1], 32);
   mlxe_backend other = load(argv[2], 32);
   check_backend_info(b);
