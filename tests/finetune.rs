@@ -450,6 +450,22 @@ fn adapters_apply_at_inference_and_foreign_ones_are_refused() {
     );
     let err = load_with(&model, &dir.path().join("missing"));
     assert!(err.contains("adapter_config.json"), "{err}");
+    // Corrupt files name the file and the problem.
+    let config_text = std::fs::read_to_string(&config_path).unwrap();
+    for (bad, want) in [
+        (config_text.replace("\"r\":4", "\"r\":0"), "\"r\" must be an integer"),
+        ("{".to_string(), "adapter_config.json"),
+    ] {
+        std::fs::write(&config_path, &bad).unwrap();
+        let err = load_with(&model, &adapter);
+        assert!(err.contains(want), "{bad:?}: {err}");
+    }
+    std::fs::write(&config_path, &config_text).unwrap();
+    let tensors = adapter.join(checkpoint::ADAPTERS_FILE);
+    let bytes = std::fs::read(&tensors).unwrap();
+    std::fs::write(&tensors, &bytes[..bytes.len() / 2]).unwrap();
+    let err = load_with(&model, &adapter);
+    assert!(err.contains("adapters.safetensors"), "{err}");
 }
 
 #[test]
