@@ -453,7 +453,10 @@ fn adapters_apply_at_inference_and_foreign_ones_are_refused() {
     // Corrupt files name the file and the problem.
     let config_text = std::fs::read_to_string(&config_path).unwrap();
     for (bad, want) in [
-        (config_text.replace("\"r\":4", "\"r\":0"), "\"r\" must be an integer"),
+        (
+            config_text.replace("\"r\":4", "\"r\":0"),
+            "\"r\" must be an integer",
+        ),
         ("{".to_string(), "adapter_config.json"),
     ] {
         std::fs::write(&config_path, &bad).unwrap();

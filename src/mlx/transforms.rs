@@ -136,41 +136,16 @@ impl Drop for Compiled {
     }
 }
 
-/// A function and its gradient, built by [`value_and_grad`]: one call gives the function's
-/// outputs and the gradient of its first output (a scalar) with respect to the chosen inputs.
-pub struct ValueAndGrad {
+/// A function and its gradient (`mlx_closure_value_and_grad`), alive for one
+/// [`value_and_grad_of`] call.
+struct ValueAndGrad {
     raw: mlx_sys::mlx_closure_value_and_grad,
-}
-
-// SAFETY: as for `Compiled`: the closure owns a `Send + Sync` Rust function.
-unsafe impl Send for ValueAndGrad {}
-
-/// Wraps `f` (whose first output must be a scalar) so that calls return its outputs and the
-/// gradient of that scalar with respect to the inputs at positions `argnums`, by MLX's reverse
-/// mode (`mlx::core::value_and_grad`) over the graph `f` builds.
-pub fn value_and_grad(f: Box<ArrayFn>, argnums: &[i32]) -> Result<ValueAndGrad> {
-    install_error_handler();
-    let payload = Box::into_raw(Box::new(f)) as *mut c_void;
-    // SAFETY: as in `compile`: the payload lives until `drop_closure`; the plain closure is
-    // freed once `mlx_value_and_grad` holds its own reference.
-    unsafe {
-        let plain =
-            mlx_sys::mlx_closure_new_func_payload(Some(call_closure), payload, Some(drop_closure));
-        let mut raw = mlx_sys::mlx_closure_value_and_grad_new();
-        let status = mlx_sys::mlx_value_and_grad(&mut raw, plain, argnums.as_ptr(), argnums.len());
-        mlx_sys::mlx_closure_free(plain);
-        if let Err(err) = check(status) {
-            mlx_sys::mlx_closure_value_and_grad_free(raw);
-            return Err(err);
-        }
-        Ok(ValueAndGrad { raw })
-    }
 }
 
 impl ValueAndGrad {
     /// The outputs of the function at `inputs` and the gradients of the first output with
     /// respect to the `argnums` inputs, in that order (lazy, like any MLX result).
-    pub fn call(&self, inputs: &[&Array]) -> Result<(Vec<Array>, Vec<Array>)> {
+    fn call(&self, inputs: &[&Array]) -> Result<(Vec<Array>, Vec<Array>)> {
         install_error_handler();
         let input = VectorArray::new(inputs);
         // SAFETY: valid handles; both result vectors are ours.
