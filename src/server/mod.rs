@@ -86,6 +86,11 @@ pub struct ServeArgs {
     /// Most tokens drafted per speculative step (the pacer picks fewer when that pays more).
     #[arg(long, default_value_t = 8)]
     pub draft_max: usize,
+    /// Always draft --draft-max tokens, instead of a length that follows the measured cost
+    /// of verification and the acceptance rate (which may pause speculation where it does not
+    /// pay).
+    #[arg(long)]
+    pub draft_fixed: bool,
 }
 
 /// Where the server's speculative drafts come from.
@@ -217,7 +222,7 @@ fn spawn_engine(
     let adapter = args.adapter.clone();
     let speculation = args.speculative.map(|_| SpeculativeOptions {
         draft_max: args.draft_max,
-        adaptive: true,
+        adaptive: !args.draft_fixed,
     });
     std::thread::Builder::new()
         .name("mlx-engine".into())
