@@ -93,6 +93,24 @@ struct LayerRope {
     periods: Option<Array>, // [hd/2]
 }
 
+impl LayerRope {
+    /// x [B, H, L, hd] rotated at positions pos..pos+L by MLX's `fast::rope`.
+    fn apply(&self, c: &ModelConfig, x: &Array, pos: i32) -> Result<Array> {
+        let (hd, trad, scale) = (c.head_dim as i32, c.rope_traditional, self.rope.scale);
+        match &self.periods {
+            Some(periods) => fast::rope_with_periods(x, hd, trad, scale, pos, periods),
+            None => fast::rope(x, hd, trad, self.rope.base, scale, pos),
+        }
+    }
+}
+
+/// y [B, L, H·hd] as heads [B, H, L, hd].
+fn heads(y: &Array, h: i32, hd: i32) -> Result<Array> {
+    let (b, l) = (y.dim(0)?, y.dim(1)?);
+    let y = ops::reshape(y, &[b, l, h, hd])?; // [B, L, H, hd]
+    ops::transpose(&y, &[0, 2, 1, 3]) // [B, H, L, hd]
+}
+
 /// Self-attention with its input norm: RMSNorm, Q/K/V projections, optional Q/K head norms,
 /// RoPE, the cache write and causal (or sliding-window) grouped-query attention. The output
 /// projection `wo` is the caller's, since architectures differ in what follows it.
@@ -279,27 +297,11 @@ impl Attention {
         let (b, l) = (q.dim(0)?, q.dim(1)?);
         let (hq, hkv, hd) = (c.n_heads as i32, c.n_kv_heads as i32, c.head_dim as i32);
         let g = hq / hkv;
-        let heads = |y: &Array, h: i32| -> Result<Array> {
-            let y = ops::reshape(y, &[b, l, h, hd])?; // [B, L, H, hd]
-            ops::transpose(&y, &[0, 2, 1, 3]) // [B, H, L, hd]
-        };
-        let rotate = |x: &Array| match &rope.periods {
-            Some(periods) => {
-                fast::rope_with_periods(x, hd, c.rope_traditional, rope.rope.scale, 0, periods)
-            }
-            None => fast::rope(
-                x,
-                hd,
-                c.rope_traditional,
-                rope.rope.base,
-                rope.rope.scale,
-                0,
-            ),
-        };
-        let q = rotate(&heads(q, hq)?)?; // [B, Hq, L, hd]
-        let k = rotate(&heads(k, hkv)?)?; // [B, Hkv, L, hd]
-        let v = heads(v, hkv)?; // [B, Hkv, L, hd]
-                                // Query head h reads key head h / G: the G query heads of a key head as G·L rows.
+        let q = rope.apply(c, &heads(q, hq, hd)?, 0)?; // [B, Hq, L, hd]
+        let k = rope.apply(c, &heads(k, hkv, hd)?, 0)?; // [B, Hkv, L, hd]
+        let v = heads(v, hkv, hd)?; // [B, Hkv, L, hd]
+
+        // Query head h reads key head h / G: the G query heads of a key head as G·L rows.
         let q = ops::reshape(&q, &[b, hkv, g * l, hd])?; // [B, Hkv, G·L, hd]
         let kt = ops::transpose(&k, &[0, 1, 3, 2])?; // [B, Hkv, hd, L]
         let scale = rope.rope.logit_scale() / (c.head_dim as f32).sqrt();
@@ -337,36 +339,19 @@ impl Attention {
         let (c, rope) = (at.config, &self.rope);
         let (b, l) = (q.dim(0)?, q.dim(1)?);
         let (hq, hkv, hd) = (c.n_heads as i32, c.n_kv_heads as i32, c.head_dim as i32);
-        let heads = |y: &Array, h: i32| -> Result<Array> {
-            let y = ops::reshape(y, &[b, l, h, hd])?; // [B, L, H, hd]
-            ops::transpose(&y, &[0, 2, 1, 3]) // [B, H, L, hd]
-        };
-        let q = heads(q, hq)?; // [B, Hq, L, hd]
-        let k = heads(k, hkv)?; // [B, Hkv, L, hd]
-        let v = heads(v, hkv)?; // [B, Hkv, L, hd]
+        let q = heads(q, hq, hd)?; // [B, Hq, L, hd]
+        let k = heads(k, hkv, hd)?; // [B, Hkv, L, hd]
+        let v = heads(v, hkv, hd)?; // [B, Hkv, L, hd]
         let scale = rope.rope.logit_scale() / (c.head_dim as f32).sqrt();
         let window = c.window_of(at.index);
-        let rotate = |x: &Array, pos: i32| match &rope.periods {
-            Some(periods) => {
-                fast::rope_with_periods(x, hd, c.rope_traditional, rope.rope.scale, pos, periods)
-            }
-            None => fast::rope(
-                x,
-                hd,
-                c.rope_traditional,
-                rope.rope.base,
-                rope.rope.scale,
-                pos,
-            ),
-        };
         let mut outputs = Vec::with_capacity(b as usize);
         for (s, cache) in caches.iter_mut().enumerate() {
             let one = |t: &Array, h: i32| {
                 ops::slice(t, &[s as i32, 0, 0, 0], &[s as i32 + 1, h, l, hd], &[1; 4])
             };
             let pos = cache.len() as i32;
-            let q = rotate(&one(&q, hq)?, pos)?; // [1, Hq, L, hd]
-            let k = rotate(&one(&k, hkv)?, pos)?; // [1, Hkv, L, hd]
+            let q = rope.apply(c, &one(&q, hq)?, pos)?; // [1, Hq, L, hd]
+            let k = rope.apply(c, &one(&k, hkv)?, pos)?; // [1, Hkv, L, hd]
             let (keys, values) = cache.update(at.index, &k, &one(&v, hkv)?)?; // [1, Hkv, pos+L, hd]
             let out = match window {
                 Some(w) if (pos + l) as usize > w => {
