@@ -147,6 +147,12 @@ struct Problem {
   size_t xq_stride;  // bytes between quantized activation rows
 };
 
+// Activation rows from which the quantized types run the panel GEMMs (the 256-bit panels of
+// quant_avx2.cpp and the zmm kernels); below it, tiles of one weight row at a time against up
+// to 4 activation rows, so the weights stream from memory once, in order, as in the GEMV.
+// MLX_ENGINE_PANEL_MIN_ROWS, default 9 (qmatmul.cpp; kernels/README.md has the measurements).
+int64_t panel_min_rows();
+
 // ---- scalar reference path (quant_scalar.cpp) ----
 namespace scalar {
 // Dequantize one row of k elements (k a multiple of the block size).
@@ -182,7 +188,7 @@ bool cpu_supported();
 void compute_rows(const Problem& p, int64_t n0, int64_t n1);
 }  // namespace vnni
 
-// ---- AVX-512 (zmm) kernels for M >= 2 activation rows (quant_zmm.cpp), on the VNNI path ----
+// ---- AVX-512 (zmm) kernels for M >= 9 activation rows (quant_zmm.cpp), on the VNNI path ----
 namespace zmm {
 // avx2 + fma + f16c + avx512f/bw/vl/dq/vnni.
 bool cpu_supported();

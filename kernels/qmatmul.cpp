@@ -49,15 +49,26 @@ int current_path() {
   return f;
 }
 
-// Activation rows from which the VNNI path runs the zmm kernels (quant_zmm.cpp) instead of its
-// 256-bit tiles: MLX_ENGINE_ZMM_MIN_ROWS, default 4 (a large value turns them off). Below 4 rows
-// the panel decode costs more than the 256-bit tiles (kernels/README.md).
+int64_t env_rows(const char* name, int64_t dflt) {
+  const char* e = std::getenv(name);
+  const long long n = e ? std::atoll(e) : 0;
+  return n > 0 ? (int64_t)n : dflt;
+}
+
+}  // namespace
+
+int64_t panel_min_rows() {
+  static const int64_t v = env_rows("MLX_ENGINE_PANEL_MIN_ROWS", 9);
+  return v;
+}
+
+namespace {
+
+// Activation rows from which the VNNI path runs the zmm kernels (quant_zmm.cpp) instead of the
+// 256-bit code: MLX_ENGINE_ZMM_MIN_ROWS, default panel_min_rows() (a large value turns them
+// off). Below that, the one-row tiles beat both panels (kernels/README.md).
 int64_t zmm_min_rows() {
-  static const int64_t v = [] {
-    const char* e = std::getenv("MLX_ENGINE_ZMM_MIN_ROWS");
-    const long long n = e ? std::atoll(e) : 0;
-    return n > 0 ? (int64_t)n : (int64_t)4;
-  }();
+  static const int64_t v = env_rows("MLX_ENGINE_ZMM_MIN_ROWS", panel_min_rows());
   return v;
 }
 

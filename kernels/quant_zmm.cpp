@@ -1,5 +1,5 @@
-// AVX-512 (512-bit, VNNI) kernels for y = x . W^T with a few activation rows (M >= 2: batched
-// decode, speculative verification, prefill), for every quantized GGUF type we run.
+// AVX-512 (512-bit, VNNI) kernels for y = x . W^T with several activation rows (M >= 9 by
+// default: larger batched decode steps, prefill), for every quantized GGUF type we run.
 //
 // A panel of 16 weight rows is decoded once into one layout, whatever the GGUF type, with the
 // rows interleaved 4 bytes at a time, and reused for every activation row:

@@ -129,7 +129,7 @@ fn every_type_and_path_matches_the_scalar_twin() {
             deq, case.w,
             "{quant}: repacked rows dequantize to the same values"
         );
-        for m in [1usize, 2, 3, 4, 16, 64, 130] {
+        for m in [1usize, 2, 3, 4, 5, 7, 8, 9, 16, 64, 130] {
             let x = common::activations(m, case.k, m as u64);
             let (want, mag) = reference(case, &x, m);
             let mut avx2 = Vec::new(); // the AVX2 result per thread count

@@ -93,7 +93,7 @@ int main(int argc, char** argv) {
           "type table %s: block %d bytes %lld", t.name, mlxk_block_size(t.id), (long long)rb);
   }
 
-  const int Ms[] = {1, 2, 3, 4, 5, 16, 64, 130};
+  const int Ms[] = {1, 2, 3, 4, 5, 7, 8, 9, 16, 64, 130};
   for (auto& t : kTypes) {
     Err errs[2];
     std::vector<int64_t> Ks, Ns = {1, 37, 259};
