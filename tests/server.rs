@@ -1364,19 +1364,44 @@ fn greedy_ids_and_gaps(base: &str, speculative: bool) -> (Vec<String>, Vec<f64>)
 
 #[test]
 fn a_speculating_server_gives_the_plain_greedy_text_and_counts_its_drafts() {
-    let server = spawn_server(
-        "speculative",
-        &[
-            "--parallel",
-            "2",
-            "--ctx-size",
-            "512",
-            "--speculative",
-            "lookup",
-            // Whether speculation pays depends on the host; the pacer may pause it.
-            "--draft-fixed",
-        ],
+    check_speculating_server("speculative", &["--speculative", "lookup"]);
+}
+
+#[test]
+fn a_server_with_a_draft_model_gives_the_plain_greedy_text() {
+    // The model drafting for itself: what matters here is the path (its own cache following
+    // the sequence, drafts verified and counted), not the speed.
+    check_speculating_server(
+        "draft-model",
+        &["--speculative", "draft", "--draft-model", MODEL],
     );
+}
+
+#[test]
+fn a_draft_model_without_draft_speculation_is_refused() {
+    for (args, want) in [
+        (&["--speculative", "draft"][..], "--draft-model NAME|PATH"),
+        (&["--draft-model", MODEL][..], "needs --speculative draft"),
+    ] {
+        let out = Command::new(env!("CARGO_BIN_EXE_mlx-engine"))
+            .args(["serve", "--port", "0", "--model", MODEL])
+            .args(args)
+            .output()
+            .expect("run mlx-engine serve");
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success(), "{args:?} started a server");
+        assert!(stderr.contains(want), "{args:?}: {stderr}");
+    }
+}
+
+/// A server speculating with `args`: greedy text equal to the opted-out run up to a near-tie,
+/// drafts counted in `/metrics`, streamed text equal to unstreamed.
+fn check_speculating_server(name: &str, args: &[&str]) {
+    let mut all = vec!["--parallel", "2", "--ctx-size", "512"];
+    all.extend_from_slice(args);
+    // Whether speculation pays depends on the host; the pacer may pause it.
+    all.push("--draft-fixed");
+    let server = spawn_server(name, &all);
     let base = &server.base;
     let counts = |text: &str| {
         let m = &parse_metrics(&[text])[0];

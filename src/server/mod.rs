@@ -80,9 +80,13 @@ pub struct ServeArgs {
     #[arg(long, default_value_t = 512)]
     pub max_connections: usize,
     /// Speculative decoding of a sequence while it decodes alone: `lookup` drafts from n-gram
-    /// matches in its prompt and output. A request opts out with `"speculative": false`.
+    /// matches in its prompt and output, `draft` from a smaller model of the same vocabulary
+    /// (--draft-model). A request opts out with `"speculative": false`.
     #[arg(long, value_enum)]
     pub speculative: Option<ServeSpeculative>,
+    /// The draft model of `--speculative draft`: a registry name or a GGUF path.
+    #[arg(long, value_name = "NAME|PATH")]
+    pub draft_model: Option<String>,
     /// Most tokens drafted per speculative step (the pacer picks fewer when that pays more).
     #[arg(long, default_value_t = 8)]
     pub draft_max: usize,
@@ -98,6 +102,8 @@ pub struct ServeArgs {
 pub enum ServeSpeculative {
     /// N-gram matches in the sequence so far (no second model).
     Lookup,
+    /// A smaller model of the same vocabulary (`--draft-model`).
+    Draft,
 }
 
 /// Runs the server until SIGINT or SIGTERM (then stops accepting, ends the generations in
@@ -113,6 +119,19 @@ pub fn serve(args: &ServeArgs) -> Result<()> {
         return Err(Error::InvalidArgument(
             "--draft-max must be between 1 and 64".into(),
         ));
+    }
+    match (args.speculative, &args.draft_model) {
+        (Some(ServeSpeculative::Draft), None) => {
+            return Err(Error::InvalidArgument(
+                "--speculative draft needs --draft-model NAME|PATH".into(),
+            ))
+        }
+        (Some(ServeSpeculative::Lookup) | None, Some(_)) => {
+            return Err(Error::InvalidArgument(
+                "--draft-model needs --speculative draft".into(),
+            ))
+        }
+        _ => {}
     }
     if args.max_connections == 0 || args.header_timeout == 0 || args.body_timeout == 0 {
         return Err(Error::InvalidArgument(
@@ -220,6 +239,7 @@ fn spawn_engine(
     let (parallel, ctx_size) = (args.parallel, args.ctx_size);
     let prefix_cache_bytes = args.prefix_cache_bytes;
     let adapter = args.adapter.clone();
+    let draft_spec = args.draft_model.clone();
     let speculation = args.speculative.map(|_| SpeculativeOptions {
         draft_max: args.draft_max,
         adaptive: !args.draft_fixed,
@@ -230,6 +250,10 @@ fn spawn_engine(
             let result = (|| {
                 let resolved = fetch::resolve(&spec, &FetchOptions::default())?;
                 tracing::info!("model {} from {}", resolved.path.display(), resolved.source);
+                let draft_model = match &draft_spec {
+                    Some(spec) => Some(fetch::resolve(spec, &FetchOptions::default())?.path),
+                    None => None,
+                };
                 let config = EngineConfig {
                     model: resolved.path,
                     parallel,
@@ -238,6 +262,7 @@ fn spawn_engine(
                     prefill_chunk_while_decoding: 64,
                     prefix_cache_bytes,
                     speculation,
+                    draft_model,
                     adapter,
                 };
                 scheduler::run(&config, queue, shared, |model| {

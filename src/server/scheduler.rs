@@ -12,8 +12,9 @@ use super::stop::StopFilter;
 use crate::backend::{Backend, BackendOptions, ModelSpec, SamplerId, SamplerParams, SeqId};
 use crate::chat_template::ChatTemplate;
 use crate::constraint::{Constraint, GrammarCompiler};
+use crate::engine::{Engine, LoadOptions};
 use crate::sampler::Sampled;
-use crate::speculative::{Pacer, PromptLookup, SpeculativeOptions};
+use crate::speculative::{DraftModel, Drafter, Pacer, PromptLookup, SpeculativeOptions};
 use crate::tokenizer::{StreamDecoder, Tokenizer};
 use crate::{Error, Result};
 use std::path::PathBuf;
@@ -56,8 +57,10 @@ pub struct EngineConfig {
     pub prefill_chunk_while_decoding: usize,
     /// Bound on the KV bytes the prefix cache keeps (0 disables it).
     pub prefix_cache_bytes: usize,
-    /// Prompt-lookup speculation for a sequence that decodes alone; `None` never speculates.
+    /// Speculation for a sequence that decodes alone; `None` never speculates.
     pub speculation: Option<SpeculativeOptions>,
+    /// Where drafts come from when speculating: this draft model, else prompt lookup.
+    pub draft_model: Option<PathBuf>,
     /// A LoRA adapter directory applied to the model.
     pub adapter: Option<PathBuf>,
 }
@@ -156,6 +159,10 @@ pub fn run(
         ..BackendOptions::default()
     };
     let backend = Backend::load(&ModelSpec::new(&config.model), &options)?;
+    let draft = match &config.draft_model {
+        Some(path) => Some(load_draft(&backend, path)?),
+        None => None,
+    };
     let tokenizer = backend.tokenizer()?.clone();
     let template = backend.chat_template()?.cloned();
     let grammars = backend
@@ -177,12 +184,22 @@ pub fn run(
         chunk_while_decoding: config.prefill_chunk_while_decoding.max(1),
         cache: PrefixCache::new(config.prefix_cache_bytes),
         speculation: config.speculation,
+        draft,
         shared,
     };
     scheduler.serve(&jobs);
     let cached = scheduler.cache.drain();
     scheduler.free_all(cached);
     Ok(())
+}
+
+/// Loads the draft model at `path` for the backend's model, refusing a mismatched vocabulary.
+fn load_draft(backend: &Backend, path: &std::path::Path) -> Result<DraftModel> {
+    let draft = Engine::load(path, &LoadOptions::default()).map_err(|e| {
+        Error::InvalidArgument(format!("loading the draft model {}: {e}", path.display()))
+    })?;
+    DraftModel::new(backend.engine(), draft)
+        .map_err(|e| Error::InvalidArgument(format!("--draft-model {}: {e}", path.display())))
 }
 
 /// A job holding a sequence.
@@ -216,7 +233,8 @@ struct Active {
     speculation: Option<Speculation>,
 }
 
-/// Prompt-lookup speculation of one sequence.
+/// Speculation of one sequence: its prompt lookup (used when the server has no draft model)
+/// and its draft-length policy.
 struct Speculation {
     lookup: PromptLookup,
     pacer: Pacer,
@@ -231,6 +249,9 @@ struct Scheduler {
     chunk_while_decoding: usize,
     cache: PrefixCache<SeqId>,
     speculation: Option<SpeculativeOptions>,
+    /// The draft model, shared by the sequences: only one speculates at a time (it decodes
+    /// alone), and the draft model's cache follows whichever that is.
+    draft: Option<DraftModel>,
     shared: Shared,
 }
 
@@ -460,10 +481,17 @@ impl Scheduler {
         let room = n_ctx.saturating_sub(a.history.len());
         let left = a.job.max_tokens.saturating_sub(a.generated + 1);
         let k = spec.pacer.next_len().min(room).min(left);
-        let drafts = spec.lookup.lookup(&a.history, k);
+        let start = Instant::now();
+        let drafts = match self.draft.as_mut() {
+            Some(model) if k > 0 => model.draft(&a.history, k).unwrap_or_else(|e| {
+                // The target can always go on alone: a plain step instead.
+                tracing::warn!("draft model failed, decoding without drafts: {e}");
+                vec![]
+            }),
+            _ => spec.lookup.lookup(&a.history, k),
+        };
         let metrics = &self.shared.metrics;
         metrics.decode_batch_size.observe(1.0);
-        let start = Instant::now();
         let verdict = match self
             .backend
             .speculative_step(a.seq, a.sampler, &a.history, &drafts)

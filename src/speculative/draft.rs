@@ -101,6 +101,15 @@ impl Drafter for DraftModel {
         }
         Ok(drafts)
     }
+
+    /// Prefills the draft model's cache with `history` (all of it: the next draft appends
+    /// the first generated token).
+    fn prepare(&mut self, history: &[u32]) -> Result<()> {
+        if !history.is_empty() {
+            self.catch_up(history)?;
+        }
+        Ok(())
+    }
 }
 
 /// The argmax of `logits` and its softmax probability.

@@ -12,20 +12,26 @@ use crate::error::{Error, Result};
 pub struct PromptLookup {
     /// Shortest n-gram that may match.
     pub n_min: usize,
-    /// Longest n-gram tried (tried first: a longer match is a better predictor).
+    /// Longest suffix compared: among the earlier occurrences of the last `n_min` tokens, the
+    /// one preceded by the longest run (up to `n_max` tokens) equal to the end of the sequence
+    /// wins, the most recent among equals.
     pub n_max: usize,
 }
 
 impl Default for PromptLookup {
-    /// n from 3 down to 2: a single token matches too often by chance in free text, and
-    /// longer n-grams rarely add matches on top of a trigram.
+    /// At least 2 tokens must match (a single token matches too often by chance in free
+    /// text); up to 32 are compared, which tells apart the many places of a source file that
+    /// share a short n-gram (`self.items[`), so a copy follows the right one.
     fn default() -> PromptLookup {
-        PromptLookup { n_min: 2, n_max: 3 }
+        PromptLookup {
+            n_min: 2,
+            n_max: 32,
+        }
     }
 }
 
 impl PromptLookup {
-    /// A drafter trying n-grams of `n_max` down to `n_min` tokens; both at least 1.
+    /// A drafter matching at least `n_min` and comparing up to `n_max` tokens; both at least 1.
     pub fn new(n_min: usize, n_max: usize) -> Result<PromptLookup> {
         if n_min == 0 || n_max < n_min {
             return Err(Error::InvalidArgument(format!(
@@ -35,26 +41,29 @@ impl PromptLookup {
         Ok(PromptLookup { n_min, n_max })
     }
 
-    /// Up to `max` tokens that followed the most recent earlier occurrence of the last n tokens
-    /// of `history`, for the longest n in range that has one; empty when none matches.
+    /// Up to `max` tokens that followed the earlier occurrence of the end of `history` with
+    /// the longest match (at least `n_min`, compared up to `n_max` tokens; the most recent
+    /// among equals); empty when none matches.
     pub fn lookup(&self, history: &[u32], max: usize) -> Vec<u32> {
         let len = history.len();
-        if max == 0 {
+        if max == 0 || self.n_min >= len {
             return vec![];
         }
-        for n in (self.n_min..=self.n_max).rev() {
-            if n >= len {
-                continue;
-            }
-            let pattern = &history[len - n..];
-            // Occurrences start at s with s + n < len, so at least one token follows them.
-            let found = (0..len - n).rev().find(|&s| &history[s..s + n] == pattern);
-            if let Some(s) = found {
-                let from = s + n;
-                return history[from..len.min(from + max)].to_vec();
+        // (match length, end of the occurrence): the occurrence is history[end - n..end].
+        let mut best: Option<(usize, usize)> = None;
+        // Occurrences end before len, so at least one token follows them.
+        for end in self.n_min..len {
+            let n = (1..=self.n_max.min(end))
+                .take_while(|&i| history[end - i] == history[len - i])
+                .count();
+            if n >= self.n_min && best.is_none_or(|(m, _)| n >= m) {
+                best = Some((n, end));
             }
         }
-        vec![]
+        match best {
+            Some((_, end)) => history[end..len.min(end + max)].to_vec(),
+            None => vec![],
+        }
     }
 }
 
@@ -77,6 +86,15 @@ mod tests {
         assert_eq!(lookup.lookup(&h, 3), vec![4, 5, 9]);
         let unigram = PromptLookup::new(1, 1).unwrap();
         assert_eq!(unigram.lookup(&h, 3), vec![7, 1, 2]);
+    }
+
+    #[test]
+    fn a_longer_match_beats_a_more_recent_shorter_one() {
+        // The end "8 1 2" matches at 0..3 (then 4) with 3 tokens; "1 2" at 5..7 (then 6) with
+        // only 2, although it is more recent.
+        let h = [8, 1, 2, 4, 9, 1, 2, 6, 8, 1, 2];
+        assert_eq!(PromptLookup::default().lookup(&h, 2), vec![4, 9]);
+        assert_eq!(PromptLookup::new(2, 2).unwrap().lookup(&h, 2), vec![6, 8]);
     }
 
     #[test]

@@ -32,6 +32,13 @@ pub trait Drafter {
     /// Up to `max` tokens likely to follow `history` (the whole sequence so far, prompt
     /// included); fewer or none when it has no good guess.
     fn draft(&mut self, history: &[u32], max: usize) -> Result<Vec<u32>>;
+
+    /// Readies the drafter for `history` (the prompt, before generation starts), so that the
+    /// first timed step does not carry the work of catching up with it; by default nothing.
+    fn prepare(&mut self, history: &[u32]) -> Result<()> {
+        let _ = history;
+        Ok(())
+    }
 }
 
 /// How to speculate.
@@ -144,6 +151,7 @@ impl Speculator<'_> {
             .engine
             .prefill(prompt, &mut cache, options.prefill_chunk, LogitRows::Last)?
             .data;
+        self.drafter.prepare(prompt)?;
         stats.prompt_time = start.elapsed();
         let start = Instant::now();
         let mut history = prompt.to_vec();
