@@ -15,6 +15,12 @@ Configurations: `lookup` on the Qwen 0.5B and 1.5B, `draft` (1.5B target, 0.5B d
 Prints one line per run and a table: median decode t/s without and with speculation, their
 ratio, the acceptance rate, and whether the texts were identical (at temperature 0 they may
 part only at a near-tie).
+
+With --llama-cpp DIR (the `build/bin` of llama.cpp, built as compare.py's docstring says, with
+the targets llama-lookup and llama-speculative), llama.cpp runs the same cases in the same
+rounds: `llama-lookup` (its n-gram lookup) for the lookup cases, `llama-speculative -md` for
+the draft cases, and `llama-lookup --spec-draft-n-max 0` as its plain decode; the prompt is
+the same chat rendered as Qwen's ChatML with its default system prompt.
 """
 import argparse
 import re
@@ -53,6 +59,33 @@ def run(binary, model, prompt, args, extra):
     }
 
 
+QWEN_SYSTEM = "You are Qwen, created by Alibaba Cloud. You are a helpful assistant."
+LLAMA_DECODED = re.compile(r"decoded\s+(\d+) tokens in\s+[\d.]+ seconds, speed:\s+([\d.]+) t/s")
+LLAMA_COUNT = re.compile(r"n_(drafted|accept)\s*=\s*(\d+)")
+
+
+def model_file(name):
+    """The GGUF `mlx-engine pull NAME` put in the cache."""
+    return next((Path.home() / ".cache/mlx-engine/models" / name).glob("*.gguf"))
+
+
+def run_llama(bin_dir, model, prompt, args, draft_model, draft_max):
+    """llama.cpp on the same chat: lookup (draft_model None), a draft model, or plain (0)."""
+    chat = (f"<|im_start|>system\n{QWEN_SYSTEM}<|im_end|>\n<|im_start|>user\n{prompt}<|im_end|>\n"
+            "<|im_start|>assistant\n")
+    tool = "llama-speculative" if draft_model else "llama-lookup"
+    cmd = [str(Path(bin_dir) / tool), "-m", str(model_file(model)), "-p", chat, "-n", str(args.n),
+           "-t", str(args.threads), "--temp", str(args.temp), "-c", "4096", "--seed", "1",
+           "--spec-draft-n-max", str(draft_max)]
+    if draft_model:
+        cmd += ["-md", str(model_file(draft_model)), "-td", str(args.threads)]
+    out = subprocess.run(cmd, capture_output=True, text=True, check=True)
+    m = LLAMA_DECODED.search(out.stderr)
+    counts = dict((k, int(v)) for k, v in LLAMA_COUNT.findall(out.stderr))
+    return {"tps": float(m.group(2)), "drafted": counts.get("drafted", 0),
+            "accepted": counts.get("accept", 0)}
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     ap.add_argument("--binary", default=str(ROOT / "target/release/mlx-engine"))
@@ -61,6 +94,7 @@ def main():
     ap.add_argument("-n", type=int, default=200, help="tokens to generate per run")
     ap.add_argument("--temp", type=float, default=0.0)
     ap.add_argument("--only", default="", help="comma-separated case names to run")
+    ap.add_argument("--llama-cpp", default="", help="llama.cpp's build/bin, to run it alongside")
     args = ap.parse_args()
     small, large = "qwen2.5-coder-0.5b", "qwen2.5-coder-1.5b"
     cases = [
@@ -76,9 +110,18 @@ def main():
         cases = [c for c in cases if c[0] in wanted]
     texts = prompts()
     rows = []
+    llama_rows = []
     for name, model, workload, extra in cases:
         plain, spec = [], []
+        lplain, lspec = [], []
+        draft = extra[extra.index("--draft-model") + 1] if "--draft-model" in extra else None
         for rep in range(args.reps):
+            if args.llama_cpp:
+                for kind, k in [("plain", 0), ("spec", 4 if draft else 8)]:
+                    r = run_llama(args.llama_cpp, model, texts[workload], args, draft if k else None, k)
+                    (lplain if kind == "plain" else lspec).append(r)
+                    print(f"{name:24} llama.cpp {kind:5} {r['tps']:6.1f} t/s "
+                          f"drafted {r['drafted']:4} accepted {r['accepted']:4}", flush=True)
             # Alternate which goes first so drift in the machine's speed falls on both.
             order = [("plain", []), ("spec", extra)]
             if rep % 2:
@@ -94,11 +137,24 @@ def main():
         accepted = sum(r["accepted"] for r in spec)
         same = all(a["text"] == b["text"] for a, b in zip(plain, spec))
         rows.append((name, p, s, s / p, accepted / max(drafted, 1), drafted, same))
+        if args.llama_cpp:
+            lp = statistics.median(r["tps"] for r in lplain)
+            ls = statistics.median(r["tps"] for r in lspec)
+            ld = sum(r["drafted"] for r in lspec)
+            la = sum(r["accepted"] for r in lspec)
+            llama_rows.append((name, lp, ls, la / max(ld, 1), ld, s))
     print("\n| case | plain t/s | speculative t/s | ratio | accepted/drafted | same text |")
     print("| --- | ---: | ---: | ---: | ---: | --- |")
     for name, p, s, ratio, rate, drafted, same in rows:
         print(f"| {name} | {p:.1f} | {s:.1f} | {ratio:.2f} | {rate:.0%} of {drafted} | "
               f"{'yes' if same else 'no'} |")
+    if llama_rows:
+        print("\n| case | llama.cpp plain t/s | llama.cpp speculative t/s | its ratio | its accepted |"
+              " ours speculative / llama.cpp speculative |")
+        print("| --- | ---: | ---: | ---: | ---: | ---: |")
+        for name, lp, ls, rate, drafted, ours_s in llama_rows:
+            print(f"| {name} | {lp:.1f} | {ls:.1f} | {ls / lp:.2f} | {rate:.0%} of {drafted} | "
+                  f"{ours_s / ls:.2f} |")
 
 
 if __name__ == "__main__":
