@@ -422,14 +422,15 @@ class CachedAttention : public mx::Primitive {
 
 extern "C" int mlxk_cached_attention(mlx_array* out, mlx_array* k_cache_out, mlx_array* v_cache_out,
                                      const mlx_array q, const mlx_array k, const mlx_array v,
-                                     const mlx_array k_cache, const mlx_array v_cache, int n_heads,
-                                     int n_kv_heads, int head_dim, int64_t pos, float scale, float rope_base,
-                                     float rope_scale, int rope_traditional, const float* rope_inv_freq,
-                                     int64_t window, const mlx_array q_norm, const mlx_array k_norm, float norm_eps,
+                                     const mlx_array k_cache, const mlx_array v_cache, const mlx_array q_norm,
+                                     const mlx_array k_norm, const mlxk_attention_params* params,
                                      const mlx_stream s) {
   namespace mx = mlx::core;
   try {
-    if (!out || !k_cache_out || !v_cache_out) throw std::invalid_argument("null result pointer");
+    if (!out || !k_cache_out || !v_cache_out || !params) throw std::invalid_argument("null pointer argument");
+    const int n_heads = params->n_heads, n_kv_heads = params->n_kv_heads, head_dim = params->head_dim;
+    const int64_t pos = params->pos, window = params->window;
+    const float* rope_inv_freq = params->rope_inv_freq;
     const mx::array& qa = mlx_array_get_(q);
     const mx::array& ka = mlx_array_get_(k);
     const mx::array& va = mlx_array_get_(v);
@@ -479,8 +480,19 @@ extern "C" int mlxk_cached_attention(mlx_array* out, mlx_array* k_cache_out, mlx
       for (float f : inv_freq)
         if (!std::isfinite(f) || f < 0.0f) throw std::invalid_argument("rope_inv_freq must be finite and >= 0");
     }
-    mlxe::attn::Params p{n_heads,  n_kv_heads, head_dim, pos,    len, cshape[2], scale, rope_base, rope_scale,
-                         rope_traditional != 0, std::move(inv_freq), window, q_norm.ctx ? norm_eps : 0.0f};
+    mlxe::attn::Params p{n_heads,
+                         n_kv_heads,
+                         head_dim,
+                         pos,
+                         len,
+                         cshape[2],
+                         params->scale,
+                         params->rope_base,
+                         params->rope_scale,
+                         params->rope_traditional != 0,
+                         std::move(inv_freq),
+                         window,
+                         q_norm.ctx ? params->norm_eps : 0.0f};
     auto outs = mx::array::make_arrays({qa.shape(), cshape, cshape}, {mx::float32, mx::float32, mx::float32},
                                        std::make_shared<mlx_engine::CachedAttention>(st, p), ins);
     mlx_array_set_(*out, outs[0]);

@@ -6,6 +6,7 @@
 
 mod common;
 
+use common::c_decl::{rust_type_to_c, split_c_decl, strip_c_comments};
 use mlx_engine::engine::{Engine, LoadOptions};
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -264,78 +265,6 @@ struct Abi {
     structs: BTreeMap<String, Vec<(String, String)>>,
     constants: BTreeMap<String, String>,
     aliases: BTreeMap<String, String>,
-}
-
-/// `const float *` → `const float*`, `float x [N]` → `float x[N]`; collapses spaces.
-fn normalize_c_type(t: &str) -> String {
-    let t = t.split_whitespace().collect::<Vec<_>>().join(" ");
-    t.replace(" *", "*").replace(" [", "[")
-}
-
-/// A Rust FFI type in C spelling: `*const u32` → `const uint32_t*`.
-fn rust_type_to_c(t: &str) -> String {
-    let t = t.trim();
-    if let Some(inner) = t.strip_prefix("*const ") {
-        let inner = rust_type_to_c(inner);
-        return if inner.ends_with('*') {
-            format!("{inner}*")
-        } else {
-            format!("const {inner}*")
-        };
-    }
-    if let Some(inner) = t.strip_prefix("*mut ") {
-        return format!("{}*", rust_type_to_c(inner));
-    }
-    if let Some(array) = t.strip_prefix('[').and_then(|a| a.strip_suffix(']')) {
-        let (elem, len) = array.split_once(';').unwrap();
-        return format!("{}[{}]", rust_type_to_c(elem), len.trim());
-    }
-    let c = match t {
-        "c_int" => "int",
-        "c_char" => "char",
-        "c_void" => "void",
-        "usize" => "size_t",
-        "u64" => "uint64_t",
-        "u32" => "uint32_t",
-        "i32" => "int32_t",
-        "u8" => "uint8_t",
-        "f32" => "float",
-        other => other,
-    };
-    c.to_string()
-}
-
-/// Removes `/* */` and `//` comments.
-fn strip_c_comments(src: &str) -> String {
-    let mut out = String::new();
-    let mut rest = src;
-    while let Some(start) = rest.find("/*") {
-        out.push_str(&rest[..start]);
-        rest = rest[start..]
-            .split_once("*/")
-            .map_or("", |(_, after)| after);
-    }
-    out.push_str(rest);
-    out.lines()
-        .map(|l| l.split("//").next().unwrap_or(""))
-        .collect::<Vec<_>>()
-        .join("\n")
-}
-
-/// Splits `type name` (or `type name[N]`) into (name, C type).
-fn split_c_decl(decl: &str) -> (String, String) {
-    let decl = normalize_c_type(decl);
-    let (decl, array) = match decl.split_once('[') {
-        Some((d, a)) => (d.to_string(), format!("[{}", a)),
-        None => (decl, String::new()),
-    };
-    let at = decl
-        .rfind(|c: char| !(c.is_alphanumeric() || c == '_'))
-        .map_or(0, |i| i + 1);
-    (
-        decl[at..].to_string(),
-        normalize_c_type(&format!("{}{array}", &decl[..at])),
-    )
 }
 
 fn parse_header(src: &str) -> Abi {

@@ -186,6 +186,21 @@ int mlxk_gguf_qmatmul_multi_norm(mlx_array* res, const mlx_array x, const mlx_ar
                                  const mlx_array* ws, const int* types, const int64_t* ns, const mlx_array* biases,
                                  int count, int64_t k, int epilogue, const mlx_stream s);
 
+/* The scalar arguments of mlxk_cached_attention (described there). */
+typedef struct mlxk_attention_params {
+  int32_t n_heads;
+  int32_t n_kv_heads;
+  int32_t head_dim;
+  int32_t rope_traditional; /* nonzero: pairs (2j, 2j+1) */
+  int64_t pos;
+  int64_t window;           /* 0: no window */
+  float scale;
+  float rope_base;
+  float rope_scale;
+  float norm_eps;           /* for q_norm / k_norm */
+  const float* rope_inv_freq; /* NULL or head_dim/2 values */
+} mlxk_attention_params;
+
 /* MLX graph op (custom primitive "CachedAttention", CPU streams only): attention of one
  * sequence over its KV cache, fused with RoPE and the cache write.
  *   q: [..., L, n_heads*head_dim], k, v: [..., L, n_kv_heads*head_dim] float32 (leading axes 1)
@@ -204,10 +219,8 @@ int mlxk_gguf_qmatmul_multi_norm(mlx_array* res, const mlx_array x, const mlx_ar
  * Returns 0 on success, 1 on error (message in mlxk_last_error()). */
 int mlxk_cached_attention(mlx_array* out, mlx_array* k_cache_out, mlx_array* v_cache_out, const mlx_array q,
                           const mlx_array k, const mlx_array v, const mlx_array k_cache, const mlx_array v_cache,
-                          int n_heads, int n_kv_heads, int head_dim, int64_t pos, float scale, float rope_base,
-                          float rope_scale, int rope_traditional, const float* rope_inv_freq, int64_t window,
-                          const mlx_array q_norm,
-                          const mlx_array k_norm, float norm_eps, const mlx_stream s);
+                          const mlx_array q_norm, const mlx_array k_norm, const mlxk_attention_params* params,
+                          const mlx_stream s);
 #endif
 
 #ifdef __cplusplus

@@ -1,6 +1,8 @@
 //! Shared test support: locating (and if needed fetching) the real model and Python references.
 #![allow(dead_code)]
 
+pub mod c_decl;
+
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::sync::{Mutex, OnceLock};

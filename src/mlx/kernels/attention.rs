@@ -6,7 +6,6 @@ use crate::error::Result;
 use crate::mlx::handler::null_array;
 use crate::mlx::stream::current_stream;
 use crate::mlx::Array;
-use std::ffi::c_int;
 
 /// Shapes and RoPE constants of [`cached_attention`].
 #[derive(Clone, Copy, Debug)]
@@ -78,9 +77,23 @@ pub fn cached_attention(
         Some(n) => (n.q.raw(), n.k.raw(), n.eps),
         None => (null_array(), null_array(), 0.0),
     };
-    // SAFETY: valid handles and stream; `inv_freq` is null or points at head_dim/2 floats
-    // (checked above) that the entry copies; the C entry validates shapes and dtypes and
-    // reports failures through its status, with the message in `mlxk_last_error`.
+    let params = ffi::mlxk_attention_params {
+        n_heads: p.n_heads as i32,
+        n_kv_heads: p.n_kv_heads as i32,
+        head_dim: p.head_dim as i32,
+        rope_traditional: p.rope_traditional.into(),
+        pos: pos as i64,
+        window: p.window.unwrap_or(0) as i64,
+        scale: p.scale,
+        rope_base: p.rope_base,
+        rope_scale: p.rope_scale,
+        norm_eps: eps,
+        rope_inv_freq: inv_freq,
+    };
+    // SAFETY: valid handles and stream; `params` outlives the call, and its `rope_inv_freq` is
+    // null or points at head_dim/2 floats (checked above) that the entry copies; the C entry
+    // validates shapes and dtypes and reports failures through its status, with the message in
+    // `mlxk_last_error`.
     let [out, kc, vc] = ffi::kernel_arrays("cached_attention", |[out, kc, vc]| unsafe {
         mlxk_cached_attention(
             out,
@@ -91,19 +104,9 @@ pub fn cached_attention(
             v.raw(),
             k_cache.raw(),
             v_cache.raw(),
-            p.n_heads as c_int,
-            p.n_kv_heads as c_int,
-            p.head_dim as c_int,
-            pos as i64,
-            p.scale,
-            p.rope_base,
-            p.rope_scale,
-            p.rope_traditional as c_int,
-            inv_freq,
-            p.window.unwrap_or(0) as i64,
             q_norm,
             k_norm,
-            eps,
+            &params,
             s,
         )
     })?;

@@ -7,6 +7,39 @@ use crate::mlx::handler::try_arrays_with;
 use crate::mlx::Array;
 use std::ffi::{c_char, c_int, c_void, CStr};
 
+/// `MLXK_TYPE_REPACKED`: or'ed into a ggml type id for rows in the kernels' repacked layout.
+pub(super) const MLXK_TYPE_REPACKED: c_int = 0x100;
+/// `MLXK_MAX_MULTI_WEIGHTS`: most weights one fused call takes.
+pub(super) const MLXK_MAX_MULTI_WEIGHTS: c_int = 4;
+/// `enum mlxk_status`: success.
+pub(super) const MLXK_OK: c_int = 0;
+/// `enum mlxk_epilogue`: what a fused call does after its matmuls.
+pub(super) const MLXK_EPILOGUE_NONE: c_int = 0;
+pub(super) const MLXK_EPILOGUE_SWIGLU: c_int = 1;
+pub(super) const MLXK_EPILOGUE_GEGLU: c_int = 2;
+/// `enum mlxk_path`: the kernel paths (`AUTO`: back to the default).
+pub(super) const MLXK_PATH_AUTO: c_int = -1;
+pub(super) const MLXK_PATH_SCALAR: c_int = 0;
+pub(super) const MLXK_PATH_AVX2: c_int = 1;
+pub(super) const MLXK_PATH_AVX512_VNNI: c_int = 2;
+
+/// `mlxk_attention_params`: the scalar arguments of `mlxk_cached_attention`.
+#[allow(non_camel_case_types)]
+#[repr(C)]
+pub(super) struct mlxk_attention_params {
+    pub n_heads: i32,
+    pub n_kv_heads: i32,
+    pub head_dim: i32,
+    pub rope_traditional: i32,
+    pub pos: i64,
+    pub window: i64,
+    pub scale: f32,
+    pub rope_base: f32,
+    pub rope_scale: f32,
+    pub norm_eps: f32,
+    pub rope_inv_freq: *const f32,
+}
+
 extern "C" {
     pub(super) fn mlxk_cross_entropy(
         res: *mut mlx_sys::mlx_array,
@@ -56,19 +89,9 @@ extern "C" {
         v: mlx_sys::mlx_array,
         k_cache: mlx_sys::mlx_array,
         v_cache: mlx_sys::mlx_array,
-        n_heads: c_int,
-        n_kv_heads: c_int,
-        head_dim: c_int,
-        pos: i64,
-        scale: f32,
-        rope_base: f32,
-        rope_scale: f32,
-        rope_traditional: c_int,
-        rope_inv_freq: *const f32,
-        window: i64,
         q_norm: mlx_sys::mlx_array,
         k_norm: mlx_sys::mlx_array,
-        norm_eps: f32,
+        params: *const mlxk_attention_params,
         s: mlx_sys::mlx_stream,
     ) -> c_int;
     pub(super) fn mlxk_weight_array(
@@ -119,7 +142,7 @@ extern "C" {
 /// Turns the status of a kernel entry called by `op` into a `Result` (0 = success; any other
 /// `mlxk_status` is an [`Error::Kernel`] with the kernel's message for it).
 pub(super) fn check(op: &str, code: c_int) -> Result<()> {
-    if code == 0 {
+    if code == MLXK_OK {
         return Ok(());
     }
     let mut message = last_error();

@@ -10,10 +10,7 @@ use crate::mlx::{ops, Array};
 use std::ffi::c_int;
 
 /// Most weights one fused call ([`gguf_matmul_multi`]) takes.
-pub const MAX_FUSED_WEIGHTS: usize = 4;
-
-/// `MLXK_EPILOGUE_NONE` of the kernel header (the gated ones are [`Gate::epilogue`]).
-const EPILOGUE_NONE: c_int = 0;
+pub const MAX_FUSED_WEIGHTS: usize = ffi::MLXK_MAX_MULTI_WEIGHTS as usize;
 
 /// The activation of a gated feed-forward product act(x·Gᵀ) ⊙ (x·Uᵀ).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -28,8 +25,8 @@ impl Gate {
     /// `MLXK_EPILOGUE_SWIGLU` / `MLXK_EPILOGUE_GEGLU` of the kernel header.
     fn epilogue(self) -> c_int {
         match self {
-            Gate::Silu => 1,
-            Gate::GeluTanh => 2,
+            Gate::Silu => ffi::MLXK_EPILOGUE_SWIGLU,
+            Gate::GeluTanh => ffi::MLXK_EPILOGUE_GEGLU,
         }
     }
 
@@ -100,7 +97,15 @@ pub fn gguf_matmul_multi(
     k: usize,
 ) -> Result<Vec<Array>> {
     let op = "gguf_matmul_multi";
-    qmatmul_multi(op, x, norm, weights, k, EPILOGUE_NONE, weights.len())
+    qmatmul_multi(
+        op,
+        x,
+        norm,
+        weights,
+        k,
+        ffi::MLXK_EPILOGUE_NONE,
+        weights.len(),
+    )
 }
 
 /// The SwiGLU feed-forward input in one kernel call: silu(x · Gateᵀ) ⊙ (x · Upᵀ) as

@@ -4,7 +4,7 @@
 
 use super::ffi::{
     mlxk_force_path, mlxk_get_num_threads, mlxk_kernel_path, mlxk_retain_freed_memory,
-    mlxk_set_num_threads,
+    mlxk_set_num_threads, MLXK_PATH_AUTO, MLXK_PATH_AVX2, MLXK_PATH_AVX512_VNNI, MLXK_PATH_SCALAR,
 };
 use std::ffi::c_int;
 
@@ -24,8 +24,8 @@ pub enum KernelPath {
 pub fn path() -> KernelPath {
     // SAFETY: a pure query.
     match unsafe { mlxk_kernel_path() } {
-        1 => KernelPath::Avx2,
-        2 => KernelPath::Avx512Vnni,
+        MLXK_PATH_AVX2 => KernelPath::Avx2,
+        MLXK_PATH_AVX512_VNNI => KernelPath::Avx512Vnni,
         _ => KernelPath::Scalar,
     }
 }
@@ -35,10 +35,10 @@ pub fn path() -> KernelPath {
 /// comparisons.
 pub fn force_path(path: Option<KernelPath>) {
     let raw = match path {
-        None => -1,
-        Some(KernelPath::Scalar) => 0,
-        Some(KernelPath::Avx2) => 1,
-        Some(KernelPath::Avx512Vnni) => 2,
+        None => MLXK_PATH_AUTO,
+        Some(KernelPath::Scalar) => MLXK_PATH_SCALAR,
+        Some(KernelPath::Avx2) => MLXK_PATH_AVX2,
+        Some(KernelPath::Avx512Vnni) => MLXK_PATH_AVX512_VNNI,
     };
     // SAFETY: sets a process-wide flag.
     unsafe { mlxk_force_path(raw) }

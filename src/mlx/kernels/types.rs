@@ -9,7 +9,7 @@ use crate::error::{Error, Result};
 use std::ffi::c_int;
 
 /// `MLXK_TYPE_REPACKED`: or'ed into a ggml type id for rows in the kernels' repacked layout.
-pub const REPACKED_FLAG: u32 = 0x100;
+pub const REPACKED_FLAG: u32 = ffi::MLXK_TYPE_REPACKED as u32;
 
 /// Elements per block the kernels use for type id `id`, or `None` for an id they refuse.
 pub fn block_size(id: u32) -> Option<u64> {
