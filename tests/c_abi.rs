@@ -6,7 +6,7 @@
 
 mod common;
 
-use common::c_decl::{rust_type_to_c, split_c_decl, strip_c_comments};
+use common::c_decl::{rust_type_to_c, split_c_decl, split_header};
 use mlx_engine::engine::{Engine, LoadOptions};
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -268,23 +268,11 @@ struct Abi {
 }
 
 fn parse_header(src: &str) -> Abi {
-    let src = strip_c_comments(src);
-    let mut abi = Abi::default();
-    let mut body = String::new();
-    for line in src.lines() {
-        let parts: Vec<&str> = line.split_whitespace().collect();
-        match parts.as_slice() {
-            ["#define", name, value] if name.starts_with("MLXE_") => {
-                abi.constants.insert(name.to_string(), value.to_string());
-            }
-            [first, ..] if first.starts_with('#') => {}
-            ["extern", "\"C\"", "{"] | ["}"] => {}
-            _ => {
-                body.push_str(line);
-                body.push('\n');
-            }
-        }
-    }
+    let (defines, body) = split_header(src, "MLXE_");
+    let mut abi = Abi {
+        constants: defines.into_iter().collect(),
+        ..Abi::default()
+    };
     let mut rest = body.as_str();
     let mut others = String::new();
     while let Some(start) = rest.find("typedef struct ") {

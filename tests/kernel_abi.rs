@@ -5,7 +5,7 @@
 
 mod common;
 
-use common::c_decl::{normalize_c_type, rust_type_to_c, split_c_decl, strip_c_comments};
+use common::c_decl::{normalize_c_type, rust_type_to_c, split_c_decl, split_header};
 use std::collections::BTreeMap;
 
 /// A declaration list in C spelling: functions (return type, parameter types), structs
@@ -37,22 +37,10 @@ fn canonical(ty: &str) -> String {
 }
 
 fn parse_header(src: &str) -> Decls {
-    let src = strip_c_comments(src);
+    let (defines, body) = split_header(src, "MLXK_");
     let mut d = Decls::default();
-    let mut body = String::new();
-    for line in src.lines() {
-        let parts: Vec<&str> = line.split_whitespace().collect();
-        match parts.as_slice() {
-            ["#define", name, value] if name.starts_with("MLXK_") => {
-                d.constants.insert(name.to_string(), int_value(value));
-            }
-            [first, ..] if first.starts_with('#') => {}
-            ["extern", "\"C\"", "{"] | ["}"] => {}
-            _ => {
-                body.push_str(line);
-                body.push('\n');
-            }
-        }
+    for (name, value) in defines {
+        d.constants.insert(name, int_value(&value));
     }
     // Enums and structs first, then the prototypes in what is left.
     let mut rest = body.as_str();

@@ -73,3 +73,27 @@ pub fn split_c_decl(decl: &str) -> (String, String) {
         normalize_c_type(&format!("{}{array}", &decl[..at])),
     )
 }
+
+/// A header without comments, split into its `#define NAME VALUE` constants whose names start
+/// with `prefix` and the declarations left (other preprocessor lines and the `extern "C"`
+/// braces dropped).
+pub fn split_header(src: &str, prefix: &str) -> (Vec<(String, String)>, String) {
+    let src = strip_c_comments(src);
+    let mut defines = Vec::new();
+    let mut body = String::new();
+    for line in src.lines() {
+        let parts: Vec<&str> = line.split_whitespace().collect();
+        match parts.as_slice() {
+            ["#define", name, value] if name.starts_with(prefix) => {
+                defines.push((name.to_string(), value.to_string()));
+            }
+            [first, ..] if first.starts_with('#') => {}
+            ["extern", "\"C\"", "{"] | ["}"] => {}
+            _ => {
+                body.push_str(line);
+                body.push('\n');
+            }
+        }
+    }
+    (defines, body)
+}
