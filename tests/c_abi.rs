@@ -6,7 +6,7 @@
 
 mod common;
 
-use common::c_decl::{rust_type_to_c, split_c_decl, split_header};
+use common::c_decl::{rust_fields, rust_type_to_c, split_c_decl, split_header};
 use mlx_engine::engine::{Engine, LoadOptions};
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -303,20 +303,6 @@ fn parse_header(src: &str) -> Abi {
         }
     }
     abi
-}
-
-/// The `name: Type` pairs of a comma-separated Rust list, types in C spelling.
-fn rust_fields(list: &str) -> Vec<(String, String)> {
-    list.split(',')
-        .filter(|f| f.contains(':'))
-        .map(|f| {
-            let (name, ty) = f.split_once(':').unwrap();
-            (
-                name.trim().trim_start_matches("pub ").to_string(),
-                rust_type_to_c(ty),
-            )
-        })
-        .collect()
 }
 
 fn parse_ffi_rs(src: &str) -> Abi {

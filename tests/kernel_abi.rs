@@ -5,7 +5,7 @@
 
 mod common;
 
-use common::c_decl::{normalize_c_type, rust_type_to_c, split_c_decl, split_header};
+use common::c_decl::{normalize_c_type, rust_fields, rust_type_to_c, split_c_decl, split_header};
 use std::collections::BTreeMap;
 
 /// A declaration list in C spelling: functions (return type, parameter types), structs
@@ -91,16 +91,10 @@ fn parse_header(src: &str) -> Decls {
     d
 }
 
-/// `name: Type` pairs of a comma-separated Rust list, types in C spelling.
-fn rust_fields(list: &str) -> Vec<(String, String)> {
-    list.split(',')
-        .filter(|f| f.contains(':'))
-        .map(|f| {
-            let (name, ty) = f.split_once(':').unwrap();
-            let name = name.trim().trim_start_matches("pub ").trim();
-            (name.to_string(), canonical(&rust_type_to_c(ty)))
-        })
-        .collect()
+/// `name: Type` pairs of a comma-separated Rust list, types in canonical C spelling.
+fn canonical_fields(list: &str) -> Vec<(String, String)> {
+    let fields = rust_fields(list).into_iter();
+    fields.map(|(name, ty)| (name, canonical(&ty))).collect()
 }
 
 fn parse_ffi_rs(src: &str) -> Decls {
@@ -121,7 +115,7 @@ fn parse_ffi_rs(src: &str) -> Decls {
         let (name, after) = code[i + 29..].split_once('{').unwrap();
         let fields = after.split('}').next().unwrap();
         d.structs
-            .insert(name.trim().to_string(), rust_fields(fields));
+            .insert(name.trim().to_string(), canonical_fields(fields));
     }
     let block = code.split("extern \"C\" {").nth(1).unwrap();
     let block = block.split("\n}").next().unwrap();
@@ -133,7 +127,10 @@ fn parse_ffi_rs(src: &str) -> Decls {
             .trim()
             .strip_prefix("->")
             .map_or("void".to_string(), |r| canonical(&rust_type_to_c(r)));
-        let params = rust_fields(params).into_iter().map(|(_, t)| t).collect();
+        let params = canonical_fields(params)
+            .into_iter()
+            .map(|(_, t)| t)
+            .collect();
         d.functions.insert(name.trim().to_string(), (ret, params));
     }
     d

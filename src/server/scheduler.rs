@@ -195,11 +195,9 @@ pub fn run(
 
 /// Loads the draft model at `path` for the backend's model, refusing a mismatched vocabulary.
 fn load_draft(backend: &Backend, path: &std::path::Path) -> Result<DraftModel> {
-    let draft = Engine::load(path, &LoadOptions::default()).map_err(|e| {
-        Error::InvalidArgument(format!("loading the draft model {}: {e}", path.display()))
-    })?;
+    // Both errors already say what failed: the load names the file, the check the mismatch.
+    let draft = Engine::load(path, &LoadOptions::default())?;
     DraftModel::new(backend.engine(), draft)
-        .map_err(|e| Error::InvalidArgument(format!("--draft-model {}: {e}", path.display())))
 }
 
 /// A job holding a sequence.

@@ -97,3 +97,17 @@ pub fn split_header(src: &str, prefix: &str) -> (Vec<(String, String)>, String) 
     }
     (defines, body)
 }
+
+/// The `name: Type` pairs of a comma-separated Rust list, types in C spelling.
+pub fn rust_fields(list: &str) -> Vec<(String, String)> {
+    list.split(',')
+        .filter(|f| f.contains(':'))
+        .map(|f| {
+            let (name, ty) = f.split_once(':').unwrap();
+            (
+                name.trim().trim_start_matches("pub ").to_string(),
+                rust_type_to_c(ty),
+            )
+        })
+        .collect()
+}
