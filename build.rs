@@ -53,6 +53,10 @@ fn main() {
         .cpp(true)
         .std("c++20")
         .opt_level(3)
+        // Line tables only (perf annotate), as for our Rust code: full debug info put ~25 MB
+        // into every test binary.
+        .debug(false)
+        .flag("-g1")
         .pic(true)
         .include("kernels/include")
         .include(&mlx_include)
