@@ -8,9 +8,10 @@
 //
 // Query i (absolute position pos+i) attends keys 0..pos+i (causal), or only the last `window`
 // of them (pos+i-window+1..pos+i) when window > 0 (sliding-window attention), grouped-query heads share
-// their KV head (h / (Hq/Hkv)). Work items are (query head, block of query rows), pulled by
-// the thread pool; each row is a plain softmax over its scores (no running max needed: the
-// whole score row fits in scratch).
+// their KV head (h / (Hq/Hkv)). Work items are (KV head, its query heads, block of query rows),
+// pulled by the thread pool, so each cached key and value is read once per KV head; each row is
+// a plain softmax over its scores (no running max needed: the whole score row fits in scratch).
+#include <algorithm>
 #include <atomic>
 #include <cmath>
 #include <cstdio>
@@ -53,14 +54,31 @@ struct Params {
   float norm_eps;  // with q_norm / k_norm weights: RMSNorm of each head before RoPE
 };
 
-// ---- row primitives: portable versions, AVX2 versions selected at run time
-float dot_scalar(const float* a, const float* b, int n) {
-  float s = 0.0f;
-  for (int i = 0; i < n; ++i) s += a[i] * b[i];
-  return s;
+// ---- the two products of one query row, for a group of G query heads sharing a KV head:
+//   scores:       s[g*lds + t] = scale * q_g . k_t            (q [G][hd], k [nk][hd])
+//   weighted_sum: o_g = inv_g * sum_t s[g*lds + t] * v_t     (o_g at o + g*ldo)
+// Each key and value row is loaded once for all G heads (the GQA group), which is what makes
+// decode at long contexts cheap: the cache is read once per KV head, not once per query head.
+// Portable versions, and AVX2 versions selected at run time for head_dim % 8 == 0. Both sum
+// the values in key order, and a score never depends on how many rows the op was given, so an
+// output row is the same whether its token came in a prefill, a decode step or a verify pass.
+void scores_scalar(const float* q, int G, const float* k, int64_t nk, int hd, float scale, float* s, int64_t lds) {
+  for (int g = 0; g < G; ++g)
+    for (int64_t t = 0; t < nk; ++t) {
+      float d = 0.0f;
+      for (int i = 0; i < hd; ++i) d += q[g * hd + i] * k[t * hd + i];
+      s[g * lds + t] = d * scale;
+    }
 }
-void axpy_scalar(float a, const float* x, float* y, int n) {
-  for (int i = 0; i < n; ++i) y[i] += a * x[i];
+void weighted_sum_scalar(const float* p, int64_t lds, int G, const float* v, int64_t nk, int hd, const float* inv,
+                         float* o, int64_t ldo) {
+  for (int g = 0; g < G; ++g) {
+    float* og = o + g * ldo;
+    std::memset(og, 0, sizeof(float) * (size_t)hd);
+    for (int64_t t = 0; t < nk; ++t)
+      for (int i = 0; i < hd; ++i) og[i] += p[g * lds + t] * v[t * hd + i];
+    for (int i = 0; i < hd; ++i) og[i] *= inv[g];
+  }
 }
 // s[j] = exp(s[j] - max) in place, returns the sum.
 float softmax_numer_scalar(float* s, int64_t n) {
@@ -81,23 +99,76 @@ ATT_AVX2 inline float hsum8(__m256 v) {
   s = _mm_add_ss(s, _mm_movehdup_ps(s));
   return _mm_cvtss_f32(s);
 }
-ATT_AVX2 float dot_avx2(const float* a, const float* b, int n) {
-  __m256 s0 = _mm256_setzero_ps(), s1 = _mm256_setzero_ps();
-  int i = 0;
-  for (; i + 16 <= n; i += 16) {
-    s0 = _mm256_fmadd_ps(_mm256_loadu_ps(a + i), _mm256_loadu_ps(b + i), s0);
-    s1 = _mm256_fmadd_ps(_mm256_loadu_ps(a + i + 8), _mm256_loadu_ps(b + i + 8), s1);
-  }
-  for (; i + 8 <= n; i += 8) s0 = _mm256_fmadd_ps(_mm256_loadu_ps(a + i), _mm256_loadu_ps(b + i), s0);
-  float s = hsum8(_mm256_add_ps(s0, s1));
-  for (; i < n; ++i) s += a[i] * b[i];
-  return s;
+// [sum a0, sum a1, ..., sum a7]: the horizontal sums of eight vectors in one vector.
+ATT_AVX2 inline __m256 hsum8x8(const __m256* a) {
+  const __m256 h0 = _mm256_hadd_ps(_mm256_hadd_ps(a[0], a[1]), _mm256_hadd_ps(a[2], a[3]));
+  const __m256 h1 = _mm256_hadd_ps(_mm256_hadd_ps(a[4], a[5]), _mm256_hadd_ps(a[6], a[7]));
+  return _mm256_add_ps(_mm256_permute2f128_ps(h0, h1, 0x20), _mm256_permute2f128_ps(h0, h1, 0x31));
 }
-ATT_AVX2 void axpy_avx2(float a, const float* x, float* y, int n) {
-  const __m256 av = _mm256_set1_ps(a);
-  int i = 0;
-  for (; i + 8 <= n; i += 8) _mm256_storeu_ps(y + i, _mm256_fmadd_ps(av, _mm256_loadu_ps(x + i), _mm256_loadu_ps(y + i)));
-  for (; i < n; ++i) y[i] += a * x[i];
+// Keys in blocks of eight (a block of 8 x hd floats stays in L1 while every head of the
+// group passes over it), the rest one at a time.
+ATT_AVX2 void scores_avx2(const float* q, int G, const float* k, int64_t nk, int hd, float scale, float* s,
+                          int64_t lds) {
+  const __m256 sc = _mm256_set1_ps(scale);
+  int64_t t = 0;
+  for (; t + 8 <= nk; t += 8) {
+    const float* kb = k + t * hd;
+    for (int g = 0; g < G; ++g) {
+      const float* qg = q + g * hd;
+      __m256 a[8];
+      for (int j = 0; j < 8; ++j) a[j] = _mm256_setzero_ps();
+      for (int c = 0; c < hd; c += 8) {
+        const __m256 qv = _mm256_loadu_ps(qg + c);
+#pragma GCC unroll 8
+        for (int j = 0; j < 8; ++j) a[j] = _mm256_fmadd_ps(qv, _mm256_loadu_ps(kb + j * hd + c), a[j]);
+      }
+      _mm256_storeu_ps(s + g * lds + t, _mm256_mul_ps(hsum8x8(a), sc));
+    }
+  }
+  for (; t < nk; ++t)
+    for (int g = 0; g < G; ++g) {
+      __m256 a = _mm256_setzero_ps();
+      for (int c = 0; c < hd; c += 8) a = _mm256_fmadd_ps(_mm256_loadu_ps(q + g * hd + c), _mm256_loadu_ps(k + t * hd + c), a);
+      s[g * lds + t] = hsum8(a) * scale;
+    }
+}
+// NC x 8 columns [c0, c0 + 8 NC) of every head's output, accumulated in registers over blocks
+// of kValueBlock keys (a block of values stays in L1 while every head passes over it).
+constexpr int64_t kValueBlock = 32;
+template <int NC>
+ATT_AVX2 void weighted_cols(const float* p, int64_t lds, int G, const float* v, int64_t nk, int hd, int c0, float* o,
+                            int64_t ldo) {
+  for (int64_t t0 = 0; t0 < nk; t0 += kValueBlock) {
+    const int64_t t1 = t0 + kValueBlock < nk ? t0 + kValueBlock : nk;
+    for (int g = 0; g < G; ++g) {
+      float* og = o + g * ldo + c0;
+      __m256 a[NC];
+#pragma GCC unroll 8
+      for (int j = 0; j < NC; ++j) a[j] = _mm256_loadu_ps(og + 8 * j);
+      for (int64_t t = t0; t < t1; ++t) {
+        const __m256 pt = _mm256_broadcast_ss(p + g * lds + t);
+        const float* vt = v + t * hd + c0;
+#pragma GCC unroll 8
+        for (int j = 0; j < NC; ++j) a[j] = _mm256_fmadd_ps(pt, _mm256_loadu_ps(vt + 8 * j), a[j]);
+      }
+#pragma GCC unroll 8
+      for (int j = 0; j < NC; ++j) _mm256_storeu_ps(og + 8 * j, a[j]);
+    }
+  }
+}
+ATT_AVX2 void weighted_sum_avx2(const float* p, int64_t lds, int G, const float* v, int64_t nk, int hd,
+                                const float* inv, float* o, int64_t ldo) {
+  for (int g = 0; g < G; ++g) std::memset(o + g * ldo, 0, sizeof(float) * (size_t)hd);
+  int c0 = 0;
+  for (; c0 + 64 <= hd; c0 += 64) weighted_cols<8>(p, lds, G, v, nk, hd, c0, o, ldo);
+  if (hd - c0 >= 32) weighted_cols<4>(p, lds, G, v, nk, hd, c0, o, ldo), c0 += 32;
+  if (hd - c0 >= 16) weighted_cols<2>(p, lds, G, v, nk, hd, c0, o, ldo), c0 += 16;
+  if (hd - c0 >= 8) weighted_cols<1>(p, lds, G, v, nk, hd, c0, o, ldo);
+  for (int g = 0; g < G; ++g) {
+    const __m256 iv = _mm256_set1_ps(inv[g]);
+    float* og = o + g * ldo;
+    for (int c = 0; c < hd; c += 8) _mm256_storeu_ps(og + c, _mm256_mul_ps(_mm256_loadu_ps(og + c), iv));
+  }
 }
 ATT_AVX2 float softmax_numer_avx2(float* s, int64_t n) {
   __m256 mv = _mm256_set1_ps(-INFINITY);
@@ -125,16 +196,17 @@ ATT_AVX2 float softmax_numer_avx2(float* s, int64_t n) {
 #endif
 
 struct Ops {
-  float (*dot)(const float*, const float*, int);
-  void (*axpy)(float, const float*, float*, int);
+  void (*scores)(const float*, int, const float*, int64_t, int, float, float*, int64_t);
   float (*softmax_numer)(float*, int64_t);
+  void (*weighted_sum)(const float*, int64_t, int, const float*, int64_t, int, const float*, float*, int64_t);
 };
 
-Ops ops_for_path() {
+Ops ops_for(int hd) {
 #if MLXK_X86
-  if (mlxk_kernel_path() != MLXK_PATH_SCALAR) return {dot_avx2, axpy_avx2, softmax_numer_avx2};
+  if (mlxk_kernel_path() != MLXK_PATH_SCALAR && hd % 8 == 0)
+    return {scores_avx2, softmax_numer_avx2, weighted_sum_avx2};
 #endif
-  return {dot_scalar, axpy_scalar, softmax_numer_scalar};
+  return {scores_scalar, softmax_numer_scalar, weighted_sum_scalar};
 }
 
 // cos / sin of the rotation angles, [len][hd/2]: angle(i, j) = (pos + i) * scale * inv(j), with
@@ -179,6 +251,7 @@ void rope_row(const float* src, float* dst, const float* c, const float* s, int 
 
 constexpr int64_t kQueryBlock = 16;
 
+// A work item is (KV head, a run of its query heads, a block of query rows).
 struct Job {
   Params p;
   Ops ops;
@@ -190,55 +263,60 @@ struct Job {
   const float* cs;
   const float* sn;
   const float* q_norm;  // [hd] or null
-  int64_t nqb;
+  int64_t nqb;          // query blocks
+  int groups;           // runs of query heads per KV head
   int64_t items;
   std::atomic<int64_t> next{0};
   std::atomic<bool> failed{false};
 };
 
-void attend_rows(Job& j, int h, int64_t i0, int64_t i1, std::vector<float>& scores, std::vector<float>& qr) {
+// Query heads h0..h1-1 (all on KV head kvh) for query rows i0..i1-1.
+void attend_rows(Job& j, int kvh, int h0, int h1, int64_t i0, int64_t i1, std::vector<float>& scores,
+                 std::vector<float>& qr) {
   const Params& p = j.p;
-  const int hd = p.hd, half = hd / 2;
-  const int kvh = h / (p.hq / p.hkv);
+  const int hd = p.hd, half = hd / 2, G = h1 - h0;
   const float* kh = j.kc + (size_t)kvh * p.cap * hd;
   const float* vh = j.vc + (size_t)kvh * p.cap * hd;
-  scores.resize((size_t)(p.pos + i1));
-  qr.resize((size_t)(2 * hd));
-  float* normed = qr.data() + hd;
+  qr.resize((size_t)((G + 1) * hd + G));
+  float* normed = qr.data() + (size_t)G * hd;
+  float* inv = normed + hd;
   for (int64_t i = i0; i < i1; ++i) {
-    const float* qi = j.q + i * j.ldq + (int64_t)h * hd;
-    if (j.q_norm) {
-      head_norm(qi, j.q_norm, p.norm_eps, hd, normed);
-      qi = normed;
+    for (int g = 0; g < G; ++g) {  // qr [G][hd]: the roped (and normed) queries
+      const float* qi = j.q + i * j.ldq + (int64_t)(h0 + g) * hd;
+      if (j.q_norm) {
+        head_norm(qi, j.q_norm, p.norm_eps, hd, normed);
+        qi = normed;
+      }
+      rope_row(qi, qr.data() + (size_t)g * hd, j.cs + i * half, j.sn + i * half, hd, p.traditional);
     }
-    rope_row(qi, qr.data(), j.cs + i * half, j.sn + i * half, hd, p.traditional);
     const int64_t end = p.pos + i + 1;
     const int64_t t0 = p.window > 0 && end > p.window ? end - p.window : 0;
     const int64_t nk = end - t0;
-    const float* kt = kh + t0 * hd;
-    const float* vt = vh + t0 * hd;
-    float* s = scores.data();
-    for (int64_t t = 0; t < nk; ++t) s[t] = j.ops.dot(qr.data(), kt + t * hd, hd) * p.scale;
-    const float inv = 1.0f / j.ops.softmax_numer(s, nk);
-    float* o = j.out + i * (int64_t)p.hq * hd + (int64_t)h * hd;
-    std::memset(o, 0, sizeof(float) * (size_t)hd);
-    for (int64_t t = 0; t < nk; ++t) j.ops.axpy(s[t], vt + t * hd, o, hd);
-    for (int d = 0; d < hd; ++d) o[d] *= inv;
+    scores.resize((size_t)(G * nk));
+    float* s = scores.data();  // [G][nk]
+    j.ops.scores(qr.data(), G, kh + t0 * hd, nk, hd, p.scale, s, nk);
+    for (int g = 0; g < G; ++g) inv[g] = 1.0f / j.ops.softmax_numer(s + g * nk, nk);
+    float* o = j.out + i * (int64_t)p.hq * hd + (int64_t)h0 * hd;  // [G][hd]
+    j.ops.weighted_sum(s, nk, G, vh + t0 * hd, nk, hd, inv, o, hd);
   }
 }
 
 void job_fn(void* ctx) {
   Job& j = *(Job*)ctx;
   thread_local std::vector<float> scores, qr;
+  const int per_kv = j.p.hq / j.p.hkv;
   for (;;) {
     const int64_t it = j.next.fetch_add(1, std::memory_order_relaxed);
     if (it >= j.items) break;
-    const int h = (int)(it / j.nqb);
     const int64_t b = it % j.nqb;
+    const int run = (int)(it / j.nqb % j.groups);
+    const int kvh = (int)(it / j.nqb / j.groups);
+    const int h0 = kvh * per_kv + run * per_kv / j.groups;
+    const int h1 = kvh * per_kv + (run + 1) * per_kv / j.groups;
     const int64_t i0 = b * kQueryBlock;
     const int64_t i1 = i0 + kQueryBlock < j.p.len ? i0 + kQueryBlock : j.p.len;
     try {
-      attend_rows(j, h, i0, i1, scores, qr);
+      attend_rows(j, kvh, h0, h1, i0, i1, scores, qr);
     } catch (...) {  // allocation failure: never let an exception escape a pool thread
       j.failed.store(true);
     }
@@ -268,7 +346,7 @@ void run(const Params& p, const float* q, int64_t ldq, const float* k, int64_t l
     }
   Job j;
   j.p = p;
-  j.ops = ops_for_path();
+  j.ops = ops_for(p.hd);
   j.q = q;
   j.ldq = ldq;
   j.kc = kc;
@@ -278,13 +356,19 @@ void run(const Params& p, const float* q, int64_t ldq, const float* k, int64_t l
   j.sn = sn.data();
   j.q_norm = q_norm;
   j.nqb = (p.len + kQueryBlock - 1) / kQueryBlock;
-  j.items = j.nqb * p.hq;
+  // Whole groups read each KV row once; a group is split only to give every thread an item
+  // (decode on few KV heads).
+  const int threads = pool_num_threads();
+  const int64_t whole = (int64_t)p.hkv * j.nqb;
+  const int per_kv = p.hq / p.hkv;
+  j.groups = whole >= threads ? 1 : (int)std::min<int64_t>(per_kv, (threads + whole - 1) / whole);
+  j.items = whole * j.groups;
   // Small problems (short decode contexts) are not worth waking a worker for.
   const int64_t work = (int64_t)p.hq * p.len * (p.pos + p.len) * hd;
   if (work < (1 << 16))
     job_fn(&j);
   else
-    parallel_run(job_fn, &j, pool_num_threads());
+    parallel_run(job_fn, &j, threads);
   if (j.failed.load()) throw std::bad_alloc();
 }
 

@@ -4,7 +4,8 @@
 //! sliding window, an explicit additive mask built here).
 //! Tolerance: 2e-5 absolute on outputs of magnitude ~1 (both sides accumulate in float32 in
 //! different orders; RoPE angles are computed in f64 here and in f32 by MLX, which at positions
-//! < 100 differs by < 1e-5).
+//! < 100 differs by < 1e-5), scaled by (positions / 100) past 100 positions: the f32 angle's
+//! error grows with the position.
 
 use mlx_engine::mlx::fast::{self, AttentionMask};
 use mlx_engine::mlx::kernels::{self, AttentionParams, KernelPath, QkNorm};
@@ -166,13 +167,14 @@ fn check_steps_normed(p: AttentionParams, cap: usize, lens: &[usize], seed: u64,
         let values = cat(ref_v.take(), heads(&v));
         let want = reference_step(&q, &keys, &values, &p, pos);
         transforms::eval(&[&out, &kc, &vc, &want]).unwrap();
+        let tol = TOL * ((pos + l) as f32 / 100.0).max(1.0);
 
         let d = max_diff(
             &out.to_vec::<f32>().unwrap(),
             &want.to_vec::<f32>().unwrap(),
         );
         assert!(
-            d <= TOL,
+            d <= tol,
             "step {step} (pos {pos}, L {l}): output max |diff| {d}"
         );
         pos += l;
@@ -188,7 +190,7 @@ fn check_steps_normed(p: AttentionParams, cap: usize, lens: &[usize], seed: u64,
             &values.to_vec::<f32>().unwrap(),
         );
         assert!(
-            dk <= TOL && dv == 0.0,
+            dk <= tol && dv == 0.0,
             "step {step}: cache differs (k {dk}, v {dv})"
         );
         drop((got_k, got_v));
@@ -226,6 +228,14 @@ fn matches_mlx_rope_and_sdpa_over_prefill_and_decode_steps() {
         check_steps(params(8, 2, 16, true), 80, &[1, 35, 1, 2], 2);
         // Multi-head (no grouping), head_dim not a multiple of 8.
         check_steps(params(3, 3, 6, false), 16, &[5, 1, 1], 3);
+        // Qwen2.5-1.5B shapes (12 on 2, hd 128) past a few hundred positions: many blocks of
+        // keys and values, and key counts that are not multiples of 8.
+        let mut qwen15 = params(12, 2, 128, false);
+        qwen15.rope_base = 1_000_000.0;
+        check_steps(qwen15, 320, &[261, 1, 1, 2, 5], 8);
+        // head_dim 80 (64 + 16 columns of values) and 96 (64 + 32).
+        check_steps(params(4, 1, 80, false), 64, &[41, 1], 9);
+        check_steps(params(6, 2, 96, true), 64, &[9, 1, 30], 10);
     }
     kernels::force_path(None);
 }
