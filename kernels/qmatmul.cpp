@@ -58,7 +58,9 @@ int64_t env_rows(const char* name, int64_t dflt) {
 }  // namespace
 
 int64_t panel_min_rows() {
-  static const int64_t v = env_rows("MLX_ENGINE_PANEL_MIN_ROWS", 9);
+  // 9 where the panels are the 512-bit kernels (AVX-512 VNNI); the 256-bit panels lose to the
+  // one-row tiles up to 16 rows (AVX2-only Zen: pp16 1.3x, 16-sequence decode 1.1x faster).
+  static const int64_t v = env_rows("MLX_ENGINE_PANEL_MIN_ROWS", default_path() == MLXK_PATH_AVX512_VNNI ? 9 : 17);
   return v;
 }
 
