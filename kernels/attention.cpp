@@ -2,7 +2,7 @@
 // custom primitive "CachedAttention" (CPU only).
 //
 //   inputs : q [L, Hq*hd], k [L, Hkv*hd], v [L, Hkv*hd] (f32, leading axes of size 1 allowed),
-//            k_cache, v_cache [1, Hkv, cap, hd] f32
+//            k_cache, v_cache [1, Hkv, cap, hd], both float32 or both float16
 //   outputs: out [L, Hq*hd] (same shape as q), k_cache', v_cache' (the caches with positions
 //            pos..pos+L-1 written; they share the input buffers when MLX can donate them)
 //
@@ -35,7 +35,7 @@
 #include <immintrin.h>
 
 #include "simd_exp.h"
-#define ATT_AVX2 __attribute__((target("avx2,fma")))
+#define ATT_AVX2 __attribute__((target("avx2,fma,f16c")))
 #endif
 
 namespace mlxe {
@@ -52,7 +52,17 @@ struct Params {
   std::vector<float> inv_freq;  // [hd/2] per-pair RoPE frequencies; empty: rope_base^(-2j/hd)
   int64_t window;  // keys a query sees, itself included; 0: all (causal)
   float norm_eps;  // with q_norm / k_norm weights: RMSNorm of each head before RoPE
+  bool half;       // the caches hold IEEE halves (uint16_t bits), else float32
 };
+
+// A cached element as float: the caches hold float32 or IEEE half (the bits in a uint16_t).
+inline float elem(float x) { return x; }
+inline float elem(uint16_t h) { return half_to_float(h); }
+// One row of n floats into a cache row, rounding to nearest even for halves.
+inline void store_row(const float* src, int n, float* dst) { std::memcpy(dst, src, sizeof(float) * (size_t)n); }
+inline void store_row(const float* src, int n, uint16_t* dst) {
+  for (int i = 0; i < n; ++i) dst[i] = float_to_half(src[i]);
+}
 
 // ---- the two products of one query row, for a group of G query heads sharing a KV head:
 //   scores:       s[g*lds + t] = scale * q_g . k_t            (q [G][hd], k [nk][hd])
@@ -62,21 +72,23 @@ struct Params {
 // Portable versions, and AVX2 versions selected at run time for head_dim % 8 == 0. Both sum
 // the values in key order, and a score never depends on how many rows the op was given, so an
 // output row is the same whether its token came in a prefill, a decode step or a verify pass.
-void scores_scalar(const float* q, int G, const float* k, int64_t nk, int hd, float scale, float* s, int64_t lds) {
+template <typename T>
+void scores_scalar(const float* q, int G, const T* k, int64_t nk, int hd, float scale, float* s, int64_t lds) {
   for (int g = 0; g < G; ++g)
     for (int64_t t = 0; t < nk; ++t) {
       float d = 0.0f;
-      for (int i = 0; i < hd; ++i) d += q[g * hd + i] * k[t * hd + i];
+      for (int i = 0; i < hd; ++i) d += q[g * hd + i] * elem(k[t * hd + i]);
       s[g * lds + t] = d * scale;
     }
 }
-void weighted_sum_scalar(const float* p, int64_t lds, int G, const float* v, int64_t nk, int hd, const float* inv,
+template <typename T>
+void weighted_sum_scalar(const float* p, int64_t lds, int G, const T* v, int64_t nk, int hd, const float* inv,
                          float* o, int64_t ldo) {
   for (int g = 0; g < G; ++g) {
     float* og = o + g * ldo;
     std::memset(og, 0, sizeof(float) * (size_t)hd);
     for (int64_t t = 0; t < nk; ++t)
-      for (int i = 0; i < hd; ++i) og[i] += p[g * lds + t] * v[t * hd + i];
+      for (int i = 0; i < hd; ++i) og[i] += p[g * lds + t] * elem(v[t * hd + i]);
     for (int i = 0; i < hd; ++i) og[i] *= inv[g];
   }
 }
@@ -93,6 +105,8 @@ float softmax_numer_scalar(float* s, int64_t n) {
 }
 
 #if MLXK_X86
+ATT_AVX2 inline __m256 load8(const float* p) { return _mm256_loadu_ps(p); }
+ATT_AVX2 inline __m256 load8(const uint16_t* p) { return _mm256_cvtph_ps(_mm_loadu_si128((const __m128i*)p)); }
 ATT_AVX2 inline float hsum8(__m256 v) {
   __m128 s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
   s = _mm_add_ps(s, _mm_movehl_ps(s, s));
@@ -107,12 +121,13 @@ ATT_AVX2 inline __m256 hsum8x8(const __m256* a) {
 }
 // Keys in blocks of eight (a block of 8 x hd floats stays in L1 while every head of the
 // group passes over it), the rest one at a time.
-ATT_AVX2 void scores_avx2(const float* q, int G, const float* k, int64_t nk, int hd, float scale, float* s,
+template <typename T>
+ATT_AVX2 void scores_avx2(const float* q, int G, const T* k, int64_t nk, int hd, float scale, float* s,
                           int64_t lds) {
   const __m256 sc = _mm256_set1_ps(scale);
   int64_t t = 0;
   for (; t + 8 <= nk; t += 8) {
-    const float* kb = k + t * hd;
+    const T* kb = k + t * hd;
     for (int g = 0; g < G; ++g) {
       const float* qg = q + g * hd;
       __m256 a[8];
@@ -120,7 +135,7 @@ ATT_AVX2 void scores_avx2(const float* q, int G, const float* k, int64_t nk, int
       for (int c = 0; c < hd; c += 8) {
         const __m256 qv = _mm256_loadu_ps(qg + c);
 #pragma GCC unroll 8
-        for (int j = 0; j < 8; ++j) a[j] = _mm256_fmadd_ps(qv, _mm256_loadu_ps(kb + j * hd + c), a[j]);
+        for (int j = 0; j < 8; ++j) a[j] = _mm256_fmadd_ps(qv, load8(kb + j * hd + c), a[j]);
       }
       _mm256_storeu_ps(s + g * lds + t, _mm256_mul_ps(hsum8x8(a), sc));
     }
@@ -128,15 +143,15 @@ ATT_AVX2 void scores_avx2(const float* q, int G, const float* k, int64_t nk, int
   for (; t < nk; ++t)
     for (int g = 0; g < G; ++g) {
       __m256 a = _mm256_setzero_ps();
-      for (int c = 0; c < hd; c += 8) a = _mm256_fmadd_ps(_mm256_loadu_ps(q + g * hd + c), _mm256_loadu_ps(k + t * hd + c), a);
+      for (int c = 0; c < hd; c += 8) a = _mm256_fmadd_ps(_mm256_loadu_ps(q + g * hd + c), load8(k + t * hd + c), a);
       s[g * lds + t] = hsum8(a) * scale;
     }
 }
 // NC x 8 columns [c0, c0 + 8 NC) of every head's output, accumulated in registers over blocks
 // of kValueBlock keys (a block of values stays in L1 while every head passes over it).
 constexpr int64_t kValueBlock = 32;
-template <int NC>
-ATT_AVX2 void weighted_cols(const float* p, int64_t lds, int G, const float* v, int64_t nk, int hd, int c0, float* o,
+template <int NC, typename T>
+ATT_AVX2 void weighted_cols(const float* p, int64_t lds, int G, const T* v, int64_t nk, int hd, int c0, float* o,
                             int64_t ldo) {
   for (int64_t t0 = 0; t0 < nk; t0 += kValueBlock) {
     const int64_t t1 = t0 + kValueBlock < nk ? t0 + kValueBlock : nk;
@@ -147,16 +162,17 @@ ATT_AVX2 void weighted_cols(const float* p, int64_t lds, int G, const float* v, 
       for (int j = 0; j < NC; ++j) a[j] = _mm256_loadu_ps(og + 8 * j);
       for (int64_t t = t0; t < t1; ++t) {
         const __m256 pt = _mm256_broadcast_ss(p + g * lds + t);
-        const float* vt = v + t * hd + c0;
+        const T* vt = v + t * hd + c0;
 #pragma GCC unroll 8
-        for (int j = 0; j < NC; ++j) a[j] = _mm256_fmadd_ps(pt, _mm256_loadu_ps(vt + 8 * j), a[j]);
+        for (int j = 0; j < NC; ++j) a[j] = _mm256_fmadd_ps(pt, load8(vt + 8 * j), a[j]);
       }
 #pragma GCC unroll 8
       for (int j = 0; j < NC; ++j) _mm256_storeu_ps(og + 8 * j, a[j]);
     }
   }
 }
-ATT_AVX2 void weighted_sum_avx2(const float* p, int64_t lds, int G, const float* v, int64_t nk, int hd,
+template <typename T>
+ATT_AVX2 void weighted_sum_avx2(const float* p, int64_t lds, int G, const T* v, int64_t nk, int hd,
                                 const float* inv, float* o, int64_t ldo) {
   for (int g = 0; g < G; ++g) std::memset(o + g * ldo, 0, sizeof(float) * (size_t)hd);
   int c0 = 0;
@@ -195,18 +211,21 @@ ATT_AVX2 float softmax_numer_avx2(float* s, int64_t n) {
 }
 #endif
 
+// The three steps for caches of element type T (float or uint16_t halves).
+template <typename T>
 struct Ops {
-  void (*scores)(const float*, int, const float*, int64_t, int, float, float*, int64_t);
+  void (*scores)(const float*, int, const T*, int64_t, int, float, float*, int64_t);
   float (*softmax_numer)(float*, int64_t);
-  void (*weighted_sum)(const float*, int64_t, int, const float*, int64_t, int, const float*, float*, int64_t);
+  void (*weighted_sum)(const float*, int64_t, int, const T*, int64_t, int, const float*, float*, int64_t);
 };
 
-Ops ops_for(int hd) {
+template <typename T>
+Ops<T> ops_for(int hd) {
 #if MLXK_X86
   if (mlxk_kernel_path() != MLXK_PATH_SCALAR && hd % 8 == 0)
-    return {scores_avx2, softmax_numer_avx2, weighted_sum_avx2};
+    return {scores_avx2<T>, softmax_numer_avx2, weighted_sum_avx2<T>};
 #endif
-  return {scores_scalar, softmax_numer_scalar, weighted_sum_scalar};
+  return {scores_scalar<T>, softmax_numer_scalar, weighted_sum_scalar<T>};
 }
 
 // cos / sin of the rotation angles, [len][hd/2]: angle(i, j) = (pos + i) * scale * inv(j), with
@@ -252,13 +271,14 @@ void rope_row(const float* src, float* dst, const float* c, const float* s, int 
 constexpr int64_t kQueryBlock = 16;
 
 // A work item is (KV head, a run of its query heads, a block of query rows).
+template <typename T>
 struct Job {
   Params p;
-  Ops ops;
+  Ops<T> ops;
   const float* q;  // [len, hq*hd]
   int64_t ldq;
-  const float* kc;  // [hkv, cap, hd]
-  const float* vc;
+  const T* kc;  // [hkv, cap, hd]
+  const T* vc;
   float* out;  // [len, hq*hd]
   const float* cs;
   const float* sn;
@@ -271,12 +291,13 @@ struct Job {
 };
 
 // Query heads h0..h1-1 (all on KV head kvh) for query rows i0..i1-1.
-void attend_rows(Job& j, int kvh, int h0, int h1, int64_t i0, int64_t i1, std::vector<float>& scores,
+template <typename T>
+void attend_rows(Job<T>& j, int kvh, int h0, int h1, int64_t i0, int64_t i1, std::vector<float>& scores,
                  std::vector<float>& qr) {
   const Params& p = j.p;
   const int hd = p.hd, half = hd / 2, G = h1 - h0;
-  const float* kh = j.kc + (size_t)kvh * p.cap * hd;
-  const float* vh = j.vc + (size_t)kvh * p.cap * hd;
+  const T* kh = j.kc + (size_t)kvh * p.cap * hd;
+  const T* vh = j.vc + (size_t)kvh * p.cap * hd;
   qr.resize((size_t)((G + 1) * hd + G));
   float* normed = qr.data() + (size_t)G * hd;
   float* inv = normed + hd;
@@ -301,8 +322,9 @@ void attend_rows(Job& j, int kvh, int h0, int h1, int64_t i0, int64_t i1, std::v
   }
 }
 
+template <typename T>
 void job_fn(void* ctx) {
-  Job& j = *(Job*)ctx;
+  Job<T>& j = *(Job<T>*)ctx;
   thread_local std::vector<float> scores, qr;
   const int per_kv = j.p.hq / j.p.hkv;
   for (;;) {
@@ -323,16 +345,15 @@ void job_fn(void* ctx) {
   }
 }
 
-}  // namespace
-
-// Writes rope(k) and v of the new positions into the caches, then attends every query row.
-// q/k/v rows are at row strides ldq/ldk/ldv (floats); caches are [hkv, cap, hd] contiguous.
-void run(const Params& p, const float* q, int64_t ldq, const float* k, int64_t ldk, const float* v, int64_t ldv,
-         const float* q_norm, const float* k_norm, float* kc, float* vc, float* out) {
+// Writes rope(k) and v of the new positions into the caches (of element type T), then attends
+// every query row.
+template <typename T>
+void run_typed(const Params& p, const float* q, int64_t ldq, const float* k, int64_t ldk, const float* v,
+               int64_t ldv, const float* q_norm, const float* k_norm, T* kc, T* vc, float* out) {
   std::vector<float> cs, sn;
   rope_tables(p, cs, sn);
   const int hd = p.hd, half = hd / 2;
-  std::vector<float> normed(k_norm ? (size_t)hd : 0);
+  std::vector<float> normed(k_norm ? (size_t)hd : 0), roped((size_t)hd);
   for (int64_t i = 0; i < p.len; ++i)
     for (int h = 0; h < p.hkv; ++h) {
       const size_t at = ((size_t)h * p.cap + (size_t)(p.pos + i)) * hd;
@@ -341,12 +362,13 @@ void run(const Params& p, const float* q, int64_t ldq, const float* k, int64_t l
         head_norm(ki, k_norm, p.norm_eps, hd, normed.data());
         ki = normed.data();
       }
-      rope_row(ki, kc + at, cs.data() + i * half, sn.data() + i * half, hd, p.traditional);
-      std::memcpy(vc + at, v + i * ldv + (int64_t)h * hd, sizeof(float) * (size_t)hd);
+      rope_row(ki, roped.data(), cs.data() + i * half, sn.data() + i * half, hd, p.traditional);
+      store_row(roped.data(), hd, kc + at);
+      store_row(v + i * ldv + (int64_t)h * hd, hd, vc + at);
     }
-  Job j;
+  Job<T> j;
   j.p = p;
-  j.ops = ops_for(p.hd);
+  j.ops = ops_for<T>(p.hd);
   j.q = q;
   j.ldq = ldq;
   j.kc = kc;
@@ -366,10 +388,22 @@ void run(const Params& p, const float* q, int64_t ldq, const float* k, int64_t l
   // Small problems (short decode contexts) are not worth waking a worker for.
   const int64_t work = (int64_t)p.hq * p.len * (p.pos + p.len) * hd;
   if (work < (1 << 16))
-    job_fn(&j);
+    job_fn<T>(&j);
   else
-    parallel_run(job_fn, &j, threads);
+    parallel_run(job_fn<T>, &j, threads);
   if (j.failed.load()) throw std::bad_alloc();
+}
+
+}  // namespace
+
+// run_typed for the caches' element type (p.half: IEEE halves). q/k/v rows are at row strides
+// ldq/ldk/ldv (floats); caches are [hkv, cap, hd] contiguous.
+void run(const Params& p, const float* q, int64_t ldq, const float* k, int64_t ldk, const float* v, int64_t ldv,
+         const float* q_norm, const float* k_norm, void* kc, void* vc, float* out) {
+  if (p.half)
+    run_typed(p, q, ldq, k, ldk, v, ldv, q_norm, k_norm, (uint16_t*)kc, (uint16_t*)vc, out);
+  else
+    run_typed(p, q, ldq, k, ldk, v, ldv, q_norm, k_norm, (float*)kc, (float*)vc, out);
 }
 
 }  // namespace attn
@@ -451,27 +485,34 @@ class CachedAttention : public mx::Primitive {
     // Raw pointers only: MLX keeps the buffers alive until the task has run, and capturing
     // arrays would keep the caches from being donated next step.
     const RowsDesc q(inputs[0]), k(inputs[1]), v(inputs[2]);
-    RowsDesc caches[2] = {RowsDesc(inputs[3]), RowsDesc(inputs[4])};
-    for (int c = 0; c < 2; ++c) {  // full layout for the cache copy
-      caches[c].shape = inputs[3 + c].shape();
-      caches[c].strides = inputs[3 + c].strides();
-    }
+    struct CacheDesc {  // where a cache's elements are, for the copy when it is not donated
+      const void* ptr;
+      mx::Shape shape;
+      mx::Strides strides;
+    };
+    const CacheDesc caches[2] = {{inputs[3].data<void>(), inputs[3].shape(), inputs[3].strides()},
+                                 {inputs[4].data<void>(), inputs[4].shape(), inputs[4].strides()}};
     // Optional Q/K norm weights: inputs 5 and 6, f32 [hd] (checked contiguous when built).
     const float* qn = inputs.size() > 5 ? inputs[5].data<float>() : nullptr;
     const float* kn = inputs.size() > 6 ? inputs[6].data<float>() : nullptr;
     float* outp = out.data<float>();
-    float* kcp = outputs[1].data<float>();
-    float* vcp = outputs[2].data<float>();
+    void* cache_out[2] = {outputs[1].data<void>(), outputs[2].data<void>()};
     enc.dispatch([=]() {
       try {
-        if (copy_cache[0]) gather_to_f32(caches[0].ptr, caches[0].shape, caches[0].strides, kcp);
-        if (copy_cache[1]) gather_to_f32(caches[1].ptr, caches[1].shape, caches[1].strides, vcp);
+        for (int c = 0; c < 2; ++c) {
+          if (!copy_cache[c]) continue;
+          const CacheDesc& d = caches[c];
+          if (p.half)
+            gather_as<uint16_t>((const uint16_t*)d.ptr, d.shape, d.strides, (uint16_t*)cache_out[c]);
+          else
+            gather_as<float>((const float*)d.ptr, d.shape, d.strides, (float*)cache_out[c]);
+        }
         std::vector<float> qb, kb, vb;
         int64_t ldq = 0, ldk = 0, ldv = 0;
         const float* qp = q.rows(qb, &ldq);
         const float* kp = k.rows(kb, &ldk);
         const float* vp = v.rows(vb, &ldv);
-        mlxe::attn::run(p, qp, ldq, kp, ldk, vp, ldv, qn, kn, kcp, vcp, outp);
+        mlxe::attn::run(p, qp, ldq, kp, ldk, vp, ldv, qn, kn, cache_out[0], cache_out[1], outp);
       } catch (const std::exception& e) {
         std::fprintf(stderr, "CachedAttention: %s\n", e.what());
       }
@@ -491,7 +532,7 @@ class CachedAttention : public mx::Primitive {
     return a.hq == b.hq && a.hkv == b.hkv && a.hd == b.hd && a.pos == b.pos && a.len == b.len &&
            a.cap == b.cap && a.scale == b.scale && a.rope_base == b.rope_base && a.rope_scale == b.rope_scale &&
            a.traditional == b.traditional && a.window == b.window && a.norm_eps == b.norm_eps &&
-           a.inv_freq == b.inv_freq;
+           a.inv_freq == b.inv_freq && a.half == b.half;
   }
 
   std::vector<mx::Shape> output_shapes(const std::vector<mx::array>& inputs) override {
@@ -526,8 +567,10 @@ extern "C" int mlxk_cached_attention(mlx_array* out, mlx_array* k_cache_out, mlx
       throw std::invalid_argument("n_heads must be a positive multiple of n_kv_heads");
     if (head_dim <= 0 || head_dim % 2 != 0) throw std::invalid_argument("head_dim must be positive and even");
     if (window < 0) throw std::invalid_argument("window must be >= 0 (0: no window)");
-    for (const mx::array* a : {&qa, &ka, &va, &kc, &vc})
-      if (a->dtype() != mx::float32) throw std::invalid_argument("q, k, v and the caches must be float32");
+    for (const mx::array* a : {&qa, &ka, &va})
+      if (a->dtype() != mx::float32) throw std::invalid_argument("q, k and v must be float32");
+    if (kc.dtype() != vc.dtype() || (kc.dtype() != mx::float32 && kc.dtype() != mx::float16))
+      throw std::invalid_argument("the caches must be both float32 or both float16");
     auto rows_of = [](const mx::array& a, int64_t width, const char* what) {
       if (a.ndim() < 2 || a.shape(-1) != width)
         throw std::invalid_argument(std::string(what) + " must be [..., L, " + std::to_string(width) + "]");
@@ -576,8 +619,9 @@ extern "C" int mlxk_cached_attention(mlx_array* out, mlx_array* k_cache_out, mlx
                          params->rope_traditional != 0,
                          std::move(inv_freq),
                          window,
-                         q_norm.ctx ? params->norm_eps : 0.0f};
-    auto outs = mx::array::make_arrays({qa.shape(), cshape, cshape}, {mx::float32, mx::float32, mx::float32},
+                         q_norm.ctx ? params->norm_eps : 0.0f,
+                         kc.dtype() == mx::float16};
+    auto outs = mx::array::make_arrays({qa.shape(), cshape, cshape}, {mx::float32, kc.dtype(), kc.dtype()},
                                        std::make_shared<mlx_engine::CachedAttention>(st, p), ins);
     mlx_array_set_(*out, outs[0]);
     mlx_array_set_(*k_cache_out, outs[1]);

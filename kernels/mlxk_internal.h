@@ -85,6 +85,29 @@ inline float half_to_float(uint16_t h) {
   if (exp == 31) return f32_from_bits(sign | 0x7f800000u | (man << 13));
   return f32_from_bits(sign | ((exp + 112) << 23) | (man << 13));
 }
+// float -> IEEE half, rounding to nearest even (as MLX's astype and F16C's vcvtps2ph do);
+// overflow gives inf, NaN stays NaN.
+inline uint16_t float_to_half(float f) {
+  const uint32_t x = bits_from_f32(f);
+  const uint16_t sign = (uint16_t)((x >> 16) & 0x8000u);
+  const uint32_t ax = x & 0x7fffffffu;
+  if (ax >= 0x7f800000u) return (uint16_t)(sign | 0x7c00u | (ax > 0x7f800000u ? 0x200u | (ax >> 13 & 0x3ffu) : 0u));
+  if (ax >= 0x477ff000u) return (uint16_t)(sign | 0x7c00u);  // >= 65520 rounds past the largest half
+  if (ax < 0x38800000u) {                                     // below 2^-14: a subnormal half or zero
+    if (ax <= 0x33000000u) return sign;                       // <= 2^-25 rounds to zero (the tie is even)
+    const uint32_t e = ax >> 23, m = (ax & 0x7fffffu) | 0x800000u;
+    const uint32_t shift = 126 - e;  // m * 2^(e-150) in units of 2^-24 is m >> shift
+    uint32_t q = m >> shift;
+    const uint32_t rem = m & ((1u << shift) - 1), tie = 1u << (shift - 1);
+    if (rem > tie || (rem == tie && (q & 1u))) ++q;
+    return (uint16_t)(sign | q);
+  }
+  const uint32_t u = ax - (112u << 23);  // rebias the exponent from 127 to 15
+  uint32_t h = u >> 13;
+  const uint32_t rem = u & 0x1fffu;
+  if (rem > 0x1000u || (rem == 0x1000u && (h & 1u))) ++h;  // a carry into the exponent is right
+  return (uint16_t)(sign | h);
+}
 inline float bf16_to_float(uint16_t h) { return f32_from_bits((uint32_t)h << 16); }
 inline uint16_t load_u16(const uint8_t* p) {
   uint16_t v;

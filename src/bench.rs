@@ -56,6 +56,9 @@ pub struct BenchArgs {
     /// Threads for the CPU kernels (default: all cores).
     #[arg(short = 't', long)]
     pub threads: Option<usize>,
+    /// KV cache element type: `f16` (half the memory and the attention's reads) or `f32`.
+    #[arg(long = "cache-type", value_name = "f16|f32", default_value = "f16")]
+    pub cache_type: crate::kv_cache::KvDtype,
     /// Where the model runs: `cpu` or `gpu` (a `--features cuda` build).
     #[arg(long, value_enum, default_value = "cpu")]
     pub device: Device,
@@ -172,6 +175,7 @@ pub fn run(args: &BenchArgs) -> Result<()> {
     let load = LoadOptions {
         device: args.device,
         adapter: args.adapter.clone(),
+        kv_dtype: args.cache_type,
         ..LoadOptions::default()
     };
     let engine = Engine::load(&resolved.path, &load)?;

@@ -2,7 +2,7 @@
 #![forbid(unsafe_code)]
 
 use crate::error::{Error, Result};
-use crate::kv_cache::KvCache;
+use crate::kv_cache::{KvCache, KvDtype};
 use crate::loader::gguf::GgufFile;
 use crate::loader::safetensors::SafetensorsModel;
 use crate::mlx::{ops, Array, Device};
@@ -25,6 +25,8 @@ pub struct LoadOptions {
     /// A LoRA adapter directory (written by `mlx-engine finetune`) applied to every forward
     /// pass; refused when it was trained on another model.
     pub adapter: Option<PathBuf>,
+    /// The element type of every KV cache [`Engine::new_cache`] makes.
+    pub kv_dtype: KvDtype,
 }
 
 impl Default for LoadOptions {
@@ -34,6 +36,7 @@ impl Default for LoadOptions {
             execution: None,
             max_context: None,
             adapter: None,
+            kv_dtype: KvDtype::default(),
         }
     }
 }
@@ -60,6 +63,7 @@ pub struct Engine {
     /// Time spent in [`Engine::load`].
     pub load_time: Duration,
     context: usize,
+    kv_dtype: KvDtype,
     /// The SHA-256 of the applied adapter's files, when one is applied.
     adapter_digest: Option<[u8; 32]>,
 }
@@ -109,6 +113,7 @@ impl Engine {
             execution,
             load_time: start.elapsed(),
             context,
+            kv_dtype: options.kv_dtype,
             adapter_digest: None,
         };
         if let Some(dir) = &options.adapter {
@@ -239,7 +244,13 @@ impl Engine {
     /// A new, empty KV cache for one sequence.
     pub fn new_cache(&self) -> KvCache {
         let c = self.config();
-        KvCache::new(c.n_layers, c.n_kv_heads, c.head_dim, self.context)
+        KvCache::new(
+            c.n_layers,
+            c.n_kv_heads,
+            c.head_dim,
+            self.context,
+            self.kv_dtype,
+        )
     }
 
     /// Appends `tokens` to `cache`, `chunk` positions per forward pass (bounding peak memory on

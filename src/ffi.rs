@@ -501,6 +501,7 @@ unsafe fn options_from_c(o: &mlxe_backend_options) -> FfiResult<BackendOptions> 
             defaults.prefill_chunk
         },
         adapter,
+        kv_dtype: defaults.kv_dtype,
     })
 }
 

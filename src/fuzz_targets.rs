@@ -100,6 +100,7 @@ pub fn kv_snapshot(data: &[u8]) -> Result<()> {
         shape.kv_heads,
         shape.head_dim,
         SNAPSHOT_CONTEXT,
+        snap.dtype,
     );
     cache.load_host(snap.len, &snap.keys, &snap.values)?;
     crate::mlx::transforms::eval(&cache.arrays())

@@ -1,11 +1,63 @@
 //! The key/value cache of one sequence: per layer, K and V arrays [1, kv_heads, capacity,
-//! head_dim], so the cache reads as [layers, kv_heads, seq, head_dim]. Capacity grows in steps of
+//! head_dim], so the cache reads as [layers, kv_heads, seq, head_dim], stored as float16 (the
+//! default, as llama.cpp's) or float32 ([`KvDtype`]). Capacity grows in steps of
 //! [`KvCache::STEP`] positions; new entries are written in place with `slice_update`, never by
 //! concatenating per token.
 #![forbid(unsafe_code)]
 
 use crate::error::{Error, Result};
 use crate::mlx::{ops, Array, Dtype};
+
+/// The element type a KV cache stores keys and values in. Attention always computes in
+/// float32; float16 halves the cache's memory and the bytes attention reads per step, at the
+/// cost of rounding every stored key and value to 11 significant bits.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub enum KvDtype {
+    /// IEEE half precision (llama.cpp's default `f16` cache type).
+    #[default]
+    F16,
+    /// Single precision: no rounding, twice the memory.
+    F32,
+}
+
+impl KvDtype {
+    /// The MLX element type of the cache arrays.
+    pub fn dtype(self) -> Dtype {
+        match self {
+            KvDtype::F16 => Dtype::F16,
+            KvDtype::F32 => Dtype::F32,
+        }
+    }
+
+    /// The name the command line and the server accept (`f16`, `f32`).
+    pub fn name(self) -> &'static str {
+        match self {
+            KvDtype::F16 => "f16",
+            KvDtype::F32 => "f32",
+        }
+    }
+}
+
+impl std::fmt::Display for KvDtype {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+impl std::str::FromStr for KvDtype {
+    type Err = Error;
+
+    /// `f16` / `float16` or `f32` / `float32`.
+    fn from_str(s: &str) -> Result<KvDtype> {
+        match s.to_ascii_lowercase().as_str() {
+            "f16" | "float16" => Ok(KvDtype::F16),
+            "f32" | "float32" => Ok(KvDtype::F32),
+            other => Err(Error::InvalidArgument(format!(
+                "KV cache type {other:?}: expected f16 or f32"
+            ))),
+        }
+    }
+}
 
 /// Keys and values of every layer for one sequence.
 pub struct KvCache {
@@ -16,14 +68,22 @@ pub struct KvCache {
     len: usize,
     capacity: usize,
     limit: usize,
+    dtype: KvDtype,
 }
 
 impl KvCache {
     /// Positions added whenever the cache must grow.
     pub const STEP: usize = 256;
 
-    /// An empty cache for `layers` layers of `kv_heads × head_dim`, at most `limit` positions.
-    pub fn new(layers: usize, kv_heads: usize, head_dim: usize, limit: usize) -> KvCache {
+    /// An empty cache for `layers` layers of `kv_heads × head_dim`, at most `limit` positions,
+    /// stored as `dtype`.
+    pub fn new(
+        layers: usize,
+        kv_heads: usize,
+        head_dim: usize,
+        limit: usize,
+        dtype: KvDtype,
+    ) -> KvCache {
         KvCache {
             keys: (0..layers).map(|_| None).collect(),
             values: (0..layers).map(|_| None).collect(),
@@ -32,7 +92,13 @@ impl KvCache {
             len: 0,
             capacity: 0,
             limit,
+            dtype,
         }
+    }
+
+    /// The element type keys and values are stored in.
+    pub fn dtype(&self) -> KvDtype {
+        self.dtype
     }
 
     /// Positions filled so far (the position of the next token).
@@ -50,9 +116,9 @@ impl KvCache {
         self.limit
     }
 
-    /// Bytes the cache's arrays hold: K and V of every layer at the allocated capacity (f32).
+    /// Bytes the cache's arrays hold: K and V of every layer at the allocated capacity.
     pub fn bytes(&self) -> usize {
-        let per_array = self.kv_heads * self.capacity * self.head_dim * std::mem::size_of::<f32>();
+        let per_array = self.kv_heads * self.capacity * self.head_dim * self.dtype.dtype().size();
         self.arrays().len() * per_array
     }
 
@@ -93,7 +159,7 @@ impl KvCache {
             self.head_dim as i32,
         ];
         for slot in self.keys.iter_mut().chain(self.values.iter_mut()) {
-            let grown = ops::zeros(&shape, Dtype::F32)?;
+            let grown = ops::zeros(&shape, self.dtype.dtype())?;
             *slot = Some(match slot.take() {
                 Some(old) if self.len > 0 => {
                     let kept = ops::slice(
@@ -117,9 +183,10 @@ impl KvCache {
         Ok(())
     }
 
-    /// Writes k, v [B, kv_heads, L, head_dim] of `layer` at the current position and returns
-    /// the keys and values of all positions so far, [B, kv_heads, len + L, head_dim]. Call
-    /// [`KvCache::reserve`] first and [`KvCache::advance`] after the last layer.
+    /// Writes k, v [1, kv_heads, L, head_dim] of `layer` at the current position (rounded to
+    /// the cache's dtype) and returns the keys and values of all positions so far as float32,
+    /// [1, kv_heads, len + L, head_dim]. Call [`KvCache::reserve`] first and
+    /// [`KvCache::advance`] after the last layer.
     pub fn update(&mut self, layer: usize, k: &Array, v: &Array) -> Result<(Array, Array)> {
         let l = k.dim(2)? as usize;
         if self.len + l > self.capacity {
@@ -134,9 +201,23 @@ impl KvCache {
             (self.len + l) as i32,
             self.head_dim as i32,
         ];
-        let keys = write_window(&mut self.keys[layer], k, &start, &stop)?;
-        let values = write_window(&mut self.values[layer], v, &start, &stop)?;
-        Ok((keys, values))
+        let dtype = self.dtype.dtype();
+        let keys = write_window(
+            &mut self.keys[layer],
+            &ops::astype(k, dtype)?,
+            &start,
+            &stop,
+        )?;
+        let values = write_window(
+            &mut self.values[layer],
+            &ops::astype(v, dtype)?,
+            &start,
+            &stop,
+        )?;
+        Ok((
+            ops::astype(&keys, Dtype::F32)?,
+            ops::astype(&values, Dtype::F32)?,
+        ))
     }
 
     /// Hands `f` the full-capacity K and V arrays of `layer` [1, kv_heads, capacity, head_dim]
@@ -214,7 +295,13 @@ impl KvCache {
                 self.len
             )));
         }
-        let mut copy = KvCache::new(self.keys.len(), self.kv_heads, self.head_dim, self.limit);
+        let mut copy = KvCache::new(
+            self.keys.len(),
+            self.kv_heads,
+            self.head_dim,
+            self.limit,
+            self.dtype,
+        );
         if n == 0 {
             return Ok(copy);
         }
@@ -256,7 +343,8 @@ impl KvCache {
     }
 
     /// Fills an empty cache with `len` positions read from the host, in the layout
-    /// [`KvCache::to_host`] writes (keys and values each [layers, kv_heads, len, head_dim]).
+    /// [`KvCache::to_host`] writes (keys and values each [layers, kv_heads, len, head_dim]),
+    /// rounded to the cache's dtype.
     pub fn load_host(&mut self, len: usize, keys: &[f32], values: &[f32]) -> Result<()> {
         let per_layer = self.kv_heads * len * self.head_dim;
         let expected = per_layer * self.keys.len();
@@ -281,6 +369,10 @@ impl KvCache {
             let range = layer * per_layer..(layer + 1) * per_layer;
             let k = Array::from_slice(&keys[range.clone()], &shape)?; // [1, kv_heads, len, head_dim]
             let v = Array::from_slice(&values[range], &shape)?; // [1, kv_heads, len, head_dim]
+            let (k, v) = (
+                ops::astype(&k, self.dtype.dtype())?,
+                ops::astype(&v, self.dtype.dtype())?,
+            );
             write_window(&mut self.keys[layer], &k, &[0; 4], &shape)?;
             write_window(&mut self.values[layer], &v, &[0; 4], &shape)?;
         }

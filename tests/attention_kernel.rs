@@ -6,6 +6,9 @@
 //! different orders; RoPE angles are computed in f64 here and in f32 by MLX, which at positions
 //! < 100 differs by < 1e-5), scaled by (positions / 100) past 100 positions: the f32 angle's
 //! error grows with the position.
+//! With float16 caches the stored values must equal MLX's `astype` of the inputs exactly, the
+//! stored keys MLX's rotated keys within half a float16 ulp (2^-11 relative) plus the tolerance
+//! above, and the output the reference over those stored keys and values within the tolerance.
 
 use mlx_engine::mlx::fast::{self, AttentionMask};
 use mlx_engine::mlx::kernels::{self, AttentionParams, KernelPath, QkNorm};
@@ -101,16 +104,26 @@ fn reference_step(
 /// Runs steps of `lens` new positions through the fused op and the MLX reference, comparing
 /// outputs and cache contents after each step.
 fn check_steps(p: AttentionParams, cap: usize, lens: &[usize], seed: u64) {
-    check_steps_normed(p, cap, lens, seed, false);
+    check_steps_normed(p, cap, lens, seed, false, Dtype::F32);
 }
 
 /// `check_steps`, with Gemma's Q/K norm when `qk_norm`: the op gets the raw q, k and the norm
 /// weights, the reference gets q and k normalised per head by MLX's `rms_norm`.
-fn check_steps_normed(p: AttentionParams, cap: usize, lens: &[usize], seed: u64, qk_norm: bool) {
+/// The caches are of `cache` dtype (float32 or float16).
+fn check_steps_normed(
+    p: AttentionParams,
+    cap: usize,
+    lens: &[usize],
+    seed: u64,
+    qk_norm: bool,
+    cache: Dtype,
+) {
     let (hq, hkv, hd) = (p.n_heads, p.n_kv_heads, p.head_dim);
     let cshape = [1, hkv as i32, cap as i32, hd as i32];
-    let mut kc = ops::zeros(&cshape, Dtype::F32).unwrap();
-    let mut vc = ops::zeros(&cshape, Dtype::F32).unwrap();
+    let mut kc = ops::zeros(&cshape, cache).unwrap();
+    let mut vc = ops::zeros(&cshape, cache).unwrap();
+    let half = cache == Dtype::F16;
+    let f32_of = |t: &Array| ops::astype(t, Dtype::F32).unwrap();
     let mut ref_k: Option<Array> = None; // [1, Hkv, pos, hd], rotated
     let mut ref_v: Option<Array> = None;
     let mut pos = 0;
@@ -165,7 +178,19 @@ fn check_steps_normed(p: AttentionParams, cap: usize, lens: &[usize], seed: u64,
         };
         let keys = cat(ref_k.take(), k_rot);
         let values = cat(ref_v.take(), heads(&v));
-        let want = reference_step(&q, &keys, &values, &p, pos);
+        let filled = [1, hkv as i32, (pos + l) as i32, hd as i32];
+        let got_k = f32_of(&ops::slice(&kc, &[0; 4], &filled, &[1; 4]).unwrap());
+        let got_v = f32_of(&ops::slice(&vc, &[0; 4], &filled, &[1; 4]).unwrap());
+        // With float16 caches the reference reads what the op stored (checked below) and the
+        // values rounded by MLX.
+        let (ref_keys, ref_values) = match half {
+            true => (
+                got_k.clone(),
+                f32_of(&ops::astype(&values, Dtype::F16).unwrap()),
+            ),
+            false => (keys.clone(), values.clone()),
+        };
+        let want = reference_step(&q, &ref_keys, &ref_values, &p, pos);
         transforms::eval(&[&out, &kc, &vc, &want]).unwrap();
         let tol = TOL * ((pos + l) as f32 / 100.0).max(1.0);
 
@@ -178,22 +203,25 @@ fn check_steps_normed(p: AttentionParams, cap: usize, lens: &[usize], seed: u64,
             "step {step} (pos {pos}, L {l}): output max |diff| {d}"
         );
         pos += l;
-        let filled = [1, hkv as i32, pos as i32, hd as i32];
-        let got_k = ops::slice(&kc, &[0; 4], &filled, &[1; 4]).unwrap();
-        let got_v = ops::slice(&vc, &[0; 4], &filled, &[1; 4]).unwrap();
-        let dk = max_diff(
-            &got_k.to_vec::<f32>().unwrap(),
-            &keys.to_vec::<f32>().unwrap(),
+        let (got_k, want_k) = (
+            got_k.to_vec::<f32>().unwrap(),
+            keys.to_vec::<f32>().unwrap(),
         );
+        let rel = if half { 2f32.powi(-11) } else { 0.0 };
+        let worst_k = got_k
+            .iter()
+            .zip(&want_k)
+            .map(|(g, w)| (g - w).abs() - (w.abs() * rel + 2f32.powi(-25)))
+            .fold(f32::NEG_INFINITY, f32::max);
         let dv = max_diff(
             &got_v.to_vec::<f32>().unwrap(),
-            &values.to_vec::<f32>().unwrap(),
+            &ref_values.to_vec::<f32>().unwrap(),
         );
         assert!(
-            dk <= tol && dv == 0.0,
-            "step {step}: cache differs (k {dk}, v {dv})"
+            worst_k <= tol && dv == 0.0,
+            "step {step}: cache differs (k {worst_k} past the rounding, v {dv})"
         );
-        drop((got_k, got_v));
+        drop(got_v);
         ref_k = Some(keys);
         ref_v = Some(values);
     }
@@ -236,6 +264,37 @@ fn matches_mlx_rope_and_sdpa_over_prefill_and_decode_steps() {
         // head_dim 80 (64 + 16 columns of values) and 96 (64 + 32).
         check_steps(params(4, 1, 80, false), 64, &[41, 1], 9);
         check_steps(params(6, 2, 96, true), 64, &[9, 1, 30], 10);
+    }
+    kernels::force_path(None);
+}
+
+#[test]
+fn float16_caches_store_rounded_keys_and_values_and_attend_over_them() {
+    let _guard = PATH.lock().unwrap_or_else(|e| e.into_inner());
+    for path in [KernelPath::Avx2, KernelPath::Scalar] {
+        kernels::force_path(Some(path));
+        let mut qwen = params(14, 2, 64, false);
+        qwen.rope_base = 1_000_000.0;
+        check_steps_normed(qwen, 96, &[17, 40, 1, 1, 3, 1], 11, false, Dtype::F16);
+        let mut qwen15 = params(12, 2, 128, false);
+        qwen15.rope_base = 1_000_000.0;
+        check_steps_normed(qwen15, 300, &[261, 1, 2], 12, false, Dtype::F16);
+        check_steps_normed(
+            params(3, 3, 6, false),
+            16,
+            &[5, 1, 1],
+            13,
+            false,
+            Dtype::F16,
+        );
+        check_steps_normed(
+            params(6, 2, 96, true),
+            64,
+            &[9, 1, 30],
+            14,
+            true,
+            Dtype::F16,
+        );
     }
     kernels::force_path(None);
 }
@@ -298,7 +357,7 @@ fn a_sliding_window_hides_keys_older_than_the_window() {
         gemma.window = Some(5);
         check_steps(gemma, 40, &[7, 1, 3, 1, 20, 1], 4);
         // With Gemma's per-head Q/K norm done inside the op.
-        check_steps_normed(gemma, 40, &[7, 1, 3, 1], 6, true);
+        check_steps_normed(gemma, 40, &[7, 1, 3, 1], 6, true, Dtype::F32);
         // A window wider than everything seen is plain causal attention.
         let mut wide = params(8, 2, 16, true);
         wide.window = Some(64);

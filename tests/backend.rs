@@ -10,7 +10,8 @@
 
 mod common;
 
-use mlx_engine::backend::{Backend, BackendOptions, ModelSpec, SamplerParams, SeqId};
+use mlx_engine::backend::{snapshot, Backend, BackendOptions, ModelSpec, SamplerParams, SeqId};
+use mlx_engine::kv_cache::KvDtype;
 use mlx_engine::mlx::transforms;
 use std::path::PathBuf;
 use std::sync::{Mutex, MutexGuard};
@@ -107,6 +108,51 @@ fn serialize_then_hydrate_continues_like_an_uninterrupted_run() {
     assert_eq!(backend.seq_len(empty).unwrap(), 0);
     let logits = backend.prefill(empty, &PROMPT, false).unwrap();
     assert!(common::max_diff(logits.last().unwrap(), &first) <= EXACT_TOL);
+}
+
+#[test]
+fn snapshots_record_the_cache_dtype_and_convert_between_dtypes() {
+    let _mlx = mlx_lock();
+    let path = synthetic(0, &[]);
+    let load_as = |kv_dtype| {
+        let options = BackendOptions {
+            kv_dtype,
+            ..BackendOptions::default()
+        };
+        Backend::load(&ModelSpec::new(&path), &options).unwrap()
+    };
+    let snapshot_of = |backend: &mut Backend| {
+        let seq = backend.create_seq();
+        backend.prefill(seq, &PROMPT, false).unwrap();
+        backend.serialize(seq).unwrap()
+    };
+    let (mut half, mut full) = (load_as(KvDtype::F16), load_as(KvDtype::F32));
+    let (bytes16, bytes32) = (snapshot_of(&mut half), snapshot_of(&mut full));
+    let dtype_code = |b: &[u8]| u32::from_le_bytes(b[12..16].try_into().unwrap());
+    assert_eq!((dtype_code(&bytes16), dtype_code(&bytes32)), (1, 0));
+    let framing = 72 + 32; // header and checksum
+    assert_eq!(bytes32.len() - framing, 2 * (bytes16.len() - framing));
+    let (snap16, snap32) = (
+        snapshot::decode(&bytes16).unwrap(),
+        snapshot::decode(&bytes32).unwrap(),
+    );
+    assert_eq!((snap16.dtype, snap32.dtype), (KvDtype::F16, KvDtype::F32));
+
+    // float16 into a float32 cache widens exactly.
+    let widened = full.hydrate(&bytes16).unwrap();
+    let widened = snapshot::decode(&full.serialize(widened).unwrap()).unwrap();
+    assert_eq!(widened.dtype, KvDtype::F32);
+    assert!(widened.keys == snap16.keys && widened.values == snap16.values);
+    // float32 into a float16 cache rounds each element to nearest (half an ulp: 2^-11 relative).
+    let rounded = half.hydrate(&bytes32).unwrap();
+    let rounded = snapshot::decode(&half.serialize(rounded).unwrap()).unwrap();
+    let within = |got: &[f32], want: &[f32]| {
+        got.iter()
+            .zip(want)
+            .all(|(g, w)| (g - w).abs() <= w.abs() * 2f32.powi(-11) + 2f32.powi(-25))
+    };
+    assert!(within(&rounded.keys, &snap32.keys) && within(&rounded.values, &snap32.values));
+    assert!(rounded.keys != snap32.keys, "float16 storage rounds");
 }
 
 #[test]

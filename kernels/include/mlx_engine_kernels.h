@@ -204,7 +204,8 @@ typedef struct mlxk_attention_params {
 /* MLX graph op (custom primitive "CachedAttention", CPU streams only): attention of one
  * sequence over its KV cache, fused with RoPE and the cache write.
  *   q: [..., L, n_heads*head_dim], k, v: [..., L, n_kv_heads*head_dim] float32 (leading axes 1)
- *   k_cache, v_cache: [1, n_kv_heads, capacity, head_dim] float32, pos + L <= capacity
+ *   k_cache, v_cache: [1, n_kv_heads, capacity, head_dim], both float32 or both float16 (new
+ *   rows are rounded to nearest even when stored as float16), pos + L <= capacity
  * Rows i of k (rotated) and v are written at cache position pos+i; query row i (rotated, at
  * position pos+i) attends cache positions 0..pos+i (only pos+i-window+1..pos+i when window > 0:
  * sliding-window attention) with softmax(scale * q.k) (grouped-query:

@@ -17,7 +17,7 @@ use crate::constraint::{Constraint, Grammar, GrammarCompiler};
 pub use crate::engine::Logits;
 use crate::engine::{evaluate_with_cache, Engine, LoadOptions, LogitRows};
 use crate::error::{Error, Result};
-use crate::kv_cache::KvCache;
+use crate::kv_cache::{KvCache, KvDtype};
 use crate::mlx::{transforms, with_device, Device};
 use crate::model::{Execution, ModelConfig};
 use crate::sampler::Sampler;
@@ -57,6 +57,8 @@ pub struct BackendOptions {
     pub prefill_chunk: usize,
     /// A LoRA adapter directory applied to the model (see [`LoadOptions::adapter`]).
     pub adapter: Option<std::path::PathBuf>,
+    /// The element type of the sequences' KV caches (see [`LoadOptions::kv_dtype`]).
+    pub kv_dtype: KvDtype,
 }
 
 impl Default for BackendOptions {
@@ -67,6 +69,7 @@ impl Default for BackendOptions {
             max_context: None,
             prefill_chunk: 512,
             adapter: None,
+            kv_dtype: KvDtype::default(),
         }
     }
 }
@@ -140,6 +143,7 @@ impl Backend {
             execution: options.execution,
             max_context: options.max_context,
             adapter: options.adapter.clone(),
+            kv_dtype: options.kv_dtype,
         };
         let engine = with_device(options.device, || Engine::load(&spec.path, &load))?;
         Ok(Backend {
@@ -296,6 +300,7 @@ impl Backend {
             &self.fingerprint,
             self.kv_shape(),
             cache.len(),
+            cache.dtype(),
             &keys,
             &values,
         ))

@@ -7,27 +7,30 @@
 //! |--------|------|---------------------------------------------------------|
 //! | 0      | 8    | magic `MLXE-KV\0`                                       |
 //! | 8      | 4    | format version (1)                                      |
-//! | 12     | 4    | dtype (0 = float32)                                     |
+//! | 12     | 4    | dtype: 0 = float32, 1 = float16 (the cache's)           |
 //! | 16     | 32   | model fingerprint ([`Engine::fingerprint`])             |
 //! | 48     | 4    | layers                                                  |
 //! | 52     | 4    | kv_heads                                                |
 //! | 56     | 4    | head_dim                                                |
 //! | 60     | 4    | flags (0)                                               |
 //! | 64     | 8    | len: positions stored                                   |
-//! | 72     | n    | keys [layers, kv_heads, len, head_dim] f32, then values |
+//! | 72     | n    | keys [layers, kv_heads, len, head_dim], then values     |
 //! | 72 + n | 32   | SHA-256 of every byte before it                         |
 
 #[cfg(doc)]
 use crate::engine::Engine;
 use crate::error::{Error, Result};
+use crate::kv_cache::KvDtype;
+use half::f16;
 use sha2::{Digest, Sha256};
 
 /// The first eight bytes of every snapshot.
 pub const MAGIC: [u8; 8] = *b"MLXE-KV\0";
 /// The format version this build writes and reads.
 pub const VERSION: u32 = 1;
-/// The only dtype written so far: float32.
+/// The dtype codes of the header.
 const DTYPE_F32: u32 = 0;
+const DTYPE_F16: u32 = 1;
 /// Bytes before the data.
 const HEADER_LEN: usize = 72;
 /// Bytes of the trailing checksum.
@@ -65,7 +68,9 @@ pub struct Snapshot {
     pub shape: KvShape,
     /// Positions stored.
     pub len: usize,
-    /// Keys [layers, kv_heads, len, head_dim].
+    /// The element type the data was stored in (that of the cache it was taken from).
+    pub dtype: KvDtype,
+    /// Keys [layers, kv_heads, len, head_dim], widened to float32.
     pub keys: Vec<f32>,
     /// Values [layers, kv_heads, len, head_dim].
     pub values: Vec<f32>,
@@ -95,26 +100,37 @@ impl Snapshot {
     }
 }
 
-/// Writes a snapshot of `len` positions; `keys` and `values` are laid out as the table says.
+/// Writes a snapshot of `len` positions stored as `dtype`; `keys` and `values` are laid out as
+/// the table says (values taken from a float16 cache convert back exactly).
 pub fn encode(
     fingerprint: &Fingerprint,
     shape: KvShape,
     len: usize,
+    dtype: KvDtype,
     keys: &[f32],
     values: &[f32],
 ) -> Vec<u8> {
-    let mut out = Vec::with_capacity(HEADER_LEN + 4 * (keys.len() + values.len()) + CHECKSUM_LEN);
+    let size = dtype.dtype().size();
+    let mut out =
+        Vec::with_capacity(HEADER_LEN + size * (keys.len() + values.len()) + CHECKSUM_LEN);
     out.extend_from_slice(&MAGIC);
     out.extend_from_slice(&VERSION.to_le_bytes());
-    out.extend_from_slice(&DTYPE_F32.to_le_bytes());
+    let code = match dtype {
+        KvDtype::F32 => DTYPE_F32,
+        KvDtype::F16 => DTYPE_F16,
+    };
+    out.extend_from_slice(&code.to_le_bytes());
     out.extend_from_slice(fingerprint);
     for dim in [shape.layers, shape.kv_heads, shape.head_dim] {
         out.extend_from_slice(&(dim as u32).to_le_bytes());
     }
     out.extend_from_slice(&0u32.to_le_bytes());
     out.extend_from_slice(&(len as u64).to_le_bytes());
-    for x in keys.iter().chain(values) {
-        out.extend_from_slice(&x.to_le_bytes());
+    for &x in keys.iter().chain(values) {
+        match dtype {
+            KvDtype::F32 => out.extend_from_slice(&x.to_le_bytes()),
+            KvDtype::F16 => out.extend_from_slice(&f16::from_f32(x).to_le_bytes()),
+        }
     }
     let checksum: [u8; 32] = Sha256::digest(&out).into();
     out.extend_from_slice(&checksum);
@@ -139,12 +155,15 @@ pub fn decode(bytes: &[u8]) -> Result<Snapshot> {
             "format version {version}, this build reads version {VERSION}"
         )));
     }
-    let dtype = u32_at(header, 12);
-    if dtype != DTYPE_F32 {
-        return Err(invalid(format!(
-            "dtype code {dtype}, only 0 (float32) is supported"
-        )));
-    }
+    let dtype = match u32_at(header, 12) {
+        DTYPE_F32 => KvDtype::F32,
+        DTYPE_F16 => KvDtype::F16,
+        code => {
+            return Err(invalid(format!(
+                "dtype code {code}, this build reads 0 (float32) and 1 (float16)"
+            )))
+        }
+    };
     let shape = KvShape {
         layers: u32_at(header, 48) as usize,
         kv_heads: u32_at(header, 52) as usize,
@@ -154,29 +173,40 @@ pub fn decode(bytes: &[u8]) -> Result<Snapshot> {
         header[64..72].try_into().unwrap_or_default(),
     ))
     .map_err(|_| invalid("length does not fit in memory".into()))?;
-    let data = data_section(bytes, shape, len)?;
-    let floats = data.len() / 8;
-    let mut all = data
-        .chunks_exact(4)
-        .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]));
-    let keys: Vec<f32> = all.by_ref().take(floats).collect();
-    let values: Vec<f32> = all.collect();
+    let size = dtype.dtype().size();
+    let data = data_section(bytes, shape, len, size)?;
+    let (keys, values) = data.split_at(data.len() / 2);
+    let widen = |bytes: &[u8]| -> Vec<f32> {
+        match dtype {
+            KvDtype::F32 => bytes
+                .chunks_exact(4)
+                .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
+                .collect(),
+            KvDtype::F16 => bytes
+                .chunks_exact(2)
+                .map(|c| f16::from_le_bytes([c[0], c[1]]).to_f32())
+                .collect(),
+        }
+    };
+    let (keys, values) = (widen(keys), widen(values));
     let mut fingerprint = [0u8; 32];
     fingerprint.copy_from_slice(&header[16..48]);
     Ok(Snapshot {
         fingerprint,
         shape,
         len,
+        dtype,
         keys,
         values,
     })
 }
 
-/// The data bytes after checking the total size and the checksum.
-fn data_section(bytes: &[u8], shape: KvShape, len: usize) -> Result<&[u8]> {
+/// The data bytes (keys and values of `size`-byte elements) after checking the total size and
+/// the checksum.
+fn data_section(bytes: &[u8], shape: KvShape, len: usize, size: usize) -> Result<&[u8]> {
     let data_len = shape
         .floats(len)
-        .and_then(|n| n.checked_mul(8))
+        .and_then(|n| n.checked_mul(2 * size))
         .ok_or_else(|| invalid("header sizes overflow".into()))?;
     let total = HEADER_LEN
         .checked_add(data_len)

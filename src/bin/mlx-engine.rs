@@ -95,6 +95,9 @@ struct RunArgs {
     /// A LoRA adapter directory (written by `mlx-engine finetune`) applied to the model.
     #[arg(long, value_name = "DIR")]
     adapter: Option<std::path::PathBuf>,
+    /// KV cache element type: `f16` (half the memory and the attention's reads) or `f32`.
+    #[arg(long = "cache-type", value_name = "f16|f32", default_value = "f16")]
+    cache_type: mlx_engine::kv_cache::KvDtype,
     /// Threads for the CPU kernels (default: all cores).
     #[arg(long, short = 't')]
     threads: Option<usize>,
@@ -380,6 +383,7 @@ fn run(args: &RunArgs) -> Result<()> {
     let load = LoadOptions {
         device: args.device,
         adapter: args.adapter.clone(),
+        kv_dtype: args.cache_type,
         ..LoadOptions::default()
     };
     let engine = Engine::load(&resolved.path, &load)?;

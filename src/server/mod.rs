@@ -57,6 +57,9 @@ pub struct ServeArgs {
     /// A LoRA adapter directory (written by `mlx-engine finetune`) applied to the model.
     #[arg(long, value_name = "DIR")]
     pub adapter: Option<std::path::PathBuf>,
+    /// KV cache element type: `f16` (half the memory and the attention's reads) or `f32`.
+    #[arg(long = "cache-type", value_name = "f16|f32", default_value = "f16")]
+    pub cache_type: crate::kv_cache::KvDtype,
     /// Threads for the CPU kernels (default: all cores).
     #[arg(long, short = 't')]
     pub threads: Option<usize>,
@@ -239,6 +242,7 @@ fn spawn_engine(
     let (parallel, ctx_size) = (args.parallel, args.ctx_size);
     let prefix_cache_bytes = args.prefix_cache_bytes;
     let adapter = args.adapter.clone();
+    let kv_dtype = args.cache_type;
     let draft_spec = args.draft_model.clone();
     let speculation = args.speculative.map(|_| SpeculativeOptions {
         draft_max: args.draft_max,
@@ -264,6 +268,7 @@ fn spawn_engine(
                     speculation,
                     draft_model,
                     adapter,
+                    kv_dtype,
                 };
                 scheduler::run(&config, queue, shared, |model| {
                     let _ = info.set(model);

@@ -49,6 +49,8 @@ pub struct EngineConfig {
     pub parallel: usize,
     /// Cap on positions per sequence; `None` is the model's context.
     pub ctx_size: Option<usize>,
+    /// The element type of the sequences' KV caches.
+    pub kv_dtype: crate::kv_cache::KvDtype,
     /// Prompt positions prefilled per step (over all prompts being read, oldest first) while
     /// no sequence decodes.
     pub prefill_chunk: usize,
@@ -156,6 +158,7 @@ pub fn run(
         max_context: config.ctx_size,
         prefill_chunk: config.prefill_chunk,
         adapter: config.adapter.clone(),
+        kv_dtype: config.kv_dtype,
         ..BackendOptions::default()
     };
     let backend = Backend::load(&ModelSpec::new(&config.model), &options)?;
