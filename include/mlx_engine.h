@@ -53,6 +53,10 @@ extern "C" {
 #define MLXE_EXECUTION_CPU_DENSE 2  /* CPU, weights dequantized to float32 at load */
 #define MLXE_EXECUTION_GPU 3        /* GPU, MLX quantized matmul */
 
+/* KV cache element types (mlxe_backend_options.kv_type). */
+#define MLXE_KV_F16 0 /* float16 (the default): half the memory */
+#define MLXE_KV_F32 1 /* float32 */
+
 /* The most top logprobs one mlxe_sampled holds. */
 #define MLXE_MAX_LOGPROBS 20
 
@@ -89,6 +93,7 @@ typedef struct mlxe_backend_options {
   size_t max_context;   /* cap on positions per sequence; 0 = the model's context */
   size_t prefill_chunk; /* positions per forward pass in prefill; 0 = 512 */
   const char* adapter;  /* LoRA adapter directory (`mlx-engine finetune --out`); NULL = none */
+  int kv_type;          /* MLXE_KV_*: the KV cache's element type */
 } mlxe_backend_options;
 
 /* What a backend supports (true only for what works end to end). */

@@ -21,6 +21,7 @@ use crate::backend::{Backend, BackendOptions, ModelSpec, SeqId};
 use crate::chat_template::ChatMessage;
 use crate::constraint::Grammar;
 use crate::error::Error;
+use crate::kv_cache::KvDtype;
 use crate::mlx::Device;
 use crate::model::Execution;
 use crate::sampler::{Sampled, Sampler, SamplerParams};
@@ -51,6 +52,10 @@ pub const MLXE_EXECUTION_CPU_KERNEL: c_int = 1;
 pub const MLXE_EXECUTION_CPU_DENSE: c_int = 2;
 /// GPU, MLX's quantized matmul.
 pub const MLXE_EXECUTION_GPU: c_int = 3;
+/// KV cache in float16 (`mlxe_backend_options.kv_type`, the default).
+pub const MLXE_KV_F16: c_int = 0;
+/// KV cache in float32.
+pub const MLXE_KV_F32: c_int = 1;
 /// The most top logprobs one `mlxe_sampled` holds.
 pub const MLXE_MAX_LOGPROBS: usize = 20;
 /// Unconstrained sampling.
@@ -103,6 +108,8 @@ pub struct mlxe_backend_options {
     pub prefill_chunk: usize,
     /// A LoRA adapter directory (UTF-8, NUL-terminated); null for none.
     pub adapter: *const c_char,
+    /// `MLXE_KV_F16` or `MLXE_KV_F32`.
+    pub kv_type: c_int,
 }
 
 /// What a backend supports.
@@ -501,7 +508,15 @@ unsafe fn options_from_c(o: &mlxe_backend_options) -> FfiResult<BackendOptions> 
             defaults.prefill_chunk
         },
         adapter,
-        kv_dtype: defaults.kv_dtype,
+        kv_dtype: match o.kv_type {
+            MLXE_KV_F16 => KvDtype::F16,
+            MLXE_KV_F32 => KvDtype::F32,
+            other => {
+                return fail(format!(
+                    "options.kv_type {other}: expected MLXE_KV_F16 or MLXE_KV_F32"
+                ))
+            }
+        },
     })
 }
 
@@ -635,6 +650,10 @@ pub unsafe extern "C" fn mlxe_backend_options_default(res: *mut mlxe_backend_opt
         max_context: 0,
         prefill_chunk: d.prefill_chunk,
         adapter: std::ptr::null(),
+        kv_type: match d.kv_dtype {
+            KvDtype::F16 => MLXE_KV_F16,
+            KvDtype::F32 => MLXE_KV_F32,
+        },
     };
     // SAFETY: caller's contract.
     guard(|| unsafe { write(res, options) })

@@ -57,6 +57,36 @@ static size_t seq_len(mlxe_backend b, mlxe_seq seq) {
   return n;
 }
 
+/* options.kv_type: float16 by default, float32 on request (twice the snapshot's data), anything
+ * else refused by name. */
+static void check_kv_type(const char* path) {
+  mlxe_backend_options options;
+  CHECK(mlxe_backend_options_default(&options));
+  EXPECT(options.kv_type == MLXE_KV_F16);
+  mlxe_backend b;
+  options.kv_type = 7;
+  FAILS(mlxe_backend_new(&b, path, &options), MLXE_ERROR);
+  EXPECT(strstr(mlxe_last_error(), "kv_type") != NULL);
+  size_t data[2];
+  for (int t = 0; t < 2; ++t) {
+    options.kv_type = t ? MLXE_KV_F32 : MLXE_KV_F16;
+    CHECK(mlxe_backend_new(&b, path, &options));
+    mlxe_seq s;
+    CHECK(mlxe_seq_new(&s, b));
+    size_t vocab = 0;
+    CHECK(mlxe_backend_vocab_size(&vocab, b));
+    float* logits = malloc(vocab * sizeof(float));
+    CHECK(mlxe_prefill(logits, vocab, b, s, PROMPT, 5, false));
+    free(logits);
+    mlxe_buffer snap;
+    CHECK(mlxe_seq_serialize(&snap, b, s));
+    data[t] = snap.len - 72 - 32; /* header and checksum */
+    CHECK(mlxe_buffer_free(snap));
+    CHECK(mlxe_backend_free(b));
+  }
+  EXPECT(data[0] > 0 && data[1] == 2 * data[0]);
+}
+
 /* options.adapter: a LoRA adapter changes the logits; a missing one fails the load, by name. */
 static void check_adapter(const char* path, const char* adapter_dir) {
   mlxe_backend_options options;
@@ -214,6 +244,7 @@ int main(int argc, char** argv) {
   FAILS(mlxe_backend_new(NULL, argv[1], NULL), MLXE_ERROR);
 
   check_adapter(argv[1], argv[3]);
+  check_kv_type(argv[1]);
   mlxe_backend b = load(argv[1], 32);
   mlxe_backend other = load(argv[2], 32);
   check_backend_info(b);
