@@ -63,19 +63,22 @@ def safetensors_seeds() -> None:
     }))
 
 
-def snapshot_without_checksum(layers: int, kv_heads: int, head_dim: int, length: int) -> bytes:
-    """The KV snapshot format of src/backend/snapshot.rs, less its trailing SHA-256 (the
-    harness appends a correct one)."""
-    head = b"MLXE-KV\0" + struct.pack("<II", 1, 0) + bytes(32)
+def snapshot_without_checksum(layers: int, kv_heads: int, head_dim: int, length: int,
+                              dtype: int = 0) -> bytes:
+    """The KV snapshot format of src/backend/snapshot.rs (dtype 0 = float32, 1 = float16), less
+    its trailing SHA-256 (the harness appends a correct one)."""
+    head = b"MLXE-KV\0" + struct.pack("<II", 1, dtype) + bytes(32)
     head += struct.pack("<IIIIQ", layers, kv_heads, head_dim, 0, length)
     floats = 2 * layers * kv_heads * head_dim * length
-    return head + struct.pack(f"<{floats}f", *[(i % 7) * 0.25 - 0.5 for i in range(floats)])
+    code = "e" if dtype == 1 else "f"
+    return head + struct.pack(f"<{floats}{code}", *[(i % 7) * 0.25 - 0.5 for i in range(floats)])
 
 
 def kv_snapshot_seeds() -> None:
     write("kv_snapshot", "len3", snapshot_without_checksum(2, 1, 4, 3))
     write("kv_snapshot", "len0", snapshot_without_checksum(2, 1, 4, 0))
     write("kv_snapshot", "other-shape", snapshot_without_checksum(1, 2, 2, 2))
+    write("kv_snapshot", "len3-f16", snapshot_without_checksum(2, 1, 4, 3, dtype=1))
 
 
 def tokenizer_json_seeds() -> None:
