@@ -80,8 +80,10 @@ fn engine_dump(model: &Path, execution: Execution, tokens: &[u32]) -> EngineRun 
     static ONE_AT_A_TIME: std::sync::Mutex<()> = std::sync::Mutex::new(());
     let _guard = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
     let dir = dump_dir();
+    // A float32 cache: the layer-by-layer comparison is of the float32 arithmetic.
     let options = LoadOptions {
         execution: Some(execution),
+        kv_dtype: mlx_engine::kv_cache::KvDtype::F32,
         ..LoadOptions::default()
     };
     let engine = Engine::load(model, &options).unwrap();
