@@ -16,6 +16,7 @@ use mlx_engine::finetune::cli::{self, FinetuneArgs};
 use mlx_engine::finetune::data::{self, Encoder};
 use mlx_engine::finetune::optim::{AdamW, AdamWConfig, Schedule};
 use mlx_engine::finetune::Rng;
+use mlx_engine::kv_cache::KvDtype;
 use mlx_engine::mlx::{kernels, ops, transforms, Array};
 use mlx_engine::quant;
 use std::path::{Path, PathBuf};
@@ -33,8 +34,18 @@ fn synthetic_arch(name: &str, arch: &str) -> PathBuf {
     common::synthetic(name, &["--arch", arch, "--quant", "Q8_0", "--seed", "7"])
 }
 
+/// Loads over a float32 KV cache: the comparisons with the training pass check float32
+/// arithmetic, which the default float16 cache would round (~1e-2 in the logits).
 fn load(path: &Path) -> Engine {
-    Engine::load(path, &LoadOptions::default()).unwrap()
+    Engine::load(path, &f32_cache()).unwrap()
+}
+
+/// Default load options with a float32 KV cache.
+fn f32_cache() -> LoadOptions {
+    LoadOptions {
+        kv_dtype: KvDtype::F32,
+        ..LoadOptions::default()
+    }
 }
 
 #[test]
@@ -385,7 +396,7 @@ fn adapters_apply_at_inference_and_foreign_ones_are_refused() {
         &model,
         &LoadOptions {
             adapter: Some(adapter.clone()),
-            ..LoadOptions::default()
+            ..f32_cache()
         },
     )
     .unwrap();
@@ -498,7 +509,7 @@ fn training_and_inference_agree_on_every_architecture() {
             &model,
             &LoadOptions {
                 adapter: Some(out),
-                ..LoadOptions::default()
+                ..f32_cache()
             },
         )
         .unwrap();

@@ -7,6 +7,7 @@
 mod common;
 
 use mlx_engine::engine::{Engine, LoadOptions};
+use mlx_engine::kv_cache::KvDtype;
 use mlx_engine::model::Execution;
 
 fn convert(gguf: &std::path::Path, name: &str, args: &[&str]) -> std::path::PathBuf {
@@ -26,9 +27,14 @@ fn hf_checkpoints_match_their_gguf() {
         return;
     }
     let tokens = [1u32, 300, 17, 42, 511, 260, 3, 99];
+    // Float32 KV caches on both sides: the 1e-4 tolerance is float32 rounding.
+    let f32_cache = LoadOptions {
+        kv_dtype: KvDtype::F32,
+        ..LoadOptions::default()
+    };
     let dense = LoadOptions {
         execution: Some(Execution::CpuDense),
-        ..LoadOptions::default()
+        ..f32_cache.clone()
     };
     for arch in ["llama", "qwen2"] {
         let gguf = common::synthetic(
@@ -45,7 +51,7 @@ fn hf_checkpoints_match_their_gguf() {
             ("bf16", &["--dtype", "BF16"][..], 0.1),
         ] {
             let dir = convert(&gguf, &format!("hf-{arch}-{variant}"), args);
-            let engine = Engine::load(&dir, &LoadOptions::default()).unwrap();
+            let engine = Engine::load(&dir, &f32_cache).unwrap();
             assert!(
                 !engine.config().rope_traditional,
                 "HF checkpoints rotate halves"

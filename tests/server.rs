@@ -955,11 +955,13 @@ fn a_full_queue_answers_503_and_a_client_that_leaves_frees_its_slot() {
     assert_eq!(after["mlx_engine_busy_sequences"], 0.0);
 }
 
-/// A GGUF's KV bytes per position (K and V, f32, every layer), from its metadata.
+/// A GGUF's KV bytes per position (K and V, every layer, in the server's default cache dtype),
+/// from its metadata.
 fn kv_bytes_per_position() -> usize {
     let file = GgufFile::open(&common::qwen_model()).unwrap();
     let config = mlx_engine::model::ModelConfig::from_gguf(&file).unwrap();
-    2 * config.n_layers * config.n_kv_heads * config.head_dim * 4
+    let element = mlx_engine::kv_cache::KvDtype::default().dtype().size();
+    2 * config.n_layers * config.n_kv_heads * config.head_dim * element
 }
 
 #[test]
@@ -1228,7 +1230,12 @@ fn logprobs_are_the_log_softmax_of_the_reference_forward_pass() {
     );
     let file = GgufFile::open(&model).unwrap();
     let tokenizer = Tokenizer::from_gguf(&file).unwrap();
-    let server = spawn_server_for("logprobs", model.to_str().unwrap(), &["--parallel", "1"]);
+    // A float32 KV cache: the tolerance is float32 rounding, which f16 rows would exceed.
+    let server = spawn_server_for(
+        "logprobs",
+        model.to_str().unwrap(),
+        &["--parallel", "1", "--cache-type", "f32"],
+    );
     // End tokens are banned so that all 8 tokens are generated; the bias must not show in the
     // reported logprobs, which are compared with the unbiased reference.
     let banned: serde_json::Map<String, Value> = tokenizer
