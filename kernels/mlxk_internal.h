@@ -175,6 +175,10 @@ struct Problem {
 // to 4 activation rows, so the weights stream from memory once, in order, as in the GEMV.
 // MLX_ENGINE_PANEL_MIN_ROWS, default 9 (qmatmul.cpp; kernels/README.md has the measurements).
 int64_t panel_min_rows();
+// The same for the K-quants (Q4_K, Q5_K, Q6_K): MLX_ENGINE_KQ_PANEL_MIN_ROWS, default 32 on
+// AVX-512 VNNI hosts (their one-row tiles take 8 activation rows per decode), else
+// panel_min_rows().
+int64_t kq_panel_min_rows();
 
 // ---- scalar reference path (quant_scalar.cpp) ----
 namespace scalar {

@@ -64,6 +64,16 @@ int64_t panel_min_rows() {
   return v;
 }
 
+int64_t kq_panel_min_rows() {
+  // On VNNI hosts the K-quants' one-row zmm tiles (8 activation rows per decode) beat the panels
+  // up to a few dozen rows (2-core Zen 5, `dev/bench decode 3 r8 M 1.5b`, the simulated Qwen 1.5B
+  // step: M = 16 153 vs 235 ms, M = 24 199-223 vs 268-275, M = 32 even, M = 48 and 64 the panels
+  // 3-5 % ahead); elsewhere the panels take over with the other types.
+  static const int64_t v =
+      env_rows("MLX_ENGINE_KQ_PANEL_MIN_ROWS", default_path() == MLXK_PATH_AVX512_VNNI ? 32 : panel_min_rows());
+  return v;
+}
+
 namespace {
 
 // Activation rows from which the VNNI path runs the zmm kernels (quant_zmm.cpp) instead of the
