@@ -1160,6 +1160,22 @@ AVX2_FN void kq_zmm(const SRC& src, const uint8_t* const* xa, int64_t k, float* 
     kq_zmm_pair<TYPE, R, C, 1>(src, s, xq, sb, ia);
     kq_zmm_pair<TYPE, R, C, 2>(src, s, xq, sb, ia);
     kq_zmm_pair<TYPE, R, C, 3>(src, s, xq, sb, ia);
+    if constexpr (C == 1 && R == 2) {
+      // One activation row (GEMV): the two weight rows share a zmm instead.
+      const __m512 dx = _mm512_set1_ps(xd[0][sb]);
+      const __m256i b = _mm256_loadu_si256((const __m256i*)(xb[0] + 16 * sb));
+      const __m512i mb = _mm512_madd_epi16(cat256(s[0].mn, s[1].mn), cat256(b, b));
+      const __m512i l = fold2(ia[0], ia[1]);
+      const __m512 ddx = _mm512_mul_ps(pair_ps(s[0].d, s[1].d), dx);
+      if constexpr (Q6) {
+        const __m512i t = _mm512_sub_epi32(l, _mm512_slli_epi32(mb, 5));
+        acc[0][0] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(t), ddx, acc[0][0]);
+      } else {
+        acc[0][0] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(l), ddx, acc[0][0]);
+        acc[0][0] = _mm512_fnmadd_ps(_mm512_cvtepi32_ps(mb), _mm512_mul_ps(pair_ps(s[0].dm, s[1].dm), dx), acc[0][0]);
+      }
+      continue;
+    }
 #pragma GCC unroll 8
     for (int q = 0; q < CP; ++q) {
       const int c0 = 2 * q, c1 = 2 * q + 1 < C ? 2 * q + 1 : 2 * q;
@@ -1182,6 +1198,11 @@ AVX2_FN void kq_zmm(const SRC& src, const uint8_t* const* xa, int64_t k, float* 
         }
       }
     }
+  }
+  if constexpr (C == 1 && R == 2) {
+    y[0] = hsum_ps(_mm512_castps512_ps256(acc[0][0]));
+    y[1] = hsum_ps(high_ps(acc[0][0]));
+    return;
   }
 #pragma GCC unroll 8
   for (int r = 0; r < R; ++r)
@@ -1364,12 +1385,30 @@ AVX2_FN void tile_kq(const uint8_t* w, size_t ws, const uint8_t* const* xa, int6
   kq_zmm<TYPE, 1, C>(KqRowsZ<TYPE>{w, ws}, xa, k, y, ldy);
 }
 const TileFn kKqTiles[3][KQ_CMAX] = {MLXK_KQROW(T_Q4_K), MLXK_KQROW(T_Q5_K), MLXK_KQROW(T_Q6_K)};
+template <int TYPE>
+AVX2_FN void gemv_kq2(const uint8_t* w, size_t ws, const uint8_t* const* xa, int64_t k, float* y, int64_t ldy) {
+  kq_zmm<TYPE, 2, 1>(KqRowsZ<TYPE>{w, ws}, xa, k, y, ldy);
+}
+const TileFn kKqGemv2[3] = {&gemv_kq2<T_Q4_K>, &gemv_kq2<T_Q5_K>, &gemv_kq2<T_Q6_K>};
 
 void kq_rows(const Problem& p, int64_t n0, int64_t n1) {
-  const TileFn* f = kKqTiles[p.type == T_Q4_K ? 0 : p.type == T_Q5_K ? 1 : 2];
+  const int t = p.type == T_Q4_K ? 0 : p.type == T_Q5_K ? 1 : 2;
+  const TileFn* f = kKqTiles[t];
   const uint8_t* xa[KQ_CMAX];
   const uint8_t* wend = p.w + (size_t)p.n * p.row_bytes;
-  for (int64_t r = n0; r < n1; ++r) {
+  int64_t r = n0;
+  if (p.m == 1) {
+    // GEMV: two rows per call (one epilogue for both), the stream still in order.
+    xa[0] = p.xq;
+    for (; r + 2 <= n1; r += 2) {
+      const uint8_t* wr = p.w + (size_t)r * p.row_bytes;
+      const uint8_t* pf = wr + kPrefetchDist;
+      const uint8_t* pe = pf + 2 * p.row_bytes < wend ? pf + 2 * p.row_bytes : wend;
+      for (; pf < pe; pf += 64) _mm_prefetch((const char*)pf, _MM_HINT_T0);
+      kKqGemv2[t](wr, p.row_bytes, xa, p.k, p.y + r, p.ldy);
+    }
+  }
+  for (; r < n1; ++r) {
     const uint8_t* wr = p.w + (size_t)r * p.row_bytes;
     const uint8_t* pf = wr + kPrefetchDist;
     const uint8_t* pe = pf + p.row_bytes < wend ? pf + p.row_bytes : wend;
