@@ -104,6 +104,10 @@ AVX2_INL int hsum_epi32(__m256i v) {
   return _mm_cvtsi128_si32(s);
 }
 AVX2_INL float half(const uint8_t* p) { return _cvtsh_ss(load_u16(p)); }
+#if MLXK_VNNI
+// [lo | hi] as one zmm.
+AVX2_INL __m512i cat256(__m256i lo, __m256i hi) { return _mm512_inserti64x4(_mm512_castsi256_si512(lo), hi, 1); }
+#endif
 
 // 16 bytes of nibbles -> 32 bytes: [low nibbles of bytes 0..15 | high nibbles of bytes 0..15]
 AVX2_INL __m256i nibbles32(const uint8_t* p) {
@@ -467,6 +471,88 @@ AVX2_INL void r8_group(const uint8_t* w, size_t ws, int64_t g, const int8_t* con
   }
 }
 
+#if MLXK_VNNI
+// ---- The repacked groups on 512-bit registers (the VNNI path): one zmm holds blocks 2p and
+// 2p+1 of a group, one vpdpbusd takes both (Q8_0 as unsigned bytes w + 128, the 128 * sum(x)
+// taken off with Q5_0's offset), and the 8 block sums are reduced with unpacks instead of
+// r8_pair's hadd tree. Block sums are exact integers, so they equal r8_group's, and the float
+// part that follows is r8_group's: the same bits.
+
+// [sum(block 0), ..., sum(block 7)] from t[h] = the unpack-add of z(2h) and z(2h + 1), where
+// z(p) = [block 2p lanes | block 2p + 1 lanes].
+AVX2_INL __m256i r8z_block_sums(__m512i t0, __m512i t1) {
+  // 128-bit lane L: [z0_L, z1_L, z2_L, z3_L], each the sum of that lane's 4 dwords
+  const __m512i u = _mm512_add_epi32(_mm512_unpacklo_epi64(t0, t1), _mm512_unpackhi_epi64(t0, t1));
+  // lane 0: [b0, b2, b4, b6], lane 2: [b1, b3, b5, b7]
+  const __m512i v = _mm512_add_epi32(u, _mm512_shuffle_i32x4(u, u, _MM_SHUFFLE(2, 3, 0, 1)));
+  const __m512i idx = _mm512_setr_epi32(0, 8, 1, 9, 2, 10, 3, 11, 0, 0, 0, 0, 0, 0, 0, 0);
+  return _mm512_castsi512_si256(_mm512_permutexvar_epi32(idx, v));
+}
+
+// Blocks 2P, 2P+1 of a repacked group as unsigned bytes (Q5_0 0..31; Q8_0 w + 128).
+template <int TYPE, int P>
+AVX2_INL __m512i r8z_pair(const uint8_t* g) {
+  if constexpr (TYPE == T_Q8_0) {
+    return _mm512_xor_si512(_mm512_loadu_si512((const void*)(g + 16 + 64 * P)), _mm512_set1_epi8((char)0x80));
+  } else {
+    const __m256i v = _mm256_loadu_si256((const __m256i*)(g + 48 + 32 * P));
+    const __m256i hb = _mm256_loadu_si256((const __m256i*)(g + 16));
+    const __m512i nib = _mm512_and_si512(_mm512_srlv_epi16(cat256(v, v), cat256(_mm256_setzero_si256(), _mm256_set1_epi16(4))),
+                                         _mm512_set1_epi8(0x0f));
+    const __mmask64 fifth = _mm512_test_epi8_mask(
+        cat256(hb, hb), cat256(_mm256_set1_epi8((char)(1 << (2 * P))), _mm256_set1_epi8((char)(1 << (2 * P + 1)))));
+    return _mm512_mask_add_epi8(nib, fifth, nib, _mm512_set1_epi8(0x10));
+  }
+}
+
+template <int TYPE, int R, int C, int P>
+AVX2_INL void r8z_step(const uint8_t* const* gp, int64_t blk0, const int8_t* const* xq, __m512i (&ze)[R][C],
+                       __m512i (&t)[2][R][C]) {
+  __m512i wv[R];
+#pragma GCC unroll 8
+  for (int r = 0; r < R; ++r) wv[r] = r8z_pair<TYPE, P>(gp[r]);
+#pragma GCC unroll 8
+  for (int c = 0; c < C; ++c) {
+    const __m512i xv = _mm512_loadu_si512((const void*)(xq[c] + 32 * (blk0 + 2 * P)));
+#pragma GCC unroll 8
+    for (int r = 0; r < R; ++r) {
+      const __m512i z = _mm512_dpbusd_epi32(_mm512_setzero_si512(), wv[r], xv);
+      if constexpr ((P & 1) == 0)
+        ze[r][c] = z;
+      else
+        t[P >> 1][r][c] = _mm512_add_epi32(_mm512_unpacklo_epi32(ze[r][c], z), _mm512_unpackhi_epi32(ze[r][c], z));
+    }
+  }
+}
+
+// r8_group on 512-bit registers.
+template <int TYPE, int R, int C>
+AVX2_INL void r8_group_z(const uint8_t* w, size_t ws, int64_t g, const int8_t* const* xq, const float* const* xd,
+                         const int32_t* const* xi, __m256 (&acc)[R][C]) {
+  const uint8_t* gp[R];
+#pragma GCC unroll 8
+  for (int r = 0; r < R; ++r) gp[r] = w + r * ws + g * R8<TYPE>::gbytes;
+  __m512i ze[R][C], t[2][R][C];
+  r8z_step<TYPE, R, C, 0>(gp, 8 * g, xq, ze, t);
+  r8z_step<TYPE, R, C, 1>(gp, 8 * g, xq, ze, t);
+  r8z_step<TYPE, R, C, 2>(gp, 8 * g, xq, ze, t);
+  r8z_step<TYPE, R, C, 3>(gp, 8 * g, xq, ze, t);
+  __m256 dw[R];
+#pragma GCC unroll 8
+  for (int r = 0; r < R; ++r) dw[r] = _mm256_cvtph_ps(_mm_loadu_si128((const __m128i*)gp[r]));
+#pragma GCC unroll 8
+  for (int c = 0; c < C; ++c) {
+    const __m256 dx = _mm256_loadu_ps(xd[c] + 8 * g);
+    const __m256i corr = _mm256_slli_epi32(_mm256_loadu_si256((const __m256i*)(xi[c] + 8 * g)), TYPE == T_Q8_0 ? 7 : 4);
+#pragma GCC unroll 8
+    for (int r = 0; r < R; ++r) {
+      const __m256i s = _mm256_sub_epi32(r8z_block_sums(t[0][r][c], t[1][r][c]), corr);
+      acc[r][c] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(s), _mm256_mul_ps(dw[r], dx), acc[r][c]);
+    }
+  }
+}
+#endif
+
 // A tile of a 32-element block format: whole groups of 8 blocks (ggml layout, or REPACKED),
 // then the partial tail group, which is ggml blocks at their ggml offsets in both layouts (a
 // repacked group has exactly the bytes of its 8 blocks).
@@ -492,7 +578,13 @@ AVX2_FN void tile_b32(const uint8_t* w, size_t ws, const uint8_t* const* xa, int
   const int64_t ng = nb / 8;
   for (int64_t g = 0; g < ng; ++g) {
     if constexpr (REPACKED)
-      r8_group<TYPE, R, C>(w, ws, g, xq, xd, xi, acc);
+#if MLXK_VNNI
+      // (the GEMV keeps the 256-bit group: no faster there, within this host's noise)
+      if constexpr (C >= 2)
+        r8_group_z<TYPE, R, C>(w, ws, g, xq, xd, xi, acc);
+      else
+#endif
+        r8_group<TYPE, R, C>(w, ws, g, xq, xd, xi, acc);
     else
       b32_group<TYPE, R, C, true>(GgmlRows<TYPE>{w, ws}, g, 8, xq, xd, xs, xi, acc);
   }
@@ -1002,7 +1094,6 @@ AVX2_FN void kq_panel_kernel(const KPanel& P, const uint8_t* const* xa, float* y
 // the 256-bit tiles' lane sums, and the float part after them is the tiles' own, done for two
 // (weight row, activation row) pairs per zmm: results equal the AVX2 path bit for bit, at every
 // M, so batch invariance holds as before. Half the instructions per element of the 256-bit code.
-AVX2_INL __m512i cat256(__m256i lo, __m256i hi) { return _mm512_inserti64x4(_mm512_castsi256_si512(lo), hi, 1); }
 AVX2_INL __m512 pair_ps(float lo, float hi) {
   return _mm512_castpd_ps(_mm512_insertf64x4(_mm512_castps_pd(_mm512_set1_ps(lo)), _mm256_castps_pd(_mm256_set1_ps(hi)), 1));
 }
