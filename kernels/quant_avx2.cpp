@@ -1085,12 +1085,11 @@ AVX2_FN void kq_panel_kernel(const KPanel& P, const uint8_t* const* xa, float* y
     for (int r = 0; r < R; ++r) y[c * ldy + r] = hsum_ps(acc[r][c]);
 }
 
-
 #if MLXK_VNNI
 // ---- 512-bit K-quant kernels (the VNNI path's tiles, GEMV included, and panels)
 // One zmm holds sub-blocks 2p and 2p+1 of a super-block (64 contiguous bytes of the activation
 // row): the int32 lanes of its low half accumulate the even sub-blocks, those of its high half
-// the odd ones, and fold2 adds the halves. Integer sums are exact (|lane| < 2^23), so these are
+// the odd ones, and fold2 adds the halves. Integer sums are exact (|lane| < 2^26), so these are
 // the 256-bit tiles' lane sums, and the float part after them is the tiles' own, done for two
 // (weight row, activation row) pairs per zmm: results equal the AVX2 path bit for bit, at every
 // M, so batch invariance holds as before. Half the instructions per element of the 256-bit code.
