@@ -776,21 +776,29 @@ AVX2_INL void kq_scales(const uint8_t* s, uint64_t* sc, uint64_t* mn) {
   *mn = (uint64_t)mn_lo | ((uint64_t)mn_hi << 32);
 }
 
+// C activation rows in quant_q8_256's layout: int8 q[k] | f32 d[k/256] | i16 bsum[k/16].
+template <int C>
+struct KqAct {
+  const int8_t* q[C];
+  const float* d[C];
+  const int16_t* bsum[C];
+  KqAct(const uint8_t* const* xa, int64_t k) {
+    for (int c = 0; c < C; ++c) {
+      q[c] = (const int8_t*)xa[c];
+      d[c] = (const float*)(xa[c] + k);
+      bsum[c] = (const int16_t*)(xa[c] + k + 4 * (k / 256));
+    }
+  }
+};
+
 template <int TYPE, int R, int C>
 AVX2_FN void tile_q45k(const uint8_t* w, size_t ws, const uint8_t* const* xa, int64_t k, float* y, int64_t ldy) {
   constexpr bool Q5 = TYPE == T_Q5_K;
   constexpr int BYTES = Q5 ? 176 : 144;
   constexpr int QS = Q5 ? 48 : 16;
   const int64_t nsb = k / 256;
-  const int8_t* xq[C];
-  const float* xd[C];
-  const int16_t* xb[C];
-#pragma GCC unroll 8
-  for (int c = 0; c < C; ++c) {
-    xq[c] = (const int8_t*)xa[c];
-    xd[c] = (const float*)(xa[c] + k);
-    xb[c] = (const int16_t*)(xa[c] + k + 4 * nsb);
-  }
+  const KqAct<C> act(xa, k);
+  const auto &xq = act.q, &xd = act.d, &xb = act.bsum;
   const __m256i m4 = _mm256_set1_epi8(0x0f);
   __m256 acc[R][C];
 #pragma GCC unroll 8
@@ -866,15 +874,8 @@ template <int R, int C>
 AVX2_FN void tile_q6k(const uint8_t* w, size_t ws, const uint8_t* const* xa, int64_t k, float* y, int64_t ldy) {
   constexpr int BYTES = 210;
   const int64_t nsb = k / 256;
-  const int8_t* xq[C];
-  const float* xd[C];
-  const int16_t* xb[C];
-#pragma GCC unroll 8
-  for (int c = 0; c < C; ++c) {
-    xq[c] = (const int8_t*)xa[c];
-    xd[c] = (const float*)(xa[c] + k);
-    xb[c] = (const int16_t*)(xa[c] + k + 4 * nsb);
-  }
+  const KqAct<C> act(xa, k);
+  const auto &xq = act.q, &xd = act.d, &xb = act.bsum;
   const __m256i m4 = _mm256_set1_epi8(0x0f);
   const __m256i m30 = _mm256_set1_epi8(0x30);
   __m256 acc[R][C];
@@ -1027,15 +1028,8 @@ AVX2_FN void kq_decode_panel(const uint8_t* w, size_t ws, int rows, const KPanel
 template <int R, int C, bool Q6>
 AVX2_FN void kq_panel_kernel(const KPanel& P, const uint8_t* const* xa, float* y, int64_t ldy) {
   const int64_t k = P.k, nsb = P.nsb;
-  const int8_t* xq[C];
-  const float* xd[C];
-  const int16_t* xb[C];
-#pragma GCC unroll 8
-  for (int c = 0; c < C; ++c) {
-    xq[c] = (const int8_t*)xa[c];
-    xd[c] = (const float*)(xa[c] + k);
-    xb[c] = (const int16_t*)(xa[c] + k + 4 * nsb);
-  }
+  const KqAct<C> act(xa, k);
+  const auto &xq = act.q, &xd = act.d, &xb = act.bsum;
   __m256 acc[R][C];
 #pragma GCC unroll 8
   for (int r = 0; r < R; ++r)
@@ -1225,15 +1219,8 @@ AVX2_FN void kq_zmm(const SRC& src, const uint8_t* const* xa, int64_t k, float* 
   constexpr bool Q6 = TYPE == T_Q6_K;
   constexpr int CP = (C + 1) / 2;
   const int64_t nsb = k / 256;
-  const int8_t* xq[C];
-  const float* xd[C];
-  const int16_t* xb[C];
-#pragma GCC unroll 8
-  for (int c = 0; c < C; ++c) {
-    xq[c] = (const int8_t*)xa[c];
-    xd[c] = (const float*)(xa[c] + k);
-    xb[c] = (const int16_t*)(xa[c] + k + 4 * nsb);
-  }
+  const KqAct<C> act(xa, k);
+  const auto &xq = act.q, &xd = act.d, &xb = act.bsum;
   __m512 acc[R][CP];
 #pragma GCC unroll 8
   for (int r = 0; r < R; ++r)
